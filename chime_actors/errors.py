@@ -1,0 +1,87 @@
+"""Chime's exception tree: every error the package raises derives from ``ChimeError``.
+
+::
+
+    ChimeError
+    ├── ConfigError                 bad configuration (the CLI exits 2 with one line)
+    ├── ProtocolError               a client frame broke PROTOCOL.md; carries the wire
+    │                               error ``code`` and, when the connection must close,
+    │                               the WebSocket ``close_code``
+    ├── StoreError                  anything the storage layer raises
+    │   ├── StoreUnavailable        storage is down or timed out: retry later
+    │   └── MessageNotFound         the message id is unknown
+    ├── BusError                    the bus (local or Redis) failed
+    │   └── BusUnavailable
+    └── ActorError                  a process actor failed or did not answer in time
+
+Library exceptions (sqlite3, redis, cassandra, websockets) are translated where they
+enter our code and chained: ``raise StoreUnavailable(...) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ChimeError(Exception):
+    """Root of every exception raised by Chime."""
+
+
+class ConfigError(ChimeError):
+    """The configuration is invalid; ``key`` names the offending dotted key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config error: {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class ProtocolError(ChimeError):
+    """A client frame violates the wire contract.
+
+    Attributes:
+        code: the PROTOCOL.md error code sent back (``bad_request``, ``too_large`` ...).
+        close_code: when not None, the connection is closed with this WebSocket code
+            after the error frame (PROTOCOL.md says which errors close).
+        request_id / client_msg_id: echoed back so the client can correlate.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        close_code: int | None = None,
+        request_id: str | None = None,
+        client_msg_id: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+        self.request_id = request_id
+        self.client_msg_id = client_msg_id
+        self.retry_after_ms = retry_after_ms
+
+
+class StoreError(ChimeError):
+    """The message store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """Storage is unreachable or timed out; the operation was not carried out."""
+
+
+class MessageNotFound(StoreError):
+    """No message with that id exists in the channel."""
+
+
+class BusError(ChimeError):
+    """The message bus failed."""
+
+
+class BusUnavailable(BusError):
+    """The bus is down; the publish or subscribe did not happen."""
+
+
+class ActorError(ChimeError):
+    """A process actor failed or did not answer in time."""
