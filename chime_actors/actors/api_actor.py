@@ -1,0 +1,17 @@
+"""``ApiActor``: the process actor serving the HTTP API (see api.core)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chime_actors.actors.loop_actor import ActorCore, LoopActor
+from chime_actors.actors.loop_bridge import LoopBridge
+from chime_actors.actors.messages import Configure
+from chime_actors.api.core import ApiCore
+
+
+class ApiActor(LoopActor):
+    """Thin Thespian shell around an ``ApiCore``."""
+
+    def make_core(self, configure: Configure, bridge: LoopBridge, supervisor: Any) -> ActorCore:
+        return ApiCore(configure.actor_id, configure.config, configure.api_port)

@@ -1,0 +1,150 @@
+"""Control messages between process actors and the ``chime serve`` main process.
+
+All frozen, slotted and picklable: Thespian pickles every message. Hot-path
+records (``PersistBatch``, ``Deliveries`` ...) live in ``chime_actors.records``.
+Actor addresses are Thespian ``ActorAddress`` objects, typed ``Any`` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from chime_actors.config import Config
+from chime_actors.metrics import MetricsSnapshot
+
+
+class ActorKind(Enum):
+    """The kinds of process actor the supervisor runs."""
+
+    GATEWAY = "gateway"
+    PERSISTER = "persister"
+    API = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class ActorId:
+    """Which child: kind plus 1-based index (``gateway 2``)."""
+
+    kind: ActorKind
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.kind.value} {self.index}"
+
+
+# --- main process <-> supervisor -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartServer:
+    """Main process -> supervisor: start every child; answered with ``Started``."""
+
+    config: Config
+    chat_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Supervisor -> main: every child is up and the chat port accepts."""
+
+    chat_port: int
+    api_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    """Supervisor -> main: a child could not start; ``reason`` says which and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """Main -> supervisor: are you healthy? Answered with ``Status``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Supervisor -> main. ``failed`` means the restart intensity was exceeded."""
+
+    failed: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequest:
+    """Main -> supervisor: drain and stop everything; answered with ``Stopped``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Supervisor -> main: every child has drained and exited."""
+
+
+# --- supervisor <-> children ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """Supervisor -> a new child: who you are and how to run.
+
+    ``api_port`` is the port the API actor must bind (0 on first start; the port it
+    got the first time on a restart, so clients keep their URL).
+    """
+
+    actor_id: ActorId
+    config: Config
+    chat_port: int = 0
+    api_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Child -> supervisor: configured and serving. ``port`` for the API actor."""
+
+    actor_id: ActorId
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """Supervisor -> every child: the current addresses of all peers.
+
+    Sent after start and again after every restart, because a restarted actor has a
+    new address and messages to the old one vanish silently.
+    """
+
+    gateways: tuple[Any, ...]
+    persisters: tuple[Any, ...]
+    api: Any
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Supervisor -> gateway: stop accepting, settle owed acks, close clients 1001."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """Gateway -> supervisor: done draining."""
+
+    actor_id: ActorId
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsReport:
+    """Every child -> API actor, once a second: its metrics, which also says 'alive'."""
+
+    actor_id: ActorId
+    snapshot: MetricsSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class RestartNotice:
+    """Supervisor -> API actor: a child was restarted (counted in metrics)."""
+
+    actor_id: ActorId
+    restart_ms: float

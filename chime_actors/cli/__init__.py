@@ -1,0 +1,1 @@
+"""The ``chime`` command line."""

@@ -1,0 +1,1 @@
+"""Inside a gateway process: the WebSocket server and its lightweight actors."""

@@ -1,0 +1,335 @@
+"""``ChannelActor``: one per channel that has subscribers in this gateway process.
+
+It is the channel's local fan-out point: it receives the channel's durable
+messages (in id order, from the channel's sequencer) and hands each, encoded once,
+to every local subscriber. Because it handles its mailbox one message at a time,
+a join with ``resume`` (replay from storage, then live) and live publishes can
+never interleave wrongly:
+
+* a subscriber's *watermark* is the highest id it has been given; live messages at
+  or below it are skipped, so a message that is both replayed and live arrives once;
+* ids are contiguous (``chime_actors.ids``), so a jump from n to n+3 means two
+  messages never reached this gateway (a persister died between storing and
+  delivering, or the mailbox overflowed): they are read from storage and
+  delivered first. No gaps, no duplicates.
+
+Failure policy (``local_supervisor``):
+
+========================  ==============================================================
+handler raises            logged with a correlation id; the actor restarts with its
+                          subscribers and watermarks intact and re-reads from storage
+                          everything after the last id it delivered, so the message
+                          that was being handled is not lost
+Join raised               the joining connection is told (``internal`` error)
+> 5 failures in 10 s      escalate: every subscriber is closed with 1011 and resumes
+                          on reconnect; the actor is removed
+========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chime_actors.errors import StoreError
+from chime_actors.logs import get_logger
+from chime_actors.protocol import server_frames
+from chime_actors.records import ChimeMessage
+from chime_actors.storage.store import MessageStore
+from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+
+log = get_logger(__name__)
+
+MAILBOX_SIZE = 10_000
+GAP_FILL_LIMIT = 10_000
+
+
+class Subscriber(Protocol):
+    """What a channel needs of a connection."""
+
+    @property
+    def connection_id(self) -> str:
+        """Unique id of the connection."""
+        ...
+
+    def push(self, frame: str) -> None:
+        """Queue a text frame for the client; never blocks."""
+        ...
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close the connection (the channel gave up on it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    """How a join went: ``replayed`` messages, or why resume failed."""
+
+    replayed: int = 0
+    resume_failed: str | None = None
+
+
+@dataclass(slots=True)
+class Join:
+    """Add a subscriber; replay after ``resume_after`` (a message id) if given."""
+
+    subscriber: Subscriber
+    resume_after: str | None
+    done: asyncio.Future[JoinResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Remove a subscriber."""
+
+    connection_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Durable messages of this channel, ascending ids."""
+
+    messages: tuple[ChimeMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InjectFault:
+    """Fault injection (tests only, behind ``testing.fault_injection``): raise."""
+
+
+ChannelMail = Join | Leave | Publish | InjectFault
+
+
+@dataclass(slots=True)
+class _Member:
+    subscriber: Subscriber
+    watermark: int = 0
+
+
+@dataclass(slots=True)
+class ChannelStats:
+    """Counters the gateway turns into metrics."""
+
+    delivered: int = 0
+    gap_filled: int = 0
+    restarts: int = 0
+    dropped_mail: int = 0
+
+
+class ChannelActor:
+    """Fans one channel's messages out to this process's subscribers."""
+
+    def __init__(
+        self,
+        channel_id: str,
+        store: MessageStore,
+        *,
+        max_resume_messages: int,
+        on_stopped: Callable[[str], None],
+        policy: RestartPolicy = RestartPolicy(),
+        stats: ChannelStats | None = None,
+    ) -> None:
+        self.channel_id = channel_id
+        self._store = store
+        self._max_resume = max_resume_messages
+        self._on_stopped = on_stopped
+        self._budget = RestartBudget(policy)
+        self.stats = stats if stats is not None else ChannelStats()
+        self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(MAILBOX_SIZE)
+        self._members: dict[str, _Member] = {}
+        # Highest id delivered live in this process; None until the first join reads
+        # the baseline from storage.
+        self._last_seq: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # --- outside API (same loop) --------------------------------------------------
+
+    def start(self) -> None:
+        """Start the mailbox loop."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"channel:{self.channel_id}"
+        )
+
+    @property
+    def member_count(self) -> int:
+        """Local subscribers."""
+        return len(self._members)
+
+    @property
+    def stopped(self) -> bool:
+        """True once the actor has stopped (last member left or escalated)."""
+        return self._stopped
+
+    def tell(self, mail: ChannelMail) -> bool:
+        """Put ``mail`` in the mailbox; False when it is full (the mail is dropped).
+
+        A dropped ``Publish`` is recovered by the gap fill of the next one.
+        """
+        try:
+            self._mailbox.put_nowait(mail)
+        except asyncio.QueueFull:
+            self.stats.dropped_mail += 1
+            return False
+        return True
+
+    async def join(self, subscriber: Subscriber, resume_after: str | None) -> JoinResult:
+        """Subscribe and wait until any replay has been queued to the subscriber."""
+        done: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
+        # A join must not be lost to a full mailbox: wait for room (bounded by the
+        # caller's timeout).
+        await self._mailbox.put(Join(subscriber, resume_after, done))
+        return await done
+
+    async def stop(self) -> None:
+        """Stop the loop (gateway shutdown)."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    # --- the actor loop -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            mail = await self._mailbox.get()
+            try:
+                await self._handle(mail)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not await self._on_failure(mail, exc):
+                    return
+            if not self._members and self._mailbox.empty():
+                self._stop_idle()
+                return
+
+    async def _handle(self, mail: ChannelMail) -> None:
+        if isinstance(mail, Publish):
+            await self._publish(mail.messages)
+        elif isinstance(mail, Join):
+            result = await self._join(mail.subscriber, mail.resume_after)
+            if not mail.done.done():
+                mail.done.set_result(result)
+        elif isinstance(mail, Leave):
+            self._members.pop(mail.connection_id, None)
+        else:
+            raise RuntimeError(f"injected fault in channel {self.channel_id}")
+
+    async def _on_failure(self, mail: ChannelMail, exc: Exception) -> bool:
+        """The failure policy; False when the actor escalated and stopped."""
+        correlation = uuid.uuid4().hex[:12]
+        log.error(
+            "channel actor failed",
+            channelId=self.channel_id,
+            correlationId=correlation,
+            mail=type(mail).__name__,
+            exc_info=exc,
+        )
+        if isinstance(mail, Join) and not mail.done.done():
+            mail.done.set_exception(exc)
+        if not self._budget.allow_restart():
+            log.error("channel actor escalates: closing subscribers", channelId=self.channel_id)
+            for member in list(self._members.values()):
+                member.subscriber.abort(1011, f"channel failed (correlation {correlation})")
+            self._members.clear()
+            self._stop_idle()
+            return False
+        self.stats.restarts += 1
+        await self._resync()
+        return True
+
+    def _stop_idle(self) -> None:
+        self._stopped = True
+        # Anything still queued (a late Join) must not hang its caller.
+        while not self._mailbox.empty():
+            mail = self._mailbox.get_nowait()
+            if isinstance(mail, Join) and not mail.done.done():
+                mail.done.set_exception(StoreError("channel actor stopped; retry"))
+        self._on_stopped(self.channel_id)
+
+    # --- behaviour ----------------------------------------------------------------
+
+    async def _baseline(self) -> int:
+        if self._last_seq is None:
+            self._last_seq = await self._store.last_seq(self.channel_id)
+        return self._last_seq
+
+    async def _join(self, subscriber: Subscriber, resume_after: str | None) -> JoinResult:
+        try:
+            baseline = await self._baseline()
+        except StoreError:
+            # Without a baseline we still deliver live messages; only gap
+            # detection waits until storage answers.
+            baseline = 0
+        member = _Member(subscriber, watermark=baseline)
+        self._members[subscriber.connection_id] = member
+        if resume_after is None:
+            return JoinResult()
+        try:
+            page = await self._store.history(
+                self.channel_id, after=resume_after, limit=self._max_resume + 1
+            )
+        except StoreError:
+            subscriber.push(server_frames.resume_failed(self.channel_id, "unavailable"))
+            return JoinResult(resume_failed="unavailable")
+        if len(page.messages) > self._max_resume:
+            subscriber.push(server_frames.resume_failed(self.channel_id, "too_many"))
+            return JoinResult(resume_failed="too_many")
+        for message in page.messages:
+            subscriber.push(server_frames.message(message))
+        if page.messages:
+            member.watermark = max(member.watermark, page.messages[-1].seq)
+        subscriber.push(server_frames.resumed(self.channel_id, len(page.messages)))
+        return JoinResult(replayed=len(page.messages))
+
+    async def _publish(self, messages: tuple[ChimeMessage, ...]) -> None:
+        for message in messages:
+            seq = message.seq
+            if self._last_seq is not None:
+                if seq <= self._last_seq:
+                    continue  # already delivered (by a gap fill)
+                if seq > self._last_seq + 1:
+                    await self._fill_gap(seq - 1)
+            self._deliver(message, seq)
+
+    async def _fill_gap(self, up_to_seq: int) -> None:
+        assert self._last_seq is not None
+        start = max(self._last_seq, up_to_seq - GAP_FILL_LIMIT)
+        try:
+            missing = await self._store.messages_range(
+                self.channel_id, after_seq=start, up_to_seq=up_to_seq
+            )
+        except StoreError as exc:
+            log.warning("gap fill failed", channelId=self.channel_id, error=str(exc))
+            return
+        for message in missing:
+            if message.seq > self._last_seq:
+                self.stats.gap_filled += 1
+                self._deliver(message, message.seq)
+
+    async def _resync(self) -> None:
+        """After a restart: deliver whatever storage has beyond our last id."""
+        if self._last_seq is None:
+            return
+        try:
+            latest = await self._store.last_seq(self.channel_id)
+        except StoreError:
+            return
+        if latest > self._last_seq:
+            await self._fill_gap(latest)
+
+    def _deliver(self, message: ChimeMessage, seq: int) -> None:
+        frame = server_frames.message(message)  # encoded once for every recipient
+        for member in self._members.values():
+            if seq > member.watermark:
+                member.watermark = seq
+                member.subscriber.push(frame)
+                self.stats.delivered += 1
+        self._last_seq = seq

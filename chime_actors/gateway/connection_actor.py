@@ -1,0 +1,418 @@
+"""``ConnectionActor``: one per WebSocket, created by the gateway's accept loop.
+
+It owns the socket and drives the sans-I/O ``ConnectionProtocol`` with it: frames
+in, outputs out. Its mailbox is the socket itself (websockets reads ahead at most
+``max_queue`` frames, so a flooding client is throttled by TCP, not by our memory);
+its outbound side is a bounded queue drained by a writer task, so fan-out never
+waits on one slow client.
+
+Failure policy (``local_supervisor``):
+
+============================  =========================================================
+handling a frame raises       logged with a correlation id, the client gets
+                              ``internal`` naming it; the actor goes on with its
+                              state (subscriptions) intact: a restart of the handler
+> 5 failures in 10 s          escalate: close 1011; the client resumes on reconnect
+outbound queue full           the client is not reading: close 1008 "slow consumer"
+                              (memory stays bounded; neighbours are unaffected)
+the socket breaks             leave every channel; owed acks are dropped with it
+============================  =========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from chime_actors.config import Config
+from chime_actors.errors import ProtocolError, StoreError
+from chime_actors.gateway.channel_actor import JoinResult, Subscriber
+from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+from chime_actors.logs import get_logger
+from chime_actors.metrics import ChimeMetrics
+from chime_actors.protocol import server_frames
+from chime_actors.protocol.codes import ErrorCode
+from chime_actors.protocol.connection import Close, ConnectionProtocol, Output, Reply, Request
+from chime_actors.protocol.events import (
+    Connect,
+    History,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
+from chime_actors.protocol.frames import Limits
+from chime_actors.records import SendOutcome, SendRecord
+from chime_actors.storage.store import HistoryPage
+from chime_actors.gateway.persist_link import next_token
+
+log = get_logger(__name__)
+
+JOIN_TIMEOUT_S = 10.0
+
+
+class GatewayServices(Protocol):
+    """What a connection needs from its gateway (a small interface, faked in tests)."""
+
+    config: Config
+    metrics: ChimeMetrics
+    fault_injection: bool
+
+    def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
+        """Hand a send to the channel's persister; resolves with its outcome."""
+        ...
+
+    async def join_channel(
+        self, channel_id: str, subscriber: Subscriber, resume_after: str | None
+    ) -> JoinResult:
+        """Subscribe to a channel's local fan-out; replays when ``resume_after``."""
+        ...
+
+    def leave_channel(self, channel_id: str, connection_id: str) -> None:
+        """Unsubscribe."""
+        ...
+
+    def inject_channel_fault(self, channel_id: str) -> None:
+        """Fault injection: make a ChannelActor's handler raise."""
+        ...
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None,
+        after: str | None,
+        limit: int,
+        thread_id: str | None,
+    ) -> HistoryPage:
+        """Read a page of stored messages."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _CloseItem:
+    code: int
+    reason: str
+
+
+class ConnectionActor:
+    """Serves one WebSocket client."""
+
+    def __init__(
+        self,
+        websocket: ServerConnection,
+        services: GatewayServices,
+        *,
+        query_user_id: str | None = None,
+        policy: RestartPolicy = RestartPolicy(),
+    ) -> None:
+        chat = services.config.chat
+        self._ws = websocket
+        self._services = services
+        self._query_user_id = query_user_id
+        self._id = uuid.uuid4().hex[:16]
+        self._proto = ConnectionProtocol(
+            limits=Limits(
+                max_content_chars=chat.max_content_chars,
+                max_channels_per_connection=chat.max_channels_per_connection,
+                max_frame_bytes=chat.max_frame_bytes,
+            ),
+            heartbeat_ms=chat.heartbeat_ms,
+        )
+        self._outbound: asyncio.Queue[str | _CloseItem] = asyncio.Queue(chat.send_queue_frames)
+        self._budget = RestartBudget(policy)
+        self._closing = False
+        self._owed_acks = 0
+
+    # --- Subscriber (for ChannelActor) -------------------------------------------
+
+    @property
+    def connection_id(self) -> str:
+        """Unique id of this connection."""
+        return self._id
+
+    @property
+    def owed_acks(self) -> int:
+        """Sends accepted but not yet answered (drain waits for these)."""
+        return self._owed_acks
+
+    def push(self, frame: str) -> None:
+        """Queue a frame for the client without waiting."""
+        if self._closing:
+            return
+        try:
+            self._outbound.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("slow consumer closed", connectionId=self._id)
+            self._services.metrics.errors.labels(code="slow_consumer").inc()
+            self.abort(1008, "slow consumer: send queue full")
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close the connection now, dropping frames not yet written."""
+        if self._closing:
+            return
+        self._closing = True
+        while not self._outbound.empty():
+            self._outbound.get_nowait()
+        self._outbound.put_nowait(_CloseItem(code, reason))
+
+    def close_after_queued(self, code: int, reason: str) -> None:
+        """Close once every frame already queued is written (graceful shutdown)."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._outbound.put_nowait(_CloseItem(code, reason))
+        except asyncio.QueueFull:
+            self._closing = False
+            self.abort(code, reason)
+
+    # --- the actor ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; never raises."""
+        metrics = self._services.metrics
+        metrics.connections.inc()
+        writer = asyncio.get_running_loop().create_task(self._write_loop())
+        timer = asyncio.get_running_loop().call_later(
+            self._services.config.chat.handshake_timeout_ms / 1000, self._handshake_timeout
+        )
+        try:
+            async for frame in self._ws:
+                if self._closing:
+                    break
+                await self._receive(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            timer.cancel()
+            self._proto.close()
+            for channel_id in self._proto.channels:
+                self._services.leave_channel(channel_id, self._id)
+            if not self._closing:
+                self._closing = True
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._outbound.put_nowait(_CloseItem(1000, ""))
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(writer, timeout=5)
+            writer.cancel()
+            metrics.connections.dec()
+
+    async def _write_loop(self) -> None:
+        metrics = self._services.metrics.messages_out
+        try:
+            while True:
+                item = await self._outbound.get()
+                if isinstance(item, _CloseItem):
+                    await self._ws.close(item.code, item.reason)
+                    return
+                await self._ws.send(item)
+                metrics.inc()
+        except ConnectionClosed:
+            return
+
+    def _handshake_timeout(self) -> None:
+        self._apply(self._proto.handshake_timed_out())
+
+    async def _receive(self, frame: str | bytes) -> None:
+        if self._services.fault_injection and isinstance(frame, str) and "debug_crash" in frame:
+            if self._inject_fault(frame):
+                return
+        try:
+            outputs = (
+                self._proto.receive_text(frame)
+                if isinstance(frame, str)
+                else self._proto.receive_binary(frame)
+            )
+            await self._carry_out(outputs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._on_failure(exc)
+
+    def _inject_fault(self, frame: str) -> bool:
+        """Tests only (``testing.fault_injection``): crash a handler on purpose.
+
+        ``{"type": "debug_crash", "target": "connection"}`` fails this actor's
+        handler; ``"target": "channel", "channelId": ...`` fails a ChannelActor's.
+        Returns False when the frame is not such a request after all.
+        """
+        try:
+            request = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(request, dict) or request.get("type") != "debug_crash":
+            return False
+        if request.get("target") == "channel":
+            self._services.inject_channel_fault(str(request.get("channelId")))
+            return True
+        try:
+            raise RuntimeError("injected fault in connection actor")
+        except RuntimeError as exc:
+            self._on_failure(exc)
+        return True
+
+    def _on_failure(self, exc: Exception) -> None:
+        """The failure policy of the frame handler (see the module docstring)."""
+        correlation = uuid.uuid4().hex[:12]
+        log.error(
+            "connection handler failed",
+            connectionId=self._id,
+            correlationId=correlation,
+            exc_info=exc,
+        )
+        self._services.metrics.errors.labels(code="internal").inc()
+        self.push(
+            server_frames.error(
+                ErrorCode.INTERNAL, f"internal error (correlation id {correlation})"
+            )
+        )
+        if not self._budget.allow_restart():
+            self.close_after_queued(1011, f"repeated internal errors ({correlation})")
+
+    async def _carry_out(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, Reply):
+                self.push(output.text)
+            elif isinstance(output, Close):
+                self.close_after_queued(output.code, output.reason)
+            else:
+                await self._handle_request(output)
+
+    def _apply(self, outputs: list[Output]) -> None:
+        """Carry out outputs that need no I/O (replies and closes)."""
+        for output in outputs:
+            if isinstance(output, Reply):
+                self.push(output.text)
+            elif isinstance(output, Close):
+                self.close_after_queued(output.code, output.reason)
+
+    def _count_error(self, code: str) -> None:
+        self._services.metrics.errors.labels(code=code).inc()
+
+    async def _handle_request(self, request: Request) -> None:
+        event = request.event
+        handler = self._HANDLERS.get(type(event))
+        if handler is None:
+            # Edits, reactions, presence ... arrive with later issues; until then a
+            # clear answer instead of silence.
+            error = ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"{type(event).__name__.lower()} is not supported by this server yet",
+                request_id=getattr(event, "request_id", None),
+            )
+            self._count_error(error.code)
+            self._apply(self._proto.fail(error))
+            return
+        await handler(self, event)
+
+    # --- requests -----------------------------------------------------------------
+
+    async def _connect(self, event: Connect) -> None:
+        user_id = event.user_id or self._query_user_id or f"anon-{secrets.token_hex(6)}"
+        self._apply(self._proto.accept_connect(user_id, event.channels, self._id))
+        resume = dict(event.resume)
+        for channel_id in event.channels:
+            await self._join(channel_id, resume.get(channel_id))
+        log.info(
+            "connection opened", connectionId=self._id, userId=user_id, channels=len(event.channels)
+        )
+
+    async def _join(self, channel_id: str, resume_after: str | None) -> None:
+        try:
+            await asyncio.wait_for(
+                self._services.join_channel(channel_id, self, resume_after), JOIN_TIMEOUT_S
+            )
+        except (StoreError, TimeoutError) as exc:
+            self._count_error(ErrorCode.UNAVAILABLE)
+            self.push(
+                server_frames.error(
+                    ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}"
+                )
+            )
+
+    async def _subscribe(self, event: Subscribe) -> None:
+        new = [c for c in event.channels if not self._proto.is_subscribed(c)]
+        outputs = self._proto.apply_subscribe(event.channels)
+        for channel_id in new:
+            if self._proto.is_subscribed(channel_id):
+                await self._join(channel_id, None)
+        self._apply(outputs)
+
+    async def _unsubscribe(self, event: Unsubscribe) -> None:
+        for channel_id in event.channels:
+            if self._proto.is_subscribed(channel_id):
+                self._services.leave_channel(channel_id, self._id)
+        self._apply(self._proto.apply_unsubscribe(event.channels))
+
+    async def _send(self, event: Send) -> None:
+        assert event.channel_id is not None  # the state machine fills it in
+        user_id = self._proto.user_id or ""
+        record = SendRecord(
+            token=next_token(),
+            channel_id=event.channel_id,
+            user_id=user_id,
+            content=event.content,
+            metadata=event.metadata,
+            thread_id=event.thread_id,
+            client_msg_id=event.client_msg_id,
+        )
+        self._services.metrics.messages_in.inc()
+        self._owed_acks += 1
+        future = self._services.submit_send(record)
+        future.add_done_callback(functools.partial(self._on_outcome_done, event.client_msg_id))
+
+    def _on_outcome_done(
+        self, client_msg_id: str | None, future: asyncio.Future[SendOutcome]
+    ) -> None:
+        self._owed_acks -= 1
+        outcome = future.result()
+        if outcome.message is not None:
+            self._services.metrics.acks.inc()
+            self.push(server_frames.ack(outcome.message))
+            return
+        code = outcome.error_code or ErrorCode.UNAVAILABLE
+        self._count_error(code)
+        self.push(
+            server_frames.error(code, outcome.error_message or code, client_msg_id=client_msg_id)
+        )
+
+    async def _history(self, event: History) -> None:
+        try:
+            page = await self._services.history(
+                event.channel_id,
+                before=event.before,
+                after=event.after,
+                limit=event.limit,
+                thread_id=event.thread_id,
+            )
+        except StoreError as exc:
+            self._count_error(ErrorCode.UNAVAILABLE)
+            self.push(
+                server_frames.error(
+                    ErrorCode.UNAVAILABLE,
+                    f"history unavailable: {exc}",
+                    request_id=event.request_id,
+                )
+            )
+            return
+        self.push(
+            server_frames.history(event.request_id, event.channel_id, page.messages, page.has_more)
+        )
+
+    _HANDLERS: dict[type, Callable[[ConnectionActor, object], Awaitable[None]]] = {
+        Connect: _connect,  # type: ignore[dict-item]
+        Subscribe: _subscribe,  # type: ignore[dict-item]
+        Unsubscribe: _unsubscribe,  # type: ignore[dict-item]
+        Send: _send,  # type: ignore[dict-item]
+        History: _history,  # type: ignore[dict-item]
+    }

@@ -1,0 +1,266 @@
+"""The gateway process's core: the WebSocket server and its lightweight actors.
+
+``GatewayActor`` (a Thespian process actor) hosts one ``GatewayCore`` on a uvloop
+loop. Every gateway listens on the same chat port with ``SO_REUSEPORT``: the
+kernel spreads new connections over the gateways, and when one dies the others
+keep accepting. The accept loop (websockets' server) creates a ``ConnectionActor``
+per socket; channels with local subscribers get a ``ChannelActor``.
+
+Messages in (from Thespian, on the loop thread): ``Wiring`` (peer addresses),
+``PersistResult`` (acks for this gateway's sends), ``Deliveries`` (every durable
+message of every channel, once per gateway), ``Drain`` (shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections import defaultdict
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection
+
+from chime_actors.actors.messages import ActorId, Drain, Drained, MetricsReport, Wiring
+from chime_actors.config import Config
+from chime_actors.gateway.channel_actor import (
+    ChannelActor,
+    ChannelStats,
+    InjectFault,
+    JoinResult,
+    Publish,
+    Leave,
+    Subscriber,
+)
+from chime_actors.gateway.connection_actor import ConnectionActor
+from chime_actors.gateway.persist_link import PersistLink
+from chime_actors.logs import get_logger
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.persister.sequencer import owner_index
+from chime_actors.records import ChimeMessage, Deliveries, PersistResult, SendOutcome, SendRecord
+from chime_actors.storage.factory import make_store
+from chime_actors.storage.store import HistoryPage
+
+log = get_logger(__name__)
+
+MAINTENANCE_INTERVAL_S = 0.5
+METRICS_INTERVAL_S = 1.0
+DRAIN_ACK_TIMEOUT_S = 10.0
+
+
+def bind_chat_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with ``SO_REUSEPORT``, shared by every gateway."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class GatewayCore:
+    """One gateway: connections, channels, links to the persisters."""
+
+    def __init__(
+        self, actor_id: ActorId, config: Config, chat_port: int, post: Any, supervisor: Any
+    ) -> None:
+        self.actor_id = actor_id
+        self.config = config
+        self.registry = MetricsRegistry()
+        self.metrics = ChimeMetrics.register(self.registry)
+        self.fault_injection = config.testing.fault_injection
+        self._chat_port = chat_port
+        self._post = post
+        self._supervisor = supervisor
+        self._api: Any = None
+        self._store = make_store(config)
+        self._links = [
+            PersistLink(
+                actor_id.index,
+                post,
+                ack_timeout_s=config.chat.ack_timeout_ms / 1000,
+            )
+            for _ in range(config.persisters)
+        ]
+        self._channels: dict[str, ChannelActor] = {}
+        self._channel_stats = ChannelStats()
+        self._connections: set[ConnectionActor] = set()
+        self._server: Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
+
+    # --- ActorCore ----------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Open storage and start accepting on the shared chat port."""
+        await self._store.open()
+        chat = self.config.chat
+        sock = bind_chat_socket(chat.host, self._chat_port)
+        heartbeat_s = chat.heartbeat_ms / 1000
+        self._server = await websockets.serve(
+            self._accept,
+            sock=sock,
+            max_size=chat.max_frame_bytes,
+            max_queue=16,
+            # Per-connection zlib contexts cost ~100 KB each; chat frames are
+            # small, so compression is off (see docs/performance.md).
+            compression=None,
+            ping_interval=heartbeat_s,
+            # "closes a connection that misses two pongs"
+            ping_timeout=2 * heartbeat_s,
+            close_timeout=5,
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._maintain(), name="gateway-maintenance"),
+            loop.create_task(self._report_metrics(), name="gateway-metrics"),
+        ]
+        port: int = sock.getsockname()[1]
+        return port
+
+    def handle(self, message: Any, sender: Any) -> None:
+        """Thespian messages, on the loop thread."""
+        if isinstance(message, Deliveries):
+            self._on_deliveries(message.messages)
+        elif isinstance(message, PersistResult):
+            for link in self._links:
+                if link.owns(message.batch_id):
+                    link.on_result(message)
+                    break
+        elif isinstance(message, Wiring):
+            for link, address in zip(self._links, message.persisters, strict=False):
+                link.rewire(address)
+            self._api = message.api
+        elif isinstance(message, Drain):
+            asyncio.get_running_loop().create_task(self._drain(sender))
+        else:
+            log.warning("gateway ignored unknown message", kind=type(message).__name__)
+
+    async def stop(self) -> None:
+        """Close everything (after ``Drain``, or when the process is told to exit)."""
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 10)
+        for channel in list(self._channels.values()):
+            await channel.stop()
+        for link in self._links:
+            link.fail_all("gateway stopped")
+        await self._store.close()
+
+    # --- GatewayServices (for ConnectionActor) ------------------------------------
+
+    def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
+        """Route a send to the persister that sequences its channel."""
+        link = self._links[owner_index(record.channel_id, len(self._links))]
+        return link.submit(record)
+
+    async def join_channel(
+        self, channel_id: str, subscriber: Subscriber, resume_after: str | None
+    ) -> JoinResult:
+        """Subscribe ``subscriber`` to the channel's local fan-out."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.stopped:
+            channel = ChannelActor(
+                channel_id,
+                self._store,
+                max_resume_messages=self.config.chat.max_resume_messages,
+                on_stopped=self._channel_stopped,
+                stats=self._channel_stats,
+            )
+            self._channels[channel_id] = channel
+            channel.start()
+        return await channel.join(subscriber, resume_after)
+
+    def leave_channel(self, channel_id: str, connection_id: str) -> None:
+        """Unsubscribe; the channel actor stops itself when its last member leaves."""
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.tell(Leave(connection_id))
+
+    def inject_channel_fault(self, channel_id: str) -> None:
+        """Fault injection for tests: make the channel's handler raise once."""
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.tell(InjectFault())
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None,
+        after: str | None,
+        limit: int,
+        thread_id: str | None,
+    ) -> HistoryPage:
+        """Read a page of stored messages."""
+        return await self._store.history(
+            channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+        )
+
+    # --- internals ----------------------------------------------------------------
+
+    async def _accept(self, websocket: ServerConnection) -> None:
+        """The accept loop's handler: one ConnectionActor per socket."""
+        if self._draining:
+            await websocket.close(1001, "server shutting down")
+            return
+        query = parse_qs(urlsplit(websocket.request.path).query) if websocket.request else {}
+        user_ids = query.get("userId")
+        actor = ConnectionActor(websocket, self, query_user_id=user_ids[0] if user_ids else None)
+        self._connections.add(actor)
+        try:
+            await actor.run()
+        finally:
+            self._connections.discard(actor)
+
+    def _channel_stopped(self, channel_id: str) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is not None and channel.stopped:
+            del self._channels[channel_id]
+
+    def _on_deliveries(self, messages: tuple[ChimeMessage, ...]) -> None:
+        by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)
+        for message in messages:
+            if message.channel_id in self._channels:
+                by_channel[message.channel_id].append(message)
+        for channel_id, channel_messages in by_channel.items():
+            self._channels[channel_id].tell(Publish(tuple(channel_messages)))
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            for link in self._links:
+                link.expire()
+
+    async def _report_metrics(self) -> None:
+        queue_depth = self.metrics.queue_depth
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL_S)
+            queue_depth.labels(queue="persist_link").set(sum(link.pending for link in self._links))
+            queue_depth.labels(queue="channels").set(len(self._channels))
+            if self._api is not None:
+                snapshot = self.registry.snapshot(str(self.actor_id))
+                self._post(self._api, MetricsReport(self.actor_id, snapshot))
+
+    async def _drain(self, reply_to: Any) -> None:
+        """Stop accepting, settle owed acks, close every client with 1001."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        deadline = time.monotonic() + DRAIN_ACK_TIMEOUT_S
+        while time.monotonic() < deadline and any(c.owed_acks for c in self._connections):
+            await asyncio.sleep(0.02)
+        for connection in list(self._connections):
+            connection.close_after_queued(1001, "server shutting down")
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 10)
+        log.info("gateway drained", actor=str(self.actor_id))
+        self._post(reply_to, Drained(self.actor_id))

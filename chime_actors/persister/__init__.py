@@ -1,0 +1,1 @@
+"""Inside a persister process: the channel sequencer and the batch writer."""

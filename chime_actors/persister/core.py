@@ -1,0 +1,68 @@
+"""The persister process's core: owns a ``PersistWriter`` and reports metrics.
+
+Messages in: ``PersistBatch`` (from gateways), ``Wiring`` (gateway and API
+addresses). Out: ``PersistResult`` to the sending gateway, ``Deliveries`` to all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from chime_actors.actors.messages import ActorId, MetricsReport, Wiring
+from chime_actors.config import Config
+from chime_actors.logs import get_logger
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.persister.writer import PersistWriter
+from chime_actors.records import PersistBatch
+from chime_actors.storage.factory import make_store
+
+log = get_logger(__name__)
+
+METRICS_INTERVAL_S = 1.0
+
+
+class PersisterCore:
+    """One member of the persister pool."""
+
+    def __init__(self, actor_id: ActorId, config: Config, post: Any) -> None:
+        self.actor_id = actor_id
+        self.registry = MetricsRegistry()
+        self.metrics = ChimeMetrics.register(self.registry)
+        self._post = post
+        self._store = make_store(config)
+        self._writer = PersistWriter(self._store, post, self.metrics)
+        self._api: Any = None
+        self._metrics_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Open storage and start the write loop."""
+        await self._store.open()
+        self._writer.start()
+        self._metrics_task = asyncio.get_running_loop().create_task(self._report_metrics())
+        return 0
+
+    def handle(self, message: Any, sender: Any) -> None:
+        """Thespian messages, on the loop thread."""
+        if isinstance(message, PersistBatch):
+            self._writer.submit(message, sender)
+        elif isinstance(message, Wiring):
+            self._writer.set_gateways(message.gateways)
+            self._api = message.api
+        else:
+            log.warning("persister ignored unknown message", kind=type(message).__name__)
+
+    async def stop(self) -> None:
+        """Write what is queued, then close storage."""
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+        await self._writer.stop()
+        await self._store.close()
+
+    async def _report_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL_S)
+            self.metrics.queue_depth.labels(queue="persist_inbox").set(self._writer.queue_depth)
+            if self._api is not None:
+                snapshot = self.registry.snapshot(str(self.actor_id))
+                self._post(self._api, MetricsReport(self.actor_id, snapshot))

@@ -1,0 +1,38 @@
+"""The error codes and WebSocket close codes of PROTOCOL.md, as enums.
+
+``ErrorCode`` is a ``StrEnum`` so a member can be passed wherever the wire code
+string is expected (``ProtocolError(ErrorCode.BAD_REQUEST, ...)``) and compares
+equal to it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an ``error`` frame (PROTOCOL.md, "Errors and limits")."""
+
+    BAD_REQUEST = "bad_request"
+    HANDSHAKE_REQUIRED = "handshake_required"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_SUBSCRIBED = "not_subscribed"
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses."""
+
+    GOING_AWAY = 1001
+    """Server shutdown, after draining acks already owed."""
+    MESSAGE_TOO_BIG = 1009
+    """A frame over ``chat.max_frame_bytes``."""
+    UNAUTHORIZED = 4001
+    """The connect's token failed to verify or contradicts ``userId``."""
+    HANDSHAKE_TIMEOUT = 4008
+    """No connect within ``chat.handshake_timeout_ms``."""

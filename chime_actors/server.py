@@ -1,0 +1,224 @@
+"""Run a Chime server in the foreground: the body of ``chime serve``.
+
+This process is not an actor. It starts Thespian's admin (on a port of its own,
+so two servers never share an admin), asks the ``Supervisor`` to start every
+process actor, writes ``--ports-file``, then waits for SIGTERM/SIGINT. On a signal
+it asks the supervisor to drain and stop, shuts the actor system down and, because
+Thespian can leave orphans behind (a SIGKILLed middle actor's children survive
+``shutdown()``), ends every other process of its own process group. Nothing is
+left running when it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import setproctitle
+
+from chime_actors.actors.messages import (
+    Started,
+    StartFailed,
+    StartServer,
+    Status,
+    StatusQuery,
+    Stopped,
+    ShutdownRequest,
+)
+from chime_actors.config import Config
+from chime_actors.errors import ActorError
+from chime_actors.logs import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+START_TIMEOUT = timedelta(seconds=90)
+STOP_TIMEOUT = timedelta(seconds=45)
+STATUS_TIMEOUT = timedelta(seconds=5)
+STATUS_INTERVAL_S = 2.0
+MAX_MISSED_STATUS = 3
+
+
+def run_server(config: Config, *, ports_file: str | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+    configure_logging(config.logging, process_name="main")
+    setproctitle.setproctitle("chime: main")
+    _own_process_group()
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if config.storage.sqlite.path:
+        Path(config.storage.sqlite.path).parent.mkdir(parents=True, exist_ok=True)
+    # Thespian's own log goes next to our data instead of $TMPDIR/thespian.log.
+    os.environ["THESPLOG_FILE"] = str(config.thespian_log_path.resolve())
+    os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+
+    stop = threading.Event()
+    # Hold the chat port from here to the end: with port 0 this is where it is
+    # chosen, once, for every gateway (they bind it with SO_REUSEPORT too).
+    with _reserve_chat_port(config.chat.host, config.chat.port) as chat_port:
+        admin_port = config.admin_port or _free_port()
+        status = _run_actor_system(config, chat_port, admin_port, ports_file, stop)
+    _reap_process_group()
+    return status
+
+
+def _run_actor_system(
+    config: Config, chat_port: int, admin_port: int, ports_file: str | None, stop: threading.Event
+) -> int:
+    from thespian.actors import ActorSystem
+
+    from chime_actors.actors.supervisor import Supervisor
+
+    system = ActorSystem(
+        "multiprocTCPBase",
+        {"Admin Port": admin_port},
+        logDefs={"version": 1, "disable_existing_loggers": False, "loggers": {}},
+    )
+    # Only now: the admin process has been forked already and must keep the default
+    # handlers (a child inheriting "set an event" would ignore SIGTERM for ever).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    status = 0
+    try:
+        supervisor = system.createActor(Supervisor)
+        reply = system.ask(supervisor, StartServer(config, chat_port), START_TIMEOUT)
+        if not isinstance(reply, Started):
+            why = reply.reason if isinstance(reply, StartFailed) else "no answer in time"
+            log.error("server failed to start", reason=why)
+            return 1
+        chat_url = f"ws://{_url_host(config.chat.host)}:{reply.chat_port}/"
+        api_url = f"http://{_url_host(config.api.host)}:{reply.api_port}/"
+        log.info(
+            "chime is ready",
+            chat=chat_url,
+            api=api_url,
+            chatPort=reply.chat_port,
+            apiPort=reply.api_port,
+            workers=config.workers,
+            storage=str(config.storage.backend),
+            hint=f"try: chime client --url {chat_url} --user alice --channel general",
+        )
+        if ports_file:
+            _write_ports_file(Path(ports_file), reply.chat_port, reply.api_port)
+        status = _wait_for_stop(system, supervisor, stop)
+        log.info("shutting down")
+        answer = system.ask(supervisor, ShutdownRequest(), STOP_TIMEOUT)
+        if not isinstance(answer, Stopped):
+            log.warning("supervisor did not confirm the stop; forcing it")
+    finally:
+        system.shutdown()
+    log.info("stopped", status=status)
+    return status
+
+
+def _wait_for_stop(system: Any, supervisor: Any, stop: threading.Event) -> int:
+    """Block until a signal (0) or until the supervisor fails or vanishes (1)."""
+    missed = 0
+    while not stop.wait(STATUS_INTERVAL_S):
+        answer = system.ask(supervisor, StatusQuery(), STATUS_TIMEOUT)
+        if isinstance(answer, Status):
+            missed = 0
+            if answer.failed:
+                log.error("supervisor failed", reason=answer.reason)
+                return 1
+        elif not stop.is_set():
+            missed += 1
+            if missed >= MAX_MISSED_STATUS:
+                log.error("supervisor does not answer")
+                return 1
+    return 0
+
+
+def _write_ports_file(path: Path, chat_port: int, api_port: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps({"chat": chat_port, "api": api_port}))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.contextmanager
+def _reserve_chat_port(host: str, port: int) -> Iterator[int]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ActorError(f"cannot bind the chat port {host}:{port}: {exc.strerror}") from exc
+        # Bound but never listening: it reserves the port and takes no connections.
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _own_process_group() -> None:
+    """Lead our own process group so that, at the end, we can end all of it."""
+    if os.getpgrp() != os.getpid():
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group ``pgid`` (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 5 is the pgrp; the command name (field 2) may hold spaces and
+        # parentheses, so split after its closing parenthesis.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _reap_process_group() -> None:
+    """End every process of our group but us (Thespian's admin, logger, orphans)."""
+    if os.getpgrp() != os.getpid():
+        return  # not our group to end
+    me = os.getpid()
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        others = [pid for pid in group_members(me) if pid != me]
+        if not others:
+            return
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            _reap_children()
+            if not [pid for pid in group_members(me) if pid != me]:
+                return
+            time.sleep(0.05)
+
+
+def _reap_children() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass

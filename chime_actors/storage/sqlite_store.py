@@ -1,0 +1,735 @@
+"""``SqliteStore``: the embedded default ``MessageStore``, one SQLite file in WAL mode.
+
+Threading: sqlite3 calls block, and the callers run on asyncio loops, so each
+store owns ONE worker thread (a single-worker ``ThreadPoolExecutor``) that creates
+the connection and runs every statement. One thread means one connection and no
+locking inside the process; the loop only awaits futures.
+
+Several processes open the same file: the persister pool writes (each persister
+owns distinct channels, so writers never contend on rows, only on SQLite's single
+write lock), gateways and the API only read. WAL lets readers run while a writer
+commits; ``busy_timeout`` makes a writer wait for the lock instead of failing.
+Writes take the lock up front (``BEGIN IMMEDIATE``): a deferred transaction that
+reads first and then upgrades can fail with SQLITE_BUSY without waiting at all.
+
+Timeouts: every call is bounded by ``timeout_s``; past it the caller gets
+``StoreUnavailable`` and the operation is called off. A running statement is
+interrupted (``sqlite3_interrupt`` is the one connection call that is safe from
+another thread), and a write waiting for another process's lock (which an
+interrupt does not end) finds itself abandoned and rolls back instead of
+committing. Only a commit that had already finished when the timeout fired is
+stored although its caller was told otherwise; the sequencer then reuses a
+number, its next ``append`` fails loudly with ``StoreError`` (duplicate seq)
+and it reloads ``load_channel_state``, which holds the stored batch and its
+client ids, so no message is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.ids import format_message_id, parse_message_id
+from chime_actors.records import ChimeMessage
+from chime_actors.storage.store import (
+    ChannelState,
+    ClientKey,
+    HistoryPage,
+    MessageStore,
+    ReactionMap,
+    check_history_args,
+    not_found,
+    seq_of,
+)
+
+_T = TypeVar("_T")
+
+# Milliseconds a statement waits for another process's write lock.
+_BUSY_TIMEOUT_MS = 5000
+
+# SQLite's default bound on host parameters was 999 before 3.32; stay below it.
+_MAX_PARAMS = 500
+
+_SCHEMA = (
+    # WITHOUT ROWID: rows are clustered by (channel_id, seq), so a history page
+    # is one contiguous range scan.
+    """CREATE TABLE IF NOT EXISTS messages (
+        channel_id    TEXT    NOT NULL,
+        seq           INTEGER NOT NULL,
+        message_id    TEXT    NOT NULL,
+        user_id       TEXT    NOT NULL,
+        content       TEXT    NOT NULL,
+        created_at    TEXT    NOT NULL,
+        edited_at     TEXT,
+        metadata      TEXT    NOT NULL DEFAULT '{}',
+        thread_id     TEXT,
+        client_msg_id TEXT,
+        channel_name  TEXT,
+        deleted       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (channel_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS messages_by_thread
+        ON messages (channel_id, thread_id, seq)""",
+    """CREATE TABLE IF NOT EXISTS client_ids (
+        channel_id    TEXT NOT NULL,
+        user_id       TEXT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        message_id    TEXT NOT NULL,
+        created_at    TEXT NOT NULL,
+        PRIMARY KEY (channel_id, user_id, client_msg_id)
+    ) WITHOUT ROWID""",
+    # load_channel_state reads only the dedupe window of a channel.
+    """CREATE INDEX IF NOT EXISTS client_ids_by_time
+        ON client_ids (channel_id, created_at)""",
+    """CREATE TABLE IF NOT EXISTS message_counters (
+        channel_id TEXT    NOT NULL PRIMARY KEY,
+        count      INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS reactions (
+        channel_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        emoji      TEXT NOT NULL,
+        user_id    TEXT NOT NULL,
+        PRIMARY KEY (channel_id, message_id, emoji, user_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS read_markers (
+        channel_id TEXT NOT NULL,
+        user_id    TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (channel_id, user_id)
+    ) WITHOUT ROWID""",
+)
+
+_COLUMNS = (
+    "channel_id, message_id, user_id, content, created_at, edited_at, "
+    "metadata, thread_id, client_msg_id, channel_name"
+)
+_M_COLUMNS = ", ".join(f"m.{column.strip()}" for column in _COLUMNS.split(","))
+
+_Row = tuple[str, str, str, str, str, str | None, str, str | None, str | None, str | None]
+
+
+class SqliteStore:
+    """A ``MessageStore`` on one SQLite file, safe to share between processes.
+
+    Args:
+        path: the database file; missing parent directories are created.
+        timeout_s: upper bound of every call, after which it raises
+            ``StoreUnavailable``.
+    """
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 5.0) -> None:
+        self._path = Path(path)
+        self._timeout_s = timeout_s
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Created, used and closed on the worker thread only; the loop thread
+        # merely calls interrupt() on it.
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file in WAL mode and create the schema if missing.
+
+        Raises:
+            StoreUnavailable: the file cannot be created or opened (for example
+                the path is a directory or not writable). The store is then
+                closed again and ``open`` may be retried.
+        """
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="chime-sqlite"
+        )
+        try:
+            await self._submit("open", self._connect, threading.Event())
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread; safe to call twice.
+
+        Never raises: if the worker is stuck past the timeout, the running
+        statement is interrupted and the close runs as soon as it returns.
+        """
+        executor = self._executor
+        if executor is None:
+            return
+        self._executor = None
+        # Not through _call: a timeout must not cancel the queued close.
+        job = executor.submit(self._disconnect)
+        done, _ = await asyncio.wait([asyncio.wrap_future(job)], timeout=self._timeout_s)
+        if done:
+            executor.shutdown(wait=True)  # the queue is empty: returns at once
+        else:
+            self._interrupt()
+            executor.shutdown(wait=False)
+
+    async def ping(self) -> None:
+        """Run a trivial query; ``StoreUnavailable`` if the file does not answer."""
+        await self._call("ping", _ping)
+
+    # --- sequencing -------------------------------------------------------------
+
+    async def load_channel_state(self, channel_id: str, *, dedupe_since: str) -> ChannelState:
+        """See ``MessageStore.load_channel_state``."""
+        return await self._call(
+            "load_channel_state",
+            partial(_load_channel_state, channel_id=channel_id, dedupe_since=dedupe_since),
+        )
+
+    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+        """See ``MessageStore.append``."""
+        if not messages:
+            return
+        batch = tuple(messages)
+        await self._call("append", partial(_append, messages=batch), write=True)
+
+    async def last_seq(self, channel_id: str) -> int:
+        """See ``MessageStore.last_seq``."""
+        return await self._call("last_seq", partial(_last_seq, channel_id=channel_id))
+
+    # --- reads ------------------------------------------------------------------
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+        thread_id: str | None = None,
+    ) -> HistoryPage:
+        """See ``MessageStore.history``."""
+        after_seq, before_seq = check_history_args(before, after, limit)
+        return await self._call(
+            "history",
+            partial(
+                _history,
+                channel_id=channel_id,
+                after_seq=after_seq,
+                before_seq=before_seq,
+                forward=after is not None,
+                limit=limit,
+                thread_id=thread_id,
+            ),
+        )
+
+    async def get_message(self, channel_id: str, message_id: str) -> ChimeMessage:
+        """See ``MessageStore.get_message``."""
+        seq = seq_of(channel_id, message_id)
+        message = await self._call(
+            "get_message", partial(_get_live, channel_id=channel_id, seq=seq)
+        )
+        if message is None:
+            raise not_found(channel_id, message_id)
+        return message
+
+    async def messages_range(
+        self, channel_id: str, *, after_seq: int, up_to_seq: int
+    ) -> tuple[ChimeMessage, ...]:
+        """See ``MessageStore.messages_range``."""
+        return await self._call(
+            "messages_range",
+            partial(_messages_range, channel_id=channel_id, after_seq=after_seq, up_to=up_to_seq),
+        )
+
+    # --- edits, deletes, reactions, read markers --------------------------------
+
+    async def edit(
+        self, channel_id: str, message_id: str, content: str, edited_at: str
+    ) -> ChimeMessage:
+        """See ``MessageStore.edit``."""
+        seq = seq_of(channel_id, message_id)
+        message = await self._call(
+            "edit",
+            partial(_edit, channel_id=channel_id, seq=seq, content=content, edited_at=edited_at),
+            write=True,
+        )
+        if message is None:
+            raise not_found(channel_id, message_id)
+        return message
+
+    async def delete(self, channel_id: str, message_id: str) -> None:
+        """See ``MessageStore.delete``."""
+        seq = seq_of(channel_id, message_id)
+        deleted = await self._call(
+            "delete", partial(_delete, channel_id=channel_id, seq=seq), write=True
+        )
+        if not deleted:
+            raise not_found(channel_id, message_id)
+
+    async def set_reaction(
+        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
+    ) -> None:
+        """See ``MessageStore.set_reaction``."""
+        seq = seq_of(channel_id, message_id)
+        found = await self._call(
+            "set_reaction",
+            partial(
+                _set_reaction,
+                channel_id=channel_id,
+                seq=seq,
+                emoji=emoji,
+                user_id=user_id,
+                present=present,
+            ),
+            write=True,
+        )
+        if not found:
+            raise not_found(channel_id, message_id)
+
+    async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
+        """See ``MessageStore.reactions``."""
+        ids = tuple(sorted(set(message_ids)))
+        if not ids:
+            return {}
+        return await self._call(
+            "reactions", partial(_reactions, channel_id=channel_id, message_ids=ids)
+        )
+
+    async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
+        """See ``MessageStore.set_read_marker``."""
+        await self._call(
+            "set_read_marker",
+            partial(
+                _set_read_marker, channel_id=channel_id, user_id=user_id, message_id=message_id
+            ),
+            write=True,
+        )
+
+    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
+        """See ``MessageStore.read_marker``."""
+        return await self._call(
+            "read_marker", partial(_read_marker, channel_id=channel_id, user_id=user_id)
+        )
+
+    # --- the worker thread ------------------------------------------------------
+
+    async def _call(
+        self,
+        operation: str,
+        work: Callable[[sqlite3.Connection], _T],
+        *,
+        write: bool = False,
+    ) -> _T:
+        """Run ``work(connection)`` on the worker thread within the timeout.
+
+        With ``write`` the work runs in one write transaction (see ``_write``).
+        """
+        abandoned = threading.Event()
+        return await self._submit(
+            operation,
+            partial(self._with_connection, operation, work, write, abandoned),
+            abandoned,
+        )
+
+    async def _submit(
+        self, operation: str, work: Callable[[], _T], abandoned: threading.Event
+    ) -> _T:
+        """Run ``work()`` on the worker thread within the timeout, errors translated.
+
+        On timeout ``abandoned`` is set, so a write that is still running rolls
+        back instead of committing after its caller was told it failed.
+        """
+        executor = self._executor
+        if executor is None:
+            raise StoreError(f"SqliteStore.{operation}: the store is not open")
+        job = executor.submit(self._translate_errors, operation, work)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job), self._timeout_s)
+        except TimeoutError as exc:
+            abandoned.set()
+            # wait_for cancelled the job, which only succeeds if it had not
+            # started. A running statement is interrupted; a wait for another
+            # process's lock is not (SQLite's busy handler ignores interrupts),
+            # which is what the abandoned flag is for.
+            if not job.cancelled() and not job.done():
+                self._interrupt()
+            raise StoreUnavailable(
+                f"sqlite {operation} on {self._path} timed out after {self._timeout_s:g} s"
+            ) from exc
+
+    def _with_connection(
+        self,
+        operation: str,
+        work: Callable[[sqlite3.Connection], _T],
+        write: bool,
+        abandoned: threading.Event,
+    ) -> _T:
+        conn = self._conn
+        if conn is None:  # open() failed, or close() overtook this call
+            raise StoreError(f"SqliteStore.{operation}: the store is not open")
+        if not write:
+            return work(conn)
+        with _write(conn, abandoned):
+            return work(conn)
+
+    def _translate_errors(self, operation: str, work: Callable[[], _T]) -> _T:
+        """Worker thread: run ``work`` and translate library exceptions."""
+        try:
+            return work()
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"sqlite {operation} on {self._path}: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            # Locked past busy_timeout, interrupted, disk full, I/O error, file
+            # not openable: all mean "try again later" to the caller.
+            raise StoreUnavailable(f"sqlite {operation} on {self._path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {operation} on {self._path}: {exc}") from exc
+        except OSError as exc:  # creating the parent directories
+            raise StoreUnavailable(f"sqlite {operation} on {self._path}: {exc}") from exc
+
+    def _connect(self) -> None:
+        """Worker thread: open the file, set the pragmas, create the schema."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit BEGINs; _write() spells out each
+        # transaction. check_same_thread=False only so the loop thread may call
+        # interrupt(); everything else happens on this thread.
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreUnavailable(f"sqlite could not enable WAL on {self._path}: {mode}")
+            # NORMAL is durable against process crashes in WAL mode; only an OS
+            # crash or power loss can lose the last commits, for far fewer fsyncs.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            with _write(conn, threading.Event()):
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _disconnect(self) -> None:
+        """Worker thread: close the connection if open."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.interrupt()
+
+
+# --- SQL, run on the worker thread ----------------------------------------------
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection, abandoned: threading.Event) -> Iterator[None]:
+    """One write transaction holding the database lock from its first statement.
+
+    It commits only if its caller is still waiting (``abandoned`` not set).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        if abandoned.is_set():
+            raise StoreUnavailable("sqlite write abandoned: its caller timed out")
+        conn.execute("COMMIT")
+    except BaseException:
+        # An interrupt may already have rolled the transaction back.
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """A read transaction: several SELECTs see one consistent state."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _to_message(row: _Row) -> ChimeMessage:
+    metadata: dict[str, str] = json.loads(row[6])
+    return ChimeMessage(
+        channel_id=row[0],
+        message_id=row[1],
+        user_id=row[2],
+        content=row[3],
+        created_at=row[4],
+        edited_at=row[5],
+        metadata=tuple(metadata.items()),
+        thread_id=row[7],
+        client_msg_id=row[8],
+        channel_name=row[9],
+    )
+
+
+def _ping(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1").fetchone()
+
+
+def _last_seq(conn: sqlite3.Connection, *, channel_id: str) -> int:
+    (last,) = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel_id = ?", (channel_id,)
+    ).fetchone()
+    return int(last)
+
+
+def _load_channel_state(
+    conn: sqlite3.Connection, *, channel_id: str, dedupe_since: str
+) -> ChannelState:
+    with _snapshot(conn):
+        last = _last_seq(conn, channel_id=channel_id)
+        # client_ids.message_id is the zero-padded seq, so the CAST joins on the
+        # messages primary key.
+        rows = conn.execute(
+            f"SELECT {_M_COLUMNS} FROM client_ids AS c JOIN messages AS m"
+            " ON m.channel_id = c.channel_id AND m.seq = CAST(c.message_id AS INTEGER)"
+            " WHERE c.channel_id = ? AND c.created_at >= ?",
+            (channel_id, dedupe_since),
+        ).fetchall()
+    client_ids: dict[ClientKey, ChimeMessage] = {}
+    for row in rows:
+        message = _to_message(row)
+        assert message.client_msg_id is not None  # only such messages have a row
+        client_ids[(message.user_id, message.client_msg_id)] = message
+    return ChannelState(last_seq=last, client_ids=client_ids)
+
+
+def _append(conn: sqlite3.Connection, *, messages: tuple[ChimeMessage, ...]) -> None:
+    counts: dict[str, int] = {}
+    for message in messages:
+        counts[message.channel_id] = counts.get(message.channel_id, 0) + 1
+    # Plain INSERT: a taken (channel_id, seq) raises IntegrityError and the
+    # whole batch rolls back. Overwriting would hide two live sequencers.
+    conn.executemany(
+        "INSERT INTO messages (channel_id, seq, message_id, user_id, content, created_at,"
+        " edited_at, metadata, thread_id, client_msg_id, channel_name, deleted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        [
+            (
+                m.channel_id,
+                m.seq,
+                m.message_id,
+                m.user_id,
+                m.content,
+                m.created_at,
+                m.edited_at,
+                json.dumps(dict(m.metadata), ensure_ascii=False, separators=(",", ":")),
+                m.thread_id,
+                m.client_msg_id,
+                m.channel_name,
+            )
+            for m in messages
+        ],
+    )
+    # The sequencer already decided these are new sends; a key seen before
+    # the dedupe window now points at the newer message.
+    conn.executemany(
+        "INSERT INTO client_ids (channel_id, user_id, client_msg_id, message_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (channel_id, user_id, client_msg_id) DO UPDATE"
+        " SET message_id = excluded.message_id, created_at = excluded.created_at",
+        [
+            (m.channel_id, m.user_id, m.client_msg_id, m.message_id, m.created_at)
+            for m in messages
+            if m.client_msg_id is not None
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO message_counters (channel_id, count) VALUES (?, ?)"
+        " ON CONFLICT (channel_id) DO UPDATE SET count = count + excluded.count",
+        list(counts.items()),
+    )
+
+
+def _history(
+    conn: sqlite3.Connection,
+    *,
+    channel_id: str,
+    after_seq: int,
+    before_seq: int | None,
+    forward: bool,
+    limit: int,
+    thread_id: str | None,
+) -> HistoryPage:
+    # The SQL text is assembled from fixed fragments only; every value is a
+    # parameter.
+    where = "channel_id = ? AND deleted = 0 AND seq > ?"
+    bounds: list[object] = [channel_id, after_seq]
+    if before_seq is not None:
+        where += " AND seq < ?"
+        bounds.append(before_seq)
+    order = "ASC" if forward else "DESC"
+    if thread_id is None:
+        sql = f"SELECT {_COLUMNS}, seq FROM messages WHERE {where}"
+        params = bounds
+    else:
+        # The replies come from the thread index. The root is added by a second
+        # SELECT on the primary key rather than by an OR, with which SQLite
+        # would walk the whole channel instead of the index.
+        sql = f"SELECT {_COLUMNS}, seq FROM messages WHERE {where} AND thread_id = ?"
+        params = [*bounds, thread_id]
+        try:
+            root_seq = parse_message_id(thread_id)
+        except ValueError:
+            pass  # not a message id, so there is no root to add
+        else:
+            sql += (
+                f" UNION ALL SELECT {_COLUMNS}, seq FROM messages WHERE {where}"
+                # IS NOT: a root that names itself as its thread is listed once.
+                " AND seq = ? AND thread_id IS NOT ?"
+            )
+            params += [*bounds, root_seq, thread_id]
+    # seq is selected too: a compound SELECT can only ORDER BY result columns.
+    # One row past the page tells whether more exist.
+    rows = conn.execute(f"{sql} ORDER BY seq {order} LIMIT ?", [*params, limit + 1]).fetchall()
+    has_more = len(rows) > limit
+    page = [_to_message(row[:-1]) for row in rows[:limit]]
+    if not forward:
+        page.reverse()
+    return HistoryPage(tuple(page), has_more=has_more)
+
+
+def _get_live(conn: sqlite3.Connection, *, channel_id: str, seq: int) -> ChimeMessage | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages WHERE channel_id = ? AND seq = ? AND deleted = 0",
+        (channel_id, seq),
+    ).fetchone()
+    return None if row is None else _to_message(row)
+
+
+def _messages_range(
+    conn: sqlite3.Connection, *, channel_id: str, after_seq: int, up_to: int
+) -> tuple[ChimeMessage, ...]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages"
+        " WHERE channel_id = ? AND seq > ? AND seq <= ? AND deleted = 0 ORDER BY seq",
+        (channel_id, after_seq, up_to),
+    ).fetchall()
+    return tuple(_to_message(row) for row in rows)
+
+
+def _edit(
+    conn: sqlite3.Connection, *, channel_id: str, seq: int, content: str, edited_at: str
+) -> ChimeMessage | None:
+    cursor = conn.execute(
+        "UPDATE messages SET content = ?, edited_at = ?"
+        " WHERE channel_id = ? AND seq = ? AND deleted = 0",
+        (content, edited_at, channel_id, seq),
+    )
+    if cursor.rowcount == 0:
+        return None
+    return _get_live(conn, channel_id=channel_id, seq=seq)
+
+
+def _delete(conn: sqlite3.Connection, *, channel_id: str, seq: int) -> bool:
+    cursor = conn.execute(
+        "UPDATE messages SET deleted = 1 WHERE channel_id = ? AND seq = ? AND deleted = 0",
+        (channel_id, seq),
+    )
+    if cursor.rowcount == 0:
+        return False
+    # Nobody can read or add them any more.
+    conn.execute(
+        "DELETE FROM reactions WHERE channel_id = ? AND message_id = ?",
+        (channel_id, format_message_id(seq)),
+    )
+    return True
+
+
+def _set_reaction(
+    conn: sqlite3.Connection,
+    *,
+    channel_id: str,
+    seq: int,
+    emoji: str,
+    user_id: str,
+    present: bool,
+) -> bool:
+    message_id = format_message_id(seq)
+    live = conn.execute(
+        "SELECT 1 FROM messages WHERE channel_id = ? AND seq = ? AND deleted = 0",
+        (channel_id, seq),
+    ).fetchone()
+    if live is None:
+        return False
+    params = (channel_id, message_id, emoji, user_id)
+    if present:
+        conn.execute(
+            "INSERT INTO reactions (channel_id, message_id, emoji, user_id)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            params,
+        )
+    else:
+        conn.execute(
+            "DELETE FROM reactions"
+            " WHERE channel_id = ? AND message_id = ? AND emoji = ? AND user_id = ?",
+            params,
+        )
+    return True
+
+
+def _reactions(
+    conn: sqlite3.Connection, *, channel_id: str, message_ids: tuple[str, ...]
+) -> ReactionMap:
+    result: dict[str, dict[str, list[str]]] = {}
+    for start in range(0, len(message_ids), _MAX_PARAMS):
+        chunk = message_ids[start : start + _MAX_PARAMS]
+        placeholders = ", ".join("?" * len(chunk))
+        # BINARY collation compares UTF-8 bytes, which is code point order:
+        # the same order as sorting the Python strings.
+        rows = conn.execute(
+            "SELECT message_id, emoji, user_id FROM reactions"
+            f" WHERE channel_id = ? AND message_id IN ({placeholders})"
+            " ORDER BY message_id, emoji, user_id",
+            (channel_id, *chunk),
+        ).fetchall()
+        for message_id, emoji, user_id in rows:
+            result.setdefault(message_id, {}).setdefault(emoji, []).append(user_id)
+    return {
+        message_id: {emoji: tuple(users) for emoji, users in by_emoji.items()}
+        for message_id, by_emoji in result.items()
+    }
+
+
+def _set_read_marker(
+    conn: sqlite3.Connection, *, channel_id: str, user_id: str, message_id: str
+) -> None:
+    # Fixed-width ids compare as strings in sequence order: the marker only
+    # moves forward.
+    conn.execute(
+        "INSERT INTO read_markers (channel_id, user_id, message_id) VALUES (?, ?, ?)"
+        " ON CONFLICT (channel_id, user_id) DO UPDATE SET message_id = excluded.message_id"
+        " WHERE excluded.message_id > read_markers.message_id",
+        (channel_id, user_id, message_id),
+    )
+
+
+def _read_marker(conn: sqlite3.Connection, *, channel_id: str, user_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT message_id FROM read_markers WHERE channel_id = ? AND user_id = ?",
+        (channel_id, user_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+if TYPE_CHECKING:
+    # mypy proves the class satisfies the interface.
+    _conforms: MessageStore = SqliteStore(":memory:")

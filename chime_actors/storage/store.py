@@ -1,0 +1,250 @@
+"""The ``MessageStore`` interface: what the actors need from durable storage.
+
+The store persists and reads; it never numbers messages. Each channel has one
+sequencer (its persister actor) that assigns contiguous ids 1, 2, 3 ... (see
+``chime_actors.ids``) and hands finished ``ChimeMessage`` records to ``append``.
+A duplicate sequence number would mean two sequencers for one channel, so the
+store refuses it loudly instead of overwriting.
+
+Every method is a coroutine because its callers run on asyncio loops; an
+implementation must never block the loop. Failures are ``StoreError`` (see
+``chime_actors.errors``): ``StoreUnavailable`` when storage is down or a call
+timed out, ``MessageNotFound`` for an unknown or deleted message.
+
+Shared conventions of every implementation:
+
+* Deleted messages keep their sequence number (ids stay contiguous) but are never
+  returned by ``history``, ``get_message`` or ``messages_range``.
+* Edits overwrite ``content`` and ``edited_at``; readers always see the last edit.
+* ``message_counters`` counts appended messages per channel (for stats); deletes
+  do not decrement it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from chime_actors.errors import MessageNotFound
+from chime_actors.ids import parse_message_id
+from chime_actors.records import ChimeMessage
+
+#: Key of a send in the idempotency window: ``(user_id, client_msg_id)``.
+ClientKey = tuple[str, str]
+
+#: ``reactions()`` result: message id -> emoji -> user ids (sorted).
+ReactionMap = Mapping[str, Mapping[str, tuple[str, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """What a channel's sequencer needs to resume numbering after a restart.
+
+    Attributes:
+        last_seq: the highest sequence number stored for the channel, 0 if none
+            (deleted messages count: their numbers stay taken).
+        client_ids: stored sends that carried a ``client_msg_id`` and were created
+            at or after the ``dedupe_since`` cutoff, keyed by
+            ``(user_id, client_msg_id)``. Deleted messages are included: a retried
+            send of a since-deleted message must still not be stored twice.
+    """
+
+    last_seq: int
+    client_ids: Mapping[ClientKey, ChimeMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of a channel's history.
+
+    Attributes:
+        messages: oldest first.
+        has_more: True when more matching messages exist in the paging direction
+            (older ones for a newest-first page, newer ones for an ``after`` page).
+    """
+
+    messages: tuple[ChimeMessage, ...]
+    has_more: bool
+
+
+class MessageStore(Protocol):
+    """Durable storage for chat messages and their annotations.
+
+    Implementations: ``SqliteStore`` (embedded default), ``MemoryStore`` (the fake
+    for unit tests) and, later, a Cassandra store. All share the contract tested
+    by ``tests/store_contract.py``.
+    """
+
+    async def open(self) -> None:
+        """Connect and create the schema if missing (idempotent across processes).
+
+        Raises:
+            StoreUnavailable: storage cannot be reached or opened.
+        """
+
+    async def close(self) -> None:
+        """Release every connection and thread; safe to call twice."""
+
+    async def ping(self) -> None:
+        """Check storage answers.
+
+        Raises:
+            StoreUnavailable: it does not.
+        """
+
+    async def load_channel_state(self, channel_id: str, *, dedupe_since: str) -> ChannelState:
+        """Return the channel's last sequence number and its recent client ids.
+
+        Args:
+            channel_id: the channel.
+            dedupe_since: ISO-8601 timestamp in the wire format; sends created at
+                or after it are returned (the fixed width makes string order time
+                order).
+        """
+
+    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+        """Store a batch atomically: every message or none of them.
+
+        Also records the idempotency row of each message that has a
+        ``client_msg_id`` (a newer send with the same key replaces an older one)
+        and adds to the channel's message counter. The batch may span channels.
+
+        Raises:
+            StoreError: a sequence number is already taken (two sequencers for
+                one channel: never silently overwritten). Nothing was stored.
+            StoreUnavailable: storage is down; nothing was stored.
+        """
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+        thread_id: str | None = None,
+    ) -> HistoryPage:
+        """Return one page of non-deleted messages, oldest first.
+
+        * neither cursor: the newest ``limit``; ``has_more`` when older exist.
+        * ``before`` only: the newest ``limit`` with id < ``before``; ``has_more``
+          when older exist.
+        * ``after`` only (also what resume uses): the oldest ``limit`` with
+          id > ``after``; ``has_more`` when newer exist.
+        * both: ids strictly between, the oldest ``limit`` of them; ``has_more``
+          when more exist between the last one returned and ``before``.
+
+        Args:
+            channel_id: the channel.
+            before: exclusive upper bound (a message id), or None.
+            after: exclusive lower bound (a message id), or None.
+            limit: page size, at least 1 (the protocol layer enforces 1..100).
+            thread_id: when set, only the thread: messages whose ``thread_id`` is
+                this id plus the root message itself (``message_id == thread_id``),
+                so a client renders the thread with its root from one page.
+
+        Raises:
+            ValueError: ``limit`` < 1 or a cursor is not a message id (callers
+                validate both before asking).
+        """
+
+    async def get_message(self, channel_id: str, message_id: str) -> ChimeMessage:
+        """Return one message as last edited.
+
+        Raises:
+            MessageNotFound: unknown, malformed or deleted id.
+        """
+
+    async def messages_range(
+        self, channel_id: str, *, after_seq: int, up_to_seq: int
+    ) -> tuple[ChimeMessage, ...]:
+        """Return messages with ``after_seq < seq <= up_to_seq``, ascending.
+
+        Gateways use it to fill a gap in a live stream. Deleted messages are left
+        out, so a sequence number missing from the result means "deleted".
+        """
+
+    async def last_seq(self, channel_id: str) -> int:
+        """Return the highest stored sequence number of the channel, 0 if none."""
+
+    async def edit(
+        self, channel_id: str, message_id: str, content: str, edited_at: str
+    ) -> ChimeMessage:
+        """Replace a message's content, stamp ``edited_at`` and return the result.
+
+        Authorization (author only) is the caller's job.
+
+        Raises:
+            MessageNotFound: unknown or deleted message.
+        """
+
+    async def delete(self, channel_id: str, message_id: str) -> None:
+        """Mark a message deleted; its sequence number stays taken.
+
+        Raises:
+            MessageNotFound: unknown or already deleted message.
+        """
+
+    async def set_reaction(
+        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
+    ) -> None:
+        """Add (``present``) or remove a user's reaction; both are idempotent.
+
+        Raises:
+            MessageNotFound: unknown or deleted message.
+        """
+
+    async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
+        """Return the reactions of the given messages.
+
+        ``ChimeMessage`` has no reactions field (records stay lean on the hot
+        path), so history callers fetch them with this call for the page's ids.
+        Messages without reactions are absent from the result; emojis and user
+        ids are sorted by code point so every implementation answers the same.
+        """
+
+    async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
+        """Record that the user has read the channel up to ``message_id``.
+
+        The marker only moves forward: two devices of one user racing cannot
+        make read messages unread again.
+        """
+
+    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
+        """Return the user's read marker in the channel, None if never set."""
+
+
+# --- helpers shared by the implementations ----------------------------------
+
+
+def check_history_args(before: str | None, after: str | None, limit: int) -> tuple[int, int | None]:
+    """Validate ``history`` arguments; return ``(after_seq, before_seq)``.
+
+    ``after_seq`` is 0 without an ``after`` cursor (sequence numbers start at 1).
+
+    Raises:
+        ValueError: ``limit`` < 1 or a cursor is not a message id.
+    """
+    if limit < 1:
+        raise ValueError(f"history limit must be at least 1, got {limit}")
+    after_seq = parse_message_id(after) if after is not None else 0
+    before_seq = parse_message_id(before) if before is not None else None
+    return after_seq, before_seq
+
+
+def seq_of(channel_id: str, message_id: str) -> int:
+    """Return the sequence number of ``message_id``.
+
+    Raises:
+        MessageNotFound: the id is malformed, so no such message can exist.
+    """
+    try:
+        return parse_message_id(message_id)
+    except ValueError as exc:
+        raise MessageNotFound(f"no message {message_id!r} in channel {channel_id!r}") from exc
+
+
+def not_found(channel_id: str, message_id: str) -> MessageNotFound:
+    """The ``MessageNotFound`` every implementation raises, with one wording."""
+    return MessageNotFound(f"no message {message_id!r} in channel {channel_id!r}")

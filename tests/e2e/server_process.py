@@ -1,0 +1,153 @@
+"""Start a real ``chime serve`` in its own process group, on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ServerProcess:
+    """A running server: its ports, its process, where it logs."""
+
+    proc: subprocess.Popen[bytes]
+    chat_port: int
+    api_port: int
+    log_path: Path
+    workdir: Path
+    stopped_status: int | None = field(default=None)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.chat_port}/"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                lines.append(orjson.loads(raw))
+        return lines
+
+    def pids_by_title(self, title: str) -> list[int]:
+        """Pids of this server's processes whose ``ps`` title is ``title``."""
+        found = []
+        for pid in group_pids(self.proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            except OSError:
+                continue
+            if cmdline.decode(errors="replace") == title:
+                found.append(pid)
+        return found
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the server and wait for it; returns its exit status."""
+        if self.stopped_status is not None:
+            return self.stopped_status
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+        try:
+            self.stopped_status = self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc.pid)
+            self.stopped_status = self.proc.wait(10)
+            raise AssertionError("server did not stop in time") from None
+        return self.stopped_status
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process of process group ``pgid`` (zombies excluded)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(
+    tmp: Path, overrides: dict[str, Any] | None = None, workers: int = 2
+) -> Iterator[ServerProcess]:
+    """Run ``chime serve`` on free ports with its data in ``tmp``; stop it after."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "chat": {"host": "127.0.0.1", "port": 0},
+        "api": {"host": "127.0.0.1", "port": 0},
+        "workers": workers,
+        "storage": {"sqlite": {"path": str(tmp / "data" / "chime.db")}},
+        "data_dir": str(tmp / "data"),
+        "testing": {"fault_injection": True},
+    }
+    for key, value in (overrides or {}).items():
+        section = config
+        *parents, last = key.split(".")
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[last] = value
+    config_path = tmp / "chime.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    ports_path = tmp / "ports.json"
+    log_path = tmp / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIME_")}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chime_actors", "serve", "--config", str(config_path),
+             "--ports-file", str(ports_path)],
+            cwd=tmp,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    server = None
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ports_path.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited: {log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        ports = orjson.loads(ports_path.read_bytes())
+        server = ServerProcess(proc, ports["chat"], ports["api"], log_path, tmp)
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        else:
+            kill_group(proc.pid)
+            proc.wait(10)
+        # Nothing of the server may outlive it: not an actor, not Thespian's admin.
+        leftovers = group_pids(proc.pid)
+        kill_group(proc.pid)
+        assert leftovers == [], f"processes left behind: {leftovers}"

@@ -1,0 +1,588 @@
+"""The behaviour every ``MessageStore`` must show, as a reusable test base class.
+
+Use it by subclassing and providing a ``make_store`` fixture that returns a
+factory of fresh, unopened stores::
+
+    class TestSqliteStoreContract(StoreContract):
+        @pytest.fixture
+        def make_store(self, tmp_path: Path) -> StoreFactory:
+            return lambda: SqliteStore(tmp_path / "chime.db")
+
+Each test opens one store, runs an async scenario on a fresh event loop
+(pytest-asyncio is not used) and always closes the store, so no thread or
+connection outlives the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from chime_actors.errors import MessageNotFound, StoreError, StoreUnavailable
+from chime_actors.ids import format_message_id
+from chime_actors.records import ChimeMessage, Metadata
+from chime_actors.storage.store import MessageStore, ReactionMap
+
+StoreFactory = Callable[[], MessageStore]
+Scenario = Callable[[MessageStore], Awaitable[None]]
+
+CHANNEL = "general"
+
+
+def mid(seq: int) -> str:
+    """Shorthand for the wire id of ``seq``."""
+    return format_message_id(seq)
+
+
+def created_at(seq: int) -> str:
+    """A deterministic timestamp that grows with ``seq`` (one second apart)."""
+    return f"2026-11-27T10:{seq // 60:02d}:{seq % 60:02d}.000Z"
+
+
+def make_message(
+    seq: int,
+    *,
+    channel: str = CHANNEL,
+    user: str = "alice",
+    content: str | None = None,
+    thread_id: str | None = None,
+    client_msg_id: str | None = None,
+    metadata: Metadata = (),
+    channel_name: str | None = None,
+) -> ChimeMessage:
+    """A message as the sequencer would hand it to ``append``."""
+    return ChimeMessage(
+        channel_id=channel,
+        message_id=mid(seq),
+        user_id=user,
+        content=content if content is not None else f"message {seq}",
+        created_at=created_at(seq),
+        metadata=metadata,
+        thread_id=thread_id,
+        client_msg_id=client_msg_id,
+        channel_name=channel_name,
+    )
+
+
+def batch(first: int, last: int, *, channel: str = CHANNEL) -> list[ChimeMessage]:
+    """Messages ``first..last`` (inclusive) of a channel."""
+    return [make_message(seq, channel=channel) for seq in range(first, last + 1)]
+
+
+def seqs(messages: tuple[ChimeMessage, ...]) -> list[int]:
+    """The sequence numbers of ``messages``, in their order."""
+    return [message.seq for message in messages]
+
+
+def run_with_store(make_store: StoreFactory, scenario: Scenario) -> None:
+    """Open a store, run ``scenario`` on it in a new event loop, close it."""
+
+    async def main() -> None:
+        store = make_store()
+        await store.open()
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+class StoreContract:
+    """Contract tests; a ``Test*`` subclass supplies the ``make_store`` fixture."""
+
+    @pytest.fixture
+    def make_store(self) -> StoreFactory:
+        raise NotImplementedError("subclasses provide a make_store fixture")
+
+    # --- empty state, ping ------------------------------------------------------
+
+    def test_empty_channel(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.ping()
+            assert await store.last_seq(CHANNEL) == 0
+            state = await store.load_channel_state(CHANNEL, dedupe_since=created_at(0))
+            assert state.last_seq == 0
+            assert dict(state.client_ids) == {}
+            for page in (
+                await store.history(CHANNEL),
+                await store.history(CHANNEL, before=mid(5)),
+                await store.history(CHANNEL, after=mid(0)),
+                await store.history(CHANNEL, after=mid(0), before=mid(9)),
+                await store.history(CHANNEL, thread_id=mid(1)),
+            ):
+                assert page.messages == ()
+                assert page.has_more is False
+            assert await store.messages_range(CHANNEL, after_seq=0, up_to_seq=10) == ()
+            assert dict(await store.reactions(CHANNEL, [mid(1)])) == {}
+            assert await store.read_marker(CHANNEL, "alice") is None
+            with pytest.raises(MessageNotFound):
+                await store.get_message(CHANNEL, mid(1))
+
+        run_with_store(make_store, scenario)
+
+    # --- append -----------------------------------------------------------------
+
+    def test_append_round_trips_every_field(self, make_store: StoreFactory) -> None:
+        original = make_message(
+            1,
+            user="bob",
+            content="héllo 👋 \"quoted\" 'single' \n newline",
+            client_msg_id="c-1",
+            metadata=(("z", "last"), ("a", "ünïcode"), ("empty", "")),
+            channel_name="General",
+        )
+        reply = make_message(2, thread_id=mid(1))
+
+        async def scenario(store: MessageStore) -> None:
+            await store.append([original, reply])
+            assert await store.get_message(CHANNEL, mid(1)) == original
+            assert await store.get_message(CHANNEL, mid(2)) == reply
+            page = await store.history(CHANNEL)
+            assert page.messages == (original, reply)
+            assert page.has_more is False
+
+        run_with_store(make_store, scenario)
+
+    def test_append_empty_batch_is_a_no_op(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append([])
+            assert await store.last_seq(CHANNEL) == 0
+
+        run_with_store(make_store, scenario)
+
+    def test_last_seq_follows_appends(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 3))
+            assert await store.last_seq(CHANNEL) == 3
+            await store.append(batch(4, 4))
+            assert await store.last_seq(CHANNEL) == 4
+            assert (await store.load_channel_state(CHANNEL, dedupe_since="")).last_seq == 4
+
+        run_with_store(make_store, scenario)
+
+    def test_channels_are_independent(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            # One batch may span channels; each has its own sequence.
+            await store.append(batch(1, 3) + batch(1, 2, channel="random"))
+            assert await store.last_seq(CHANNEL) == 3
+            assert await store.last_seq("random") == 2
+            assert await store.last_seq("empty") == 0
+            page = await store.history("random")
+            assert seqs(page.messages) == [1, 2]
+            assert {m.channel_id for m in page.messages} == {"random"}
+            await store.delete("random", mid(1))
+            assert (await store.get_message(CHANNEL, mid(1))).channel_id == CHANNEL
+
+        run_with_store(make_store, scenario)
+
+    def test_duplicate_seq_is_refused_and_the_batch_stores_nothing(
+        self, make_store: StoreFactory
+    ) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 2))
+            bad_batch = [
+                make_message(3, client_msg_id="c-3"),
+                make_message(2, content="overwrite?", client_msg_id="c-2"),
+                make_message(4),
+            ]
+            with pytest.raises(StoreError) as raised:
+                await store.append(bad_batch)
+            # Not "try again later": two sequencers is a bug, not an outage.
+            assert not isinstance(raised.value, StoreUnavailable)
+            assert await store.last_seq(CHANNEL) == 2
+            assert (await store.get_message(CHANNEL, mid(2))).content == "message 2"
+            with pytest.raises(MessageNotFound):
+                await store.get_message(CHANNEL, mid(3))
+            state = await store.load_channel_state(CHANNEL, dedupe_since="")
+            assert dict(state.client_ids) == {}
+            # The store is still healthy afterwards.
+            await store.append(batch(3, 3))
+            assert await store.last_seq(CHANNEL) == 3
+
+        run_with_store(make_store, scenario)
+
+    def test_duplicate_seq_inside_one_batch_is_refused(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            with pytest.raises(StoreError):
+                await store.append([make_message(1), make_message(2), make_message(2)])
+            assert await store.last_seq(CHANNEL) == 0
+            assert (await store.history(CHANNEL)).messages == ()
+
+        run_with_store(make_store, scenario)
+
+    # --- dedupe state -----------------------------------------------------------
+
+    def test_channel_state_has_client_ids_since_the_cutoff(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(
+                [
+                    make_message(1, user="alice", client_msg_id="old"),
+                    make_message(2, user="alice", client_msg_id="c-1"),
+                    make_message(3, user="bob", client_msg_id="c-1"),  # same id, other user
+                    make_message(4, user="bob"),  # no client id: nothing to dedupe
+                    make_message(1, channel="random", user="alice", client_msg_id="c-9"),
+                ]
+            )
+            state = await store.load_channel_state(CHANNEL, dedupe_since=created_at(2))
+            assert state.last_seq == 4
+            assert dict(state.client_ids) == {
+                ("alice", "c-1"): make_message(2, user="alice", client_msg_id="c-1"),
+                ("bob", "c-1"): make_message(3, user="bob", client_msg_id="c-1"),
+            }
+            everything = await store.load_channel_state(CHANNEL, dedupe_since="")
+            assert set(everything.client_ids) == {
+                ("alice", "old"),
+                ("alice", "c-1"),
+                ("bob", "c-1"),
+            }
+            later = await store.load_channel_state(CHANNEL, dedupe_since=created_at(5))
+            assert dict(later.client_ids) == {}
+            assert later.last_seq == 4
+
+        run_with_store(make_store, scenario)
+
+    def test_a_reused_client_id_points_at_the_newest_send(self, make_store: StoreFactory) -> None:
+        # The sequencer only stores a reused key again once the old send left
+        # the dedupe window; from then on the key means the new message.
+        async def scenario(store: MessageStore) -> None:
+            await store.append([make_message(1, client_msg_id="c-1")])
+            await store.append([make_message(2, client_msg_id="c-1", content="again")])
+            state = await store.load_channel_state(CHANNEL, dedupe_since="")
+            assert state.client_ids[("alice", "c-1")].message_id == mid(2)
+            recent = await store.load_channel_state(CHANNEL, dedupe_since=created_at(2))
+            assert recent.client_ids[("alice", "c-1")].content == "again"
+
+        run_with_store(make_store, scenario)
+
+    def test_channel_state_keeps_deleted_and_shows_edited_sends(
+        self, make_store: StoreFactory
+    ) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(
+                [make_message(1, client_msg_id="c-1"), make_message(2, client_msg_id="c-2")]
+            )
+            await store.delete(CHANNEL, mid(1))
+            await store.edit(CHANNEL, mid(2), "edited", created_at(9))
+            state = await store.load_channel_state(CHANNEL, dedupe_since="")
+            assert state.last_seq == 2
+            assert state.client_ids[("alice", "c-1")].message_id == mid(1)
+            assert state.client_ids[("alice", "c-2")].content == "edited"
+
+        run_with_store(make_store, scenario)
+
+    # --- history ----------------------------------------------------------------
+
+    def test_history_newest_page(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 5))
+            page = await store.history(CHANNEL, limit=2)
+            assert (seqs(page.messages), page.has_more) == ([4, 5], True)
+            page = await store.history(CHANNEL, limit=5)
+            assert (seqs(page.messages), page.has_more) == ([1, 2, 3, 4, 5], False)
+            page = await store.history(CHANNEL, limit=100)
+            assert (seqs(page.messages), page.has_more) == ([1, 2, 3, 4, 5], False)
+            page = await store.history(CHANNEL)  # default limit 50
+            assert seqs(page.messages) == [1, 2, 3, 4, 5]
+
+        run_with_store(make_store, scenario)
+
+    def test_history_before(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 5))
+            page = await store.history(CHANNEL, before=mid(4), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([2, 3], True)
+            page = await store.history(CHANNEL, before=mid(3), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([1, 2], False)
+            page = await store.history(CHANNEL, before=mid(1), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([], False)
+            # A cursor beyond the end is fine.
+            page = await store.history(CHANNEL, before=mid(99), limit=3)
+            assert (seqs(page.messages), page.has_more) == ([3, 4, 5], True)
+
+        run_with_store(make_store, scenario)
+
+    def test_history_after(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 5))
+            page = await store.history(CHANNEL, after=mid(1), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([2, 3], True)
+            page = await store.history(CHANNEL, after=mid(3), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([4, 5], False)
+            page = await store.history(CHANNEL, after=mid(5), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([], False)
+            # Resume from "nothing seen": the oldest first.
+            page = await store.history(CHANNEL, after=mid(0), limit=3)
+            assert (seqs(page.messages), page.has_more) == ([1, 2, 3], True)
+
+        run_with_store(make_store, scenario)
+
+    def test_history_between(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 6))
+            page = await store.history(CHANNEL, after=mid(1), before=mid(6), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([2, 3], True)
+            page = await store.history(CHANNEL, after=mid(1), before=mid(6), limit=4)
+            assert (seqs(page.messages), page.has_more) == ([2, 3, 4, 5], False)
+            page = await store.history(CHANNEL, after=mid(3), before=mid(5), limit=10)
+            assert (seqs(page.messages), page.has_more) == ([4], False)
+            page = await store.history(CHANNEL, after=mid(3), before=mid(4))
+            assert (seqs(page.messages), page.has_more) == ([], False)
+            page = await store.history(CHANNEL, after=mid(5), before=mid(2))
+            assert (seqs(page.messages), page.has_more) == ([], False)
+
+        run_with_store(make_store, scenario)
+
+    def test_paging_visits_every_message_once(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 23))
+            backward: list[int] = []
+            page = await store.history(CHANNEL, limit=5)
+            backward[:0] = seqs(page.messages)
+            while page.has_more:
+                page = await store.history(CHANNEL, before=mid(backward[0]), limit=5)
+                backward[:0] = seqs(page.messages)
+            assert backward == list(range(1, 24))
+
+            forward: list[int] = []
+            cursor = mid(0)
+            while True:
+                page = await store.history(CHANNEL, after=cursor, limit=5)
+                forward += seqs(page.messages)
+                if not page.has_more:
+                    break
+                cursor = page.messages[-1].message_id
+            assert forward == list(range(1, 24))
+
+        run_with_store(make_store, scenario)
+
+    def test_history_rejects_bad_arguments(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            with pytest.raises(ValueError):
+                await store.history(CHANNEL, limit=0)
+            with pytest.raises(ValueError):
+                await store.history(CHANNEL, before="not-an-id")
+            with pytest.raises(ValueError):
+                await store.history(CHANNEL, after="42")
+
+        run_with_store(make_store, scenario)
+
+    def test_history_of_a_thread(self, make_store: StoreFactory) -> None:
+        root = mid(2)
+
+        async def scenario(store: MessageStore) -> None:
+            await store.append(
+                [
+                    make_message(1),
+                    make_message(2),  # the root
+                    make_message(3, thread_id=root),
+                    make_message(4),
+                    make_message(5, thread_id=mid(1)),  # another thread
+                    make_message(6, thread_id=root),
+                    make_message(7, thread_id=root),
+                ]
+            )
+            page = await store.history(CHANNEL, thread_id=root)
+            assert (seqs(page.messages), page.has_more) == ([2, 3, 6, 7], False)
+            page = await store.history(CHANNEL, thread_id=root, limit=2)
+            assert (seqs(page.messages), page.has_more) == ([6, 7], True)
+            page = await store.history(CHANNEL, thread_id=root, before=mid(6), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([2, 3], False)
+            page = await store.history(CHANNEL, thread_id=root, after=mid(2), limit=2)
+            assert (seqs(page.messages), page.has_more) == ([3, 6], True)
+            page = await store.history(CHANNEL, thread_id=mid(1))
+            assert seqs(page.messages) == [1, 5]
+            # The whole channel still holds every message.
+            assert seqs((await store.history(CHANNEL)).messages) == [1, 2, 3, 4, 5, 6, 7]
+            # A thread id that is not a message id matches nothing.
+            assert (await store.history(CHANNEL, thread_id="nope")).messages == ()
+
+        run_with_store(make_store, scenario)
+
+    # --- deletes ----------------------------------------------------------------
+
+    def test_deleted_messages_are_never_returned(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append([*batch(1, 3), make_message(4, thread_id=mid(1))])
+            await store.delete(CHANNEL, mid(2))
+            await store.delete(CHANNEL, mid(4))
+            page = await store.history(CHANNEL, limit=2)
+            # has_more does not count deleted rows either.
+            assert (seqs(page.messages), page.has_more) == ([1, 3], False)
+            page = await store.history(CHANNEL, after=mid(0), limit=1)
+            assert (seqs(page.messages), page.has_more) == ([1], True)
+            page = await store.history(CHANNEL, after=mid(1), limit=1)
+            assert (seqs(page.messages), page.has_more) == ([3], False)
+            page = await store.history(CHANNEL, before=mid(3), limit=5)
+            assert seqs(page.messages) == [1]
+            assert seqs((await store.history(CHANNEL, thread_id=mid(1))).messages) == [1]
+            assert seqs(await store.messages_range(CHANNEL, after_seq=0, up_to_seq=4)) == [1, 3]
+            with pytest.raises(MessageNotFound):
+                await store.get_message(CHANNEL, mid(2))
+            # The number stays taken: ids remain contiguous.
+            assert await store.last_seq(CHANNEL) == 4
+            with pytest.raises(StoreError):
+                await store.append([make_message(4)])
+
+        run_with_store(make_store, scenario)
+
+    def test_delete_unknown_or_twice_is_not_found(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 1))
+            with pytest.raises(MessageNotFound):
+                await store.delete(CHANNEL, mid(2))
+            with pytest.raises(MessageNotFound):
+                await store.delete("random", mid(1))
+            with pytest.raises(MessageNotFound):
+                await store.delete(CHANNEL, "garbage")
+            await store.delete(CHANNEL, mid(1))
+            with pytest.raises(MessageNotFound):
+                await store.delete(CHANNEL, mid(1))
+
+        run_with_store(make_store, scenario)
+
+    # --- edits ------------------------------------------------------------------
+
+    def test_edits_are_visible_everywhere(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 2))
+            edited = await store.edit(CHANNEL, mid(1), "first edit", created_at(10))
+            assert (edited.content, edited.edited_at) == ("first edit", created_at(10))
+            edited = await store.edit(CHANNEL, mid(1), "second edit", created_at(11))
+            expected = dataclasses.replace(
+                make_message(1), content="second edit", edited_at=created_at(11)
+            )
+            assert edited == expected
+            assert await store.get_message(CHANNEL, mid(1)) == expected
+            assert (await store.history(CHANNEL)).messages[0] == expected
+            assert (await store.messages_range(CHANNEL, after_seq=0, up_to_seq=1)) == (expected,)
+            untouched = await store.get_message(CHANNEL, mid(2))
+            assert (untouched.content, untouched.edited_at) == ("message 2", None)
+
+        run_with_store(make_store, scenario)
+
+    def test_edit_unknown_or_deleted_is_not_found(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 1))
+            with pytest.raises(MessageNotFound):
+                await store.edit(CHANNEL, mid(2), "x", created_at(5))
+            with pytest.raises(MessageNotFound):
+                await store.edit(CHANNEL, "bad id", "x", created_at(5))
+            await store.delete(CHANNEL, mid(1))
+            with pytest.raises(MessageNotFound):
+                await store.edit(CHANNEL, mid(1), "x", created_at(5))
+
+        run_with_store(make_store, scenario)
+
+    # --- gap filling ------------------------------------------------------------
+
+    def test_messages_range(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 6))
+            got = await store.messages_range(CHANNEL, after_seq=2, up_to_seq=4)
+            assert got == tuple(batch(3, 4))
+            assert seqs(await store.messages_range(CHANNEL, after_seq=0, up_to_seq=1)) == [1]
+            assert seqs(await store.messages_range(CHANNEL, after_seq=5, up_to_seq=9)) == [6]
+            assert await store.messages_range(CHANNEL, after_seq=6, up_to_seq=9) == ()
+            assert await store.messages_range(CHANNEL, after_seq=4, up_to_seq=4) == ()
+            assert await store.messages_range("random", after_seq=0, up_to_seq=9) == ()
+
+        run_with_store(make_store, scenario)
+
+    # --- reactions --------------------------------------------------------------
+
+    def test_reactions(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 3) + batch(1, 1, channel="random"))
+            await store.set_reaction(CHANNEL, mid(1), "👍", "carol", True)
+            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", True)
+            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", True)  # idempotent
+            await store.set_reaction(CHANNEL, mid(1), "🎉", "bob", True)
+            await store.set_reaction(CHANNEL, mid(2), "👍", "bob", True)
+            await store.set_reaction("random", mid(1), "👍", "zed", True)
+            got = await store.reactions(CHANNEL, [mid(1), mid(2), mid(3), mid(9)])
+            assert _plain(got) == {
+                mid(1): {"🎉": ("bob",), "👍": ("alice", "carol")},
+                mid(2): {"👍": ("bob",)},
+            }
+            assert list(got[mid(1)]) == sorted(["👍", "🎉"])  # code point order
+            assert _plain(await store.reactions(CHANNEL, [mid(2)])) == {mid(2): {"👍": ("bob",)}}
+            assert _plain(await store.reactions(CHANNEL, [])) == {}
+
+            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", False)
+            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", False)  # idempotent
+            await store.set_reaction(CHANNEL, mid(2), "👍", "bob", False)
+            await store.set_reaction(CHANNEL, mid(3), "👀", "nobody", False)  # never added
+            assert _plain(await store.reactions(CHANNEL, [mid(1), mid(2), mid(3)])) == {
+                mid(1): {"🎉": ("bob",), "👍": ("carol",)},
+            }
+            assert _plain(await store.reactions("random", [mid(1)])) == {mid(1): {"👍": ("zed",)}}
+
+        run_with_store(make_store, scenario)
+
+    def test_reactions_need_a_live_message(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 1))
+            with pytest.raises(MessageNotFound):
+                await store.set_reaction(CHANNEL, mid(2), "👍", "alice", True)
+            with pytest.raises(MessageNotFound):
+                await store.set_reaction(CHANNEL, "nope", "👍", "alice", True)
+            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", True)
+            await store.delete(CHANNEL, mid(1))
+            with pytest.raises(MessageNotFound):
+                await store.set_reaction(CHANNEL, mid(1), "👍", "bob", True)
+            assert _plain(await store.reactions(CHANNEL, [mid(1)])) == {}
+
+        run_with_store(make_store, scenario)
+
+    def test_reactions_for_many_messages(self, make_store: StoreFactory) -> None:
+        # More ids than one SQL statement may bind.
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 1200))
+            for seq in (1, 600, 1200):
+                await store.set_reaction(CHANNEL, mid(seq), "👍", "alice", True)
+            got = await store.reactions(CHANNEL, [mid(seq) for seq in range(1, 1201)])
+            assert sorted(got) == [mid(1), mid(600), mid(1200)]
+
+        run_with_store(make_store, scenario)
+
+    # --- read markers -----------------------------------------------------------
+
+    def test_read_markers(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.set_read_marker(CHANNEL, "alice", mid(3))
+            await store.set_read_marker(CHANNEL, "bob", mid(1))
+            await store.set_read_marker("random", "alice", mid(7))
+            assert await store.read_marker(CHANNEL, "alice") == mid(3)
+            assert await store.read_marker(CHANNEL, "bob") == mid(1)
+            assert await store.read_marker("random", "alice") == mid(7)
+            assert await store.read_marker("random", "bob") is None
+            await store.set_read_marker(CHANNEL, "alice", mid(12))
+            assert await store.read_marker(CHANNEL, "alice") == mid(12)
+            # Never backwards: another device reporting an older position loses.
+            await store.set_read_marker(CHANNEL, "alice", mid(5))
+            assert await store.read_marker(CHANNEL, "alice") == mid(12)
+
+        run_with_store(make_store, scenario)
+
+    # --- concurrency ------------------------------------------------------------
+
+    def test_concurrent_calls_on_one_store(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 10))
+            writes = [store.append(batch(seq, seq, channel=f"c{seq}")) for seq in range(1, 21)]
+            reads = [store.history(CHANNEL, limit=3) for _ in range(20)]
+            await asyncio.gather(*writes)
+            pages = await asyncio.gather(*reads)
+            assert all(seqs(page.messages) == [8, 9, 10] for page in pages)
+            assert [await store.last_seq(f"c{seq}") for seq in range(1, 21)] == list(range(1, 21))
+
+        run_with_store(make_store, scenario)
+
+
+def _plain(reactions: ReactionMap) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The nested mappings as plain dicts, for equality checks."""
+    return {message_id: dict(by_emoji) for message_id, by_emoji in reactions.items()}

@@ -1,0 +1,255 @@
+"""SqliteStore: the shared store contract plus what only a real file can show."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.storage import SqliteStore, sqlite_store
+
+# tests/ is not a package; the contract suite lives there so that the Cassandra
+# integration tests can share it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from store_contract import (
+    CHANNEL,
+    StoreContract,
+    StoreFactory,
+    batch,
+    make_message,
+    mid,
+    seqs,
+)
+
+
+class TestSqliteStoreContract(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StoreFactory:
+        return lambda: SqliteStore(tmp_path / "chime.db")
+
+
+@contextmanager
+def raw_connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection for looking behind the store's back."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        yield conn
+
+
+def test_creates_parent_directories_and_enables_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "chime.db"
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(main())
+    assert path.is_file()
+    with raw_connection(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"messages", "client_ids", "message_counters", "reactions", "read_markers"} <= tables
+
+
+def test_data_survives_reopening_and_schema_creation_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "chime.db"
+
+    async def main() -> None:
+        first = SqliteStore(path)
+        await first.open()
+        await first.append(batch(1, 3))
+        await first.set_read_marker(CHANNEL, "alice", mid(2))
+        await first.close()
+        await first.close()  # twice is fine
+
+        second = SqliteStore(path)
+        await second.open()
+        assert await second.last_seq(CHANNEL) == 3
+        assert seqs((await second.history(CHANNEL)).messages) == [1, 2, 3]
+        assert await second.read_marker(CHANNEL, "alice") == mid(2)
+        await second.close()
+
+    asyncio.run(main())
+
+
+def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
+    # The persister writes while gateways and the API read the same file.
+    path = tmp_path / "chime.db"
+
+    async def main() -> None:
+        writer, reader = SqliteStore(path), SqliteStore(path)
+        await writer.open()
+        await reader.open()
+        try:
+            assert await reader.last_seq(CHANNEL) == 0
+            await writer.append(batch(1, 2))
+            assert seqs((await reader.history(CHANNEL)).messages) == [1, 2]
+            await writer.edit(CHANNEL, mid(1), "edited", "2026-11-27T11:00:00.000Z")
+            assert (await reader.get_message(CHANNEL, mid(1))).content == "edited"
+            # A second sequencer for the same channel is refused, not merged.
+            with pytest.raises(StoreError) as raised:
+                await reader.append([make_message(2, content="from a second sequencer")])
+            assert not isinstance(raised.value, StoreUnavailable)
+            assert (await writer.get_message(CHANNEL, mid(2))).content == "message 2"
+        finally:
+            await reader.close()
+            await writer.close()
+
+    asyncio.run(main())
+
+
+def test_two_writers_on_one_file_both_get_through(tmp_path: Path) -> None:
+    # Two persisters own distinct channels but share SQLite's one write lock:
+    # busy_timeout makes each wait for the other instead of failing.
+    path = tmp_path / "chime.db"
+
+    async def write_channel(store: SqliteStore, channel: str) -> None:
+        for seq in range(1, 41):
+            await store.append(batch(seq, seq, channel=channel))
+
+    async def main() -> None:
+        first, second = SqliteStore(path), SqliteStore(path)
+        await first.open()
+        await second.open()
+        try:
+            await asyncio.gather(write_channel(first, "one"), write_channel(second, "two"))
+            assert await first.last_seq("two") == 40
+            assert await second.last_seq("one") == 40
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(main())
+
+
+def test_counts_appended_messages_per_channel(tmp_path: Path) -> None:
+    path = tmp_path / "chime.db"
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        await store.append(batch(1, 3) + batch(1, 2, channel="random"))
+        await store.append(batch(4, 5))
+        await store.delete(CHANNEL, mid(1))  # deletes do not uncount
+        with pytest.raises(StoreError):
+            await store.append(batch(5, 6))  # a failed batch counts nothing
+        await store.close()
+
+    asyncio.run(main())
+    with raw_connection(path) as conn:
+        counts = dict(conn.execute("SELECT channel_id, count FROM message_counters"))
+    assert counts == {CHANNEL: 5, "random": 2}
+
+
+def test_a_directory_path_is_unavailable(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path)  # a directory, not a file
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.open()
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        # A failed open leaves nothing running, and the store stays closed.
+        with pytest.raises(StoreError):
+            await store.ping()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_path_below_a_file_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+
+    async def main() -> None:
+        store = SqliteStore(blocker / "chime.db")
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.open()
+        assert isinstance(raised.value.__cause__, OSError)
+
+    asyncio.run(main())
+
+
+def test_calls_before_open_or_after_close_fail(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "chime.db")
+        with pytest.raises(StoreError):
+            await store.last_seq(CHANNEL)
+        await store.open()
+        await store.close()
+        with pytest.raises(StoreError) as raised:
+            await store.history(CHANNEL)
+        assert not isinstance(raised.value, StoreUnavailable)
+
+    asyncio.run(main())
+
+
+def test_a_locked_database_times_out_and_the_write_is_not_stored(tmp_path: Path) -> None:
+    path = tmp_path / "chime.db"
+
+    async def main() -> None:
+        store = SqliteStore(path, timeout_s=0.2)
+        await store.open()
+        try:
+            await store.append(batch(1, 1))
+            with raw_connection(path) as other_process:
+                # Hold the write lock, as a stuck writer in another process would.
+                other_process.execute("BEGIN IMMEDIATE")
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable) as raised:
+                    await store.append(batch(2, 2))
+                assert time.monotonic() - started < 2
+                assert isinstance(raised.value.__cause__, TimeoutError)
+                other_process.execute("ROLLBACK")
+            # The abandoned write rolled back once the lock came free; the store
+            # works again as soon as its worker is done waiting.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert await store.last_seq(CHANNEL) == 1
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline
+            await store.append(batch(2, 2))
+            assert await store.last_seq(CHANNEL) == 2
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_thread_history_reads_the_thread_index(tmp_path: Path) -> None:
+    # A thread of a long channel must not walk the whole channel: check the
+    # query plan of the statement the store really runs.
+    path = tmp_path / "chime.db"
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(main())
+    with raw_connection(path) as conn:
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        sqlite_store._history(
+            conn,
+            channel_id=CHANNEL,
+            after_seq=0,
+            before_seq=None,
+            forward=False,
+            limit=10,
+            thread_id=mid(2),
+        )
+        conn.set_trace_callback(None)
+        (query,) = statements
+        plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}")]
+    assert any("USING INDEX messages_by_thread" in step for step in plan), plan
+    assert any("USING PRIMARY KEY (channel_id=? AND seq=?)" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
