@@ -128,7 +128,8 @@ def _fresh_root() -> logging.Logger:
     logging.Logger.manager.root = root
     for logger in logging.Logger.manager.loggerDict.values():
         if isinstance(logger, logging.Logger) and (
-            logger.parent is old_root or (logger.parent is not None and logger.parent.name == "root")
+            logger.parent is old_root
+            or (logger.parent is not None and logger.parent.name == "root")
         ):
             logger.parent = root
     return root

@@ -26,13 +26,13 @@ import orjson
 import setproctitle
 
 from chime_actors.actors.messages import (
+    ShutdownRequest,
     Started,
     StartFailed,
     StartServer,
     Status,
     StatusQuery,
     Stopped,
-    ShutdownRequest,
 )
 from chime_actors.config import Config
 from chime_actors.errors import ActorError

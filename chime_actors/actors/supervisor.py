@@ -314,9 +314,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
-        if self._stop_phase == "exit" and all(
-            c.address is None for c in self._children.values()
-        ):
+        if self._stop_phase == "exit" and all(c.address is None for c in self._children.values()):
             self._finish_stop()
 
     def _finish_stop(self) -> None:

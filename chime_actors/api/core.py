@@ -55,9 +55,9 @@ class ApiCore:
         elif isinstance(message, RestartNotice):
             self.metrics.actor_restarts.labels(kind=message.actor_id.kind.value).inc()
         elif isinstance(message, Wiring):
-            self._expected = {
-                f"gateway {i + 1}" for i in range(len(message.gateways))
-            } | {f"persister {i + 1}" for i in range(len(message.persisters))}
+            self._expected = {f"gateway {i + 1}" for i in range(len(message.gateways))} | {
+                f"persister {i + 1}" for i in range(len(message.persisters))
+            }
 
     async def stop(self) -> None:
         """Close the server and storage."""

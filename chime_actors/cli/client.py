@@ -25,9 +25,7 @@ def format_frame(frame: dict[str, Any]) -> str:
         msg = frame["message"]
         return f"[{msg['channelId']}] {msg['userId']}: {msg['content']}"
     if kind == "history":
-        lines = [
-            f"  [{m['channelId']}] {m['userId']}: {m['content']}" for m in frame["messages"]
-        ]
+        lines = [f"  [{m['channelId']}] {m['userId']}: {m['content']}" for m in frame["messages"]]
         return "history:\n" + "\n".join(lines) if lines else "history: (empty)"
     if kind == "ack":
         return f"(stored as {frame['messageId']})"

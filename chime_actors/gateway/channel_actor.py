@@ -31,15 +31,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from chime_actors.errors import StoreError
+from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
 from chime_actors.records import ChimeMessage
 from chime_actors.storage.store import MessageStore
-from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 
 log = get_logger(__name__)
 

@@ -38,6 +38,7 @@ from chime_actors.config import Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+from chime_actors.gateway.persist_link import next_token
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.protocol import server_frames
@@ -53,7 +54,6 @@ from chime_actors.protocol.events import (
 from chime_actors.protocol.frames import Limits
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
-from chime_actors.gateway.persist_link import next_token
 
 log = get_logger(__name__)
 

@@ -31,8 +31,8 @@ from chime_actors.gateway.channel_actor import (
     ChannelStats,
     InjectFault,
     JoinResult,
-    Publish,
     Leave,
+    Publish,
     Subscriber,
 )
 from chime_actors.gateway.connection_actor import ConnectionActor

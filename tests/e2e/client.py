@@ -21,7 +21,10 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str, user: str | None = None, channels: list[str] | None = None,
+        cls,
+        url: str,
+        user: str | None = None,
+        channels: list[str] | None = None,
         resume: dict[str, str] | None = None,
     ) -> Client:
         ws = await websockets.connect(url, open_timeout=10, close_timeout=5)

@@ -121,8 +121,16 @@ def running_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIME_")}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chime_actors", "serve", "--config", str(config_path),
-             "--ports-file", str(ports_path)],
+            [
+                sys.executable,
+                "-m",
+                "chime_actors",
+                "serve",
+                "--config",
+                str(config_path),
+                "--ports-file",
+                str(ports_path),
+            ],
             cwd=tmp,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,9 @@ def test_send_ack_broadcast_history(tmp_path: Path) -> None:
         async def scenario() -> None:
             alice = await Client.connect(server.url, "alice", ["general"])
             bob = await Client.connect(server.url, "bob", ["general"])
-            await alice.send({"type": "send", "channelId": "general", "content": "hi", "clientMsgId": "c-1"})
+            await alice.send(
+                {"type": "send", "channelId": "general", "content": "hi", "clientMsgId": "c-1"}
+            )
             ack = await alice.expect("ack")
             got = await bob.messages(1)
             assert got[0]["messageId"] == ack["messageId"]
