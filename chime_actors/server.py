@@ -5,7 +5,7 @@ so two servers never share an admin), asks the ``Supervisor`` to start every
 process actor, writes ``--ports-file``, then waits for SIGTERM/SIGINT. On a signal
 it asks the supervisor to drain and stop, shuts the actor system down and, because
 Thespian can leave orphans behind (a SIGKILLed middle actor's children survive
-``shutdown()``), ends every other process of its own process group. Nothing is
+``shutdown()``), ends every other process of the server (see ``_reap``). Nothing is
 left running when it returns.
 """
 
@@ -42,7 +42,7 @@ log = get_logger(__name__)
 
 START_TIMEOUT = timedelta(seconds=90)
 STOP_TIMEOUT = timedelta(seconds=45)
-STATUS_TIMEOUT = timedelta(seconds=5)
+STATUS_TIMEOUT = timedelta(seconds=2)
 STATUS_INTERVAL_S = 2.0
 MAX_MISSED_STATUS = 3
 
@@ -51,7 +51,6 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
     configure_logging(config.logging, process_name="main")
     setproctitle.setproctitle("chime: main")
-    _own_process_group()
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if config.storage.sqlite.path:
@@ -65,13 +64,19 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     # chosen, once, for every gateway (they bind it with SO_REUSEPORT too).
     with _reserve_chat_port(config.chat.host, config.chat.port) as chat_port:
         admin_port = config.admin_port or _free_port()
-        status = _run_actor_system(config, chat_port, admin_port, ports_file, stop)
-    _reap_process_group()
+        sessions: set[int] = set()
+        status = _run_actor_system(config, chat_port, admin_port, ports_file, stop, sessions)
+    _reap(sessions)
     return status
 
 
 def _run_actor_system(
-    config: Config, chat_port: int, admin_port: int, ports_file: str | None, stop: threading.Event
+    config: Config,
+    chat_port: int,
+    admin_port: int,
+    ports_file: str | None,
+    stop: threading.Event,
+    sessions: set[int],
 ) -> int:
     from thespian.actors import ActorSystem
 
@@ -82,6 +87,8 @@ def _run_actor_system(
         {"Admin Port": admin_port},
         logDefs={"version": 1, "disable_existing_loggers": False, "loggers": {}},
     )
+    # The admin's session id is the pid of the child that called setsid (see _reap).
+    sessions.update(child_pids(os.getpid()))
     # Only now: the admin process has been forked already and must keep the default
     # handlers (a child inheriting "set an event" would ignore SIGTERM for ever).
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -108,19 +115,25 @@ def _run_actor_system(
         )
         if ports_file:
             _write_ports_file(Path(ports_file), reply.chat_port, reply.api_port)
-        status = _wait_for_stop(system, supervisor, stop)
+        status, supervisor_alive = _wait_for_stop(system, supervisor, stop)
         log.info("shutting down")
-        answer = system.ask(supervisor, ShutdownRequest(), STOP_TIMEOUT)
-        if not isinstance(answer, Stopped):
-            log.warning("supervisor did not confirm the stop; forcing it")
+        if supervisor_alive:
+            answer = system.ask(supervisor, ShutdownRequest(), STOP_TIMEOUT)
+            if not isinstance(answer, Stopped):
+                log.warning("supervisor did not confirm the stop; forcing it")
     finally:
         system.shutdown()
     log.info("stopped", status=status)
     return status
 
 
-def _wait_for_stop(system: Any, supervisor: Any, stop: threading.Event) -> int:
-    """Block until a signal (0) or until the supervisor fails or vanishes (1)."""
+def _wait_for_stop(system: Any, supervisor: Any, stop: threading.Event) -> tuple[int, bool]:
+    """Block until a signal or until the supervisor fails or vanishes.
+
+    Returns:
+        The exit status (0 after a signal, 1 on failure) and whether the
+        supervisor still answers (if not, there is nobody to ask for a drain).
+    """
     missed = 0
     while not stop.wait(STATUS_INTERVAL_S):
         answer = system.ask(supervisor, StatusQuery(), STATUS_TIMEOUT)
@@ -128,13 +141,13 @@ def _wait_for_stop(system: Any, supervisor: Any, stop: threading.Event) -> int:
             missed = 0
             if answer.failed:
                 log.error("supervisor failed", reason=answer.reason)
-                return 1
+                return 1, True
         elif not stop.is_set():
             missed += 1
             if missed >= MAX_MISSED_STATUS:
                 log.error("supervisor does not answer")
-                return 1
-    return 0
+                return 1, False
+    return 0, True
 
 
 def _write_ports_file(path: Path, chat_port: int, api_port: int) -> None:
@@ -173,47 +186,64 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _own_process_group() -> None:
-    """Lead our own process group so that, at the end, we can end all of it."""
-    if os.getpgrp() != os.getpid():
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
+def _proc_stat(pid: int | str) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, session) of a process from /proc, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses ("chime: gateway
+    # 1"), so split after its last closing parenthesis.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the processes in process group ``pgid`` (from /proc)."""
-    members = []
+def child_pids(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (zombies included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(entry.name)
+            if stat is not None and stat[1] == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def session_members(sessions: set[int], pgid: int | None = None) -> list[int]:
+    """Live pids in any of ``sessions`` (or in process group ``pgid``)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+        stat = _proc_stat(entry.name)
+        if stat is None or stat[0] == "Z":
             continue
-        # Field 5 is the pgrp; the command name (field 2) may hold spaces and
-        # parentheses, so split after its closing parenthesis.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if stat[3] in sessions or (pgid is not None and stat[2] == pgid):
+            found.append(int(entry.name))
+    return found
 
 
-def _reap_process_group() -> None:
-    """End every process of our group but us (Thespian's admin, logger, orphans)."""
-    if os.getpgrp() != os.getpid():
-        return  # not our group to end
+def _reap(sessions: set[int]) -> None:
+    """End every process of this server but us: Thespian's admin, logger, orphans.
+
+    Thespian's admin detaches with ``setsid`` from a child of ours, so every actor
+    lives in a session whose id is the pid of one of our (exited) children; that,
+    not the process tree, says what is ours even after a middle actor was killed
+    and its children were re-parented.
+    """
     me = os.getpid()
     for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-        others = [pid for pid in group_members(me) if pid != me]
+        others = [pid for pid in session_members(sessions) if pid != me]
         if not others:
             return
+        log.warning("ending leftover processes", pids=others, signal=sig.name)
         for pid in others:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             _reap_children()
-            if not [pid for pid in group_members(me) if pid != me]:
+            if not [pid for pid in session_members(sessions) if pid != me]:
                 return
             time.sleep(0.05)
 

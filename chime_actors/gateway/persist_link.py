@@ -128,7 +128,12 @@ class PersistLink:
             if flight.address == old:
                 del self._in_flight[batch_id]
                 self._fail(flight.records, "persister restarted; outcome unknown")
-        if self._buffer and address is not None:
+        if address is None:
+            # No persister to send to and no timer on the buffer (``expire`` only
+            # watches batches in flight): fail what waits, as ``submit`` would.
+            self._fail(tuple(self._buffer), "persister restarting")
+            self._buffer.clear()
+        elif self._buffer:
             self._flush()
 
     def expire(self) -> None:

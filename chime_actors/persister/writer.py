@@ -136,6 +136,14 @@ class PersistWriter:
                 for channel_id in plan.previous_last_seq:
                     self._sequencer.forget(channel_id)
                 log.warning("storage write failed", error=str(exc), records=len(records))
+            except Exception:
+                # A bug in the store: give the ids back all the same (nothing of the
+                # plan is acked), or the next message would open a gap; ``_run``
+                # answers the batches.
+                self._sequencer.rollback(plan)
+                for channel_id in plan.previous_last_seq:
+                    self._sequencer.forget(channel_id)
+                raise
         if stored:
             self._sequencer.commit(plan)
         self._answer(taken, plan, stored)

@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 import yaml
 
+from chime_actors.server import child_pids, session_members
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 
@@ -29,6 +31,7 @@ class ServerProcess:
     api_port: int
     log_path: Path
     workdir: Path
+    sessions: set[int] = field(default_factory=set)
     stopped_status: int | None = field(default=None)
 
     @property
@@ -49,7 +52,7 @@ class ServerProcess:
     def pids_by_title(self, title: str) -> list[int]:
         """Pids of this server's processes whose ``ps`` title is ``title``."""
         found = []
-        for pid in group_pids(self.proc.pid):
+        for pid in group_pids(self.proc.pid, self.sessions):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
             except OSError:
@@ -73,20 +76,13 @@ class ServerProcess:
         return self.stopped_status
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Every live process of process group ``pgid`` (zombies excluded)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
+def group_pids(pgid: int, sessions: set[int] | None = None) -> list[int]:
+    """Live processes of process group ``pgid`` or of any of ``sessions``.
+
+    Thespian's admin detaches with setsid, so the actors are found by session: its
+    id is the pid of a child of the server's main process (see chime_actors.server).
+    """
+    return session_members(sessions or set(), pgid)
 
 
 def kill_group(pgid: int) -> None:
@@ -147,7 +143,9 @@ def running_server(
                 raise AssertionError(f"server did not start: {log_path.read_text()[-3000:]}")
             time.sleep(0.05)
         ports = orjson.loads(ports_path.read_bytes())
-        server = ServerProcess(proc, ports["chat"], ports["api"], log_path, tmp)
+        server = ServerProcess(
+            proc, ports["chat"], ports["api"], log_path, tmp, set(child_pids(proc.pid))
+        )
         yield server
     finally:
         if server is not None:
@@ -156,6 +154,10 @@ def running_server(
             kill_group(proc.pid)
             proc.wait(10)
         # Nothing of the server may outlive it: not an actor, not Thespian's admin.
-        leftovers = group_pids(proc.pid)
+        sessions = server.sessions if server is not None else set()
+        leftovers = group_pids(proc.pid, sessions)
         kill_group(proc.pid)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         assert leftovers == [], f"processes left behind: {leftovers}"
