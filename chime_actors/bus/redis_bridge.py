@@ -1,0 +1,252 @@
+"""The ``RedisBridgeActor``'s core: this host's one path to the other hosts.
+
+* Out: persisters send it every ``Deliveries`` they produce; it publishes them, one
+  publication per channel per batch, pipelined, on the publish connection.
+* In: it subscribes (on its own connection) to ``channel:<id>`` for exactly the
+  channels that have subscribers in some local gateway (gateways report
+  ``Interest``), and forwards what other hosts publish to the local gateways as
+  ``Deliveries`` (what its own host published is skipped: the gateways had it from
+  the persister).
+* Faults: a lost connection is retried with exponential backoff and jitter; after
+  a reconnect it subscribes to everything again and sends ``Resync`` so gateways
+  read from storage whatever was published while it was away. Nothing acked is
+  lost: a message is stored before it is published.
+
+Bounded: the publish queue holds at most ``MAX_PUBLISH_BATCHES``; past it a batch
+is dropped (counted), which remote gateways repair by gap fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+from redis.exceptions import RedisError
+
+from chime_actors.actors.messages import ActorId, MetricsReport, Wiring
+from chime_actors.bus.codec import channel_of, decode_publication, encode_publication, topic_for
+from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
+from chime_actors.config import Config, RedisConfig
+from chime_actors.errors import BusError
+from chime_actors.logs import get_logger
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.records import ChimeMessage, Deliveries
+
+log = get_logger(__name__)
+
+MAX_PUBLISH_BATCHES = 1024
+FIRST_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
+POLL_S = 0.05
+METRICS_INTERVAL_S = 1.0
+REDIS_TIMEOUT_S = 5.0
+
+
+def redis_client(config: RedisConfig) -> redis_asyncio.Redis:
+    """A Redis client for ``config`` with timeouts on every operation."""
+    return redis_asyncio.Redis(
+        host=config.host,
+        port=config.port,
+        username=config.username,
+        password=config.password,
+        db=config.db,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+    )
+
+
+def backoff_delays() -> Any:
+    """Exponential backoff with full jitter: 0.1 s doubling to 5 s."""
+    delay = FIRST_BACKOFF_S
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(MAX_BACKOFF_S, delay * 2)
+
+
+class RedisBridgeCore:
+    """Publishes this host's messages and subscribes to other hosts' for it."""
+
+    def __init__(self, actor_id: ActorId, config: Config, post: Any) -> None:
+        self.actor_id = actor_id
+        self.origin = uuid.uuid4().hex
+        self.registry = MetricsRegistry()
+        self.metrics = ChimeMetrics.register(self.registry)
+        self._config = config
+        self._post = post
+        self._gateways: tuple[Any, ...] = ()
+        self._api: Any = None
+        self._interest: dict[int, set[str]] = defaultdict(set)
+        self._publish_queue: asyncio.Queue[Deliveries] = asyncio.Queue(MAX_PUBLISH_BATCHES)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = False
+
+    # --- ActorCore ------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Start the publish and subscribe loops (they connect, and reconnect, alone)."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._publish_loop(), name="redis-publish"),
+            loop.create_task(self._subscribe_loop(), name="redis-subscribe"),
+            loop.create_task(self._report_metrics(), name="redis-metrics"),
+        ]
+        return 0
+
+    def handle(self, message: Any, sender: Any) -> None:
+        """Thespian messages, on the loop thread."""
+        if isinstance(message, Deliveries):
+            try:
+                self._publish_queue.put_nowait(message)
+            except asyncio.QueueFull:
+                self.metrics.errors.labels(code="bus_overflow").inc()
+                log.warning("publish queue full; batch dropped", messages=len(message.messages))
+        elif isinstance(message, Interest):
+            channels = self._interest[message.gateway_index]
+            if message.subscribed:
+                channels.add(message.channel_id)
+            else:
+                channels.discard(message.channel_id)
+        elif isinstance(message, InterestSnapshot):
+            self._interest[message.gateway_index] = set(message.channels)
+        elif isinstance(message, Wiring):
+            self._gateways = tuple(g for g in message.gateways if g is not None)
+            self._api = message.api
+        else:
+            log.warning("bridge ignored unknown message", kind=type(message).__name__)
+
+    async def stop(self) -> None:
+        """Stop both loops and close the connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- internals ------------------------------------------------------------------
+
+    def wanted_channels(self) -> set[str]:
+        """Channels some local gateway has subscribers in."""
+        wanted: set[str] = set()
+        for channels in self._interest.values():
+            wanted |= channels
+        return wanted
+
+    async def _publish_loop(self) -> None:
+        client = redis_client(self._config.bus.redis)
+        delays = backoff_delays()
+        try:
+            while True:
+                batch = await self._publish_queue.get()
+                by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)
+                for message in batch.messages:
+                    by_channel[message.channel_id].append(message)
+                while True:
+                    try:
+                        async with client.pipeline(transaction=False) as pipe:
+                            for channel_id, messages in by_channel.items():
+                                pipe.publish(
+                                    topic_for(channel_id), encode_publication(self.origin, messages)
+                                )
+                            await pipe.execute()
+                        delays = backoff_delays()
+                        break
+                    except (RedisError, OSError) as exc:
+                        self.metrics.errors.labels(code="bus_unavailable").inc()
+                        delay = next(delays)
+                        log.warning("redis publish failed; retrying", error=str(exc), delayS=delay)
+                        await asyncio.sleep(delay)
+        finally:
+            await client.aclose()
+
+    async def _subscribe_loop(self) -> None:
+        delays = backoff_delays()
+        first = True
+        while True:
+            client = redis_client(self._config.bus.redis)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            subscribed: set[str] = set()
+            try:
+                await client.ping()
+                # A placeholder keeps the connection in subscribe mode even before
+                # any channel has local subscribers.
+                await pubsub.subscribe("chime:bridge:" + self.origin)
+                self.connected = True
+                wanted = self.wanted_channels()
+                if wanted:
+                    await pubsub.subscribe(*(topic_for(c) for c in wanted))
+                    subscribed = set(wanted)
+                if not first:
+                    log.info("redis subscription restored", channels=len(subscribed))
+                if subscribed:
+                    # Whatever was published before this subscription existed
+                    # (Redis was down, or a gateway joined before we connected)
+                    # is read from storage.
+                    self._send_to_gateways(Resync(tuple(sorted(subscribed))))
+                first = False
+                delays = backoff_delays()
+                await self._receive(pubsub, subscribed)
+            except (RedisError, OSError) as exc:
+                self.connected = False
+                self.metrics.errors.labels(code="bus_unavailable").inc()
+                delay = next(delays)
+                log.warning("redis subscription lost; reconnecting", error=str(exc), delayS=delay)
+                await asyncio.sleep(delay)
+            finally:
+                self.connected = False
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+
+    async def _receive(self, pubsub: Any, subscribed: set[str]) -> None:
+        while True:
+            wanted = self.wanted_channels()
+            new = wanted - subscribed
+            gone = subscribed - wanted
+            if new:
+                await pubsub.subscribe(*(topic_for(c) for c in new))
+                subscribed |= new
+                # Anything published between the gateway's join and this
+                # subscription is caught up from storage.
+                self._send_to_gateways(Resync(tuple(sorted(new))))
+            if gone:
+                await pubsub.unsubscribe(*(topic_for(c) for c in gone))
+                subscribed -= gone
+            batch: list[ChimeMessage] = []
+            message = await pubsub.get_message(timeout=POLL_S)
+            while message is not None:
+                if message.get("type") == "message":
+                    self._collect(message, batch)
+                if len(batch) >= 1000:
+                    break
+                message = await pubsub.get_message(timeout=0)
+            if batch:
+                self._send_to_gateways(Deliveries(tuple(batch)))
+
+    def _collect(self, message: dict[str, Any], batch: list[ChimeMessage]) -> None:
+        try:
+            channel_of(message["channel"])
+            origin, messages = decode_publication(message["data"])
+        except BusError as exc:
+            self.metrics.errors.labels(code="bus_bad_payload").inc()
+            log.warning("ignored a malformed publication", error=str(exc))
+            return
+        if origin != self.origin:
+            batch.extend(messages)
+
+    def _send_to_gateways(self, message: Any) -> None:
+        for gateway in self._gateways:
+            self._post(gateway, message)
+
+    async def _report_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL_S)
+            self.metrics.queue_depth.labels(queue="redis_publish").set(self._publish_queue.qsize())
+            if self._api is not None:
+                snapshot = self.registry.snapshot(str(self.actor_id))
+                self._post(self._api, MetricsReport(self.actor_id, snapshot))

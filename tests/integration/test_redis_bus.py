@@ -1,0 +1,199 @@
+"""The Redis bus against a real Redis: id ranges, client-id claims, the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+
+from chime_actors.actors.messages import ActorId, ActorKind, Wiring
+from chime_actors.bus.messages import Interest, Resync
+from chime_actors.bus.redis_bridge import RedisBridgeCore
+from chime_actors.config import load_config
+from chime_actors.persister.redis_ids import RedisIds
+from chime_actors.records import ChimeMessage, Deliveries
+from tests.integration.services import load_services
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def redis_address() -> tuple[str, int]:
+    redis = load_services("redis")["redis"]
+    return redis["host"], int(redis["port"])
+
+
+def _client(address: tuple[str, int]) -> redis_asyncio.Redis:
+    return redis_asyncio.Redis(host=address[0], port=address[1])
+
+
+def _message(channel: str, seq: int) -> ChimeMessage:
+    return ChimeMessage(channel, f"{seq:016d}", "alice", f"m{seq}", "2026-11-27T10:00:00.000Z")
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_reserved_ranges_are_contiguous_and_start_after_storage(
+    redis_address: tuple[str, int],
+) -> None:
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+
+    async def stored_last(channel_id: str) -> int:
+        assert channel_id == channel
+        return 41  # storage already holds ids 1..41
+
+    async def scenario() -> None:
+        first_host = RedisIds(_client(redis_address), stored_last)
+        second_host = RedisIds(_client(redis_address), stored_last)
+        try:
+            a = await first_host.reserve({channel: 3})
+            b = await second_host.reserve({channel: 2})
+            c = await first_host.reserve({channel: 1})
+        finally:
+            await first_host.close()
+            await second_host.close()
+        assert (a[channel], b[channel], c[channel]) == (42, 45, 47)
+
+    asyncio.run(scenario())
+
+
+def test_client_id_claims_dedupe_across_hosts(redis_address: tuple[str, int]) -> None:
+    key = (f"c-{uuid.uuid4().hex[:8]}", "alice", "cmid-1")
+
+    async def no_storage(channel_id: str) -> int:
+        return 0
+
+    async def scenario() -> None:
+        host_a = RedisIds(_client(redis_address), no_storage)
+        host_b = RedisIds(_client(redis_address), no_storage)
+        try:
+            (first,) = await host_a.claim([key])
+            (racing,) = await host_b.claim([key])
+            assert first.won and not racing.won and racing.message_id is None
+            await host_a.settle([(*key, f"{7:016d}", "2026-11-27T10:00:00.000Z")], [])
+            (later,) = await host_b.claim([key])
+            assert not later.won
+            assert later.message_id == f"{7:016d}"
+            assert later.created_at == "2026-11-27T10:00:00.000Z"
+            # A failed write gives the claim back.
+            other = (key[0], "bob", "cmid-9")
+            (claimed,) = await host_a.claim([other])
+            await host_a.settle([], [other])
+            (again,) = await host_b.claim([other])
+            assert claimed.won and again.won
+        finally:
+            await host_a.close()
+            await host_b.close()
+
+    asyncio.run(scenario())
+
+
+class _Outbox:
+    """Records what a core posts (our own `post` interface, not a mock)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, Any]] = []
+
+    def post(self, address: Any, message: Any) -> None:
+        self.sent.append((address, message))
+
+    def delivered(self, address: Any) -> list[ChimeMessage]:
+        return [
+            m
+            for to, sent in self.sent
+            if to == address and isinstance(sent, Deliveries)
+            for m in sent.messages
+        ]
+
+
+def _bridge(address: tuple[str, int], index: int, outbox: _Outbox) -> RedisBridgeCore:
+    config = load_config(
+        env={}, overrides={"bus.redis.host": address[0], "bus.redis.port": address[1]}
+    )
+    core = RedisBridgeCore(ActorId(ActorKind.GATEWAY, index), config, outbox.post)
+    core.handle(Wiring(gateways=(f"gw-{index}",), persisters=(), api=None, generation=1), None)
+    return core
+
+
+def _run_bridges(
+    address: tuple[str, int],
+    body: Callable[[RedisBridgeCore, RedisBridgeCore, _Outbox, _Outbox], Awaitable[None]],
+) -> None:
+    async def scenario() -> None:
+        out_a, out_b = _Outbox(), _Outbox()
+        host_a, host_b = _bridge(address, 1, out_a), _bridge(address, 2, out_b)
+        await host_a.start()
+        await host_b.start()
+        try:
+            await body(host_a, host_b, out_a, out_b)
+        finally:
+            await host_a.stop()
+            await host_b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_bridge_carries_messages_to_hosts_with_subscribers_only(
+    redis_address: tuple[str, int],
+) -> None:
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+
+    async def body(
+        host_a: RedisBridgeCore, host_b: RedisBridgeCore, out_a: _Outbox, out_b: _Outbox
+    ) -> None:
+        host_b.handle(Interest(1, channel, subscribed=True), None)
+        # Wait until B's subscription is live (it asks gateways to resync then).
+        await _until(
+            lambda: any(isinstance(m, Resync) and channel in m.channels for _, m in out_b.sent),
+            "B to subscribe",
+        )
+        sent = (_message(channel, 1), _message(channel, 2))
+        host_a.handle(Deliveries(sent), None)
+        await _until(lambda: len(out_b.delivered("gw-2")) == 2, "B to receive")
+        assert tuple(out_b.delivered("gw-2")) == sent
+        # A has no interest, and never echoes its own publications to itself.
+        assert out_a.delivered("gw-1") == []
+
+    _run_bridges(redis_address, body)
+
+
+def test_bridge_stops_receiving_after_the_last_subscriber_leaves(
+    redis_address: tuple[str, int],
+) -> None:
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+
+    async def body(
+        host_a: RedisBridgeCore, host_b: RedisBridgeCore, out_a: _Outbox, out_b: _Outbox
+    ) -> None:
+        host_b.handle(Interest(1, channel, subscribed=True), None)
+        await _until(lambda: len(out_b.sent) > 0, "B to subscribe")
+        host_b.handle(Interest(1, channel, subscribed=False), None)
+        probe = _client(redis_address)
+        try:
+
+            async def subscribers() -> int:
+                counts = await probe.pubsub_numsub(f"channel:{channel}")
+                return int(counts[0][1])
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT_S
+            while await subscribers() != 0:
+                assert loop.time() < deadline, "B kept its subscription"
+                await asyncio.sleep(0.01)
+        finally:
+            await probe.aclose()
+
+    _run_bridges(redis_address, body)
