@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -71,10 +72,9 @@ class LoopBridge:
             if self._signalled:
                 return
             self._signalled = True
-        try:
+        # BlockingIOError: the pipe is full of wake-ups already; Thespian will drain.
+        with contextlib.suppress(BlockingIOError):
             os.write(self._write_fd, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already; Thespian will drain
 
     # --- Thespian thread side -------------------------------------------------
 

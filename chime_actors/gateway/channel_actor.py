@@ -29,6 +29,8 @@ Join raised               the joining connection is told (``internal`` error)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from typing import Protocol
 
 from chime_actors.errors import StoreError
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+from chime_actors.ids import parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
 from chime_actors.records import ChimeMessage
@@ -44,6 +47,7 @@ from chime_actors.storage.store import MessageStore
 log = get_logger(__name__)
 
 MAILBOX_SIZE = 10_000
+DEFAULT_POLICY = RestartPolicy()
 GAP_FILL_LIMIT = 10_000
 
 
@@ -129,14 +133,15 @@ class ChannelActor:
         *,
         max_resume_messages: int,
         on_stopped: Callable[[str], None],
-        policy: RestartPolicy = RestartPolicy(),
+        policy: RestartPolicy = DEFAULT_POLICY,
         stats: ChannelStats | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.channel_id = channel_id
         self._store = store
         self._max_resume = max_resume_messages
         self._on_stopped = on_stopped
-        self._budget = RestartBudget(policy)
+        self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
         self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(MAILBOX_SIZE)
         self._members: dict[str, _Member] = {}
@@ -178,10 +183,15 @@ class ChannelActor:
 
     async def join(self, subscriber: Subscriber, resume_after: str | None) -> JoinResult:
         """Subscribe and wait until any replay has been queued to the subscriber."""
+        if self._stopped:
+            raise StoreError("channel actor stopped; retry")
         done: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
         # A join must not be lost to a full mailbox: wait for room (bounded by the
         # caller's timeout).
         await self._mailbox.put(Join(subscriber, resume_after, done))
+        if self._stopped and not done.done():
+            # The actor stopped while we waited for room: nobody will read the mail.
+            raise StoreError("channel actor stopped; retry")
         return await done
 
     async def stop(self) -> None:
@@ -189,10 +199,8 @@ class ChannelActor:
         self._stopped = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     # --- the actor loop -----------------------------------------------------------
 
@@ -284,10 +292,26 @@ class ChannelActor:
             return JoinResult(resume_failed="too_many")
         for message in page.messages:
             subscriber.push(server_frames.message(message))
+        # The client now has everything up to the last replayed id, or up to
+        # ``resume_after`` when nothing was newer: live messages this gateway has
+        # not seen yet may be at or below it.
         if page.messages:
-            member.watermark = max(member.watermark, page.messages[-1].seq)
+            given = page.messages[-1].seq
+        else:
+            # ...but never beyond what is stored: a resume point past the channel's
+            # head (a client of a wiped or other server) must not make us skip the
+            # next live messages as "already given".
+            given = min(parse_message_id(resume_after), await self._stored_head(member))
+        member.watermark = max(member.watermark, given)
         subscriber.push(server_frames.resumed(self.channel_id, len(page.messages)))
         return JoinResult(replayed=len(page.messages))
+
+    async def _stored_head(self, member: _Member) -> int:
+        """The channel's highest stored id; ``member``'s watermark if storage is down."""
+        try:
+            return await self._store.last_seq(self.channel_id)
+        except StoreError:
+            return member.watermark
 
     async def _publish(self, messages: tuple[ChimeMessage, ...]) -> None:
         for message in messages:
@@ -329,7 +353,9 @@ class ChannelActor:
         frame = server_frames.message(message)  # encoded once for every recipient
         for member in self._members.values():
             if seq > member.watermark:
-                member.watermark = seq
+                # Push first: if it raises, the watermark still says "not given",
+                # so the resync after the restart gives it again.
                 member.subscriber.push(frame)
+                member.watermark = seq
                 self.stats.delivered += 1
         self._last_seq = seq

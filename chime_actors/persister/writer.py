@@ -14,6 +14,7 @@ Only durable messages are ever delivered or acked (PROTOCOL.md: ack = durable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -65,10 +66,8 @@ class PersistWriter:
         except TimeoutError:
             log.warning("persister stopped with batches still queued", queued=self._inbox.qsize())
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     def set_gateways(self, gateways: tuple[Any, ...]) -> None:
         """The current gateway addresses (from ``Wiring``)."""

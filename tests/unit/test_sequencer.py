@@ -183,9 +183,7 @@ def test_repeat_within_one_plan_shares_the_plan() -> None:
 def test_client_ids_are_per_user_and_per_channel() -> None:
     seq = make(None, 600.0, "a", "b")
     seq.commit(seq.plan([(1, rec(1, "a", "c-1", user="alice"))]))
-    plan = seq.plan(
-        [(1, rec(2, "a", "c-1", user="bob")), (1, rec(3, "b", "c-1", user="alice"))]
-    )
+    plan = seq.plan([(1, rec(2, "a", "c-1", user="bob")), (1, rec(3, "b", "c-1", user="alice"))])
     assert all(isinstance(item, Assigned) for item in plan.items)
 
 

@@ -1,0 +1,528 @@
+"""Tests for chime_actors.gateway.channel_actor: fan-out, resume, gaps, failure policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from chime_actors.errors import StoreError
+from chime_actors.gateway import channel_actor as channel_actor_module
+from chime_actors.gateway.channel_actor import (
+    ChannelActor,
+    ChannelStats,
+    InjectFault,
+    JoinResult,
+    Leave,
+    Publish,
+)
+from chime_actors.gateway.local_supervisor import RestartPolicy
+from chime_actors.ids import format_message_id
+from chime_actors.records import ChimeMessage
+from chime_actors.storage import HistoryPage, MemoryStore
+
+CHANNEL = "general"
+TIMEOUT = 5.0
+
+
+def msg(seq: int) -> ChimeMessage:
+    return ChimeMessage(
+        channel_id=CHANNEL,
+        message_id=format_message_id(seq),
+        user_id="alice",
+        content=f"m{seq}",
+        created_at="2026-11-27T10:00:00.000Z",
+    )
+
+
+def msgs(first: int, last: int) -> tuple[ChimeMessage, ...]:
+    return tuple(msg(seq) for seq in range(first, last + 1))
+
+
+class FakeSubscriber:
+    """A connection as the channel sees it: records frames and aborts."""
+
+    def __init__(self, connection_id: str, *, failing_pushes: int = 0) -> None:
+        self._connection_id = connection_id
+        self.frames: list[dict[str, Any]] = []
+        self.aborted: list[tuple[int, str]] = []
+        self.failing_pushes = failing_pushes
+
+    @property
+    def connection_id(self) -> str:
+        return self._connection_id
+
+    def push(self, frame: str) -> None:
+        if self.failing_pushes > 0:
+            self.failing_pushes -= 1
+            raise RuntimeError("push failed")
+        self.frames.append(json.loads(frame))
+
+    def abort(self, code: int, reason: str) -> None:
+        self.aborted.append((code, reason))
+
+    @property
+    def seqs(self) -> list[int]:
+        """Sequence numbers of the message frames received, in order."""
+        return [int(f["message"]["messageId"]) for f in self.frames if f["type"] == "message"]
+
+    @property
+    def types(self) -> list[str]:
+        return [f["type"] for f in self.frames]
+
+
+class FaultyStore(MemoryStore):
+    """A MemoryStore whose reads can raise a bug (not a ``StoreError``) once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash: set[str] = set()
+
+    def _maybe_crash(self, operation: str) -> None:
+        if operation in self.crash:
+            self.crash.discard(operation)
+            raise RuntimeError(f"{operation} bug")
+
+    async def messages_range(
+        self, channel_id: str, *, after_seq: int, up_to_seq: int
+    ) -> tuple[ChimeMessage, ...]:
+        self._maybe_crash("messages_range")
+        return await super().messages_range(channel_id, after_seq=after_seq, up_to_seq=up_to_seq)
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+        thread_id: str | None = None,
+    ) -> HistoryPage:
+        self._maybe_crash("history")
+        return await super().history(
+            channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+        )
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """One channel actor over a store, plus what it reported."""
+
+    def __init__(self, store: FaultyStore, actor: ChannelActor, stopped: list[str]) -> None:
+        self.store = store
+        self.actor = actor
+        self.stopped = stopped
+
+    async def stored(self, messages: Sequence[ChimeMessage]) -> None:
+        await self.store.append(messages)
+
+    async def barrier(self) -> None:
+        """Return once every mail told so far has been handled.
+
+        The mailbox is handled in order, so a join of a fresh probe subscriber
+        completes only after everything before it.
+        """
+        probe = FakeSubscriber(f"probe-{id(object())}")
+        await asyncio.wait_for(self.actor.join(probe, None), TIMEOUT)
+        self.actor.tell(Leave(probe.connection_id))
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0)
+
+
+Scenario = Callable[[Harness], Awaitable[None]]
+
+
+def run(
+    scenario: Scenario,
+    *,
+    max_resume: int = 100,
+    policy: RestartPolicy | None = None,
+    clock: FakeClock | None = None,
+    start: bool = True,
+) -> None:
+    async def main() -> None:
+        store = FaultyStore()
+        await store.open()
+        stopped: list[str] = []
+        actor = ChannelActor(
+            CHANNEL,
+            store,
+            max_resume_messages=max_resume,
+            on_stopped=stopped.append,
+            policy=policy or RestartPolicy(),
+            stats=ChannelStats(),
+            clock=clock or FakeClock(),
+        )
+        if start:
+            actor.start()
+        try:
+            await scenario(Harness(store, actor, stopped))
+        finally:
+            await actor.stop()
+            await store.close()
+
+    asyncio.run(main())
+
+
+# --- join and live fan-out ----------------------------------------------------------
+
+
+def test_join_takes_the_stored_baseline() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 3))
+        sub = FakeSubscriber("c1")
+        assert await h.actor.join(sub, None) == JoinResult()
+        assert h.actor.member_count == 1
+        assert sub.frames == []
+        # Already stored at join time: not live for this subscriber.
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.stored([msg(4)])
+        h.actor.tell(Publish((msg(4),)))
+        await h.barrier()
+        assert sub.seqs == [4]
+        assert sub.frames[0]["message"] == msg(4).to_wire()
+        assert h.actor.stats.delivered == 1
+
+    run(scenario)
+
+
+def test_every_member_gets_every_message_once() -> None:
+    async def scenario(h: Harness) -> None:
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        await h.actor.join(a, None)
+        await h.actor.join(b, None)
+        await h.stored(msgs(1, 2))
+        h.actor.tell(Publish(msgs(1, 2)))
+        h.actor.tell(Publish(msgs(1, 2)))  # a repeat is skipped
+        await h.barrier()
+        assert a.seqs == [1, 2]
+        assert b.seqs == [1, 2]
+
+    run(scenario)
+
+
+def test_join_without_storage_still_delivers_live() -> None:
+    async def scenario(h: Harness) -> None:
+        h.store.fail_next(1)  # the baseline read
+        sub = FakeSubscriber("c1")
+        assert await h.actor.join(sub, None) == JoinResult()
+        await h.stored(msgs(1, 2))
+        h.actor.tell(Publish((msg(2),)))
+        await h.barrier()
+        assert sub.seqs == [2]
+
+    run(scenario)
+
+
+# --- resume -----------------------------------------------------------------------
+
+
+def test_resume_replays_then_says_resumed() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 5))
+        sub = FakeSubscriber("c1")
+        result = await h.actor.join(sub, format_message_id(2))
+        assert result == JoinResult(replayed=3)
+        assert sub.seqs == [3, 4, 5]
+        assert sub.frames[-1] == {"type": "resumed", "channelId": CHANNEL, "count": 3}
+
+    run(scenario)
+
+
+def test_resume_with_nothing_new() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 2))
+        sub = FakeSubscriber("c1")
+        assert await h.actor.join(sub, format_message_id(2)) == JoinResult(replayed=0)
+        assert sub.frames == [{"type": "resumed", "channelId": CHANNEL, "count": 0}]
+
+    run(scenario)
+
+
+def test_resume_too_many_fails_but_subscribes() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 5))
+        sub = FakeSubscriber("c1")
+        result = await h.actor.join(sub, format_message_id(1))
+        assert result == JoinResult(resume_failed="too_many")
+        assert sub.frames == [{"type": "resume_failed", "channelId": CHANNEL, "reason": "too_many"}]
+        await h.stored([msg(6)])
+        h.actor.tell(Publish((msg(6),)))
+        await h.barrier()
+        assert sub.seqs == [6]
+
+    run(scenario, max_resume=3)
+
+
+def test_resume_at_exactly_the_limit_replays() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 4))
+        sub = FakeSubscriber("c1")
+        assert await h.actor.join(sub, format_message_id(1)) == JoinResult(replayed=3)
+
+    run(scenario, max_resume=3)
+
+
+def test_resume_with_storage_down_fails_unavailable() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.barrier()  # baseline read
+        h.store.fail_next(1)  # the history read
+        sub = FakeSubscriber("c1")
+        result = await h.actor.join(sub, format_message_id(1))
+        assert result == JoinResult(resume_failed="unavailable")
+        assert sub.types == ["resume_failed"]
+        assert sub.frames[0]["reason"] == "unavailable"
+
+    run(scenario)
+
+
+def test_replayed_and_published_message_arrives_once() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 3))
+        live = FakeSubscriber("live")
+        await h.actor.join(live, None)  # baseline 3
+        # 4 and 5 are durable but their Deliveries have not reached the gateway.
+        await h.stored(msgs(4, 5))
+        resuming = FakeSubscriber("resuming")
+        assert await h.actor.join(resuming, format_message_id(3)) == JoinResult(replayed=2)
+        h.actor.tell(Publish(msgs(4, 5)))
+        await h.stored([msg(6)])
+        h.actor.tell(Publish((msg(6),)))
+        await h.barrier()
+        assert live.seqs == [4, 5, 6]
+        assert resuming.seqs == [4, 5, 6]
+        assert resuming.types == ["message", "message", "resumed", "message"]
+
+    run(scenario)
+
+
+def test_resume_ahead_of_this_gateway_gets_no_duplicates() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 3))
+        await h.barrier()  # baseline 3
+        # The client saw 4 and 5 through another gateway before reconnecting here,
+        # where their Deliveries are still on the way.
+        await h.stored(msgs(4, 5))
+        sub = FakeSubscriber("c1")
+        assert await h.actor.join(sub, format_message_id(5)) == JoinResult(replayed=0)
+        h.actor.tell(Publish(msgs(4, 5)))
+        await h.stored([msg(6)])
+        h.actor.tell(Publish((msg(6),)))
+        await h.barrier()
+        assert sub.seqs == [6]
+
+    run(scenario)
+
+
+# --- gaps -------------------------------------------------------------------------
+
+
+def test_jump_in_ids_is_filled_from_storage() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 2))
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)  # baseline 2
+        await h.stored(msgs(3, 6))
+        await h.store.delete(CHANNEL, format_message_id(4))
+        h.actor.tell(Publish((msg(6),)))  # 3..5 never reached this gateway
+        h.actor.tell(Publish(msgs(3, 5)))  # late: already filled
+        await h.barrier()
+        assert sub.seqs == [3, 5, 6]  # 4 was deleted
+        assert h.actor.stats.gap_filled == 2
+
+    run(scenario)
+
+
+def test_gap_fill_failure_still_delivers_the_live_message() -> None:
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)  # baseline 0
+        await h.stored(msgs(1, 2))
+        h.store.fail_next(1)  # messages_range
+        h.actor.tell(Publish((msg(2),)))
+        await h.barrier()
+        assert sub.seqs == [2]
+
+    run(scenario)
+
+
+def test_dropped_publish_is_recovered_by_the_next_gap_fill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(channel_actor_module, "MAILBOX_SIZE", 1)
+
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)
+        await h.stored(msgs(1, 2))
+        assert h.actor.tell(Publish((msg(1),)))
+        assert not h.actor.tell(Publish((msg(2),)))  # mailbox full: dropped
+        assert h.actor.stats.dropped_mail == 1
+        await wait_until(lambda: sub.seqs == [1])
+        await h.stored([msg(3)])
+        h.actor.tell(Publish((msg(3),)))
+        await wait_until(lambda: sub.seqs == [1, 2, 3])
+
+    run(scenario)
+
+
+# --- failure policy ---------------------------------------------------------------
+
+
+def test_injected_fault_restarts_and_resyncs() -> None:
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)  # baseline 0
+        await h.stored(msgs(1, 2))  # stored, but the Deliveries were lost
+        h.actor.tell(InjectFault())
+        await h.barrier()
+        assert h.actor.stats.restarts == 1
+        assert sub.seqs == [1, 2]
+        assert not h.actor.stopped  # still subscribed: gets what follows
+        h.actor.tell(Publish(msgs(1, 2)))  # arriving late changes nothing
+        await h.stored([msg(3)])
+        h.actor.tell(Publish((msg(3),)))
+        await h.barrier()
+        assert sub.seqs == [1, 2, 3]
+
+    run(scenario)
+
+
+def test_fault_while_publishing_does_not_lose_the_message() -> None:
+    async def scenario(h: Harness) -> None:
+        flaky = FakeSubscriber("flaky")
+        steady = FakeSubscriber("steady")
+        await h.actor.join(flaky, None)
+        await h.actor.join(steady, None)
+        await h.stored([msg(1)])
+        flaky.failing_pushes = 1
+        h.actor.tell(Publish((msg(1),)))
+        await h.barrier()
+        assert h.actor.stats.restarts == 1
+        assert flaky.seqs == [1]
+        assert steady.seqs == [1]
+
+    run(scenario)
+
+
+def test_store_bug_during_gap_fill_restarts_and_resyncs() -> None:
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)
+        await h.stored(msgs(1, 3))
+        h.store.crash.add("messages_range")
+        h.actor.tell(Publish((msg(3),)))
+        await h.barrier()
+        assert h.actor.stats.restarts == 1
+        assert sub.seqs == [1, 2, 3]
+
+    run(scenario)
+
+
+def test_join_that_raises_tells_the_joiner() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 2))
+        h.store.crash.add("history")
+        sub = FakeSubscriber("c1")
+        with pytest.raises(RuntimeError, match="history bug"):
+            await h.actor.join(sub, format_message_id(1))
+        assert h.actor.stats.restarts == 1
+        assert not h.actor.stopped
+
+    run(scenario)
+
+
+def test_repeated_failures_escalate_and_close_subscribers() -> None:
+    async def scenario(h: Harness) -> None:
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        await h.actor.join(a, None)
+        await h.actor.join(b, None)
+        for _ in range(3):
+            h.actor.tell(InjectFault())
+        late = asyncio.get_running_loop().create_task(h.actor.join(FakeSubscriber("late"), None))
+        await wait_until(lambda: h.stopped == [CHANNEL])
+        assert h.actor.stopped
+        assert h.actor.stats.restarts == 2
+        assert h.actor.member_count == 0
+        for sub in (a, b):
+            ((code, reason),) = sub.aborted
+            assert code == 1011
+            assert reason.startswith("channel failed (correlation ")
+        with pytest.raises(StoreError, match="retry"):
+            await asyncio.wait_for(late, TIMEOUT)  # queued behind: not left hanging
+        with pytest.raises(StoreError, match="retry"):
+            await h.actor.join(FakeSubscriber("after"), None)
+
+    run(scenario, policy=RestartPolicy(max_restarts=2, within_s=10.0))
+
+
+def test_failures_spread_out_in_time_do_not_escalate() -> None:
+    clock = FakeClock()
+
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)
+        for _ in range(5):
+            h.actor.tell(InjectFault())
+            await h.barrier()
+            clock.now += 11.0
+        assert h.actor.stats.restarts == 5
+        assert not h.actor.stopped
+        assert sub.aborted == []
+
+    run(scenario, policy=RestartPolicy(max_restarts=1, within_s=10.0), clock=clock)
+
+
+# --- lifetime ---------------------------------------------------------------------
+
+
+def test_stops_when_the_last_member_leaves() -> None:
+    async def scenario(h: Harness) -> None:
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        await h.actor.join(a, None)
+        await h.actor.join(b, None)
+        h.actor.tell(Leave("a"))
+        h.actor.tell(Leave("unknown"))  # harmless
+        await h.stored([msg(1)])
+        h.actor.tell(Publish((msg(1),)))
+        await wait_until(lambda: b.seqs == [1])
+        assert not h.actor.stopped
+        assert a.seqs == []
+        h.actor.tell(Leave("b"))
+        await wait_until(lambda: h.stopped == [CHANNEL])
+        assert h.actor.stopped
+        assert h.actor.member_count == 0
+
+    run(scenario)
+
+
+def test_stop_cancels_the_loop() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.actor.join(FakeSubscriber("a"), None)
+        await h.actor.stop()
+        assert h.actor.stopped
+        assert h.stopped == []  # a shutdown is not an idle stop
+
+    run(scenario)
+
+
+def test_stop_before_start_is_fine() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.actor.stop()
+        assert h.actor.stopped
+
+    run(scenario, start=False)

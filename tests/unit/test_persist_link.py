@@ -1,0 +1,274 @@
+"""Tests for chime_actors.gateway.persist_link: batching, window, timeouts, rewiring."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from chime_actors.gateway.persist_link import PersistLink, next_token
+from chime_actors.ids import format_message_id
+from chime_actors.records import ChimeMessage, PersistBatch, PersistResult, SendOutcome, SendRecord
+
+GATEWAY = 3
+
+
+class Posts:
+    """The ``post`` function: records ``(address, message)`` pairs."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, PersistBatch]] = []
+
+    def __call__(self, address: Any, message: Any) -> None:
+        assert isinstance(message, PersistBatch)
+        self.sent.append((address, message))
+
+    @property
+    def batches(self) -> list[PersistBatch]:
+        return [batch for _, batch in self.sent]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rec(token: int) -> SendRecord:
+    return SendRecord(token=token, channel_id="general", user_id="alice", content=f"m{token}")
+
+
+def acked(batch: PersistBatch) -> PersistResult:
+    """The persister's answer: every record stored, ids in order."""
+    return PersistResult(
+        batch.batch_id,
+        tuple(
+            SendOutcome(
+                r.token,
+                message=ChimeMessage(
+                    channel_id=r.channel_id,
+                    message_id=format_message_id(n),
+                    user_id=r.user_id,
+                    content=r.content,
+                    created_at="2026-11-27T10:00:00.000Z",
+                ),
+            )
+            for n, r in enumerate(batch.records, start=1)
+        ),
+    )
+
+
+async def next_iteration() -> None:
+    """Let the loop run the flush scheduled with ``call_soon``."""
+    await asyncio.sleep(0)
+
+
+Scenario = Callable[[PersistLink, Posts, FakeClock], Awaitable[None]]
+
+
+def run(scenario: Scenario, *, address: Any = "persister-1", **options: Any) -> None:
+    async def main() -> None:
+        posts = Posts()
+        clock = FakeClock()
+        link = PersistLink(GATEWAY, posts, clock=clock, **options)
+        link.rewire(address)
+        await scenario(link, posts, clock)
+
+    asyncio.run(main())
+
+
+def test_records_of_one_loop_iteration_form_one_batch() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        futures = [link.submit(rec(t)) for t in (1, 2, 3)]
+        assert posts.sent == []  # nothing is sent before the loop iterates
+        assert link.pending == 3
+        await next_iteration()
+        ((address, batch),) = posts.sent
+        assert address == "persister-1"
+        assert batch.gateway_index == GATEWAY
+        assert [r.token for r in batch.records] == [1, 2, 3]
+        assert link.owns(batch.batch_id)
+        assert not any(f.done() for f in futures)
+        link.submit(rec(4))
+        await next_iteration()
+        assert [[r.token for r in b.records] for b in posts.batches] == [[1, 2, 3], [4]]
+        assert posts.batches[0].batch_id != posts.batches[1].batch_id
+
+    run(scenario)
+
+
+def test_result_resolves_the_futures() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        futures = [link.submit(rec(t)) for t in (1, 2)]
+        await next_iteration()
+        (batch,) = posts.batches
+        result = acked(batch)
+        link.on_result(result)
+        assert [f.result() for f in futures] == list(result.outcomes)
+        assert not link.owns(batch.batch_id)
+        assert link.pending == 0
+        link.on_result(result)  # a repeat is ignored
+
+    run(scenario)
+
+
+def test_unknown_batch_is_not_owned_and_ignored() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        future = link.submit(rec(1))
+        await next_iteration()
+        assert not link.owns(-1)
+        link.on_result(PersistResult(-1, (SendOutcome(1, error_code="unavailable"),)))
+        assert not future.done()
+
+    run(scenario)
+
+
+def test_batches_are_capped_at_max_batch() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        for t in range(1, 6):
+            link.submit(rec(t))
+        await next_iteration()
+        assert [len(b.records) for b in posts.batches] == [2, 2, 1]
+
+    run(scenario, max_batch=2)
+
+
+def test_full_window_holds_records_until_a_result_arrives() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        link.submit(rec(1))
+        await next_iteration()
+        link.submit(rec(2))
+        link.submit(rec(3))
+        await next_iteration()
+        assert len(posts.batches) == 1  # window of one: 2 and 3 wait
+        assert link.pending == 3
+        link.on_result(acked(posts.batches[0]))
+        assert [[r.token for r in b.records] for b in posts.batches] == [[1], [2, 3]]
+
+    run(scenario, window=1)
+
+
+def test_past_max_pending_submit_fails_at_once() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        first = link.submit(rec(1))
+        second = link.submit(rec(2))
+        third = link.submit(rec(3))
+        assert third.result() == SendOutcome(
+            3, error_code="unavailable", error_message="server overloaded"
+        )
+        assert link.pending == 2
+        await next_iteration()
+        (batch,) = posts.batches
+        assert [r.token for r in batch.records] == [1, 2]
+        link.on_result(acked(batch))
+        assert first.done() and second.done()
+        assert not link.submit(rec(4)).done()  # room again
+
+    run(scenario, max_pending=2)
+
+
+def test_without_a_persister_submit_fails_at_once() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        outcome = link.submit(rec(1)).result()
+        assert outcome == SendOutcome(
+            1, error_code="unavailable", error_message="persister restarting"
+        )
+        assert link.pending == 0
+        await next_iteration()
+        assert posts.sent == []
+
+    run(scenario, address=None)
+
+
+def test_rewire_fails_what_flew_to_the_old_persister() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        flying = link.submit(rec(1))
+        await next_iteration()
+        waiting = link.submit(rec(2))
+        await next_iteration()
+        old_batch = posts.batches[0]
+        link.rewire("persister-1")  # the same address changes nothing
+        assert not flying.done()
+        link.rewire("persister-2")
+        assert flying.result() == SendOutcome(
+            1, error_code="unavailable", error_message="persister restarted; outcome unknown"
+        )
+        assert not link.owns(old_batch.batch_id)
+        assert not waiting.done()  # held by the window; goes to the new persister
+        assert posts.sent[-1][0] == "persister-2"
+        assert [r.token for r in posts.sent[-1][1].records] == [2]
+        link.on_result(acked(old_batch))  # the old persister's late answer is ignored
+        assert flying.result().error_code == "unavailable"
+
+    run(scenario, window=1)
+
+
+def test_rewire_to_no_persister_fails_the_buffer_too() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        flying = link.submit(rec(1))
+        await next_iteration()
+        waiting = link.submit(rec(2))
+        link.rewire(None)
+        assert flying.result().error_code == "unavailable"
+        assert waiting.result() == SendOutcome(
+            2, error_code="unavailable", error_message="persister restarting"
+        )
+        assert link.pending == 0
+        await next_iteration()
+        link.rewire("persister-2")
+        assert len(posts.sent) == 1
+
+    run(scenario, window=1)
+
+
+def test_expire_fails_batches_older_than_the_ack_timeout() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        old = link.submit(rec(1))
+        await next_iteration()
+        clock.now += 3
+        young = link.submit(rec(2))
+        await next_iteration()
+        waiting = link.submit(rec(3))
+        await next_iteration()
+        assert len(posts.batches) == 2  # window of two
+        clock.now += 1.9
+        link.expire()
+        assert not old.done()
+        clock.now += 0.1  # the first batch is exactly 5 s old
+        link.expire()
+        assert old.result() == SendOutcome(
+            1, error_code="unavailable", error_message="storage did not answer in time"
+        )
+        assert not young.done()
+        assert not waiting.done()
+        assert [r.token for r in posts.batches[-1].records] == [3]  # the freed slot is used
+        clock.now += 5
+        link.expire()
+        assert young.result().error_code == "unavailable"
+        assert waiting.result().error_code == "unavailable"
+        assert link.pending == 0
+
+    run(scenario, window=2, ack_timeout_s=5.0)
+
+
+def test_fail_all_fails_buffered_and_in_flight() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        flying = link.submit(rec(1))
+        await next_iteration()
+        waiting = link.submit(rec(2))
+        link.fail_all("gateway stopped")
+        for future in (flying, waiting):
+            assert future.result().error_message == "gateway stopped"
+        assert link.pending == 0
+        assert not link.owns(posts.batches[0].batch_id)
+        await next_iteration()
+        assert len(posts.sent) == 1  # the scheduled flush finds nothing
+
+    run(scenario, window=1)
+
+
+def test_next_token_is_unique_and_increasing() -> None:
+    tokens = [next_token() for _ in range(100)]
+    assert tokens == sorted(set(tokens))
