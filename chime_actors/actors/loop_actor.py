@@ -12,8 +12,8 @@ what fails                 what happens
 =========================  ============================================================
 ``Configure`` raises       logged; re-raised so Thespian retries once, then the
                            supervisor gets ``PoisonMessage`` and restarts us
-a core handler raises      logged with a correlation id by the core's local
-                           supervisor; the process keeps running
+a core handler raises      logged with a correlation id (``run_guarded``); the
+                           message is dropped and the process keeps running
 ``PoisonMessage`` for us   a peer's handler failed twice on something we sent:
                            logged and counted, never retried (it would fail again)
 the process dies           ``ChildActorExited`` at the supervisor, which restarts us
@@ -23,6 +23,7 @@ the process dies           ``ChildActorExited`` at the supervisor, which restart
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any, Protocol
 
 import setproctitle
@@ -60,6 +61,23 @@ class ActorCore(Protocol):
         ...
 
 
+def run_guarded(core: ActorCore, actor_id: ActorId | None, message: Any, sender: Any) -> None:
+    """Call ``core.handle`` on the loop thread; a raise is logged, never propagated.
+
+    Without this the exception would reach asyncio's default handler: logged
+    without context, and with no correlation id to find it by.
+    """
+    try:
+        core.handle(message, sender)
+    except Exception:
+        log.exception(
+            "actor handler failed",
+            actor=str(actor_id),
+            kind=type(message).__name__,
+            correlationId=uuid.uuid4().hex[:12],
+        )
+
+
 class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
     """A Thespian actor whose work runs on an ``ActorCore`` in a loop thread."""
 
@@ -88,7 +106,7 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
                 poisoned=type(message.poisonMessage).__name__,
             )
         elif self._bridge is not None and self._core is not None:
-            self._bridge.call_in_loop(self._core.handle, message, sender)
+            self._bridge.call_in_loop(run_guarded, self._core, self._actor_id, message, sender)
         if self._bridge is not None:
             return ThespianWatch([self._bridge.watch_fd])
         return None
