@@ -104,7 +104,17 @@ class InjectFault:
     """Fault injection (tests only, behind ``testing.fault_injection``): raise."""
 
 
-ChannelMail = Join | Leave | Publish | InjectFault
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Read storage beyond the last delivered id and deliver what is there.
+
+    Sent when messages may have been stored without reaching this gateway: the
+    channel's persister was replaced (it may have died between storing and
+    delivering), or the Redis subscription was down.
+    """
+
+
+ChannelMail = Join | Leave | Publish | InjectFault | CatchUp
 
 
 @dataclass(slots=True)
@@ -225,6 +235,8 @@ class ChannelActor:
             result = await self._join(mail.subscriber, mail.resume_after)
             if not mail.done.done():
                 mail.done.set_result(result)
+        elif isinstance(mail, CatchUp):
+            await self._resync()
         elif isinstance(mail, Leave):
             self._members.pop(mail.connection_id, None)
         else:

@@ -28,6 +28,7 @@ from chime_actors.actors.messages import ActorId, Drain, Drained, MetricsReport,
 from chime_actors.config import Config
 from chime_actors.gateway.channel_actor import (
     ChannelActor,
+    CatchUp,
     ChannelStats,
     InjectFault,
     JoinResult,
@@ -132,13 +133,29 @@ class GatewayCore:
                     link.on_result(message)
                     break
         elif isinstance(message, Wiring):
-            for link, address in zip(self._links, message.persisters, strict=False):
-                link.rewire(address)
-            self._api = message.api
+            self._rewire(message)
         elif isinstance(message, Drain):
             asyncio.get_running_loop().create_task(self._drain(sender))
         else:
             log.warning("gateway ignored unknown message", kind=type(message).__name__)
+
+    def _rewire(self, wiring: Wiring) -> None:
+        for index, (link, address) in enumerate(
+            zip(self._links, wiring.persisters, strict=False)
+        ):
+            changed = address is not None and address != link.address
+            link.rewire(address)
+            if changed:
+                # A new persister (after a restart) may follow one that stored
+                # messages and died before delivering them.
+                self._catch_up_owned_by(index)
+        self._api = wiring.api
+
+    def _catch_up_owned_by(self, index: int) -> None:
+        """A persister was replaced: its channels may have stored-but-undelivered tails."""
+        for channel_id, channel in self._channels.items():
+            if owner_index(channel_id, len(self._links)) == index:
+                channel.tell(CatchUp())
 
     async def stop(self) -> None:
         """Close everything (after ``Drain``, or when the process is told to exit)."""

@@ -10,9 +10,16 @@ link never relies on Thespian to absorb load. Instead:
   wait in the buffer;
 * at most ``max_pending`` records may wait or fly; past that ``submit`` fails at
   once with ``unavailable`` (the caller tells the client), so memory is bounded;
-* a record not answered within ``ack_timeout_s`` fails with ``unavailable``;
-* when the persister is replaced (``rewire``), everything in flight to the old one
-  fails at once instead of waiting for the timeout.
+* a record not answered within ``ack_timeout_s`` of its submission fails with
+  ``unavailable``;
+* while the persister is down (``rewire(None)``, between its death and its
+  restart), records wait in the buffer, up to that same timeout;
+* when the persister is replaced, what was in flight to the old one may or may
+  not have been stored. Records with a ``clientMsgId`` are sent again to the new
+  persister, whose idempotency check (reloaded from storage) acks the stored ones
+  with their original id and stores the rest: exactly once. Records without one
+  cannot be retried safely and fail with ``unavailable`` "outcome unknown"
+  (docs/protocol.md tells clients to send a ``clientMsgId``).
 """
 
 from __future__ import annotations
@@ -43,8 +50,12 @@ def next_token() -> int:
 @dataclass(slots=True)
 class _InFlight:
     address: Any
-    records: tuple[SendRecord, ...]
+    entries: tuple[tuple[float, SendRecord], ...]  # (submitted at, record)
     sent_at: float
+
+    @property
+    def records(self) -> tuple[SendRecord, ...]:
+        return tuple(record for _, record in self.entries)
 
 
 class PersistLink:
@@ -69,7 +80,8 @@ class PersistLink:
         self._ack_timeout_s = ack_timeout_s
         self._clock = clock
         self.address: Any = None
-        self._buffer: collections.deque[SendRecord] = collections.deque()
+        # (submitted at, record), oldest first.
+        self._buffer: collections.deque[tuple[float, SendRecord]] = collections.deque()
         self._futures: dict[int, asyncio.Future[SendOutcome]] = {}
         self._in_flight: dict[int, _InFlight] = {}
         self._flush_scheduled = False
@@ -83,13 +95,12 @@ class PersistLink:
         """Queue ``record``; the future resolves with its outcome (never raises)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SendOutcome] = loop.create_future()
-        if len(self._futures) >= self._max_pending or self.address is None:
-            why = "server overloaded" if self.address is not None else "persister restarting"
-            future.set_result(_unavailable(record.token, why))
+        if len(self._futures) >= self._max_pending:
+            future.set_result(_unavailable(record.token, "server overloaded"))
             return future
         self._futures[record.token] = future
-        self._buffer.append(record)
-        if not self._flush_scheduled:
+        self._buffer.append((self._clock(), record))
+        if not self._flush_scheduled and self.address is not None:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return future
@@ -98,10 +109,11 @@ class PersistLink:
         self._flush_scheduled = False
         while self._buffer and len(self._in_flight) < self._window and self.address is not None:
             count = min(len(self._buffer), self._max_batch)
-            records = tuple(self._buffer.popleft() for _ in range(count))
+            entries = tuple(self._buffer.popleft() for _ in range(count))
             batch_id = next(_batch_ids)
-            self._in_flight[batch_id] = _InFlight(self.address, records, self._clock())
-            self._post(self.address, PersistBatch(batch_id, self._gateway_index, records))
+            flight = _InFlight(self.address, entries, self._clock())
+            self._in_flight[batch_id] = flight
+            self._post(self.address, PersistBatch(batch_id, self._gateway_index, flight.records))
 
     def owns(self, batch_id: int) -> bool:
         """True when ``batch_id`` is in flight on this link."""
@@ -119,30 +131,35 @@ class PersistLink:
             self._flush()
 
     def rewire(self, address: Any) -> None:
-        """The persister has a new address: fail what flew to the old one."""
+        """The persister changed: None while it restarts, then its new address."""
         if address == self.address:
             return
         old = self.address
         self.address = address
+        retry: list[tuple[float, SendRecord]] = []
         for batch_id, flight in list(self._in_flight.items()):
-            if flight.address == old:
-                del self._in_flight[batch_id]
-                self._fail(flight.records, "persister restarted; outcome unknown")
-        if address is None:
-            # No persister to send to and no timer on the buffer (``expire`` only
-            # watches batches in flight): fail what waits, as ``submit`` would.
-            self._fail(tuple(self._buffer), "persister restarting")
-            self._buffer.clear()
-        elif self._buffer:
+            if flight.address != old:
+                continue
+            del self._in_flight[batch_id]
+            for entry in flight.entries:
+                if entry[1].client_msg_id:
+                    retry.append(entry)
+                else:
+                    self._fail((entry[1],), "persister failed; outcome unknown")
+        # Retried records go first, in their original order.
+        self._buffer.extendleft(reversed(retry))
+        if self._buffer and address is not None:
             self._flush()
 
     def expire(self) -> None:
-        """Fail every batch in flight longer than the ack timeout (call periodically)."""
+        """Fail what waited longer than the ack timeout (call periodically)."""
         deadline = self._clock() - self._ack_timeout_s
         for batch_id, flight in list(self._in_flight.items()):
             if flight.sent_at <= deadline:
                 del self._in_flight[batch_id]
                 self._fail(flight.records, "storage did not answer in time")
+        while self._buffer and self._buffer[0][0] <= deadline:
+            self._fail((self._buffer.popleft()[1],), "persister unavailable")
         if self._buffer:
             self._flush()
 
@@ -151,7 +168,7 @@ class PersistLink:
         for flight in self._in_flight.values():
             self._fail(flight.records, why)
         self._in_flight.clear()
-        self._fail(tuple(self._buffer), why)
+        self._fail(tuple(record for _, record in self._buffer), why)
         self._buffer.clear()
 
     def _fail(self, records: tuple[SendRecord, ...], why: str) -> None:

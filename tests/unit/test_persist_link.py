@@ -169,56 +169,71 @@ def test_past_max_pending_submit_fails_at_once() -> None:
     run(scenario, max_pending=2)
 
 
-def test_without_a_persister_submit_fails_at_once() -> None:
+def test_without_a_persister_records_wait_until_the_ack_timeout() -> None:
     async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
-        outcome = link.submit(rec(1)).result()
-        assert outcome == SendOutcome(
-            1, error_code="unavailable", error_message="persister restarting"
+        waiting = link.submit(rec(1))
+        await next_iteration()
+        assert posts.sent == [] and not waiting.done()
+        clock.now += 5.0
+        link.expire()
+        assert waiting.result() == SendOutcome(
+            1, error_code="unavailable", error_message="persister unavailable"
         )
         assert link.pending == 0
-        await next_iteration()
-        assert posts.sent == []
 
     run(scenario, address=None)
 
 
-def test_rewire_fails_what_flew_to_the_old_persister() -> None:
+def test_records_waiting_for_a_restarted_persister_go_to_it() -> None:
     async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
-        flying = link.submit(rec(1))
+        waiting = link.submit(rec(1))
+        clock.now += 1.0
+        link.rewire("persister-2")
+        (batch,) = posts.batches
+        assert posts.sent[0][0] == "persister-2"
+        link.on_result(acked(batch))
+        assert waiting.result().message is not None
+
+    run(scenario, address=None)
+
+
+def rec_with_id(token: int) -> SendRecord:
+    return SendRecord(
+        token=token,
+        channel_id="general",
+        user_id="alice",
+        content=f"m{token}",
+        client_msg_id=f"c-{token}",
+    )
+
+
+def test_rewire_retries_in_flight_records_that_have_a_client_id() -> None:
+    """The old persister may have stored them: the new one dedupes the retry."""
+
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        safe = link.submit(rec_with_id(1))
+        unsafe = link.submit(rec(2))
         await next_iteration()
-        waiting = link.submit(rec(2))
+        waiting = link.submit(rec(3))
         await next_iteration()
         old_batch = posts.batches[0]
         link.rewire("persister-1")  # the same address changes nothing
-        assert not flying.done()
-        link.rewire("persister-2")
-        assert flying.result() == SendOutcome(
-            1, error_code="unavailable", error_message="persister restarted; outcome unknown"
+        assert not safe.done() and not unsafe.done()
+        link.rewire(None)  # it died: the unsafe record's outcome is unknown
+        assert unsafe.result() == SendOutcome(
+            2, error_code="unavailable", error_message="persister failed; outcome unknown"
         )
+        assert not safe.done() and not waiting.done()
         assert not link.owns(old_batch.batch_id)
-        assert not waiting.done()  # held by the window; goes to the new persister
-        assert posts.sent[-1][0] == "persister-2"
-        assert [r.token for r in posts.sent[-1][1].records] == [2]
-        link.on_result(acked(old_batch))  # the old persister's late answer is ignored
-        assert flying.result().error_code == "unavailable"
-
-    run(scenario, window=1)
-
-
-def test_rewire_to_no_persister_fails_the_buffer_too() -> None:
-    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
-        flying = link.submit(rec(1))
-        await next_iteration()
-        waiting = link.submit(rec(2))
-        link.rewire(None)
-        assert flying.result().error_code == "unavailable"
-        assert waiting.result() == SendOutcome(
-            2, error_code="unavailable", error_message="persister restarting"
-        )
-        assert link.pending == 0
-        await next_iteration()
         link.rewire("persister-2")
-        assert len(posts.sent) == 1
+        assert posts.sent[-1][0] == "persister-2"
+        # The retried record goes first, then what waited behind the window.
+        assert [r.token for r in posts.sent[-1][1].records] == [1, 3]
+        link.on_result(acked(old_batch))  # the old persister's late answer is ignored
+        assert not safe.done()
+        link.on_result(acked(posts.sent[-1][1]))
+        assert safe.result().message is not None
+        assert waiting.result().message is not None
 
     run(scenario, window=1)
 
