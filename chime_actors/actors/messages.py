@@ -21,16 +21,23 @@ class ActorKind(Enum):
     GATEWAY = "gateway"
     PERSISTER = "persister"
     API = "api"
+    REDIS_BRIDGE = "redis-bridge"
+
+
+# Kinds with exactly one actor per server are named without an index (``chime: api``).
+SINGLETON_KINDS = frozenset({ActorKind.API, ActorKind.REDIS_BRIDGE})
 
 
 @dataclass(frozen=True, slots=True)
 class ActorId:
-    """Which child: kind plus 1-based index (``gateway 2``)."""
+    """Which child: kind plus 1-based index (``gateway 2``; ``api`` for singletons)."""
 
     kind: ActorKind
     index: int
 
     def __str__(self) -> str:
+        if self.kind in SINGLETON_KINDS:
+            return self.kind.value
         return f"{self.kind.value} {self.index}"
 
 
@@ -120,6 +127,7 @@ class Wiring:
     persisters: tuple[Any, ...]
     api: Any
     generation: int
+    redis_bridge: Any = None
 
 
 @dataclass(frozen=True, slots=True)

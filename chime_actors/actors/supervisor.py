@@ -58,7 +58,8 @@ from chime_actors.actors.messages import (
     Wiring,
 )
 from chime_actors.actors.persister_actor import PersisterActor
-from chime_actors.config import Config
+from chime_actors.actors.redis_bridge_actor import RedisBridgeActor
+from chime_actors.config import BusBackend, Config
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.logs import configure_logging, get_logger
 
@@ -68,6 +69,7 @@ ACTOR_CLASSES: dict[ActorKind, type] = {
     ActorKind.GATEWAY: GatewayActor,
     ActorKind.PERSISTER: PersisterActor,
     ActorKind.API: ApiActor,
+    ActorKind.REDIS_BRIDGE: RedisBridgeActor,
 }
 INTENSITY = RestartPolicy(max_restarts=10, within_s=60.0)
 FIRST_BACKOFF_S = 0.1
@@ -157,6 +159,8 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         ids = [ActorId(ActorKind.PERSISTER, i + 1) for i in range(request.config.persisters)]
         ids += [ActorId(ActorKind.GATEWAY, i + 1) for i in range(request.config.workers)]
         ids.append(ActorId(ActorKind.API, 1))
+        if request.config.bus.backend is BusBackend.REDIS:
+            ids.append(ActorId(ActorKind.REDIS_BRIDGE, 1))
         for actor_id in ids:
             self._children[actor_id] = _Child(actor_id)
             self._create(actor_id)
@@ -208,12 +212,16 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
             )
             return tuple(c.address if c.ready else None for c in found)
 
-        api = self._children.get(ActorId(ActorKind.API, 1))
+        def singleton(kind: ActorKind) -> Any:
+            child = self._children.get(ActorId(kind, 1))
+            return child.address if child is not None and child.ready else None
+
         wiring = Wiring(
             gateways=addresses(ActorKind.GATEWAY),
             persisters=addresses(ActorKind.PERSISTER),
-            api=api.address if api is not None and api.ready else None,
+            api=singleton(ActorKind.API),
             generation=self._generation,
+            redis_bridge=singleton(ActorKind.REDIS_BRIDGE),
         )
         for child in self._children.values():
             if child.ready:
@@ -305,7 +313,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._stop_phase = "exit"
         # Gateways first (no new sends), then persisters (their queues are written
         # out on exit), the API last so /readyz reports the shutdown.
-        order = [ActorKind.GATEWAY, ActorKind.PERSISTER, ActorKind.API]
+        order = [ActorKind.GATEWAY, ActorKind.PERSISTER, ActorKind.REDIS_BRIDGE, ActorKind.API]
         for kind in order:
             for child in self._children.values():
                 if child.actor_id.kind is kind and child.address is not None:

@@ -15,8 +15,9 @@ from typing import Any
 from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.routes import Readiness, make_handler
-from chime_actors.config import Config
-from chime_actors.errors import StoreError
+from chime_actors.auth import Authenticator, bearer_token
+from chime_actors.config import AuthMode, BusBackend, Config
+from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry, render_prometheus
 from chime_actors.storage.factory import make_store
@@ -38,6 +39,7 @@ class ApiCore:
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
         self._store = make_store(config)
+        self._auth = Authenticator(config.auth)
         self._server = HttpServer(make_handler(self))
         self._reports: dict[ActorId, tuple[float, MetricsReport]] = {}
         self._expected: set[str] = set()
@@ -55,9 +57,11 @@ class ApiCore:
         elif isinstance(message, RestartNotice):
             self.metrics.actor_restarts.labels(kind=message.actor_id.kind.value).inc()
         elif isinstance(message, Wiring):
-            self._expected = {f"gateway {i + 1}" for i in range(len(message.gateways))} | {
-                f"persister {i + 1}" for i in range(len(message.persisters))
-            }
+            expected = {f"gateway {i + 1}" for i in range(len(message.gateways))}
+            expected |= {f"persister {i + 1}" for i in range(len(message.persisters))}
+            if self._config.bus.backend is BusBackend.REDIS:
+                expected.add("redis-bridge")
+            self._expected = expected
 
     async def stop(self) -> None:
         """Close the server and storage."""
@@ -106,5 +110,14 @@ class ApiCore:
         )
 
     def authorize(self, headers: Mapping[str, str]) -> str | None:
-        """Insecure mode allows everyone; jwt verification arrives with its issue."""
+        """Insecure mode allows everyone; jwt mode needs a valid Bearer token."""
+        if self._auth.mode is AuthMode.INSECURE:
+            return None
+        token = bearer_token(headers)
+        if token is None:
+            return "unauthorized"
+        try:
+            self._auth.verify(token)
+        except ProtocolError as exc:
+            return exc.code
         return None

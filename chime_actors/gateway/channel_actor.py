@@ -49,6 +49,10 @@ log = get_logger(__name__)
 MAILBOX_SIZE = 10_000
 DEFAULT_POLICY = RestartPolicy()
 GAP_FILL_LIMIT = 10_000
+# With several hosts, how long a message waits behind a hole in the ids (see
+# _release_held), and how often storage is asked again meanwhile.
+MULTI_HOST_HOLD_MAX_S = 1.0
+HOLD_RETRY_S = 0.05
 
 
 class Subscriber(Protocol):
@@ -146,6 +150,7 @@ class ChannelActor:
         policy: RestartPolicy = DEFAULT_POLICY,
         stats: ChannelStats | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hold_max_s: float = 0.0,
     ) -> None:
         self.channel_id = channel_id
         self._store = store
@@ -158,6 +163,12 @@ class ChannelActor:
         # Highest id delivered live in this process; None until the first join reads
         # the baseline from storage.
         self._last_seq: int | None = None
+        # Messages that arrived ahead of a hole, by id (see _release_held).
+        self._held: dict[int, ChimeMessage] = {}
+        self._held_since: float | None = None
+        self._retry_scheduled = False
+        self._clock = clock
+        self._hold_max_s = hold_max_s
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -328,16 +339,73 @@ class ChannelActor:
     async def _publish(self, messages: tuple[ChimeMessage, ...]) -> None:
         for message in messages:
             seq = message.seq
-            if self._last_seq is not None:
-                if seq <= self._last_seq:
-                    continue  # already delivered (by a gap fill)
-                if seq > self._last_seq + 1:
-                    await self._fill_gap(seq - 1)
-            self._deliver(message, seq)
+            if self._last_seq is None:
+                self._deliver(message, seq)
+            elif seq > self._last_seq:
+                self._held[seq] = message
+        await self._release_held()
+
+    async def _release_held(self) -> None:
+        """Deliver held messages in id order, filling holes from storage.
+
+        A hole is an id that has not arrived: lost on the way (a persister died
+        between storing and delivering, a mailbox overflowed, Redis was down),
+        deleted, or, with several hosts, still being stored by another host.
+        Storage is asked first. With one host whatever storage lacks is deleted
+        or was never stored, so it is skipped at once (``hold_max_s`` 0); with
+        several hosts it may still come, so it is waited for, at most
+        ``hold_max_s`` (an id whose write failed on another host never comes).
+        """
+        while self._held and self._last_seq is not None:
+            self._deliver_consecutive()
+            if not self._held:
+                break
+            first_held = min(self._held)
+            await self._fill_gap(first_held - 1)
+            self._deliver_consecutive()
+            if not self._held or min(self._held) != first_held:
+                continue
+            if self._last_seq + 1 < first_held:
+                now = self._clock()
+                if self._held_since is None:
+                    self._held_since = now
+                if now - self._held_since < self._hold_max_s:
+                    self._schedule_retry()
+                    return
+                log.warning(
+                    "skipping ids that never arrived",
+                    channelId=self.channel_id,
+                    missing=first_held - self._last_seq - 1,
+                )
+                self._last_seq = first_held - 1
+        if not self._held:
+            self._held_since = None
+
+    def _deliver_consecutive(self) -> None:
+        assert self._last_seq is not None
+        while self._last_seq + 1 in self._held:
+            seq = self._last_seq + 1
+            self._deliver(self._held.pop(seq), seq)
+        for seq in [s for s in self._held if s <= self._last_seq]:
+            del self._held[seq]  # delivered by a gap fill meanwhile
+
+    def _schedule_retry(self) -> None:
+        if self._retry_scheduled:
+            return
+        self._retry_scheduled = True
+
+        def retry() -> None:
+            self._retry_scheduled = False
+            if not self._stopped:
+                self.tell(CatchUp())
+
+        asyncio.get_running_loop().call_later(HOLD_RETRY_S, retry)
 
     async def _fill_gap(self, up_to_seq: int) -> None:
         assert self._last_seq is not None
         start = max(self._last_seq, up_to_seq - GAP_FILL_LIMIT)
+        if up_to_seq <= start:
+            return
         try:
             missing = await self._store.messages_range(
                 self.channel_id, after_seq=start, up_to_seq=up_to_seq
@@ -346,12 +414,18 @@ class ChannelActor:
             log.warning("gap fill failed", channelId=self.channel_id, error=str(exc))
             return
         for message in missing:
-            if message.seq > self._last_seq:
-                self.stats.gap_filled += 1
+            if message.seq <= self._last_seq or message.seq in self._held:
+                continue
+            self.stats.gap_filled += 1
+            if message.seq == self._last_seq + 1:
                 self._deliver(message, message.seq)
+            else:
+                # A hole inside the range (a deleted message, or one still being
+                # stored elsewhere): keep the order, hold the rest.
+                self._held[message.seq] = message
 
     async def _resync(self) -> None:
-        """After a restart: deliver whatever storage has beyond our last id."""
+        """Deliver whatever storage has beyond our last id, then what is held."""
         if self._last_seq is None:
             return
         try:
@@ -360,6 +434,7 @@ class ChannelActor:
             return
         if latest > self._last_seq:
             await self._fill_gap(latest)
+        await self._release_held()
 
     def _deliver(self, message: ChimeMessage, seq: int) -> None:
         frame = server_frames.message(message)  # encoded once for every recipient

@@ -8,7 +8,10 @@ per socket; channels with local subscribers get a ``ChannelActor``.
 
 Messages in (from Thespian, on the loop thread): ``Wiring`` (peer addresses),
 ``PersistResult`` (acks for this gateway's sends), ``Deliveries`` (every durable
-message of every channel, once per gateway), ``Drain`` (shutdown).
+message of every channel, once per gateway: from this host's persisters, and from
+other hosts through the Redis bridge), ``Resync`` (the bridge's subscription was
+down: catch up from storage), ``Drain`` (shutdown). Out to the bridge:
+``Interest`` when a channel gains its first or loses its last local subscriber.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
 from chime_actors.actors.messages import ActorId, Drain, Drained, MetricsReport, Wiring
-from chime_actors.config import Config
+from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
+from chime_actors.config import BusBackend, Config
 from chime_actors.gateway.channel_actor import (
-    ChannelActor,
+    MULTI_HOST_HOLD_MAX_S,
     CatchUp,
+    ChannelActor,
     ChannelStats,
     InjectFault,
     JoinResult,
@@ -78,6 +83,8 @@ class GatewayCore:
         self._post = post
         self._supervisor = supervisor
         self._api: Any = None
+        self._redis_bridge: Any = None
+        self._multi_host = config.bus.backend is BusBackend.REDIS
         self._store = make_store(config)
         self._links = [
             PersistLink(
@@ -134,6 +141,11 @@ class GatewayCore:
                     break
         elif isinstance(message, Wiring):
             self._rewire(message)
+        elif isinstance(message, Resync):
+            for channel_id in message.channels:
+                channel = self._channels.get(channel_id)
+                if channel is not None:
+                    channel.tell(CatchUp())
         elif isinstance(message, Drain):
             asyncio.get_running_loop().create_task(self._drain(sender))
         else:
@@ -150,6 +162,13 @@ class GatewayCore:
                 # messages and died before delivering them.
                 self._catch_up_owned_by(index)
         self._api = wiring.api
+        if wiring.redis_bridge is not None and wiring.redis_bridge != self._redis_bridge:
+            # A new (or restarted) bridge knows nothing of our channels.
+            self._redis_bridge = wiring.redis_bridge
+            self._tell_bridge(
+                InterestSnapshot(self.actor_id.index, tuple(sorted(self._channels)))
+            )
+        self._redis_bridge = wiring.redis_bridge
 
     def _catch_up_owned_by(self, index: int) -> None:
         """A persister was replaced: its channels may have stored-but-undelivered tails."""
@@ -190,9 +209,11 @@ class GatewayCore:
                 max_resume_messages=self.config.chat.max_resume_messages,
                 on_stopped=self._channel_stopped,
                 stats=self._channel_stats,
+                hold_max_s=MULTI_HOST_HOLD_MAX_S if self._multi_host else 0.0,
             )
             self._channels[channel_id] = channel
             channel.start()
+            self._tell_bridge(Interest(self.actor_id.index, channel_id, subscribed=True))
         return await channel.join(subscriber, resume_after)
 
     def leave_channel(self, channel_id: str, connection_id: str) -> None:
@@ -241,6 +262,11 @@ class GatewayCore:
         channel = self._channels.get(channel_id)
         if channel is not None and channel.stopped:
             del self._channels[channel_id]
+            self._tell_bridge(Interest(self.actor_id.index, channel_id, subscribed=False))
+
+    def _tell_bridge(self, message: Any) -> None:
+        if self._redis_bridge is not None:
+            self._post(self._redis_bridge, message)
 
     def _on_deliveries(self, messages: tuple[ChimeMessage, ...]) -> None:
         by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)

@@ -10,9 +10,11 @@ import asyncio
 from typing import Any
 
 from chime_actors.actors.messages import ActorId, MetricsReport, Wiring
-from chime_actors.config import Config
+from chime_actors.bus.redis_bridge import redis_client
+from chime_actors.config import BusBackend, Config
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import PersistBatch
 from chime_actors.storage.factory import make_store
@@ -31,7 +33,11 @@ class PersisterCore:
         self.metrics = ChimeMetrics.register(self.registry)
         self._post = post
         self._store = make_store(config)
-        self._writer = PersistWriter(self._store, post, self.metrics)
+        self._ids: RedisIds | None = None
+        if config.bus.backend is BusBackend.REDIS:
+            # Ids and client-id claims shared by every host (persister.redis_ids).
+            self._ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
+        self._writer = PersistWriter(self._store, post, self.metrics, ids=self._ids)
         self._api: Any = None
         self._metrics_task: asyncio.Task[None] | None = None
 
@@ -47,7 +53,7 @@ class PersisterCore:
         if isinstance(message, PersistBatch):
             self._writer.submit(message, sender)
         elif isinstance(message, Wiring):
-            self._writer.set_gateways(message.gateways)
+            self._writer.set_gateways(message.gateways, message.redis_bridge)
             self._api = message.api
         else:
             log.warning("persister ignored unknown message", kind=type(message).__name__)
@@ -57,6 +63,8 @@ class PersisterCore:
         if self._metrics_task is not None:
             self._metrics_task.cancel()
         await self._writer.stop()
+        if self._ids is not None:
+            await self._ids.close()
         await self._store.close()
 
     async def _report_metrics(self) -> None:

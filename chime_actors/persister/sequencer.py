@@ -103,6 +103,10 @@ class Sequencer:
             state.expiry.append((now + self._ttl, key))
         self._channels[channel_id] = state
 
+    def set_last_seq(self, channel_id: str, last_seq: int) -> None:
+        """Continue numbering after ``last_seq`` (a range reserved elsewhere, e.g. Redis)."""
+        self._channels[channel_id].last_seq = last_seq
+
     def forget(self, channel_id: str) -> None:
         """Drop a channel's state (it is re-read from the store on next use)."""
         self._channels.pop(channel_id, None)

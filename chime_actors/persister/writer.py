@@ -17,14 +17,22 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from chime_actors.errors import StoreError
+from chime_actors.errors import BusUnavailable, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
+from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.sequencer import Assigned, Duplicate, Plan, Sequencer
-from chime_actors.records import Deliveries, PersistBatch, PersistResult, SendOutcome
+from chime_actors.records import (
+    Deliveries,
+    PersistBatch,
+    PersistResult,
+    SendOutcome,
+    SendRecord,
+)
 from chime_actors.storage.store import MessageStore
 
 log = get_logger(__name__)
@@ -44,6 +52,7 @@ class PersistWriter:
         post: Post,
         metrics: ChimeMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ids: RedisIds | None = None,
     ) -> None:
         self._store = store
         self._post = post
@@ -51,6 +60,8 @@ class PersistWriter:
         self._sequencer = Sequencer(clock)
         self._inbox: asyncio.Queue[tuple[PersistBatch, Any]] = asyncio.Queue(INBOX_BATCHES)
         self._gateways: tuple[Any, ...] = ()
+        self._redis_bridge: Any = None
+        self._ids = ids
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -69,9 +80,10 @@ class PersistWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    def set_gateways(self, gateways: tuple[Any, ...]) -> None:
-        """The current gateway addresses (from ``Wiring``)."""
-        self._gateways = gateways
+    def set_gateways(self, gateways: tuple[Any, ...], redis_bridge: Any = None) -> None:
+        """The current gateway (and Redis bridge) addresses (from ``Wiring``)."""
+        self._gateways = tuple(g for g in gateways if g is not None)
+        self._redis_bridge = redis_bridge
 
     @property
     def queue_depth(self) -> int:
@@ -122,7 +134,17 @@ class PersistWriter:
             for batch, reply_to in taken:
                 self._post(reply_to, _fail_all(batch, "storage unavailable"))
             return
-        plan = self._sequencer.plan(records)
+        settled: dict[tuple[int, int], SendOutcome] = {}
+        if self._ids is None:
+            plan = self._sequencer.plan(records)
+        else:
+            try:
+                plan, settled = await self._plan_shared(records)
+            except BusUnavailable as exc:
+                log.warning("redis unavailable while sequencing", error=str(exc))
+                for batch, reply_to in taken:
+                    self._post(reply_to, _fail_all(batch, "bus unavailable"))
+                return
         stored = True
         if plan.new_messages:
             try:
@@ -145,19 +167,103 @@ class PersistWriter:
                 raise
         if stored:
             self._sequencer.commit(plan)
-        self._answer(taken, plan, stored)
+        if self._ids is not None:
+            await self._settle_claims(plan, stored)
+        self._answer(taken, plan, stored, settled)
         if stored and plan.new_messages:
             deliveries = Deliveries(plan.new_messages)
             for gateway in self._gateways:
                 self._post(gateway, deliveries)
+            if self._redis_bridge is not None:
+                self._post(self._redis_bridge, deliveries)
         self._metrics.persist_latency.observe(time.perf_counter() - started)
         self._metrics.persist_batches.inc()
 
-    def _answer(self, taken: Sequence[tuple[PersistBatch, Any]], plan: Plan, stored: bool) -> None:
+    async def _plan_shared(
+        self, records: Sequence[tuple[int, SendRecord]]
+    ) -> tuple[Plan, dict[tuple[int, int], SendOutcome]]:
+        """Plan with ids and idempotency shared by every host (``bus.backend: redis``).
+
+        A dry run of the local sequencer finds local repeats; the rest claim their
+        client ids in Redis (a repeat stored by another host is answered with its
+        original), then every channel reserves a contiguous id range for what is
+        left. Returns the plan and the outcomes already settled outside it.
+        """
+        assert self._ids is not None
+        dry = self._sequencer.plan(records)
+        self._sequencer.rollback(dry)
+        fresh = [item for item in dry.items if isinstance(item, Assigned)]
+        claimable = [item for item in fresh if item.record.client_msg_id]
+        claims = await self._ids.claim(
+            [
+                (i.record.channel_id, i.record.user_id, i.record.client_msg_id or "")
+                for i in claimable
+            ]
+        )
+        settled: dict[tuple[int, int], SendOutcome] = {}
+        for item, claim in zip(claimable, claims, strict=True):
+            if claim.won:
+                continue
+            key = (item.origin, item.record.token)
+            if claim.message_id is None or claim.created_at is None:
+                settled[key] = SendOutcome(
+                    item.record.token,
+                    error_code="unavailable",
+                    error_message="the same clientMsgId is being stored by another server",
+                )
+            else:
+                original = replace(
+                    item.message, message_id=claim.message_id, created_at=claim.created_at
+                )
+                settled[key] = SendOutcome(item.record.token, message=original, duplicate=True)
+        counts: dict[str, int] = {}
+        for item in fresh:
+            if (item.origin, item.record.token) not in settled:
+                counts[item.record.channel_id] = counts.get(item.record.channel_id, 0) + 1
+        firsts = await self._ids.reserve(counts)
+        for channel_id, first in firsts.items():
+            self._sequencer.set_last_seq(channel_id, first - 1)
+        remaining = [(o, r) for o, r in records if (o, r.token) not in settled]
+        return self._sequencer.plan(remaining), settled
+
+    async def _settle_claims(self, plan: Plan, stored: bool) -> None:
+        assert self._ids is not None
+        done = [
+            (
+                i.record.channel_id,
+                i.record.user_id,
+                i.record.client_msg_id or "",
+                i.message.message_id,
+                i.message.created_at,
+            )
+            for i in plan.items
+            if isinstance(i, Assigned) and i.record.client_msg_id
+        ]
+        try:
+            if stored:
+                await self._ids.settle(done, [])
+            else:
+                await self._ids.settle([], [d[:3] for d in done])
+        except BusUnavailable as exc:
+            # Stored claims then stay "pending" until they expire: a retry in that
+            # window is answered unavailable, never stored twice.
+            log.warning("could not settle client id claims", error=str(exc))
+
+    def _answer(
+        self,
+        taken: Sequence[tuple[PersistBatch, Any]],
+        plan: Plan,
+        stored: bool,
+        settled: dict[tuple[int, int], SendOutcome],
+    ) -> None:
         by_token = {(item.origin, item.record.token): item for item in plan.items}
         for batch, reply_to in taken:
             outcomes = []
             for record in batch.records:
+                early = settled.get((batch.gateway_index, record.token))
+                if early is not None:
+                    outcomes.append(early)
+                    continue
                 item = by_token[(batch.gateway_index, record.token)]
                 ok = stored or (isinstance(item, Duplicate) and not item.in_plan)
                 if not ok:

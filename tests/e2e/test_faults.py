@@ -814,7 +814,7 @@ def test_persister_sigkill_under_load(tmp_path: Path) -> None:
 
 
 def test_api_sigkill_under_load(tmp_path: Path) -> None:
-    """SIGKILL ``chime: api 1``: /healthz answers again on the same port, /readyz
+    """SIGKILL ``chime: api``: /healthz answers again on the same port, /readyz
     becomes ready again, REST history works; chat traffic never notices."""
     channel = "faults-api"
     times: dict[str, Any] = {}
@@ -829,7 +829,7 @@ def test_api_sigkill_under_load(tmp_path: Path) -> None:
                 for client in [*watchers, *senders]:
                     await client.start()
                 await wait_flowing(senders, watchers)
-                old = one_pid(server, "chime: api 1")
+                old = one_pid(server, "chime: api")
                 killed_at = time.monotonic()
                 os.kill(old, signal.SIGKILL)
 
@@ -846,9 +846,9 @@ def test_api_sigkill_under_load(tmp_path: Path) -> None:
                     await asyncio.sleep(0.005)
                 healthy_at = time.monotonic()
                 line = await apoll(
-                    lambda: restart_logged(server, "api 1", 0), 10, "'actor restarted' for api"
+                    lambda: restart_logged(server, "api", 0), 10, "'actor restarted' for api"
                 )
-                assert one_pid(server, "chime: api 1") != old
+                assert one_pid(server, "chime: api") != old
                 times["api"] = {
                     "kill_to_healthz_ok_ms": round((healthy_at - killed_at) * 1000, 1),
                     "supervisor_restart_ms": float(line["restartMs"]),
@@ -1143,10 +1143,10 @@ def test_acked_means_durable_through_every_fault(tmp_path: Path) -> None:
                 for actor in ("gateway 1", "persister 1", "persister 2", "gateway 2"):
                     times[actor] = await kill_and_wait_restart(server, actor)
                     await progress(f"the kill of {actor}")
-                old_api = one_pid(server, "chime: api 1")
+                old_api = one_pid(server, "chime: api")
                 os.kill(old_api, signal.SIGKILL)
                 await apoll(
-                    lambda: [p for p in server_pids(server, "chime: api 1") if p != old_api],
+                    lambda: [p for p in server_pids(server, "chime: api") if p != old_api],
                     RESTART_TIMEOUT_S,
                     "a new API process",
                 )

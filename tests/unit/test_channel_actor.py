@@ -153,6 +153,7 @@ def run(
     policy: RestartPolicy | None = None,
     clock: FakeClock | None = None,
     start: bool = True,
+    hold_max_s: float = 0.0,
 ) -> None:
     async def main() -> None:
         store = FaultyStore()
@@ -166,6 +167,7 @@ def run(
             policy=policy or RestartPolicy(),
             stats=ChannelStats(),
             clock=clock or FakeClock(),
+            hold_max_s=hold_max_s,
         )
         if start:
             actor.start()
@@ -526,3 +528,41 @@ def test_stop_before_start_is_fine() -> None:
         assert h.actor.stopped
 
     run(scenario, start=False)
+
+
+# --- several hosts: ids may arrive out of order -------------------------------------
+
+
+def test_with_several_hosts_a_later_id_waits_for_an_earlier_one() -> None:
+    """Host B stored 3 while host A was still storing 2: deliver 2, then 3."""
+
+    async def scenario(h: Harness) -> None:
+        await h.stored([msg(1)])
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)  # baseline 1
+        await h.stored([msg(3)])
+        h.actor.tell(Publish((msg(3),)))
+        await h.barrier()
+        assert sub.seqs == []  # 2 is not stored yet: 3 waits
+        await h.stored([msg(2)])
+        h.actor.tell(Publish((msg(2),)))
+        await wait_until(lambda: sub.seqs == [2, 3])
+
+    run(scenario, hold_max_s=1.0)
+
+
+def test_with_several_hosts_a_hole_that_never_fills_is_skipped_after_the_hold() -> None:
+    """An id whose write failed on another host never comes: move on."""
+    clock = FakeClock()
+
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)  # baseline 0
+        await h.stored([msg(1), msg(3)])
+        h.actor.tell(Publish((msg(1),)))
+        h.actor.tell(Publish((msg(3),)))
+        await wait_until(lambda: sub.seqs == [1])
+        clock.now += 2.0  # past the hold: the retry gives up on 2
+        await wait_until(lambda: sub.seqs == [1, 3])
+
+    run(scenario, hold_max_s=1.0, clock=clock)

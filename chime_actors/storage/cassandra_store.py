@@ -1,0 +1,1254 @@
+"""``CassandraStore``: the production ``MessageStore`` on Apache Cassandra.
+
+Schema (created by ``init_schema``, every statement ``IF NOT EXISTS``)::
+
+    messages          ((channel_id, bucket), seq DESC)   the channel's messages
+    thread_messages   ((channel_id, thread_id), seq DESC) copies of thread replies
+    channel_heads     (channel_id)                        highest stored seq
+    message_counters  (channel_id)                        counter: messages appended
+    client_ids        (channel_id), user_id, client_msg_id   idempotency, TTL 600 s
+    reactions         ((channel_id, bucket), seq, emoji, user_id)
+    read_markers      ((channel_id, user_id))
+
+Why a *sequence* bucket (``bucket = seq // bucket_size``) and not a time bucket:
+
+* every ``messages`` partition holds at most ``bucket_size`` rows (10,000 by
+  default, a few MB), however bursty a channel is; a time bucket is bounded in
+  time only, and one busy hour can still grow a partition without bound;
+* a quiet channel whose messages are weeks apart has no run of empty time
+  buckets to scan through when paging back: consecutive ids sit in the same or
+  the neighbouring bucket;
+* the id tells the partition: ``get_message``, edits, deletes, reactions and a
+  cursor's page all compute the bucket from the id, with no lookup table.
+
+The bucket size is part of the on-disk format: every process of a deployment
+must use the same one, and it can never change for an existing keyspace.
+
+Numbering: the store never assigns ids. One sequencer per channel (the persister
+that owns it) numbers messages 1, 2, 3 ... and ``append`` persists them. Ids are
+*not* read from ``message_counters`` (counter increments are not idempotent and
+a read after an increment races between servers); that table is a statistic.
+``channel_heads`` keeps the highest stored seq, written ``USING TIMESTAMP <seq>``
+so that the highest seq wins whatever order the writes arrive in. It is written
+after the batch's messages, so it never runs ahead of what is stored; it may lag
+behind rows left by an append that failed half-way, which is why ``last_seq``
+also probes the buckets above it.
+
+What ``append`` cannot promise here (unlike SQLite): Cassandra writes are
+upserts, so a sequence number that is already stored is silently overwritten
+instead of refused, and a batch is atomic only per ``(channel, bucket)`` chunk
+(an UNLOGGED batch on one partition is atomic and isolated), not as a whole.
+Refusing a taken seq would need a lightweight transaction (Paxos, four round
+trips) on every message; instead, uniqueness is the sequencer's job, across
+hosts too (ARCHITECTURE.md: one sequencer per channel at a time). What the store
+does refuse is a seq repeated inside one batch. After a failed append the
+persister forgets the channel and reloads ``load_channel_state``; ``last_seq``
+then sees rows a half-written batch left behind (and their client ids), so their
+numbers are not handed out again.
+
+Tombstones: nothing ever writes a null. Absent optional fields are bound as
+``UNSET_VALUE`` (native protocol v4+); with protocol v3 (Cassandra 2.1) the
+INSERT is built without those columns instead. Deletes of chat messages are a
+``deleted`` flag, not a DELETE. The only tombstones are the ones that mean it:
+a removed reaction (one row), the reactions of a deleted message (one range),
+and ``client_ids`` rows expiring through their TTL: that table has
+``default_time_to_live = 600`` (the 10-minute idempotency window of
+PROTOCOL.md) and ``gc_grace_seconds = 3600``: its rows are never deleted
+explicitly, so there is no delete that repair would need to propagate, and
+expired rows can be purged an hour later instead of after ten days (hints for
+the table are kept at most that hour).
+
+``thread_messages`` is partitioned by thread, not bucketed: a thread's
+partition grows with the thread. Threads are short in practice; a channel
+expecting threads of millions of replies would bucket it the same way.
+
+Round trips of a history page: with a ``before`` cursor, one read while the
+page lies inside one bucket (a page never reads more partitions than it spans);
+the newest page reads the head, then the head's bucket and a probe of the next
+bucket together (two); a forward page reads from the cursor's bucket upwards.
+
+Edits and deletes update the message row in place (and its copy in
+``thread_messages``) after reading it to check it exists and is live. They are
+issued by the channel's owner, so the read-then-write does not race in practice;
+a concurrent edit and delete may leave an edited row that is deleted, which
+readers never show.
+
+Driver usage: every statement is prepared; those that can be repeated safely are
+marked ``is_idempotent`` and only those are retried (``_IdempotentRetryPolicy``);
+the counter update is the one that is not, and it is never retried. Load
+balancing is ``TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc))``, so a
+request goes straight to a replica of its partition in the local data centre.
+Connection pooling keeps the driver's defaults: with protocol v3+ it holds one
+connection per host and multiplexes up to 32,768 concurrent requests on it,
+which is far more than one store sends; the store caps its own requests in
+flight (``_MAX_IN_FLIGHT``) so a large append cannot swamp a node.
+
+Asyncio: ``Cluster.connect`` and ``shutdown`` block, so they run in a thread
+(``asyncio.to_thread``). Every query goes through ``session.execute_async``; the
+driver's callbacks (on its own event-loop thread) hand results to the asyncio
+loop with ``call_soon_threadsafe``. Every call is bounded by ``timeout_s``, and
+driver failures become ``StoreUnavailable`` (node down, timeout, overloaded) or
+``StoreError`` (a rejected statement), chained to the driver's exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra import RequestExecutionException as ServerExecutionException
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    ResponseFuture,
+    Session,
+)
+from cassandra.connection import ConnectionException
+from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage, ServerError
+from cassandra.protocol import RequestExecutionException as ProtocolExecutionException
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
+
+from chime_actors.config import CassandraConfig
+from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.ids import format_message_id, parse_message_id
+from chime_actors.logs import get_logger
+from chime_actors.records import ChimeMessage
+from chime_actors.storage.store import (
+    ChannelState,
+    ClientKey,
+    HistoryPage,
+    MessageStore,
+    ReactionMap,
+    check_history_args,
+    not_found,
+    seq_of,
+)
+
+log = get_logger(__name__)
+
+#: Messages per ``messages`` partition (see the module docstring). Fixed per keyspace.
+BUCKET_SIZE: Final = 10_000
+
+#: Seconds a ``client_ids`` row lives: the idempotency window of PROTOCOL.md.
+CLIENT_ID_TTL_S: Final = 600
+
+# Requests one store keeps in flight at most (a 2,000-message append becomes
+# dozens of batches; more in flight only queues on the node).
+_MAX_IN_FLIGHT = 128
+
+# Upper bound of the estimated size of one single-partition UNLOGGED batch.
+# Cassandra does not apply batch_size_warn/fail thresholds to single-partition
+# batches (CASSANDRA-10876); this keeps one mutation far below the commit log's
+# limit and spreads a big append over several requests.
+_MAX_BATCH_BYTES = 64 * 1024
+_MAX_BATCH_STATEMENTS = 200
+_ROW_OVERHEAD_BYTES = 100
+
+# Rows asked for per query when a scan has no page limit (messages_range).
+_SCAN_CHUNK = 1000
+
+# Ids per ``seq IN ?`` query.
+_IN_CHUNK = 100
+
+# Schema statements wait for the cluster to agree on the schema: allow longer.
+_SCHEMA_TIMEOUT_S = 60.0
+
+# Columns of a message row, in the order ``_to_message`` reads them. The same
+# list is selected from ``messages`` and ``thread_messages``.
+_SELECT_COLUMNS = (
+    "seq, user_id, content, created_at, edited_at, metadata, thread_id, client_msg_id,"
+    " channel_name, deleted"
+)
+
+# Optional columns of an INSERT: bound as UNSET_VALUE when absent (protocol v4+),
+# left out of the statement with protocol v3.
+_OPTIONAL_COLUMNS = ("edited_at", "metadata", "thread_id", "client_msg_id", "channel_name")
+
+
+def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, str], ...]:
+    """``(table or None for the keyspace, CQL)`` of every schema object, in order."""
+    message_columns = """
+        seq           bigint,
+        user_id       text,
+        content       text,
+        created_at    text,
+        edited_at     text,
+        metadata      text,
+        client_msg_id text,
+        channel_name  text,
+        deleted       boolean,"""
+    return (
+        (
+            None,
+            f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication ="
+            f" {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}",
+        ),
+        (
+            "messages",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.messages (
+                channel_id    text,
+                bucket        bigint,{message_columns}
+                thread_id     text,
+                PRIMARY KEY ((channel_id, bucket), seq)
+            ) WITH CLUSTERING ORDER BY (seq DESC)""",
+        ),
+        (
+            # A thread's replies in one partition (denormalized copies, kept in
+            # step by edit and delete), so a thread page is one range read.
+            "thread_messages",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.thread_messages (
+                channel_id    text,
+                thread_id     text,{message_columns}
+                PRIMARY KEY ((channel_id, thread_id), seq)
+            ) WITH CLUSTERING ORDER BY (seq DESC)""",
+        ),
+        (
+            "channel_heads",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.channel_heads (
+                channel_id text PRIMARY KEY,
+                last_seq   bigint
+            )""",
+        ),
+        (
+            "message_counters",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.message_counters (
+                channel_id text PRIMARY KEY,
+                count      counter
+            )""",
+        ),
+        (
+            # One partition per channel holding the last 10 minutes of sends
+            # (TTL), read whole by load_channel_state.
+            "client_ids",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.client_ids (
+                channel_id    text,
+                user_id       text,
+                client_msg_id text,
+                seq           bigint,
+                created_at    text,
+                PRIMARY KEY ((channel_id), user_id, client_msg_id)
+            ) WITH default_time_to_live = {CLIENT_ID_TTL_S} AND gc_grace_seconds = 3600""",
+        ),
+        (
+            # Same buckets as messages: the reactions of a page are one range
+            # read per bucket.
+            "reactions",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.reactions (
+                channel_id text,
+                bucket     bigint,
+                seq        bigint,
+                emoji      text,
+                user_id    text,
+                PRIMARY KEY ((channel_id, bucket), seq, emoji, user_id)
+            )""",
+        ),
+        (
+            "read_markers",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.read_markers (
+                channel_id text,
+                user_id    text,
+                message_id text,
+                PRIMARY KEY ((channel_id, user_id))
+            )""",
+        ),
+    )
+
+
+class _IdempotentRetryPolicy(RetryPolicy):  # type: ignore[misc]
+    """The driver's default retries, for idempotent statements only.
+
+    The stock ``RetryPolicy`` retries an unavailable coordinator or a broken
+    connection on the next host whatever the statement; a counter update that
+    was applied before the connection broke would then be counted twice.
+    """
+
+    def on_read_timeout(self, query: Any, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        if not query.is_idempotent:
+            return self.RETHROW, None
+        result: tuple[int, Any] = super().on_read_timeout(query, *args, **kwargs)
+        return result
+
+    def on_write_timeout(self, query: Any, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        if not query.is_idempotent:
+            return self.RETHROW, None
+        result: tuple[int, Any] = super().on_write_timeout(query, *args, **kwargs)
+        return result
+
+    def on_unavailable(self, query: Any, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        if not query.is_idempotent:
+            return self.RETHROW, None
+        result: tuple[int, Any] = super().on_unavailable(query, *args, **kwargs)
+        return result
+
+    def on_request_error(self, query: Any, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        if not query.is_idempotent:
+            return self.RETHROW, None
+        result: tuple[int, Any] = super().on_request_error(query, *args, **kwargs)
+        return result
+
+
+# Driver exceptions that mean "storage is down or slow: try again later". The
+# rest (InvalidRequest, Unauthorized, SyntaxException ...) mean a bug or a
+# misconfiguration and become a plain StoreError.
+_UNAVAILABLE_ERRORS: Final = (
+    NoHostAvailable,
+    OperationTimedOut,
+    ConnectionException,
+    ServerExecutionException,  # Unavailable, Read/WriteTimeout, Read/WriteFailure ...
+    ProtocolExecutionException,  # Overloaded, IsBootstrapping, TruncateError ...
+    ServerError,
+    OSError,
+)
+
+
+class CassandraStore:
+    """A ``MessageStore`` on a Cassandra cluster.
+
+    Args:
+        config: contact points, keyspace, credentials and consistency.
+        timeout_s: upper bound of every call (and the driver's connect and
+            request timeout), after which it raises ``StoreUnavailable``.
+        bucket_size: messages per partition; part of the on-disk format (tests
+            make it small to cross bucket boundaries).
+    """
+
+    def __init__(
+        self,
+        config: CassandraConfig,
+        *,
+        timeout_s: float = 5.0,
+        bucket_size: int = BUCKET_SIZE,
+    ) -> None:
+        if bucket_size < 1:
+            raise ValueError(f"bucket_size must be at least 1, got {bucket_size}")
+        self._config = config
+        self._timeout_s = timeout_s
+        self._bucket_size = bucket_size
+        self._ks = config.keyspace
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+        self._stmts: dict[str, PreparedStatement] = {}
+        self._insert_variants: dict[tuple[str, frozenset[str]], PreparedStatement] = {}
+        self._in_flight: asyncio.Semaphore | None = None
+
+    @property
+    def config(self) -> CassandraConfig:
+        """The connection settings."""
+        return self._config
+
+    @property
+    def bucket_size(self) -> int:
+        """Messages per ``messages`` partition."""
+        return self._bucket_size
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, create the schema if missing and prepare every statement.
+
+        Raises:
+            StoreUnavailable: no contact point answers (or the schema could not
+                be created in time). The store is closed again and ``open`` may
+                be retried.
+        """
+        if self._session is not None:
+            return
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        try:
+            await self._in_thread("open", self._connect)
+            await self.init_schema()
+            await self._in_thread("prepare", self._prepare_all)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Shut the driver down (its connections and threads); safe to call twice."""
+        cluster = self._cluster
+        self._cluster = None
+        self._session = None
+        self._stmts = {}
+        self._insert_variants = {}
+        if cluster is not None:
+            # Blocks while the driver joins its threads.
+            await asyncio.to_thread(cluster.shutdown)
+
+    async def init_schema(self) -> None:
+        """Create the keyspace and tables if missing (idempotent).
+
+        Objects the driver's schema metadata already lists are skipped, so
+        processes opening an existing keyspace send no DDL at all; that keeps
+        concurrent CREATEs (which Cassandra before 5.1 may resolve into
+        conflicting table ids) to a cluster's very first start.
+        """
+        cluster = self._cluster
+        if cluster is None:
+            raise StoreError("CassandraStore.init_schema: the store is not open")
+        for table, cql in _schema(self._ks, self._config.replication_factor):
+            keyspace_meta = cluster.metadata.keyspaces.get(self._ks)
+            if table is None and keyspace_meta is not None:
+                continue
+            if table is not None and keyspace_meta is not None and table in keyspace_meta.tables:
+                continue
+            await self._execute("init_schema", cql, timeout_s=_SCHEMA_TIMEOUT_S)
+
+    async def ping(self) -> None:
+        """Read the coordinator's version; ``StoreUnavailable`` if nobody answers."""
+        await self._run("ping", "ping", ())
+
+    # --- sequencing -------------------------------------------------------------
+
+    async def load_channel_state(self, channel_id: str, *, dedupe_since: str) -> ChannelState:
+        """See ``MessageStore.load_channel_state``."""
+        last_seq, client_rows = await asyncio.gather(
+            self.last_seq(channel_id),
+            self._run("load_channel_state", "client_ids_of_channel", (channel_id,)),
+        )
+        wanted: dict[int, list[ClientKey]] = defaultdict(list)
+        for row in client_rows:
+            if row.created_at >= dedupe_since:
+                wanted[row.seq].append((row.user_id, row.client_msg_id))
+        rows = await self._rows_by_seq("load_channel_state", channel_id, wanted)
+        client_ids: dict[ClientKey, ChimeMessage] = {}
+        for seq, keys in wanted.items():
+            row = rows.get(seq)
+            if row is None:
+                continue  # the message row is gone (never written): nothing to dedupe
+            message = _to_message(channel_id, row)
+            for key in keys:
+                client_ids[key] = message
+        return ChannelState(last_seq=last_seq, client_ids=client_ids)
+
+    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+        """See ``MessageStore.append``, and the module docstring for what differs.
+
+        Messages of one ``(channel, bucket)`` partition go in UNLOGGED batches
+        (atomic and isolated within the partition) of bounded size; the batches,
+        thread copies and client ids are written concurrently, then the channel
+        heads, then the counters.
+
+        Raises:
+            StoreError: a seq appears twice in the batch; nothing was written.
+            StoreUnavailable: Cassandra failed; some partitions may be stored.
+        """
+        if not messages:
+            return
+        by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)
+        for message in messages:
+            by_channel[message.channel_id].append(message)
+        for channel_id, channel_messages in by_channel.items():
+            taken = [m.seq for m in channel_messages]
+            if len(set(taken)) != len(taken):
+                raise StoreError(f"append: a sequence number repeats in channel {channel_id!r}")
+
+        by_message_partition: dict[tuple[str, int], list[ChimeMessage]] = defaultdict(list)
+        by_thread_partition: dict[tuple[str, str], list[ChimeMessage]] = defaultdict(list)
+        for message in messages:
+            by_message_partition[(message.channel_id, self._bucket(message.seq))].append(message)
+            if message.thread_id is not None:
+                by_thread_partition[(message.channel_id, message.thread_id)].append(message)
+
+        writes: list[Awaitable[None]] = []
+        for (_, bucket), group in by_message_partition.items():
+            for chunk in _chunks(group):
+                writes.append(self._write_chunk("messages", chunk, bucket=bucket))
+        for _, group in by_thread_partition.items():
+            for chunk in _chunks(group):
+                writes.append(self._write_chunk("thread_messages", chunk, bucket=None))
+        for channel_id, channel_messages in by_channel.items():
+            with_client_id = [m for m in channel_messages if m.client_msg_id is not None]
+            for chunk in _chunks(with_client_id):
+                writes.append(self._write_client_ids(channel_id, chunk))
+        await _gather_all(writes)
+
+        # The heads only once every message is stored: a head never promises
+        # a row that is not there.
+        await _gather_all(
+            self._run(
+                "append",
+                "head_set",
+                (max(m.seq for m in group), max(m.seq for m in group), channel_id),
+            )
+            for channel_id, group in by_channel.items()
+        )
+        for channel_id, group in by_channel.items():
+            try:
+                await self._run("append", "counter_add", (len(group), channel_id))
+            except StoreError as exc:
+                # A statistic: never retried (not idempotent) and not worth
+                # failing a stored batch for.
+                log.warning(
+                    "message counter not updated",
+                    channelId=channel_id,
+                    count=len(group),
+                    error=str(exc),
+                )
+
+    async def last_seq(self, channel_id: str) -> int:
+        """See ``MessageStore.last_seq``: the head, then a probe of the buckets above."""
+        head = await self._head("last_seq", channel_id)
+        _, top = await self._climb("last_seq", channel_id, self._bucket(head))
+        return max(head, top)
+
+    # --- reads ------------------------------------------------------------------
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+        thread_id: str | None = None,
+    ) -> HistoryPage:
+        """See ``MessageStore.history``.
+
+        Reads as few partitions as it can: a backward page starts in the bucket
+        of its cursor (or of the channel's head) and walks down, a forward page
+        starts in the bucket after its cursor and walks up; either stops as soon
+        as ``limit + 1`` live rows are found (the extra one tells ``has_more``).
+        A thread page reads the thread's one partition, plus the root by key.
+        """
+        after_seq, before_seq = check_history_args(before, after, limit)
+        forward = after is not None
+        want = limit + 1
+        if thread_id is not None:
+            rows = await self._thread_page(
+                channel_id, thread_id, after_seq, before_seq, forward=forward, want=want
+            )
+        elif forward:
+            rows = await self._walk_up(
+                "history", channel_id, after_seq, before_seq, want=want, live_only=True
+            )
+        else:
+            rows = await self._walk_down(channel_id, after_seq, before_seq, want=want)
+        page = [_to_message(channel_id, row) for row in rows[:limit]]
+        if not forward:
+            page.reverse()
+        return HistoryPage(tuple(page), has_more=len(rows) > limit)
+
+    async def get_message(self, channel_id: str, message_id: str) -> ChimeMessage:
+        """See ``MessageStore.get_message``."""
+        seq = seq_of(channel_id, message_id)
+        row = await self._get_row("get_message", channel_id, seq)
+        if row is None or row.deleted:
+            raise not_found(channel_id, message_id)
+        return _to_message(channel_id, row)
+
+    async def messages_range(
+        self, channel_id: str, *, after_seq: int, up_to_seq: int
+    ) -> tuple[ChimeMessage, ...]:
+        """See ``MessageStore.messages_range``."""
+        if up_to_seq <= after_seq:
+            return ()
+        rows = await self._walk_up(
+            "messages_range", channel_id, after_seq, up_to_seq + 1, want=None, live_only=True
+        )
+        return tuple(_to_message(channel_id, row) for row in rows)
+
+    # --- edits, deletes, reactions, read markers --------------------------------
+
+    async def edit(
+        self, channel_id: str, message_id: str, content: str, edited_at: str
+    ) -> ChimeMessage:
+        """See ``MessageStore.edit``: updates the row (and its thread copy) in place."""
+        seq = seq_of(channel_id, message_id)
+        row = await self._get_row("edit", channel_id, seq)
+        if row is None or row.deleted:
+            raise not_found(channel_id, message_id)
+        updates = [
+            self._run(
+                "edit", "messages_edit", (content, edited_at, channel_id, self._bucket(seq), seq)
+            )
+        ]
+        if row.thread_id is not None:
+            updates.append(
+                self._run(
+                    "edit", "thread_edit", (content, edited_at, channel_id, row.thread_id, seq)
+                )
+            )
+        await _gather_all(updates)
+        message = _to_message(channel_id, row)
+        return ChimeMessage(
+            channel_id=message.channel_id,
+            message_id=message.message_id,
+            user_id=message.user_id,
+            content=content,
+            created_at=message.created_at,
+            edited_at=edited_at,
+            metadata=message.metadata,
+            thread_id=message.thread_id,
+            client_msg_id=message.client_msg_id,
+            channel_name=message.channel_name,
+        )
+
+    async def delete(self, channel_id: str, message_id: str) -> None:
+        """See ``MessageStore.delete``: flags the row (no tombstone), drops its reactions."""
+        seq = seq_of(channel_id, message_id)
+        row = await self._get_row("delete", channel_id, seq)
+        if row is None or row.deleted:
+            raise not_found(channel_id, message_id)
+        bucket = self._bucket(seq)
+        updates = [
+            self._run("delete", "messages_delete", (channel_id, bucket, seq)),
+            # Nobody can read or add them any more.
+            self._run("delete", "reactions_of_message_delete", (channel_id, bucket, seq)),
+        ]
+        if row.thread_id is not None:
+            updates.append(self._run("delete", "thread_delete", (channel_id, row.thread_id, seq)))
+        await _gather_all(updates)
+
+    async def set_reaction(
+        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
+    ) -> None:
+        """See ``MessageStore.set_reaction``."""
+        seq = seq_of(channel_id, message_id)
+        row = await self._get_row("set_reaction", channel_id, seq)
+        if row is None or row.deleted:
+            raise not_found(channel_id, message_id)
+        key = (channel_id, self._bucket(seq), seq, emoji, user_id)
+        await self._run("set_reaction", "reaction_add" if present else "reaction_remove", key)
+
+    async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
+        """See ``MessageStore.reactions``: one range read per bucket of the ids."""
+        by_bucket: dict[int, set[int]] = defaultdict(set)
+        for message_id in message_ids:
+            try:
+                seq = parse_message_id(message_id)
+            except ValueError:
+                continue  # no such message, so no reactions
+            by_bucket[self._bucket(seq)].add(seq)
+        pages = await asyncio.gather(
+            *(
+                self._run(
+                    "reactions", "reactions_range", (channel_id, bucket, min(seqs), max(seqs))
+                )
+                for bucket, seqs in by_bucket.items()
+            )
+        )
+        found: dict[str, dict[str, list[str]]] = {}
+        for (_, seqs), rows in zip(by_bucket.items(), pages, strict=True):
+            for row in rows:
+                if row.seq in seqs:
+                    by_emoji = found.setdefault(format_message_id(row.seq), {})
+                    by_emoji.setdefault(row.emoji, []).append(row.user_id)
+        # Sorted by code point, like every implementation.
+        return {
+            message_id: {emoji: tuple(sorted(found[message_id][emoji])) for emoji in sorted(emojis)}
+            for message_id, emojis in sorted(found.items())
+        }
+
+    async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
+        """See ``MessageStore.set_read_marker``.
+
+        Written ``USING TIMESTAMP <seq>``: the highest id wins in Cassandra's
+        last-write-wins merge, whatever order two devices' writes arrive in,
+        with no read before the write.
+
+        Raises:
+            ValueError: ``message_id`` is not a message id (callers validate).
+        """
+        seq = parse_message_id(message_id)
+        await self._run("set_read_marker", "marker_set", (seq, message_id, channel_id, user_id))
+
+    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
+        """See ``MessageStore.read_marker``."""
+        rows = await self._run("read_marker", "marker_get", (channel_id, user_id))
+        return str(rows[0].message_id) if rows else None
+
+    # --- paging ----------------------------------------------------------------
+
+    def _bucket(self, seq: int) -> int:
+        return seq // self._bucket_size
+
+    async def _head(self, operation: str, channel_id: str) -> int:
+        rows = await self._run(operation, "head_get", (channel_id,))
+        return int(rows[0].last_seq) if rows and rows[0].last_seq is not None else 0
+
+    async def _max_seq_in(self, operation: str, channel_id: str, bucket: int) -> int | None:
+        """The highest seq stored in one bucket (clustering is DESC: one row)."""
+        rows = await self._run(operation, "messages_probe", (channel_id, bucket))
+        return int(rows[0].seq) if rows else None
+
+    async def _climb(self, operation: str, channel_id: str, bucket: int) -> tuple[int, int]:
+        """From a bucket known to hold rows, probe upwards; ``(bucket, max seq)`` of the top.
+
+        Ids are contiguous, so the first empty bucket ends the channel. Only a
+        half-failed append leaves rows above the head, so this loop normally
+        runs once.
+        """
+        top, above = await asyncio.gather(
+            self._max_seq_in(operation, channel_id, bucket),
+            self._max_seq_in(operation, channel_id, bucket + 1),
+        )
+        while above is not None:
+            bucket, top = bucket + 1, above
+            above = await self._max_seq_in(operation, channel_id, bucket + 1)
+        return bucket, top or 0
+
+    async def _top_bucket(self, operation: str, channel_id: str) -> int:
+        """The highest bucket holding rows (0 for an empty channel)."""
+        bucket, _ = await self._climb(
+            operation, channel_id, self._bucket(await self._head(operation, channel_id))
+        )
+        return bucket
+
+    async def _walk_down(
+        self, channel_id: str, after_seq: int, before_seq: int | None, *, want: int
+    ) -> list[Any]:
+        """Live rows with ``after_seq < seq < before_seq``, newest first, at most ``want``.
+
+        With a cursor the walk starts in the cursor's bucket straight away (one
+        round trip for a page inside one bucket) and only looks for the
+        channel's top when that bucket is empty (a cursor past the end). Without
+        one it reads the head, then the head's bucket and a probe of the next
+        bucket together (two round trips).
+        """
+        if before_seq is not None and before_seq - 1 <= after_seq:
+            return []
+        floor = self._bucket(after_seq + 1)
+        if before_seq is not None:
+            hi = before_seq
+            start = self._bucket(before_seq - 1)
+            rows, any_rows = await self._scan_down(channel_id, start, after_seq, hi, want)
+            if any_rows or start <= floor:
+                return await self._continue_down(
+                    channel_id, start - 1, floor, after_seq, hi, want, rows
+                )
+            top = await self._top_bucket("history", channel_id)
+            return await self._continue_down(
+                channel_id, min(top, start - 1), floor, after_seq, hi, want, []
+            )
+        head_bucket = self._bucket(await self._head("history", channel_id))
+        hi = (head_bucket + 1) * self._bucket_size
+        (rows, _), above = await asyncio.gather(
+            self._scan_down(channel_id, head_bucket, after_seq, hi, want),
+            self._max_seq_in("history", channel_id, head_bucket + 1),
+        )
+        if above is None:
+            return await self._continue_down(
+                channel_id, head_bucket - 1, floor, after_seq, hi, want, rows
+            )
+        top, _ = await self._climb("history", channel_id, head_bucket + 1)
+        hi = (top + 1) * self._bucket_size
+        return await self._continue_down(channel_id, top, floor, after_seq, hi, want, [])
+
+    async def _scan_down(
+        self, channel_id: str, bucket: int, lo: int, hi: int, want: int
+    ) -> tuple[list[Any], bool]:
+        return await self._scan(
+            "history",
+            "messages_desc",
+            (channel_id, bucket),
+            lo,
+            hi,
+            forward=False,
+            want=want,
+            live_only=True,
+        )
+
+    async def _continue_down(
+        self,
+        channel_id: str,
+        bucket: int,
+        floor: int,
+        lo: int,
+        hi: int,
+        want: int,
+        rows: list[Any],
+    ) -> list[Any]:
+        """Add rows from ``bucket`` down to ``floor`` until ``want`` are found."""
+        while bucket >= floor and len(rows) < want:
+            found, _ = await self._scan_down(channel_id, bucket, lo, hi, want - len(rows))
+            rows = rows + found
+            bucket -= 1
+        return rows
+
+    async def _walk_up(
+        self,
+        operation: str,
+        channel_id: str,
+        after_seq: int,
+        before_seq: int | None,
+        *,
+        want: int | None,
+        live_only: bool,
+    ) -> list[Any]:
+        """Rows with ``after_seq < seq < before_seq``, oldest first, at most ``want``.
+
+        Stops at the first bucket with no row in range: ids are contiguous and
+        deleted rows stay, so an empty bucket means the channel ends there.
+        """
+        last_bucket = None if before_seq is None else self._bucket(before_seq - 1)
+        if before_seq is not None and before_seq - 1 <= after_seq:
+            return []
+        hi = before_seq if before_seq is not None else 2**63 - 1
+        rows: list[Any] = []
+        bucket = self._bucket(after_seq + 1)
+        while (last_bucket is None or bucket <= last_bucket) and (want is None or len(rows) < want):
+            found, any_rows = await self._scan(
+                operation,
+                "messages_asc",
+                (channel_id, bucket),
+                after_seq,
+                hi,
+                forward=True,
+                want=None if want is None else want - len(rows),
+                live_only=live_only,
+            )
+            rows += found
+            if not any_rows:
+                break
+            bucket += 1
+        return rows
+
+    async def _thread_page(
+        self,
+        channel_id: str,
+        thread_id: str,
+        after_seq: int,
+        before_seq: int | None,
+        *,
+        forward: bool,
+        want: int,
+    ) -> list[Any]:
+        """The thread's live replies in range plus its root, in paging order."""
+        hi = before_seq if before_seq is not None else 2**63 - 1
+        replies = self._scan(
+            "history",
+            "thread_asc" if forward else "thread_desc",
+            (channel_id, thread_id),
+            after_seq,
+            hi,
+            forward=forward,
+            want=want,
+            live_only=True,
+        )
+        try:
+            root_seq: int | None = parse_message_id(thread_id)
+        except ValueError:
+            root_seq = None  # not a message id, so there is no root to add
+        if root_seq is None or not after_seq < root_seq < hi:
+            rows, _ = await replies
+            return rows
+        (rows, _), root = await asyncio.gather(
+            replies, self._get_row("history", channel_id, root_seq)
+        )
+        # A root that names itself as its thread is already among the replies.
+        if root is not None and not root.deleted and all(r.seq != root_seq for r in rows):
+            rows = sorted([*rows, root], key=lambda r: int(r.seq), reverse=not forward)[:want]
+        return rows
+
+    async def _scan(
+        self,
+        operation: str,
+        statement: str,
+        key: tuple[Any, ...],
+        lo: int,
+        hi: int,
+        *,
+        forward: bool,
+        want: int | None,
+        live_only: bool,
+    ) -> tuple[list[Any], bool]:
+        """Rows of one partition with ``lo < seq < hi`` in order, at most ``want``.
+
+        Deleted rows are skipped when ``live_only``, so a query may come back
+        short and be followed by another starting after its last row. Returns
+        the rows and whether the partition had any row in range at all.
+        """
+        rows: list[Any] = []
+        any_rows = False
+        while want is None or len(rows) < want:
+            ask = _SCAN_CHUNK if want is None else want - len(rows)
+            got = await self._run(operation, statement, (*key, lo, hi, ask))
+            any_rows = any_rows or bool(got)
+            rows += [row for row in got if not (live_only and row.deleted)]
+            if len(got) < ask:
+                break
+            if forward:
+                lo = int(got[-1].seq)
+            else:
+                hi = int(got[-1].seq)
+        return rows, any_rows
+
+    async def _get_row(self, operation: str, channel_id: str, seq: int) -> Any | None:
+        rows = await self._run(operation, "messages_get", (channel_id, self._bucket(seq), seq))
+        return rows[0] if rows else None
+
+    async def _rows_by_seq(
+        self, operation: str, channel_id: str, seqs: Iterable[int]
+    ) -> dict[int, Any]:
+        """Message rows (deleted ones too) by seq, read with ``seq IN`` per bucket."""
+        by_bucket: dict[int, list[int]] = defaultdict(list)
+        for seq in sorted(seqs):
+            by_bucket[self._bucket(seq)].append(seq)
+        queries = [
+            self._run(operation, "messages_in", (channel_id, bucket, group[i : i + _IN_CHUNK]))
+            for bucket, group in by_bucket.items()
+            for i in range(0, len(group), _IN_CHUNK)
+        ]
+        return {int(row.seq): row for rows in await asyncio.gather(*queries) for row in rows}
+
+    # --- writes ----------------------------------------------------------------
+
+    async def _write_chunk(
+        self, table: str, chunk: Sequence[ChimeMessage], *, bucket: int | None
+    ) -> None:
+        """Insert messages of one partition: one statement, or one UNLOGGED batch."""
+        bound = [await self._bind_insert(table, message, bucket) for message in chunk]
+        if len(bound) == 1:
+            await self._execute("append", bound[0])
+            return
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for statement in bound:
+            batch.add(statement)
+        # Replaying the same rows writes the same values.
+        batch.is_idempotent = True
+        await self._execute("append", batch)
+
+    async def _write_client_ids(self, channel_id: str, chunk: Sequence[ChimeMessage]) -> None:
+        statement = self._stmt("append", "client_id_insert")
+        bound = [
+            statement.bind((channel_id, m.user_id, m.client_msg_id, m.seq, m.created_at))
+            for m in chunk
+        ]
+        if len(bound) == 1:
+            await self._execute("append", bound[0])
+            return
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for item in bound:
+            batch.add(item)
+        batch.is_idempotent = True
+        await self._execute("append", batch)
+
+    async def _bind_insert(self, table: str, message: ChimeMessage, bucket: int | None) -> Any:
+        """A bound INSERT of ``message`` into ``messages`` or ``thread_messages``."""
+        key: tuple[Any, ...]
+        if table == "messages":
+            key = (message.channel_id, bucket)
+        else:
+            key = (message.channel_id, message.thread_id)
+        required = (message.seq, message.user_id, message.content, message.created_at)
+        optional = {
+            "edited_at": message.edited_at,
+            "metadata": _dump_metadata(message),
+            "thread_id": message.thread_id if table == "messages" else None,
+            "client_msg_id": message.client_msg_id,
+            "channel_name": message.channel_name,
+        }
+        if table == "thread_messages":
+            del optional["thread_id"]  # the partition key there
+        version = self._protocol_version()
+        if version is None or version >= 4:
+            statement = self._stmt("append", f"{table}_insert")
+            values = [UNSET_VALUE if value is None else value for value in optional.values()]
+            return statement.bind((*key, *required, *values))
+        present = frozenset(name for name, value in optional.items() if value is not None)
+        statement = await self._insert_variant(table, present)
+        values = [value for value in optional.values() if value is not None]
+        return statement.bind((*key, *required, *values))
+
+    def _protocol_version(self) -> int | None:
+        cluster = self._cluster
+        return None if cluster is None else int(cluster.protocol_version)
+
+    async def _insert_variant(self, table: str, present: frozenset[str]) -> PreparedStatement:
+        """Protocol v3 has no UNSET: an INSERT naming only the present columns."""
+        cached = self._insert_variants.get((table, present))
+        if cached is not None:
+            return cached
+        session = self._require_session("append")
+        columns = [name for name in _OPTIONAL_COLUMNS if name in present]
+        cql = _insert_cql(self._ks, table, columns)
+        statement = await self._in_thread("append", lambda: session.prepare(cql))
+        statement.is_idempotent = True
+        self._insert_variants[(table, present)] = statement
+        return statement
+
+    # --- the driver bridge -----------------------------------------------------
+
+    def _connect(self) -> None:
+        """Worker thread: build the cluster and connect (both block)."""
+        config = self._config
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(
+                DCAwareRoundRobinPolicy(local_dc=config.local_dc or "")
+            ),
+            retry_policy=_IdempotentRetryPolicy(),
+            consistency_level=ConsistencyLevel.name_to_value[config.consistency],
+            request_timeout=self._timeout_s,
+        )
+        kwargs: dict[str, Any] = {
+            "contact_points": list(config.hosts),
+            "port": config.port,
+            "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
+            "connect_timeout": self._timeout_s,
+            "control_connection_timeout": self._timeout_s,
+        }
+        if config.protocol_version is not None:
+            kwargs["protocol_version"] = config.protocol_version
+        if config.username is not None:
+            kwargs["auth_provider"] = PlainTextAuthProvider(
+                username=config.username, password=config.password or ""
+            )
+        cluster = Cluster(**kwargs)
+        try:
+            session = cluster.connect()
+        except BaseException:
+            cluster.shutdown()
+            raise
+        self._cluster = cluster
+        self._session = session
+
+    def _prepare_all(self) -> None:
+        """Worker thread: prepare every statement (each prepare blocks)."""
+        session = self._require_session("prepare")
+        ks = self._ks
+        select = f"SELECT {_SELECT_COLUMNS} FROM {ks}"
+        range_where = "seq > ? AND seq < ?"
+        texts = {
+            "ping": "SELECT release_version FROM system.local",
+            "messages_insert": _insert_cql(ks, "messages", _OPTIONAL_COLUMNS),
+            "thread_messages_insert": _insert_cql(
+                ks, "thread_messages", [c for c in _OPTIONAL_COLUMNS if c != "thread_id"]
+            ),
+            "messages_desc": f"{select}.messages WHERE channel_id = ? AND bucket = ?"
+            f" AND {range_where} LIMIT ?",
+            "messages_asc": f"{select}.messages WHERE channel_id = ? AND bucket = ?"
+            f" AND {range_where} ORDER BY seq ASC LIMIT ?",
+            "thread_desc": f"{select}.thread_messages WHERE channel_id = ? AND thread_id = ?"
+            f" AND {range_where} LIMIT ?",
+            "thread_asc": f"{select}.thread_messages WHERE channel_id = ? AND thread_id = ?"
+            f" AND {range_where} ORDER BY seq ASC LIMIT ?",
+            "messages_get": f"{select}.messages WHERE channel_id = ? AND bucket = ? AND seq = ?",
+            "messages_in": f"{select}.messages WHERE channel_id = ? AND bucket = ? AND seq IN ?",
+            "messages_probe": f"SELECT seq FROM {ks}.messages"
+            " WHERE channel_id = ? AND bucket = ? LIMIT 1",
+            "messages_edit": f"UPDATE {ks}.messages SET content = ?, edited_at = ?"
+            " WHERE channel_id = ? AND bucket = ? AND seq = ?",
+            "thread_edit": f"UPDATE {ks}.thread_messages SET content = ?, edited_at = ?"
+            " WHERE channel_id = ? AND thread_id = ? AND seq = ?",
+            "messages_delete": f"UPDATE {ks}.messages SET deleted = true"
+            " WHERE channel_id = ? AND bucket = ? AND seq = ?",
+            "thread_delete": f"UPDATE {ks}.thread_messages SET deleted = true"
+            " WHERE channel_id = ? AND thread_id = ? AND seq = ?",
+            "head_get": f"SELECT last_seq FROM {ks}.channel_heads WHERE channel_id = ?",
+            "head_set": f"UPDATE {ks}.channel_heads USING TIMESTAMP ? SET last_seq = ?"
+            " WHERE channel_id = ?",
+            "counter_add": f"UPDATE {ks}.message_counters SET count = count + ?"
+            " WHERE channel_id = ?",
+            "client_id_insert": f"INSERT INTO {ks}.client_ids"
+            " (channel_id, user_id, client_msg_id, seq, created_at) VALUES (?, ?, ?, ?, ?)",
+            "client_ids_of_channel": "SELECT user_id, client_msg_id, seq, created_at"
+            f" FROM {ks}.client_ids WHERE channel_id = ?",
+            "reaction_add": f"INSERT INTO {ks}.reactions (channel_id, bucket, seq, emoji, user_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            "reaction_remove": f"DELETE FROM {ks}.reactions"
+            " WHERE channel_id = ? AND bucket = ? AND seq = ? AND emoji = ? AND user_id = ?",
+            "reactions_of_message_delete": f"DELETE FROM {ks}.reactions"
+            " WHERE channel_id = ? AND bucket = ? AND seq = ?",
+            "reactions_range": f"SELECT seq, emoji, user_id FROM {ks}.reactions"
+            " WHERE channel_id = ? AND bucket = ? AND seq >= ? AND seq <= ?",
+            "marker_set": f"UPDATE {ks}.read_markers USING TIMESTAMP ? SET message_id = ?"
+            " WHERE channel_id = ? AND user_id = ?",
+            "marker_get": f"SELECT message_id FROM {ks}.read_markers"
+            " WHERE channel_id = ? AND user_id = ?",
+        }
+        statements: dict[str, PreparedStatement] = {}
+        for name, cql in texts.items():
+            statement = session.prepare(cql)
+            # Everything but the counter can be repeated with the same result.
+            statement.is_idempotent = name != "counter_add"
+            statements[name] = statement
+        self._stmts = statements
+
+    def _require_session(self, operation: str) -> Session:
+        session = self._session
+        if session is None:
+            raise StoreError(f"CassandraStore.{operation}: the store is not open")
+        return session
+
+    def _stmt(self, operation: str, name: str) -> PreparedStatement:
+        self._require_session(operation)
+        return self._stmts[name]
+
+    async def _run(self, operation: str, name: str, params: Sequence[Any]) -> list[Any]:
+        """Execute the prepared statement ``name`` with ``params``; return its rows."""
+        return await self._execute(operation, self._stmt(operation, name), params)
+
+    async def _execute(
+        self,
+        operation: str,
+        statement: Any,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Any]:
+        """Run one statement on the driver, awaiting it without blocking the loop.
+
+        Every page of a paged result is fetched (the driver asks for the next
+        page from its callback), then the rows are handed to the loop.
+        """
+        session = self._require_session(operation)
+        semaphore = self._in_flight
+        assert semaphore is not None  # set by open() before any session exists
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        rows: list[Any] = []
+
+        def settle(outcome: Callable[[], None]) -> None:
+            # Driver thread. The loop may be gone if its caller gave up long ago.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(outcome)
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(rows)
+
+        def fail(exc: BaseException) -> Callable[[], None]:
+            def apply() -> None:
+                if not done.done():
+                    done.set_exception(exc)
+
+            return apply
+
+        async with semaphore:
+            try:
+                response: ResponseFuture = session.execute_async(statement, params, timeout=timeout)
+
+                def on_page(page: Any) -> None:
+                    try:
+                        if page:
+                            rows.extend(page)
+                        if response.has_more_pages:
+                            response.start_fetching_next_page()
+                        else:
+                            settle(resolve)
+                    except Exception as exc:  # never let an error die on the driver's thread
+                        settle(fail(exc))
+
+                def on_error(exc: BaseException) -> None:
+                    settle(fail(exc))
+
+                response.add_callbacks(on_page, on_error)
+                return await asyncio.wait_for(done, timeout)
+            except TimeoutError as exc:
+                raise StoreUnavailable(
+                    f"cassandra {operation} timed out after {timeout:g} s"
+                ) from exc
+            except _UNAVAILABLE_ERRORS as exc:
+                raise StoreUnavailable(f"cassandra {operation}: {_describe(exc)}") from exc
+            except (DriverException, ErrorMessage) as exc:
+                raise StoreError(f"cassandra {operation}: {_describe(exc)}") from exc
+
+    async def _in_thread(self, operation: str, work: Callable[[], Any]) -> Any:
+        """Run blocking driver work (connect, prepare) in a thread, errors translated."""
+        # No asyncio timeout here: an abandoned connect would finish later and
+        # leak a cluster. The driver bounds each step itself (connect_timeout,
+        # control_connection_timeout, request timeouts).
+        try:
+            return await asyncio.to_thread(work)
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"cassandra {operation}: {_describe(exc)}") from exc
+        except (DriverException, ErrorMessage) as exc:
+            raise StoreError(f"cassandra {operation}: {_describe(exc)}") from exc
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _insert_cql(keyspace: str, table: str, optional: Sequence[str]) -> str:
+    key = "channel_id, bucket" if table == "messages" else "channel_id, thread_id"
+    columns = [key, "seq, user_id, content, created_at", *optional]
+    count = 6 + len(optional)
+    return (
+        f"INSERT INTO {keyspace}.{table} ({', '.join(columns)}) VALUES ({', '.join('?' * count)})"
+    )
+
+
+def _dump_metadata(message: ChimeMessage) -> str | None:
+    if not message.metadata:
+        return None  # absent, not '{}': nothing stored for the common case
+    return json.dumps(dict(message.metadata), ensure_ascii=False, separators=(",", ":"))
+
+
+def _to_message(channel_id: str, row: Any) -> ChimeMessage:
+    metadata: dict[str, str] = json.loads(row.metadata) if row.metadata else {}
+    return ChimeMessage(
+        channel_id=channel_id,
+        message_id=format_message_id(int(row.seq)),
+        user_id=row.user_id,
+        content=row.content,
+        created_at=row.created_at,
+        edited_at=row.edited_at,
+        metadata=tuple(metadata.items()),
+        thread_id=row.thread_id,
+        client_msg_id=row.client_msg_id,
+        channel_name=row.channel_name,
+    )
+
+
+def _estimated_bytes(message: ChimeMessage) -> int:
+    size = _ROW_OVERHEAD_BYTES + len(message.content.encode("utf-8"))
+    return size + sum(len(k) + len(v) for k, v in message.metadata)
+
+
+def _chunks(messages: Sequence[ChimeMessage]) -> list[list[ChimeMessage]]:
+    """Split one partition's messages into batches of bounded size and count."""
+    chunks: list[list[ChimeMessage]] = []
+    current: list[ChimeMessage] = []
+    size = 0
+    for message in messages:
+        cost = _estimated_bytes(message)
+        if current and (size + cost > _MAX_BATCH_BYTES or len(current) >= _MAX_BATCH_STATEMENTS):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(message)
+        size += cost
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+async def _gather_all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Await every call, even when one fails, then raise the first failure.
+
+    Returning only once all are finished means no write is still running when
+    the caller is told the outcome (or closes the store).
+    """
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+if TYPE_CHECKING:
+    # mypy proves the class satisfies the interface.
+    _conforms: MessageStore = CassandraStore(
+        CassandraConfig(
+            hosts=("127.0.0.1",),
+            port=9042,
+            keyspace="chime",
+            local_dc=None,
+            username=None,
+            password=None,
+            replication_factor=1,
+        )
+    )
