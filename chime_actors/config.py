@@ -101,6 +101,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     },
     "storage": {
         "backend": "sqlite",
+        "create_schema_on_start": True,
         "sqlite": {"path": "./data/chime.db"},
         "cassandra": {
             "hosts": ["127.0.0.1"],
@@ -297,11 +298,18 @@ class CassandraConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    """Which store is used, and the settings of each."""
+    """Which store is used, and the settings of each.
+
+    Attributes:
+        create_schema_on_start: ``chime serve`` creates missing tables (once, in
+            the main process, before any actor starts); turn it off where the
+            schema is managed with ``chime db init``.
+    """
 
     backend: StorageBackend
     sqlite: SqliteConfig
     cassandra: CassandraConfig
+    create_schema_on_start: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -831,6 +839,7 @@ def _build_cassandra(s: _Section) -> CassandraConfig:
 def _build_storage(s: _Section) -> StorageConfig:
     return StorageConfig(
         backend=s.choice("backend", StorageBackend),
+        create_schema_on_start=_boolean(s, "create_schema_on_start"),
         sqlite=_read(s.section("sqlite"), lambda q: SqliteConfig(path=q.text("path"))),
         cassandra=_read(s.section("cassandra"), _build_cassandra),
     )
@@ -865,11 +874,15 @@ def _build_logging(s: _Section) -> LoggingConfig:
     return LoggingConfig(level=s.choice("level", LogLevel), format=s.choice("format", LogFormat))
 
 
-def _build_testing(s: _Section) -> TestingConfig:
-    value = s.scalar("fault_injection")
+def _boolean(s: _Section, name: str) -> bool:
+    value = s.scalar(name)
     if not isinstance(value, bool):
-        raise ConfigError(s.key("fault_injection"), "must be true or false")
-    return TestingConfig(fault_injection=value)
+        raise ConfigError(s.key(name), "must be true or false")
+    return value
+
+
+def _build_testing(s: _Section) -> TestingConfig:
+    return TestingConfig(fault_injection=_boolean(s, "fault_injection"))
 
 
 def _workers(s: _Section) -> int:

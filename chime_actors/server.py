@@ -11,6 +11,7 @@ left running when it returns.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -35,8 +36,9 @@ from chime_actors.actors.messages import (
     Stopped,
 )
 from chime_actors.config import Config
-from chime_actors.errors import ActorError
+from chime_actors.errors import ActorError, StoreError
 from chime_actors.logs import configure_logging, get_logger
+from chime_actors.storage.factory import init_storage
 
 log = get_logger(__name__)
 
@@ -55,6 +57,15 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     if config.storage.sqlite.path:
         Path(config.storage.sqlite.path).parent.mkdir(parents=True, exist_ok=True)
+    if config.storage.create_schema_on_start:
+        # Once, here, before any actor opens the store (see storage.factory).
+        try:
+            asyncio.run(init_storage(config))
+        except StoreError as exc:
+            log.error(
+                "storage is not reachable", storage=str(config.storage.backend), error=str(exc)
+            )
+            return 1
     # Thespian's own log goes next to our data instead of $TMPDIR/thespian.log.
     os.environ["THESPLOG_FILE"] = str(config.thespian_log_path.resolve())
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")

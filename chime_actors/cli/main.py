@@ -1,4 +1,4 @@
-"""``chime``: serve, client, token, check-config.
+"""``chime``: serve, client, token, bench, check-config.
 
 Every subcommand is ``main(argv) -> exit status``; a bad configuration exits 2
 with one line naming the key (OPERATIONS.md).
@@ -45,8 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--channels", help="comma-separated channels to grant")
     token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 7d")
 
+    bench = commands.add_parser("bench", help="the load generator")
+    from chime_actors.bench.options import add_bench_arguments
+
+    add_bench_arguments(bench)
+
     check = commands.add_parser("check-config", help="validate and print the configuration")
     _config_args(check)
+
+    db = commands.add_parser("db", help="storage administration")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_init = db_commands.add_parser("init", help="create the schema (idempotent)")
+    _config_args(db_init)
     return parser
 
 
@@ -73,6 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chime_actors.cli.token import mint_token
 
             print(mint_token(_load(args), args.user, args.channels, args.ttl))
+            return EXIT_OK
+        if args.command == "bench":
+            from chime_actors.bench.runner import run_bench_command
+
+            return run_bench_command(args)
+        if args.command == "db":
+            import asyncio
+
+            from chime_actors.storage.factory import init_storage
+
+            config = _load(args)
+            asyncio.run(init_storage(config))
+            print(f"chime: schema ready ({config.storage.backend})")
             return EXIT_OK
         if args.command == "check-config":
             config = _load(args)

@@ -28,7 +28,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import orjson
 from websockets.asyncio.server import ServerConnection
@@ -51,13 +51,14 @@ from chime_actors.protocol.events import (
     Subscribe,
     Unsubscribe,
 )
-from chime_actors.protocol.frames import Limits
+from chime_actors.protocol.frames import Limits, is_user_id
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
 
 log = get_logger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
+DEFAULT_POLICY = RestartPolicy()
 
 
 class GatewayServices(Protocol):
@@ -113,7 +114,7 @@ class ConnectionActor:
         services: GatewayServices,
         *,
         query_user_id: str | None = None,
-        policy: RestartPolicy = RestartPolicy(),
+        policy: RestartPolicy = DEFAULT_POLICY,
     ) -> None:
         chat = services.config.chat
         self._ws = websocket
@@ -224,9 +225,13 @@ class ConnectionActor:
         self._apply(self._proto.handshake_timed_out())
 
     async def _receive(self, frame: str | bytes) -> None:
-        if self._services.fault_injection and isinstance(frame, str) and "debug_crash" in frame:
-            if self._inject_fault(frame):
-                return
+        if (
+            self._services.fault_injection
+            and isinstance(frame, str)
+            and "debug_crash" in frame
+            and self._inject_fault(frame)
+        ):
+            return
         try:
             outputs = (
                 self._proto.receive_text(frame)
@@ -318,7 +323,20 @@ class ConnectionActor:
     # --- requests -----------------------------------------------------------------
 
     async def _connect(self, event: Connect) -> None:
-        user_id = event.user_id or self._query_user_id or f"anon-{secrets.token_hex(6)}"
+        query_user_id = self._query_user_id
+        if event.user_id is None and query_user_id is not None and not is_user_id(query_user_id):
+            # Same rule as the frame's userId; the client may retry with a valid one.
+            self._count_error(ErrorCode.BAD_REQUEST)
+            self._apply(
+                self._proto.fail(
+                    ProtocolError(
+                        ErrorCode.BAD_REQUEST,
+                        "the userId query parameter is not valid: 1-64 of A-Z a-z 0-9 _ . @ : -",
+                    )
+                )
+            )
+            return
+        user_id = event.user_id or query_user_id or f"anon-{secrets.token_hex(6)}"
         self._apply(self._proto.accept_connect(user_id, event.channels, self._id))
         resume = dict(event.resume)
         for channel_id in event.channels:
@@ -409,7 +427,7 @@ class ConnectionActor:
             server_frames.history(event.request_id, event.channel_id, page.messages, page.has_more)
         )
 
-    _HANDLERS: dict[type, Callable[[ConnectionActor, object], Awaitable[None]]] = {
+    _HANDLERS: ClassVar[dict[type, Callable[[ConnectionActor, object], Awaitable[None]]]] = {
         Connect: _connect,  # type: ignore[dict-item]
         Subscribe: _subscribe,  # type: ignore[dict-item]
         Unsubscribe: _unsubscribe,  # type: ignore[dict-item]

@@ -95,6 +95,15 @@ def parse_binary() -> NoReturn:
     raise ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text")
 
 
+def is_user_id(value: str) -> bool:
+    """True when ``value`` is a valid user id (1-64 of ``A-Z a-z 0-9 _ . @ : -``).
+
+    The rule of a connect frame's ``userId``; the gateway applies it to the
+    ``?userId=`` query parameter too, so both ways of naming a user agree.
+    """
+    return _USER_ID.fullmatch(value) is not None
+
+
 def parse_frame(text: str, *, limits: Limits = DEFAULT_LIMITS) -> ClientEvent:
     """Parse one client text frame.
 

@@ -327,12 +327,17 @@ class CassandraStore:
         *,
         timeout_s: float = 5.0,
         bucket_size: int = BUCKET_SIZE,
+        create_schema: bool = True,
     ) -> None:
         if bucket_size < 1:
             raise ValueError(f"bucket_size must be at least 1, got {bucket_size}")
         self._config = config
         self._timeout_s = timeout_s
         self._bucket_size = bucket_size
+        # Server processes open with False: the schema is created once, by the main
+        # process or `chime db init`, because concurrent schema changes from many
+        # clients can leave Cassandra's schema versions disagreeing.
+        self._create_schema = create_schema
         self._ks = config.keyspace
         self._cluster: Cluster | None = None
         self._session: Session | None = None
@@ -365,7 +370,8 @@ class CassandraStore:
         self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
         try:
             await self._in_thread("open", self._connect)
-            await self.init_schema()
+            if self._create_schema:
+                await self.init_schema()
             await self._in_thread("prepare", self._prepare_all)
         except BaseException:
             await self.close()

@@ -8,13 +8,24 @@ from chime_actors.storage.sqlite_store import SqliteStore
 from chime_actors.storage.store import MessageStore
 
 
-def make_store(config: Config) -> MessageStore:
-    """A new, unopened store for ``config.storage`` (each process opens its own)."""
+def make_store(config: Config, *, create_schema: bool = False) -> MessageStore:
+    """A new, unopened store for ``config.storage`` (each process opens its own).
+
+    ``create_schema``: whether opening creates missing tables (Cassandra; SQLite
+    always does, which is safe across processes).
+    """
     if config.storage.backend is StorageBackend.SQLITE:
         return SqliteStore(config.storage.sqlite.path)
     if config.storage.backend is StorageBackend.CASSANDRA:
         # Imported here: the driver is slow to import and SQLite needs none of it.
         from chime_actors.storage.cassandra_store import CassandraStore
 
-        return CassandraStore(config.storage.cassandra)
+        return CassandraStore(config.storage.cassandra, create_schema=create_schema)
     raise ConfigError("storage.backend", f"{config.storage.backend} is not available yet")
+
+
+async def init_storage(config: Config) -> None:
+    """Create the configured store's schema (idempotent): ``chime db init``."""
+    store = make_store(config, create_schema=True)
+    await store.open()
+    await store.close()

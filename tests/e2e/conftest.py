@@ -115,6 +115,8 @@ class Clients:
             open_timeout=10,
             close_timeout=5,
             max_size=None,
+            # read everything: a client with unread frames must still close at once
+            max_queue=None,
         )
         client = Client(ws)
         self._open.append(client)
@@ -150,8 +152,7 @@ async def send_message(
         client_msg_id = f"c-{uuid.uuid4().hex[:12]}"
     frame["clientMsgId"] = client_msg_id
     await client.send(frame)
-    ack = await expect_reply(client, "ack", client_msg_id=client_msg_id)
-    return ack
+    return await expect_reply(client, "ack", clientMsgId=client_msg_id)
 
 
 async def expect_reply(client: Client, kind: str, **match: Any) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def wait_until(
 
 def assert_chime_message(msg: dict[str, Any]) -> None:
     """``msg`` has PROTOCOL.md's ChimeMessage shape."""
-    assert CHIME_MESSAGE_KEYS <= set(msg), msg
+    assert set(msg) >= CHIME_MESSAGE_KEYS, msg
     assert isinstance(msg["messageId"], str) and msg["messageId"], msg
     assert isinstance(msg["channelId"], str), msg
     assert isinstance(msg["userId"], str), msg
@@ -236,3 +237,27 @@ def assert_chime_message(msg: dict[str, Any]) -> None:
     assert msg["editedAt"] is None or CREATED_AT.match(msg["editedAt"]), msg
     assert isinstance(msg["metadata"], dict), msg
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in msg["metadata"].items())
+
+
+def seen(client: Client, channel: str | None = None) -> list[dict[str, Any]]:
+    """Every message (of ``channel``) the client has read so far, in arrival order."""
+    return [
+        f["message"]
+        for f in client.frames
+        if f.get("type") == "message" and (channel is None or f["message"]["channelId"] == channel)
+    ]
+
+
+async def received(
+    client: Client, count: int, channel: str | None = None, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """The first ``count`` messages (of ``channel``) this client got since it opened.
+
+    Unlike ``Client.messages`` this also counts message frames already read while
+    waiting for something else (an ack, say).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(got := seen(client, channel)) < count:
+        await client.recv(max(0.01, deadline - loop.time()))
+    return got[:count]

@@ -61,8 +61,13 @@ def test_healthz(server: ServerProcess) -> None:
 
 
 def test_readyz_all_checks_true_after_start(server: ServerProcess) -> None:
-    status, body = http_get(f"{server.api}/readyz")
-    assert status == 200, body
+    # Actors report to the API once a second; readiness may lag the ports file by that.
+    def ready() -> tuple[int, dict[str, object]] | None:
+        status, body = http_get(f"{server.api}/readyz")
+        assert status in (200, 503), (status, body)
+        return (status, body) if status == 200 else None
+
+    _, body = wait_until(ready, 10, 0.1, "readyz 200")
     assert body["ready"] is True
     assert body["checks"], body
     assert all(v is True for v in body["checks"].values()), body
@@ -82,11 +87,7 @@ def test_metrics_exposes_counters_per_process(server: ServerProcess) -> None:
                 conns = _samples(text, "chime_connections")
                 ins = _samples(text, "chime_messages_in_total")
                 acks = _samples(text, "chime_acks_total")
-                ok = (
-                    sum(conns.values()) >= 1
-                    and sum(ins.values()) >= 1
-                    and sum(acks.values()) >= 1
-                )
+                ok = sum(conns.values()) >= 1 and sum(ins.values()) >= 1 and sum(acks.values()) >= 1
                 return text if ok else None
 
             # Metrics are pushed to the API actor once a second: poll.
@@ -97,3 +98,11 @@ def test_metrics_exposes_counters_per_process(server: ServerProcess) -> None:
             assert "# TYPE chime_messages_in_total counter" in text
 
     run(scenario())
+
+    # every connection closed above is accounted for: the gauge returns to 0
+    def all_closed() -> bool:
+        _, text = http_get(f"{server.api}/metrics")
+        conns = _samples(text, "chime_connections")
+        return {"gateway 1", "gateway 2"} <= set(conns) and sum(conns.values()) == 0
+
+    wait_until(all_closed, 15, 0.2, "chime_connections back to 0")

@@ -1,0 +1,273 @@
+"""The server under test: started by the bench (``--start``) or given (``--url``).
+
+Memory is read from ``/proc``: the sum of the RSS (and of the PSS, which counts a
+page shared by forked processes once) of every process of the server. With
+``--start`` those are the main process and every member of the Thespian sessions
+its children opened (the same rule ``chime serve`` uses to reap them, see
+:mod:`chime_actors.server`). With ``--url`` they are the processes listening on
+the chat port (the gateways) and every member of their sessions: the actor system
+without the ``chime: main`` launcher (~30 MB, constant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import yaml
+
+from chime_actors.errors import ChimeError
+from chime_actors.server import child_pids, session_members
+
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 60.0
+
+
+class BenchTargetError(ChimeError):
+    """The server under test could not be started or found."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessMemory:
+    """One server process: its title and memory in KiB."""
+
+    pid: int
+    title: str
+    rss_kib: int
+    pss_kib: int
+    cpu_s: float  # user + system CPU time since the process started
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    """Memory of every server process at one moment."""
+
+    processes: tuple[ProcessMemory, ...]
+
+    @property
+    def rss_kib(self) -> int:
+        return sum(p.rss_kib for p in self.processes)
+
+    @property
+    def pss_kib(self) -> int:
+        return sum(p.pss_kib for p in self.processes)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(p.cpu_s for p in self.processes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rss_kib": self.rss_kib,
+            "pss_kib": self.pss_kib,
+            "cpu_s": round(self.cpu_s, 2),
+            "processes": [
+                {
+                    "pid": p.pid,
+                    "title": p.title,
+                    "rss_kib": p.rss_kib,
+                    "pss_kib": p.pss_kib,
+                    "cpu_s": round(p.cpu_s, 2),
+                }
+                for p in self.processes
+            ],
+        }
+
+
+class Target:
+    """A server to load: its chat URL and a way to find its processes."""
+
+    def __init__(self, url: str, main_pid: int | None = None, sessions: set[int] | None = None):
+        self.url = url
+        self.main_pid = main_pid
+        self.sessions = sessions or set()
+        self.log_path: Path | None = None
+
+    def pids(self) -> list[int]:
+        """Live pids of the server's processes."""
+        if self.main_pid is not None:
+            found = set(session_members(self.sessions, self.main_pid))
+            found.add(self.main_pid)
+            return sorted(found)
+        port = urlsplit(self.url).port or 80
+        listeners = pids_listening_on(port)
+        sessions = {s for s in (_session_of(pid) for pid in listeners) if s is not None}
+        return sorted(set(listeners) | set(session_members(sessions)))
+
+    def memory(self) -> MemorySample:
+        """Memory of every server process now."""
+        found = []
+        for pid in self.pids():
+            sample = process_memory(pid)
+            if sample is not None:
+                found.append(sample)
+        return MemorySample(tuple(found))
+
+    def log_problems(self) -> dict[str, int]:
+        """Warning-or-worse log lines of a server we started, by level and message."""
+        if self.log_path is None or not self.log_path.exists():
+            return {}
+        problems: dict[str, int] = {}
+        for raw in self.log_path.read_bytes().splitlines():
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(line, dict) and line.get("level") in ("warning", "error", "critical"):
+                key = f"{line.get('level')}: {line.get('event') or line.get('message')}"
+                problems[key] = problems.get(key, 0) + 1
+        return problems
+
+
+def process_memory(pid: int) -> ProcessMemory | None:
+    """RSS and PSS of ``pid`` in KiB and its CPU time, or None if it is gone."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip().decode()
+        rss = _kib_field(Path(f"/proc/{pid}/status").read_text(), "VmRSS:")
+        try:
+            pss = _kib_field(Path(f"/proc/{pid}/smaps_rollup").read_text(), "Pss:")
+        except OSError:
+            pss = rss
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return ProcessMemory(pid, title, rss, pss, cpu)
+
+
+def _kib_field(text: str, name: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(name):
+            return int(line.split()[1])
+    raise ValueError(f"no {name}")
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[3])
+
+
+def pids_listening_on(port: int) -> list[int]:
+    """Pids holding a TCP socket that listens on ``port`` (from /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{inode}]")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        found.append(int(entry.name))
+                        break
+    return found
+
+
+@contextlib.contextmanager
+def started_server(workers: int | None) -> Iterator[Target]:
+    """Run ``chime serve`` on free ports with a temporary data directory; stop it after.
+
+    Limits (messages per connection, connects per address) are off: the load
+    generator is one address sending on purpose.
+    """
+    with tempfile.TemporaryDirectory(prefix="chime-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        config: dict[str, Any] = {
+            "chat": {"host": "127.0.0.1", "port": 0},
+            "api": {"host": "127.0.0.1", "port": 0},
+            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp / "data" / "chime.db")}},
+            "bus": {"backend": "local"},
+            "data_dir": str(tmp / "data"),
+            "limits": {"messages_per_10s": 0, "connects_per_ip_per_10s": 0},
+        }
+        if workers is not None:
+            config["workers"] = workers
+        config_path = tmp / "chime.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        ports_path = tmp / "ports.json"
+        log_path = tmp / "server.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHIME_")}
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "chime_actors",
+                    "serve",
+                    "--config",
+                    str(config_path),
+                    "--ports-file",
+                    str(ports_path),
+                ],
+                cwd=tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        sessions: set[int] = set()
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not ports_path.exists():
+                if proc.poll() is not None:
+                    raise BenchTargetError(f"server exited at start: {_tail(log_path)}")
+                if time.monotonic() > deadline:
+                    raise BenchTargetError(f"server did not start in time: {_tail(log_path)}")
+                time.sleep(0.05)
+            ports = orjson.loads(ports_path.read_bytes())
+            sessions = set(child_pids(proc.pid))
+            target = Target(f"ws://127.0.0.1:{ports['chat']}/", proc.pid, sessions)
+            target.log_path = log_path
+            yield target
+        finally:
+            _stop(proc, sessions)
+
+
+def _stop(proc: subprocess.Popen[bytes], sessions: set[int]) -> None:
+    """SIGTERM and wait; then make sure nothing of the server is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print("chime bench: the server did not stop in time; killing it", file=sys.stderr)
+    leftovers = [pid for pid in session_members(sessions, proc.pid) if pid != os.getpid()]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait(10)
+    if leftovers:
+        print(f"chime bench: killed leftover server processes {leftovers}", file=sys.stderr)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
