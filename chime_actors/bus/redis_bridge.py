@@ -26,6 +26,8 @@ from collections import defaultdict
 from typing import Any
 
 import redis.asyncio as redis_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from chime_actors.actors.messages import ActorId, MetricsReport, Wiring
@@ -48,7 +50,17 @@ REDIS_TIMEOUT_S = 5.0
 
 
 def redis_client(config: RedisConfig) -> redis_asyncio.Redis:
-    """A Redis client for ``config`` with timeouts on every operation."""
+    """A Redis client for ``config`` with timeouts on every operation and no retries.
+
+    redis-py retries a failed command by default (10 times, backing off up to 1 s:
+    about 5 s in all) and, on a Pub/Sub connection, silently reconnects and
+    resubscribes. Both hide an outage from Chime: a persister's id reservation
+    would block past the gateway's ack timeout and then succeed once Redis is back,
+    storing sends that had already been answered ``unavailable``; and the bridge
+    would never learn that its subscription was down, so it would not ``Resync``.
+    So a command fails at once and the callers decide: the persister answers
+    ``unavailable``, the bridge reconnects with its own backoff and resyncs.
+    """
     return redis_asyncio.Redis(
         host=config.host,
         port=config.port,
@@ -57,6 +69,7 @@ def redis_client(config: RedisConfig) -> redis_asyncio.Redis:
         db=config.db,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

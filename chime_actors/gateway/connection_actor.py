@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from chime_actors.auth import Authenticator, Identity
 from chime_actors.config import Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
@@ -67,6 +67,7 @@ class GatewayServices(Protocol):
     config: Config
     metrics: ChimeMetrics
     fault_injection: bool
+    authenticator: Authenticator
 
     def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
         """Hand a send to the channel's persister; resolves with its outcome."""
@@ -114,12 +115,17 @@ class ConnectionActor:
         services: GatewayServices,
         *,
         query_user_id: str | None = None,
+        transport_token: str | None = None,
         policy: RestartPolicy = DEFAULT_POLICY,
     ) -> None:
         chat = services.config.chat
         self._ws = websocket
         self._services = services
         self._query_user_id = query_user_id
+        # A token from ``?token=`` or the ``Authorization: Bearer`` header; the
+        # connect frame's ``token`` field takes precedence.
+        self._transport_token = transport_token
+        self._identity = Identity("")
         self._id = uuid.uuid4().hex[:16]
         self._proto = ConnectionProtocol(
             limits=Limits(
@@ -336,10 +342,23 @@ class ConnectionActor:
                 )
             )
             return
-        user_id = event.user_id or query_user_id or f"anon-{secrets.token_hex(6)}"
-        self._apply(self._proto.accept_connect(user_id, event.channels, self._id))
+        try:
+            identity = self._services.authenticator.identify(
+                token=event.token or self._transport_token,
+                claimed_user=event.user_id,
+                query_user=query_user_id,
+            )
+        except ProtocolError as exc:
+            log.info("connect refused", connectionId=self._id, reason=exc.message)
+            self._count_error(exc.code)
+            self._apply(self._proto.fail(exc))  # closes with 4001
+            return
+        self._identity = identity
+        user_id = identity.user_id
+        granted = self._granted(event.channels)
+        self._apply(self._proto.accept_connect(user_id, granted, self._id))
         resume = dict(event.resume)
-        for channel_id in event.channels:
+        for channel_id in granted:
             await self._join(channel_id, resume.get(channel_id))
         log.info(
             "connection opened", connectionId=self._id, userId=user_id, channels=len(event.channels)
@@ -358,9 +377,24 @@ class ConnectionActor:
                 )
             )
 
+    def _granted(self, channels: tuple[str, ...]) -> tuple[str, ...]:
+        """The channels the token grants; ``forbidden`` names the others."""
+        denied = [c for c in channels if not self._identity.may_access(c)]
+        if denied:
+            self._count_error(ErrorCode.FORBIDDEN)
+            self.push(
+                server_frames.error(
+                    ErrorCode.FORBIDDEN, f"the token does not grant: {', '.join(denied)}"
+                )
+            )
+        return tuple(c for c in channels if self._identity.may_access(c))
+
     async def _subscribe(self, event: Subscribe) -> None:
-        new = [c for c in event.channels if not self._proto.is_subscribed(c)]
-        outputs = self._proto.apply_subscribe(event.channels)
+        channels = self._granted(event.channels)
+        if not channels:
+            return
+        new = [c for c in channels if not self._proto.is_subscribed(c)]
+        outputs = self._proto.apply_subscribe(channels)
         for channel_id in new:
             if self._proto.is_subscribed(channel_id):
                 await self._join(channel_id, None)
@@ -405,6 +439,16 @@ class ConnectionActor:
         )
 
     async def _history(self, event: History) -> None:
+        if not self._identity.may_access(event.channel_id):
+            self._count_error(ErrorCode.FORBIDDEN)
+            self.push(
+                server_frames.error(
+                    ErrorCode.FORBIDDEN,
+                    f"the token does not grant {event.channel_id}",
+                    request_id=event.request_id,
+                )
+            )
+            return
         try:
             page = await self._services.history(
                 event.channel_id,

@@ -28,6 +28,7 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
 from chime_actors.actors.messages import ActorId, Drain, Drained, MetricsReport, Wiring
+from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import BusBackend, Config
 from chime_actors.gateway.channel_actor import (
@@ -79,6 +80,7 @@ class GatewayCore:
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
         self.fault_injection = config.testing.fault_injection
+        self.authenticator = Authenticator(config.auth)
         self._chat_port = chat_port
         self._post = post
         self._supervisor = supervisor
@@ -152,9 +154,7 @@ class GatewayCore:
             log.warning("gateway ignored unknown message", kind=type(message).__name__)
 
     def _rewire(self, wiring: Wiring) -> None:
-        for index, (link, address) in enumerate(
-            zip(self._links, wiring.persisters, strict=False)
-        ):
+        for index, (link, address) in enumerate(zip(self._links, wiring.persisters, strict=False)):
             changed = address is not None and address != link.address
             link.rewire(address)
             if changed:
@@ -165,9 +165,7 @@ class GatewayCore:
         if wiring.redis_bridge is not None and wiring.redis_bridge != self._redis_bridge:
             # A new (or restarted) bridge knows nothing of our channels.
             self._redis_bridge = wiring.redis_bridge
-            self._tell_bridge(
-                InterestSnapshot(self.actor_id.index, tuple(sorted(self._channels)))
-            )
+            self._tell_bridge(InterestSnapshot(self.actor_id.index, tuple(sorted(self._channels))))
         self._redis_bridge = wiring.redis_bridge
 
     def _catch_up_owned_by(self, index: int) -> None:
@@ -251,7 +249,18 @@ class GatewayCore:
             return
         query = parse_qs(urlsplit(websocket.request.path).query) if websocket.request else {}
         user_ids = query.get("userId")
-        actor = ConnectionActor(websocket, self, query_user_id=user_ids[0] if user_ids else None)
+        tokens = query.get("token")
+        token = tokens[0] if tokens else None
+        if token is None and websocket.request is not None:
+            token = bearer_token(
+                {"authorization": websocket.request.headers.get("Authorization", "")}
+            )
+        actor = ConnectionActor(
+            websocket,
+            self,
+            query_user_id=user_ids[0] if user_ids else None,
+            transport_token=token,
+        )
         self._connections.add(actor)
         try:
             await actor.run()

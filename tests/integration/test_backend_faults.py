@@ -66,6 +66,9 @@ pytestmark = pytest.mark.integration
 
 CATCH_UP_TIMEOUT_S = 30.0
 RECOVERY_TIMEOUT_S = 30.0
+# How long a backend stays down at least: past the ack timeout, so a send left
+# unanswered while it is down would show (and the bridge's backoff grows).
+OUTAGE_S = 5.0
 TITLES = (
     "chime: supervisor",
     "chime: gateway 1",
@@ -320,6 +323,20 @@ def check_durable(
     ]
     acked = sum(len(s.acked) for s in senders)
     assert not missing, f"{len(missing)} of {acked} acked messages not in history: {missing[:5]}"
+    # PROTOCOL.md: ``unavailable`` = the request was not carried out. Only senders
+    # that never re-send a refused clientMsgId can tell.
+    refused = {
+        (s.channel, s.user, cmid)
+        for s in senders
+        if not s.retry_unavailable
+        for cmid, code, _ in s.errors
+        if code == "unavailable"
+    }
+    wrongly = sorted(refused & set(stored))
+    assert not wrongly, (
+        f"{len(wrongly)} of {len(refused)} sends answered 'unavailable' were stored: "
+        f"{[(key, stored[key]) for key in wrongly[:5]]}"
+    )
     return final
 
 
@@ -400,6 +417,12 @@ async def make_load(
         for server, name, channel in ((host_a, "a", channels[0]), (host_b, "b", channels[1]))
         for n in range(2)
     ]
+    # And one per host that never re-sends what was refused: ``unavailable`` must
+    # mean "not carried out" (check_refused_not_stored).
+    senders += [
+        Sender(server.url, f"{tag}-u{name}", channel, retry_unavailable=False)
+        for server, name, channel in ((host_a, "a", channels[0]), (host_b, "b", channels[1]))
+    ]
     started: list[Sender | Watcher] = []
     clients: list[Sender | Watcher] = [*watchers, *senders]
     try:
@@ -451,14 +474,18 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
                     errors_before = unavailable_count(senders)
                     killed_at = time.monotonic()
                     redis.kill()
-                    # Down long enough for every sender to be refused a few times.
+                    # Down for OUTAGE_S at least, and until every sender was refused a
+                    # few times.
                     await apoll(
-                        lambda: all(len(s.errors_with("unavailable")) >= 3 for s in senders),
+                        lambda: (
+                            time.monotonic() - killed_at >= OUTAGE_S
+                            and all(len(s.errors_with("unavailable")) >= 3 for s in senders)
+                        ),
                         RECOVERY_TIMEOUT_S,
                         "every sender to be answered 'unavailable' while Redis is down",
                     )
                     unavailable_at = time.monotonic()
-                    times["kill_to_all_senders_refused_ms"] = ms(unavailable_at - killed_at)
+                    times["outage_ms"] = ms(unavailable_at - killed_at)
                     times["unavailable_while_down"] = unavailable_count(senders) - errors_before
                     times["acks_while_down"] = sum(s.acks_since(killed_at + 0.5) for s in senders)
                     redis.start()
@@ -584,6 +611,11 @@ def test_cassandra_cut_off_under_load(tmp_path: Path) -> None:
                         "every sender to be answered 'unavailable' while Cassandra is cut off",
                     )
                     times["cut_to_all_senders_refused_ms"] = ms(time.monotonic() - cut_at)
+                    await apoll(
+                        lambda: time.monotonic() - cut_at >= OUTAGE_S,
+                        OUTAGE_S + 1,
+                        "the outage to last",
+                    )
                     # Still down a moment later: readiness does not flap.
                     for server in servers:
                         assert await loop.run_in_executor(None, readyz, server) == 503

@@ -1,0 +1,127 @@
+"""``auth.mode: jwt`` end to end: tokens at connect, channel grants, REST Bearer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.client import Client
+from tests.e2e.server_process import ServerProcess, running_server
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "e2e-secret-" + "x" * 32
+
+
+def token(sub: str = "alice", *, secret: str = SECRET, **claims: Any) -> str:
+    body: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + 300, **claims}
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    overrides = {"auth.mode": "jwt", "auth.jwt.secret": SECRET}
+    with running_server(tmp_path_factory.mktemp("jwt"), overrides) as srv:
+        yield srv
+
+
+async def _refused(url: str, frame: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    async with websockets.connect(url, open_timeout=10) as ws:
+        await ws.send(json.dumps(frame))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        return error, ws.close_code
+
+
+def test_valid_token_connects_as_its_subject(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        await client.send({"type": "connect", "channels": ["general"], "token": token()})
+        connected = await client.expect("connected")
+        assert connected["userId"] == "alice"
+        await client.send({"type": "send", "channelId": "general", "content": "hi"})
+        (message,) = await client.messages(1)
+        assert message["userId"] == "alice"
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "connect", "channels": ["general"]},
+        {"type": "connect", "channels": ["general"], "token": "garbage"},
+        {"type": "connect", "channels": ["general"], "token": token(secret="y" * 40)},
+        {"type": "connect", "channels": ["general"], "token": token(exp=int(time.time()) - 5)},
+        {"type": "connect", "channels": ["general"], "token": token(), "userId": "mallory"},
+    ],
+    ids=["missing", "garbage", "wrong-secret", "expired", "other-user"],
+)
+def test_bad_tokens_get_unauthorized_and_close_4001(
+    server: ServerProcess, frame: dict[str, Any]
+) -> None:
+    error, code = asyncio.run(_refused(server.url, frame))
+    assert error["type"] == "error" and error["code"] == "unauthorized"
+    assert code == 4001
+
+
+def test_token_in_query_or_bearer_header(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        by_query = await Client.connect(f"{server.url}?token={token('bob')}")
+        await by_query.send({"type": "connect", "channels": ["general"]})
+        assert (await by_query.expect("connected"))["userId"] == "bob"
+        await by_query.close()
+        ws = await websockets.connect(
+            server.url,
+            additional_headers={"Authorization": f"Bearer {token('carol')}"},
+            open_timeout=10,
+        )
+        by_header = Client(ws)
+        await by_header.send({"type": "connect", "channels": ["general"]})
+        assert (await by_header.expect("connected"))["userId"] == "carol"
+        await by_header.close()
+
+    asyncio.run(scenario())
+
+
+def test_channels_claim_limits_what_the_user_may_join_and_read(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        limited = token(channels=["general"])
+        await client.send({"type": "connect", "channels": ["general", "secret"], "token": limited})
+        forbidden = await client.expect("error")
+        assert forbidden["code"] == "forbidden"
+        connected = await client.expect("connected")
+        assert connected["channels"] == ["general"]
+        await client.send({"type": "subscribe", "channels": ["secret"]})
+        assert (await client.expect("error"))["code"] == "forbidden"
+        await client.send({"type": "history", "requestId": "h1", "channelId": "secret"})
+        denied = await client.expect("error")
+        assert denied["code"] == "forbidden" and denied["requestId"] == "h1"
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_rest_history_needs_a_bearer_token(server: ServerProcess) -> None:
+    url = f"{server.api}/v1/channels/general/messages"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    refused.value.close()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token()}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert "messages" in json.loads(response.read())
