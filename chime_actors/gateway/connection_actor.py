@@ -58,6 +58,7 @@ from chime_actors.storage.store import HistoryPage
 log = get_logger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
+ABORT_GRACE_S = 2.0
 DEFAULT_POLICY = RestartPolicy()
 
 
@@ -171,6 +172,16 @@ class ConnectionActor:
         while not self._outbound.empty():
             self._outbound.get_nowait()
         self._outbound.put_nowait(_CloseItem(code, reason))
+        # A client that does not read cannot take a close frame either: the writer
+        # may be stuck in send() behind a full TCP window. Give the close a moment,
+        # then drop the TCP connection so reader, writer and memory are released.
+        asyncio.get_running_loop().call_later(ABORT_GRACE_S, self._drop_transport)
+
+    def _drop_transport(self) -> None:
+        transport = self._ws.transport
+        if transport is not None and not transport.is_closing():
+            log.info("dropping unresponsive connection", connectionId=self._id)
+            transport.abort()
 
     def close_after_queued(self, code: int, reason: str) -> None:
         """Close once every frame already queued is written (graceful shutdown)."""
