@@ -8,8 +8,10 @@ One subscriber of a channel stops reading (its socket receive buffer made small,
 its WebSocket read queue tiny, so TCP pushes back on the server at once) while a
 sender floods the channel. The other subscribers must keep receiving every
 message, in order, with bounded latency; the server must close the slow one with
-1008 once its outbound queue (``chat.send_queue_frames``, small here) is full,
-and the server's memory must not grow with the backlog.
+1008 once its outbound queue (``chat.send_queue_frames``, small here) is full
+(the close frame cannot reach a client that does not read, so the server drops
+its TCP connection shortly after), and the server's memory must not grow with
+the backlog.
 """
 
 from __future__ import annotations
@@ -146,7 +148,10 @@ async def flood(server: ServerProcess, memory: dict[str, int]) -> None:
             wait_until, lambda: slow_consumer_closed(server), 30, 0.1, "slow consumer closed"
         )
         memory["after"] = Target(server.url, server.proc.pid, server.sessions).memory().rss_kib
-        # ... and, once it reads again, it finds a 1008 after a cut-off stream.
+        # ... and, once it reads again, it finds a cut-off stream and the end of the
+        # connection: a 1008 close frame if the server could still write it, else
+        # (the usual case: its TCP window is full) the server dropped the TCP
+        # connection after its abort grace period and logged that it did.
         received = 0
         code = None
         try:
@@ -156,7 +161,13 @@ async def flood(server: ServerProcess, memory: dict[str, int]) -> None:
                     received += frame["type"] == "message"
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
-        assert code == 1008, code
+        if code is None:
+            assert any(
+                line.get("message") == "dropping unresponsive connection"
+                for line in server.log_lines()
+            ), "closed without a close frame, and the server did not say it dropped it"
+        else:
+            assert code == 1008, code
         assert received < FLOOD
     finally:
         await asyncio.gather(
