@@ -89,7 +89,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
         "max_content_chars": 4000,
         "max_frame_bytes": 65536,
         "max_resume_messages": 1000,
-        "send_queue_frames": 1000,
+        "send_queue_frames": 10000,
+        "send_queue_bytes": 4194304,
         "ack_timeout_ms": 5000,
     },
     "api": {"host": "127.0.0.1", "port": 3142},
@@ -208,10 +209,13 @@ class ChatConfig:
         max_frame_bytes: a larger frame closes the connection with 1009.
         max_resume_messages: past this many missed messages a resume answers
             ``resume_failed`` and the client pages history.
-        send_queue_frames: bound of a connection's outbound queue. A client that
-            reads so slowly that more frames than this wait for it is closed with
-            1008 (policy violation) rather than let it grow the server's memory or
-            slow its channel's other subscribers.
+        send_queue_frames: bound of a connection's outbound queue, in frames. A
+            client that reads so slowly that more frames than this (or more than
+            ``send_queue_bytes`` of text) wait for it is closed with 1008 (policy
+            violation) rather than let it grow the server's memory or slow its
+            channel's other subscribers. Generous, because one persister batch
+            (a burst of acks and messages) lands in the queue at once.
+        send_queue_bytes: the same bound in characters of queued frame text.
         ack_timeout_ms: how long a gateway waits for the persister's confirmation
             before answering ``unavailable`` to the sender.
     """
@@ -224,7 +228,8 @@ class ChatConfig:
     max_content_chars: int = 4000
     max_frame_bytes: int = 65536
     max_resume_messages: int = 1000
-    send_queue_frames: int = 1000
+    send_queue_frames: int = 10000
+    send_queue_bytes: int = 4 * 1024 * 1024
     ack_timeout_ms: int = 5000
 
 
@@ -789,6 +794,7 @@ def _build_chat(s: _Section) -> ChatConfig:
         max_frame_bytes=s.integer("max_frame_bytes", low=1024),
         max_resume_messages=s.integer("max_resume_messages", low=0),
         send_queue_frames=s.integer("send_queue_frames", low=1),
+        send_queue_bytes=s.integer("send_queue_bytes", low=1024),
         ack_timeout_ms=s.integer("ack_timeout_ms", low=1),
     )
 

@@ -193,8 +193,13 @@ class ChannelActor:
     def tell(self, mail: ChannelMail) -> bool:
         """Put ``mail`` in the mailbox; False when it is full (the mail is dropped).
 
-        A dropped ``Publish`` is recovered by the gap fill of the next one.
+        A dropped ``Publish`` is recovered by the gap fill of the next one. A
+        ``Leave`` takes effect at once (nothing is delivered to a connection after
+        its ``unsubscribed``, and a full mailbox cannot keep a member for ever);
+        the mail still goes through the mailbox so an idle actor stops.
         """
+        if isinstance(mail, Leave):
+            self._members.pop(mail.connection_id, None)
         try:
             self._mailbox.put_nowait(mail)
         except asyncio.QueueFull:

@@ -138,6 +138,8 @@ class ConnectionActor:
         )
         self._outbound: asyncio.Queue[str | _CloseItem] = asyncio.Queue(chat.send_queue_frames)
         self._budget = RestartBudget(policy)
+        self._queued_chars = 0
+        self._max_queued_chars = chat.send_queue_bytes
         self._closing = False
         self._owed_acks = 0
 
@@ -157,12 +159,20 @@ class ConnectionActor:
         """Queue a frame for the client without waiting."""
         if self._closing:
             return
+        if self._queued_chars + len(frame) > self._max_queued_chars:
+            self._slow_consumer()
+            return
         try:
             self._outbound.put_nowait(frame)
         except asyncio.QueueFull:
-            log.warning("slow consumer closed", connectionId=self._id)
-            self._services.metrics.errors.labels(code="slow_consumer").inc()
-            self.abort(1008, "slow consumer: send queue full")
+            self._slow_consumer()
+            return
+        self._queued_chars += len(frame)
+
+    def _slow_consumer(self) -> None:
+        log.warning("slow consumer closed", connectionId=self._id)
+        self._services.metrics.errors.labels(code="slow_consumer").inc()
+        self.abort(1008, "slow consumer: send queue full")
 
     def abort(self, code: int, reason: str) -> None:
         """Close the connection now, dropping frames not yet written."""
@@ -171,6 +181,7 @@ class ConnectionActor:
         self._closing = True
         while not self._outbound.empty():
             self._outbound.get_nowait()
+        self._queued_chars = 0
         self._outbound.put_nowait(_CloseItem(code, reason))
         # A client that does not read cannot take a close frame either: the writer
         # may be stuck in send() behind a full TCP window. Give the close a moment,
@@ -233,6 +244,7 @@ class ConnectionActor:
                 if isinstance(item, _CloseItem):
                     await self._ws.close(item.code, item.reason)
                     return
+                self._queued_chars -= len(item)
                 await self._ws.send(item)
                 metrics.inc()
         except ConnectionClosed:
@@ -371,9 +383,9 @@ class ConnectionActor:
         resume = dict(event.resume)
         for channel_id in granted:
             await self._join(channel_id, resume.get(channel_id))
-        log.info(
-            "connection opened", connectionId=self._id, userId=user_id, channels=len(event.channels)
-        )
+        # debug, not info: at thousands of connects a second this line alone cost
+        # ~16% of a gateway (docs/performance.md).
+        log.debug("connection opened", connectionId=self._id, userId=user_id, channels=len(granted))
 
     async def _join(self, channel_id: str, resume_after: str | None) -> None:
         try:

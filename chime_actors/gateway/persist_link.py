@@ -10,8 +10,13 @@ link never relies on Thespian to absorb load. Instead:
   wait in the buffer;
 * at most ``max_pending`` records may wait or fly; past that ``submit`` fails at
   once with ``unavailable`` (the caller tells the client), so memory is bounded;
-* a record not answered within ``ack_timeout_s`` of its submission fails with
-  ``unavailable``;
+* a record that waited ``ack_timeout_s`` without being sent (the window stayed
+  full: overload) fails with ``unavailable`` "server overloaded": it was never
+  sent, so it is certainly not stored — load is shed instead of piling up;
+* a batch in flight is waited for up to ``in_flight_timeout_s`` (30 s): the
+  persister is alive and will answer, and failing it earlier would answer
+  ``unavailable`` for messages it then stores. Past that backstop the outcome is
+  unknown (the client retries with its ``clientMsgId``);
 * while the persister is down (``rewire(None)``, between its death and its
   restart), records wait in the buffer, up to that same timeout;
 * when the persister is replaced, what was in flight to the old one may or may
@@ -68,8 +73,9 @@ class PersistLink:
         *,
         window: int = 32,
         max_batch: int = 1000,
-        max_pending: int = 20_000,
+        max_pending: int = 5_000,
         ack_timeout_s: float = 5.0,
+        in_flight_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._gateway_index = gateway_index
@@ -78,6 +84,7 @@ class PersistLink:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._ack_timeout_s = ack_timeout_s
+        self._in_flight_timeout_s = max(in_flight_timeout_s, ack_timeout_s)
         self._clock = clock
         self.address: Any = None
         # (submitted at, record), oldest first.
@@ -152,14 +159,17 @@ class PersistLink:
             self._flush()
 
     def expire(self) -> None:
-        """Fail what waited longer than the ack timeout (call periodically)."""
-        deadline = self._clock() - self._ack_timeout_s
+        """Fail what waited too long (call periodically; see the module docstring)."""
+        now = self._clock()
+        flight_deadline = now - self._in_flight_timeout_s
         for batch_id, flight in list(self._in_flight.items()):
-            if flight.sent_at <= deadline:
+            if flight.sent_at <= flight_deadline:
                 del self._in_flight[batch_id]
-                self._fail(flight.records, "storage did not answer in time")
+                self._fail(flight.records, "storage did not answer in time; outcome unknown")
+        deadline = now - self._ack_timeout_s
         while self._buffer and self._buffer[0][0] <= deadline:
-            self._fail((self._buffer.popleft()[1],), "persister unavailable")
+            why = "server overloaded" if self.address is not None else "persister unavailable"
+            self._fail((self._buffer.popleft()[1],), why)
         if self._buffer:
             self._flush()
 

@@ -77,7 +77,8 @@ def test_protocol_limits_have_their_documented_defaults() -> None:
     assert chat.max_content_chars == 4000
     assert chat.max_frame_bytes == 65536
     assert chat.max_resume_messages == 1000
-    assert chat.send_queue_frames == 1000
+    assert chat.send_queue_frames == 10000
+    assert chat.send_queue_bytes == 4 * 1024 * 1024
     assert chat.ack_timeout_ms == 5000
 
 

@@ -238,34 +238,46 @@ def test_rewire_retries_in_flight_records_that_have_a_client_id() -> None:
     run(scenario, window=1)
 
 
-def test_expire_fails_batches_older_than_the_ack_timeout() -> None:
+def test_expire_sheds_records_that_waited_too_long_to_be_sent() -> None:
+    """Never sent, so certainly not stored: 'server overloaded' is the truth."""
+
     async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
-        old = link.submit(rec(1))
+        flying = link.submit(rec(1))
         await next_iteration()
         clock.now += 3
-        young = link.submit(rec(2))
+        waiting = link.submit(rec(2))  # the window of one is full
         await next_iteration()
-        waiting = link.submit(rec(3))
-        await next_iteration()
-        assert len(posts.batches) == 2  # window of two
-        clock.now += 1.9
+        assert len(posts.batches) == 1
+        clock.now += 4.9
         link.expire()
-        assert not old.done()
-        clock.now += 0.1  # the first batch is exactly 5 s old
-        link.expire()
-        assert old.result() == SendOutcome(
-            1, error_code="unavailable", error_message="storage did not answer in time"
-        )
-        assert not young.done()
         assert not waiting.done()
-        assert [r.token for r in posts.batches[-1].records] == [3]  # the freed slot is used
-        clock.now += 5
+        clock.now += 0.1  # waited exactly the ack timeout
         link.expire()
-        assert young.result().error_code == "unavailable"
-        assert waiting.result().error_code == "unavailable"
+        assert waiting.result() == SendOutcome(
+            2, error_code="unavailable", error_message="server overloaded"
+        )
+        assert not flying.done()  # in flight: the persister will answer
+
+    run(scenario, window=1, ack_timeout_s=5.0, in_flight_timeout_s=30.0)
+
+
+def test_expire_gives_up_on_a_batch_in_flight_only_after_the_backstop() -> None:
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        flying = link.submit(rec(1))
+        await next_iteration()
+        clock.now += 29.9
+        link.expire()
+        assert not flying.done()
+        clock.now += 0.1
+        link.expire()
+        assert flying.result() == SendOutcome(
+            1,
+            error_code="unavailable",
+            error_message="storage did not answer in time; outcome unknown",
+        )
         assert link.pending == 0
 
-    run(scenario, window=2, ack_timeout_s=5.0)
+    run(scenario, ack_timeout_s=5.0, in_flight_timeout_s=30.0)
 
 
 def test_fail_all_fails_buffered_and_in_flight() -> None:
