@@ -53,6 +53,9 @@ GAP_FILL_LIMIT = 10_000
 # _release_held), and how often storage is asked again meanwhile.
 MULTI_HOST_HOLD_MAX_S = 1.0
 HOLD_RETRY_S = 0.05
+# Past this many held messages a hole is skipped even while storage is down
+# (bounded memory beats completeness; those subscribers can resume).
+MAX_HELD = 10_000
 
 
 class Subscriber(Protocol):
@@ -366,11 +369,16 @@ class ChannelActor:
             if not self._held:
                 break
             first_held = min(self._held)
-            await self._fill_gap(first_held - 1)
+            answered = await self._fill_gap(first_held - 1)
             self._deliver_consecutive()
             if not self._held or min(self._held) != first_held:
                 continue
             if self._last_seq + 1 < first_held:
+                if not answered and len(self._held) < MAX_HELD:
+                    # Storage is down: the hole may be stored and unreadable right
+                    # now. Wait for storage (nothing new is stored meanwhile).
+                    self._schedule_retry()
+                    return
                 now = self._clock()
                 if self._held_since is None:
                     self._held_since = now
@@ -406,18 +414,19 @@ class ChannelActor:
 
         asyncio.get_running_loop().call_later(HOLD_RETRY_S, retry)
 
-    async def _fill_gap(self, up_to_seq: int) -> None:
+    async def _fill_gap(self, up_to_seq: int) -> bool:
+        """Deliver (or hold) stored messages up to ``up_to_seq``; False if storage failed."""
         assert self._last_seq is not None
         start = max(self._last_seq, up_to_seq - GAP_FILL_LIMIT)
         if up_to_seq <= start:
-            return
+            return True
         try:
             missing = await self._store.messages_range(
                 self.channel_id, after_seq=start, up_to_seq=up_to_seq
             )
         except StoreError as exc:
             log.warning("gap fill failed", channelId=self.channel_id, error=str(exc))
-            return
+            return False
         for message in missing:
             if message.seq <= self._last_seq or message.seq in self._held:
                 continue
@@ -428,6 +437,7 @@ class ChannelActor:
                 # A hole inside the range (a deleted message, or one still being
                 # stored elsewhere): keep the order, hold the rest.
                 self._held[message.seq] = message
+        return True
 
     async def _resync(self) -> None:
         """Deliver whatever storage has beyond our last id, then what is held."""
@@ -436,6 +446,8 @@ class ChannelActor:
         try:
             latest = await self._store.last_seq(self.channel_id)
         except StoreError:
+            if self._held:
+                self._schedule_retry()  # storage is down; held messages wait for it
             return
         if latest > self._last_seq:
             await self._fill_gap(latest)

@@ -27,7 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
-from chime_actors.actors.messages import ActorId, Drain, Drained, MetricsReport, Wiring
+from chime_actors.actors.messages import ActorId, Drain, Drained, Wiring
+from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import BusBackend, Config
@@ -54,7 +55,6 @@ from chime_actors.storage.store import HistoryPage
 log = get_logger(__name__)
 
 MAINTENANCE_INTERVAL_S = 0.5
-METRICS_INTERVAL_S = 1.0
 DRAIN_ACK_TIMEOUT_S = 10.0
 
 
@@ -84,7 +84,7 @@ class GatewayCore:
         self._chat_port = chat_port
         self._post = post
         self._supervisor = supervisor
-        self._api: Any = None
+        self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
         self._redis_bridge: Any = None
         self._multi_host = config.bus.backend is BusBackend.REDIS
         self._store = make_store(config)
@@ -127,7 +127,7 @@ class GatewayCore:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._maintain(), name="gateway-maintenance"),
-            loop.create_task(self._report_metrics(), name="gateway-metrics"),
+            loop.create_task(self._reporter.run(), name="gateway-metrics"),
         ]
         port: int = sock.getsockname()[1]
         return port
@@ -161,7 +161,7 @@ class GatewayCore:
                 # A new persister (after a restart) may follow one that stored
                 # messages and died before delivering them.
                 self._catch_up_owned_by(index)
-        self._api = wiring.api
+        self._reporter.set_api(wiring.api)
         if wiring.redis_bridge is not None and wiring.redis_bridge != self._redis_bridge:
             # A new (or restarted) bridge knows nothing of our channels.
             self._redis_bridge = wiring.redis_bridge
@@ -291,15 +291,10 @@ class GatewayCore:
             for link in self._links:
                 link.expire()
 
-    async def _report_metrics(self) -> None:
+    def _refresh_gauges(self) -> None:
         queue_depth = self.metrics.queue_depth
-        while True:
-            await asyncio.sleep(METRICS_INTERVAL_S)
-            queue_depth.labels(queue="persist_link").set(sum(link.pending for link in self._links))
-            queue_depth.labels(queue="channels").set(len(self._channels))
-            if self._api is not None:
-                snapshot = self.registry.snapshot(str(self.actor_id))
-                self._post(self._api, MetricsReport(self.actor_id, snapshot))
+        queue_depth.labels(queue="persist_link").set(sum(link.pending for link in self._links))
+        queue_depth.labels(queue="channels").set(len(self._channels))
 
     async def _drain(self, reply_to: Any) -> None:
         """Stop accepting, settle owed acks, close every client with 1001."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, MetricsReport, Wiring
+from chime_actors.actors.messages import ActorId, Wiring
+from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.bus.redis_bridge import redis_client
 from chime_actors.config import BusBackend, Config
 from chime_actors.logs import get_logger
@@ -20,8 +21,6 @@ from chime_actors.records import PersistBatch
 from chime_actors.storage.factory import make_store
 
 log = get_logger(__name__)
-
-METRICS_INTERVAL_S = 1.0
 
 
 class PersisterCore:
@@ -38,14 +37,14 @@ class PersisterCore:
             # Ids and client-id claims shared by every host (persister.redis_ids).
             self._ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
         self._writer = PersistWriter(self._store, post, self.metrics, ids=self._ids)
-        self._api: Any = None
+        self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
         self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Open storage and start the write loop."""
         await self._store.open()
         self._writer.start()
-        self._metrics_task = asyncio.get_running_loop().create_task(self._report_metrics())
+        self._metrics_task = asyncio.get_running_loop().create_task(self._reporter.run())
         return 0
 
     def handle(self, message: Any, sender: Any) -> None:
@@ -54,7 +53,7 @@ class PersisterCore:
             self._writer.submit(message, sender)
         elif isinstance(message, Wiring):
             self._writer.set_gateways(message.gateways, message.redis_bridge)
-            self._api = message.api
+            self._reporter.set_api(message.api)
         else:
             log.warning("persister ignored unknown message", kind=type(message).__name__)
 
@@ -67,10 +66,5 @@ class PersisterCore:
             await self._ids.close()
         await self._store.close()
 
-    async def _report_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(METRICS_INTERVAL_S)
-            self.metrics.queue_depth.labels(queue="persist_inbox").set(self._writer.queue_depth)
-            if self._api is not None:
-                snapshot = self.registry.snapshot(str(self.actor_id))
-                self._post(self._api, MetricsReport(self.actor_id, snapshot))
+    def _refresh_gauges(self) -> None:
+        self.metrics.queue_depth.labels(queue="persist_inbox").set(self._writer.queue_depth)
