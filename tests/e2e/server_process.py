@@ -92,9 +92,19 @@ def kill_group(pgid: int) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    tmp: Path, overrides: dict[str, Any] | None = None, workers: int = 2
+    tmp: Path,
+    overrides: dict[str, Any] | None = None,
+    workers: int = 2,
+    *,
+    config_file: Path | None = None,
+    env_overrides: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Run ``chime serve`` on free ports with its data in ``tmp``; stop it after."""
+    """Run ``chime serve`` on free ports with its data in ``tmp``; stop it after.
+
+    Normally the server gets a generated config (test defaults plus
+    ``overrides``). With ``config_file`` it runs that file as it is, and only
+    ``env_overrides`` (``CHIME_*`` variables) adapt it, as an operator would.
+    """
     tmp.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "chat": {"host": "127.0.0.1", "port": 0},
@@ -112,9 +122,12 @@ def running_server(
         section[last] = value
     config_path = tmp / "chime.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    if config_file is not None:
+        config_path = config_file
     ports_path = tmp / "ports.json"
     log_path = tmp / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIME_")}
+    env.update(env_overrides or {})
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [
