@@ -50,8 +50,10 @@ def test_production_example_serves_the_protocol(tmp_path: Path) -> None:
         "CHIME_DATA_DIR": str(tmp_path / "data"),
     }
     minted = subprocess.run(
-        [sys.executable, "-m", "chime_actors", "token", "--config", str(EXAMPLE)]
-        + ["--user", "alice", "--ttl", "10m"],
+        [
+            *(sys.executable, "-m", "chime_actors", "token"),
+            *("--config", str(EXAMPLE), "--user", "alice", "--ttl", "10m"),
+        ],
         env={**env, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
