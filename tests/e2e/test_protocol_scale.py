@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.conftest import clients, fresh, received, run, send_message, wait_until
+from tests.e2e.conftest import (
+    clients,
+    fresh,
+    http_get,
+    received,
+    run,
+    send_message,
+    wait_until,
+)
 from tests.e2e.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 200
+CONNECTIONS = re.compile(r'chime_connections\{process="(?P<process>gateway \d+)"\} (?P<value>\S+)')
 
 
 def test_200_clients_over_two_gateways_all_receive_a_broadcast(server: ServerProcess) -> None:
     channel = fresh("crowd")
-    users = {f"crowd{i}-{channel}" for i in range(CLIENTS)}
 
     async def scenario() -> None:
         async with clients(server) as cs:
@@ -36,16 +45,18 @@ def test_200_clients_over_two_gateways_all_receive_a_broadcast(server: ServerPro
             assert all(g[0]["messageId"] == ack["messageId"] for g in got)
             assert all(g[0]["content"] == "hello crowd" for g in got)
 
-            # the kernel spread the connections over both gateways (their log says so)
-            def by_gateway() -> dict[str, int] | None:
-                counts: dict[str, int] = {}
-                for line in server.log_lines():
-                    if line.get("message") == "connection opened" and line.get("userId") in users:
-                        counts[line["process"]] = counts.get(line["process"], 0) + 1
-                return counts if sum(counts.values()) == CLIENTS else None
+            # The kernel spread the connections over both gateways: each gateway's
+            # chime_connections gauge (pushed to the API once a second) says so.
+            def by_gateway() -> dict[str, float] | None:
+                status, body = http_get(f"{server.api}/metrics")
+                counts: dict[str, float] = {}
+                for match in CONNECTIONS.finditer(str(body) if status == 200 else ""):
+                    counts[match["process"]] = float(match["value"])
+                return counts if sum(counts.values()) >= CLIENTS else None
 
-            counts = await asyncio.to_thread(wait_until, by_gateway, 10, 0.1, "open logs")
+            counts = await asyncio.to_thread(wait_until, by_gateway, 15, 0.2, "gauges")
             assert set(counts) == {"gateway 1", "gateway 2"}, counts
+            assert all(value > 0 for value in counts.values()), counts
 
     started = time.monotonic()
     run(scenario(), timeout=120)
