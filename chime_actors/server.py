@@ -35,7 +35,7 @@ from chime_actors.actors.messages import (
     StatusQuery,
     Stopped,
 )
-from chime_actors.config import Config
+from chime_actors.config import Config, StorageBackend
 from chime_actors.errors import ActorError, StoreError
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.storage.factory import init_storage
@@ -55,7 +55,7 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     setproctitle.setproctitle("chime: main")
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    if config.storage.sqlite.path:
+    if config.storage.backend is StorageBackend.SQLITE:
         Path(config.storage.sqlite.path).parent.mkdir(parents=True, exist_ok=True)
     if config.storage.create_schema_on_start:
         # Once, here, before any actor opens the store (see storage.factory).

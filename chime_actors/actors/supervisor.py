@@ -51,6 +51,7 @@ from chime_actors.actors.messages import (
     RestartNotice,
     ShutdownRequest,
     Started,
+    StartFailed,
     StartServer,
     Status,
     StatusQuery,
@@ -252,6 +253,8 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         if not self._budget.allow_restart():
             self._failed = f"restart intensity exceeded ({child.actor_id} kept failing)"
             log.error("supervisor gives up", reason=self._failed)
+            if not self._started and self._starter is not None:
+                self.send(self._starter, StartFailed(self._failed))
             return
         if child.ready_at and now - child.ready_at > STABLE_AFTER_S:
             child.backoff_s = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,6 +30,12 @@ async def fill(client: Client, channel: str, count: int) -> list[str]:
     return [(await send_message(client, channel, f"m{i}"))["messageId"] for i in range(count)]
 
 
+async def alice_sent(cs: Clients, channel: str, count: int) -> tuple[Client, list[str]]:
+    """Alice, subscribed to ``channel``, sent ``count`` messages: her and their ids."""
+    alice = await cs.connect("alice", [channel])
+    return alice, await fill(alice, channel, count)
+
+
 async def resume(
     cs: Clients, user: str, channel: str, last_seen: str
 ) -> tuple[Client, list[dict[str, Any]], dict[str, Any]]:
@@ -43,13 +50,34 @@ async def resume(
     return client, client.frames[start:end], frame
 
 
+async def live_arrives(sender: Client, receiver: Client, channel: str) -> dict[str, Any]:
+    """A message ``sender`` sends now is the next ``receiver`` gets; returns the ack."""
+    live = await send_message(sender, channel, "live")
+    (got,) = await received(receiver, 1, channel)
+    assert got["messageId"] == live["messageId"]
+    return live
+
+
+async def check_resume_replays_nothing(
+    server: ServerProcess, resume_at: Callable[[list[str]], str]
+) -> None:
+    """Alice sends 3 messages; bob resumes at ``resume_at(their ids)``, at or past
+    the head: nothing is replayed, ``resumed`` counts 0, then live messages arrive."""
+    channel = fresh()
+    async with clients(server) as cs:
+        alice, ids = await alice_sent(cs, channel, 3)
+        bob, before, marker = await resume(cs, "bob", channel, resume_at(ids))
+        assert marker == {"type": "resumed", "channelId": channel, "count": 0}
+        assert not [f for f in before if f["type"] == "message"]
+        await live_arrives(alice, bob, channel)
+
+
 def test_resume_replays_later_messages_then_resumed(server: ServerProcess) -> None:
     channel = fresh()
 
     async def scenario() -> None:
         async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            ids = await fill(alice, channel, 5)
+            alice, ids = await alice_sent(cs, channel, 5)
             bob, before, marker = await resume(cs, "bob", channel, ids[1])
             assert marker == {"type": "resumed", "channelId": channel, "count": 3}
             assert [f["type"] for f in before] == ["message"] * 3
@@ -64,20 +92,7 @@ def test_resume_replays_later_messages_then_resumed(server: ServerProcess) -> No
 
 
 def test_resume_at_the_head_replays_nothing(server: ServerProcess) -> None:
-    channel = fresh()
-
-    async def scenario() -> None:
-        async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            ids = await fill(alice, channel, 3)
-            bob, before, marker = await resume(cs, "bob", channel, ids[-1])
-            assert marker == {"type": "resumed", "channelId": channel, "count": 0}
-            assert not [f for f in before if f["type"] == "message"]
-            live = await send_message(alice, channel, "live")
-            (got,) = await received(bob, 1, channel)
-            assert got["messageId"] == live["messageId"]
-
-    run(scenario())
+    run(check_resume_replays_nothing(server, lambda ids: ids[-1]))
 
 
 def test_resume_only_for_named_channels(server: ServerProcess) -> None:
@@ -163,15 +178,12 @@ def test_resume_past_the_limit_fails_with_too_many(tight_server: ServerProcess) 
 
     async def scenario() -> None:
         async with clients(tight_server) as cs:
-            alice = await cs.connect("alice", [channel])
-            ids = await fill(alice, channel, TIGHT_MAX_RESUME + 3)
+            alice, ids = await alice_sent(cs, channel, TIGHT_MAX_RESUME + 3)
             bob, before, marker = await resume(cs, "bob", channel, ids[0])
             assert marker == {"type": "resume_failed", "channelId": channel, "reason": "too_many"}
             assert not [f for f in before if f["type"] == "message"]
             # still subscribed: live messages arrive, and the client pages history
-            live = await send_message(alice, channel, "live")
-            (got,) = await received(bob, 1, channel)
-            assert got["messageId"] == live["messageId"]
+            live = await live_arrives(alice, bob, channel)
             # exactly the limit is still replayed
             _, before, marker = await resume(cs, "carol", channel, ids[3])
             assert marker == {"type": "resumed", "channelId": channel, "count": TIGHT_MAX_RESUME}
@@ -208,20 +220,7 @@ def test_bad_resume_is_bad_request(server: ServerProcess, resume_value: object) 
 
 def test_resume_point_past_the_head_still_gets_live_messages(server: ServerProcess) -> None:
     """A resume id beyond the channel's last message (a wiped or other server)."""
-    channel = fresh()
-
-    async def scenario() -> None:
-        async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            await fill(alice, channel, 3)
-            bob, before, marker = await resume(cs, "bob", channel, format_message_id(50))
-            assert marker == {"type": "resumed", "channelId": channel, "count": 0}
-            assert not [f for f in before if f["type"] == "message"]
-            live = await send_message(alice, channel, "live")
-            (got,) = await received(bob, 1, channel)
-            assert got["messageId"] == live["messageId"]
-
-    run(scenario())
+    run(check_resume_replays_nothing(server, lambda _: format_message_id(50)))
 
 
 def test_resume_from_zero_replays_the_whole_channel(server: ServerProcess) -> None:
@@ -229,8 +228,7 @@ def test_resume_from_zero_replays_the_whole_channel(server: ServerProcess) -> No
 
     async def scenario() -> None:
         async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            ids = await fill(alice, channel, 4)
+            _, ids = await alice_sent(cs, channel, 4)
             _, before, marker = await resume(cs, "bob", channel, format_message_id(0))
             assert marker == {"type": "resumed", "channelId": channel, "count": 4}
             assert [f["message"]["messageId"] for f in before] == ids

@@ -25,10 +25,7 @@ written to ``backend_fault_times.json`` in the test's tmp dir.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
-import os
 import signal
 import socket
 import struct
@@ -43,8 +40,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.server_process import ServerProcess, running_server
-from tests.e2e.test_faults import (
+from tests.e2e.load import (
     OVERRIDES,
     SILENCE_LIMIT_S,
     Sender,
@@ -52,14 +48,22 @@ from tests.e2e.test_faults import (
     apoll,
     channel_owned_by,
     check_senders,
+    check_stored,
+    check_watchers_received,
     http_get,
     kill_and_wait_restart,
+    kill_leftovers,
+    ms,
     poll,
     rest_history,
     server_pids,
-    stop_all,
-    wait_flowing,
+    start_flowing,
+    stopping,
+    wait_acked_since,
+    wait_caught_up,
+    write_times,
 )
+from tests.e2e.server_process import ServerProcess, running_server
 from tests.integration.services import load_services
 
 pytestmark = pytest.mark.integration
@@ -125,18 +129,10 @@ def two_servers(tmp: Path, overrides: dict[str, Any]) -> Iterator[tuple[ServerPr
     started: list[ServerProcess] = []
     with ExitStack() as stack:
         # Registered first, so it runs last: after both servers stopped.
-        stack.callback(_no_leftovers, started)
+        stack.callback(kill_leftovers, started)
         for name in ("host-a", "host-b"):
             started.append(stack.enter_context(running_server(tmp / name, overrides, workers=2)))
         yield tuple(started)
-
-
-def _no_leftovers(servers: list[ServerProcess]) -> None:
-    leftovers = [pid for server in servers for pid in server_pids(server)]
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    assert leftovers == [], f"server processes left behind: {leftovers}"
 
 
 def free_port() -> int:
@@ -147,13 +143,7 @@ def free_port() -> int:
 
 
 def record_times(tmp: Path, name: str, times: dict[str, Any]) -> None:
-    path = tmp / "backend_fault_times.json"
-    path.write_text(json.dumps(times, indent=2, sort_keys=True))
-    print(f"\n{name} ({path}):\n{json.dumps(times, indent=2, sort_keys=True)}")
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
+    write_times(tmp / "backend_fault_times.json", name, times)
 
 
 def titled_pids(server: ServerProcess) -> dict[str, list[int]]:
@@ -298,10 +288,6 @@ class TcpProxy:
 # --- checks ----------------------------------------------------------------------------
 
 
-def history_ids(server: ServerProcess, channels: list[str]) -> dict[str, list[str]]:
-    return {c: [m["messageId"] for m in rest_history(server, c)] for c in channels}
-
-
 def check_durable(
     servers: tuple[ServerProcess, ...],
     senders: list[Sender],
@@ -315,36 +301,17 @@ def check_durable(
     appended to ``unknown_but_stored``). Returns each channel's ids."""
     if unknown_but_stored is None:
         unknown_but_stored = []
-    stored: dict[tuple[str, str, str], str] = {}
+    histories = {channel: rest_history(servers[0], channel) for channel in channels}
+    stored = check_stored(senders, histories)
     final: dict[str, list[str]] = {}
-    for channel in channels:
-        messages = rest_history(servers[0], channel)
+    for channel, messages in histories.items():
         ids = [m["messageId"] for m in messages]
-        assert ids, f"{channel}: empty history"
         assert ids == sorted(set(ids)), f"{channel}: ids not strictly increasing"
         for other in servers[1:]:
             assert [m["messageId"] for m in rest_history(other, channel)] == ids, (
                 f"{channel}: the hosts disagree on history"
             )
-        for message in messages:
-            key = (channel, message["userId"], message["clientMsgId"])
-            assert key not in stored, f"stored twice: {key} as {stored[key]} and {message}"
-            stored[key] = message["messageId"]
         final[channel] = ids
-    missing = [
-        (
-            sender.channel,
-            sender.user,
-            cmid,
-            message_id,
-            stored.get((sender.channel, sender.user, cmid)),
-        )
-        for sender in senders
-        for cmid, message_id in sender.acked.items()
-        if stored.get((sender.channel, sender.user, cmid)) != message_id
-    ]
-    acked = sum(len(s.acked) for s in senders)
-    assert not missing, f"{len(missing)} of {acked} acked messages not in history: {missing[:5]}"
     # PROTOCOL.md: ``unavailable`` = the request was not carried out. Only senders
     # that never re-send a refused clientMsgId can tell.
     refused = {
@@ -389,52 +356,65 @@ async def settle_and_check(
     channels: list[str],
     outcome_unknown: Callable[[float], bool] = lambda _: False,
     unknown_but_stored: list[tuple[str, str, str]] | None = None,
-) -> dict[str, list[str]]:
-    """Senders are stopped: wait until every watcher holds each channel's last stored
+) -> dict[str, Any]:
+    """Senders are stopped: check every send was answered in time (``ack`` or
+    ``unavailable``); wait until every watcher holds each channel's last stored
     message, then check every watcher got history from its first message on, once,
-    in order."""
-    loop = asyncio.get_running_loop()
-
-    def caught_up() -> bool:
-        history = history_ids(servers[0], channels)
-        return all(w.last(c) == history[c][-1] for w in watchers for c in w.channels)
-
-    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    while not await loop.run_in_executor(None, caught_up):
-        if time.monotonic() > deadline:
-            break  # the comparison below says what is missing
-        await asyncio.sleep(0.1)  # polling storage, bounded by the deadline
-    final = await loop.run_in_executor(
+    in order (``check_durable`` for the rest). Returns the run's figures."""
+    check_senders(senders, allowed_errors={"unavailable"})
+    await wait_caught_up(servers[0], watchers, channels, CATCH_UP_TIMEOUT_S)
+    final = await asyncio.get_running_loop().run_in_executor(
         None, check_durable, servers, senders, channels, outcome_unknown, unknown_but_stored
     )
-    await asyncio.gather(*(w.stop() for w in watchers))
-    wrong = []
-    for watcher in watchers:
-        for channel in watcher.channels:
-            got = watcher.ids[channel]
-            assert got, f"{watcher.user}: nothing received on {channel}"
-            expected = final[channel][final[channel].index(got[0]) :]
-            if got != expected:
-                dups = [i for i, n in collections.Counter(got).items() if n > 1]
-                gaps = sorted(set(expected) - set(got))
-                extra = sorted(set(got) - set(expected))
-                wrong.append(
-                    f"{watcher.user} ({watcher.disconnects} reconnects) on {channel}: "
-                    f"received {len(got)}, history has {len(expected)} since its first; "
-                    f"duplicates {dups[:5]}, missing {gaps[:5]}, not in history {extra[:5]}, "
-                    f"out of order: {got != sorted(got)}, last {got[-3:]} vs {expected[-3:]}"
-                )
-    assert not wrong, "\n".join(wrong)
-    for watcher in watchers:
-        problems = [f for f in watcher.frames if f.get("type") in ("error", "resume_failed")]
-        assert not problems, f"{watcher.user}: {problems[:5]}"
-    return final
+    await check_watchers_received(watchers, final)
+    return run_figures(senders, watchers, final)
+
+
+def run_figures(
+    senders: list[Sender], watchers: list[Watcher], final: dict[str, list[str]]
+) -> dict[str, Any]:
+    latencies = sorted(t for s in senders for t in s.latencies)
+    return {
+        "messages_stored": sum(len(ids) for ids in final.values()),
+        "messages_acked": sum(len(s.acked) for s in senders),
+        "unavailable_answers": unavailable_count(senders),
+        "sends_resent_after_disconnect": sum(s.lost for s in senders),
+        "sender_disconnects": sum(s.disconnects for s in senders),
+        "watcher_reconnects": sum(w.disconnects for w in watchers),
+        "max_answer_latency_ms": ms(latencies[-1]) if latencies else None,
+        "silence_limit_ms": ms(SILENCE_LIMIT_S),
+    }
+
+
+def assert_same_processes(
+    servers: tuple[ServerProcess, ...], before: list[dict[str, list[int]]]
+) -> list[dict[str, list[int]]]:
+    """No process of either host died or was replaced since ``before``."""
+    after = [titled_pids(s) for s in servers]
+    for server_name, was, now in zip("ab", before, after, strict=True):
+        assert was == now, f"host {server_name}: processes changed {was} -> {now}"
+    return after
+
+
+# --- load ------------------------------------------------------------------------------
 
 
 def first_received_after(watchers: list[Watcher], channel: str, moment: float) -> float | None:
     """When the first of ``watchers`` received a message of ``channel`` after ``moment``."""
     times = [t for w in watchers for t in w.received_at[channel] if t > moment]
     return min(times) if times else None
+
+
+def first_cross_host_ms(
+    watchers: list[Watcher], channels: list[str], moment: float
+) -> dict[str, float]:
+    """ms from ``moment`` to the first message of ``channels[0]`` (sent on host A) on
+    host B, and of ``channels[1]`` (sent on B) on A; ``watchers`` as ``make_load``."""
+    on_a, on_b = watchers[:2], watchers[2:]
+    a_to_b = first_received_after(on_b, channels[0], moment)
+    b_to_a = first_received_after(on_a, channels[1], moment)
+    assert a_to_b is not None and b_to_a is not None
+    return {"a_to_b": ms(a_to_b - moment), "b_to_a": ms(b_to_a - moment)}
 
 
 def first_ack_after(senders: list[Sender], moment: float) -> float | None:
@@ -447,11 +427,11 @@ def readyz(server: ServerProcess) -> int:
     return status
 
 
-async def make_load(
+def make_load(
     servers: tuple[ServerProcess, ...], channels: list[str], tag: str
 ) -> tuple[list[Sender], list[Watcher]]:
     """Two senders per (host, channel) pair ``channels[i]`` on host ``i`` and two
-    watchers of every channel on each host, started (watchers first)."""
+    watchers of every channel on each host (host A's first); not started."""
     host_a, host_b = servers
     watchers = [
         Watcher(server.url, f"{tag}-w{name}{n}", channels)
@@ -464,28 +444,55 @@ async def make_load(
         for n in range(2)
     ]
     # And one per host that never re-sends what was refused: ``unavailable`` must
-    # mean "not carried out" (check_refused_not_stored).
+    # mean "not carried out" (check_durable).
     senders += [
         TimedSender(server.url, f"{tag}-u{name}", channel, retry_unavailable=False)
         for server, name, channel in ((host_a, "a", channels[0]), (host_b, "b", channels[1]))
     ]
-    started: list[Sender | Watcher] = []
-    clients: list[Sender | Watcher] = [*watchers, *senders]
-    try:
-        for client in clients:
-            await client.start()
-            started.append(client)
-    except BaseException:
-        await stop_all(
-            [c for c in started if isinstance(c, Sender)],
-            [c for c in started if isinstance(c, Watcher)],
-        )
-        raise
     return senders, watchers
 
 
 def unavailable_count(senders: list[Sender]) -> int:
     return sum(len(s.errors_with("unavailable")) for s in senders)
+
+
+def refusals(senders: list[Sender]) -> dict[str, int]:
+    """How often each sender was answered ``unavailable`` so far."""
+    return {s.user: len(s.errors_with("unavailable")) for s in senders}
+
+
+async def wait_outage(
+    senders: list[Sender], before: dict[str, int], down_at: float, what: str
+) -> float:
+    """A backend went down at ``down_at``: wait until every sender was answered
+    ``unavailable`` once more than ``before``, then until the outage lasted
+    ``OUTAGE_S``. Returns the ms from ``down_at`` to the last sender's refusal."""
+    await apoll(
+        lambda: all(len(s.errors_with("unavailable")) >= before[s.user] + 1 for s in senders),
+        RECOVERY_TIMEOUT_S,
+        f"every sender to be answered 'unavailable' while {what}",
+    )
+    refused_ms = ms(time.monotonic() - down_at)
+    await apoll(lambda: time.monotonic() - down_at >= OUTAGE_S, OUTAGE_S + 1, "the outage to last")
+    return refused_ms
+
+
+async def wait_acked_again(senders: list[Sender], back_at: float, what: str) -> tuple[float, float]:
+    """A backend came back at ``back_at``: wait until every sender is acked again.
+    Returns the ms from ``back_at`` to that, and to the first ack."""
+    await wait_acked_since(
+        senders, back_at, 1, RECOVERY_TIMEOUT_S, f"every sender to be acked after {what}"
+    )
+    every_ms = ms(time.monotonic() - back_at)
+    first_ack = first_ack_after(senders, back_at)
+    assert first_ack is not None
+    return every_ms, ms(first_ack - back_at)
+
+
+async def steady_load(senders: list[Sender], what: str) -> None:
+    await wait_acked_since(
+        senders, time.monotonic(), 20, RECOVERY_TIMEOUT_S, f"steady load after {what}"
+    )
 
 
 # --- 1. Redis killed and restarted -----------------------------------------------------
@@ -509,88 +516,58 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
             f"chime_rk_{suffix}",
         )
         with two_servers(tmp_path, overrides) as servers:
-            host_a, host_b = servers
             pids_before = [titled_pids(s) for s in servers]
 
             async def scenario() -> None:
-                senders, watchers = await make_load(servers, channels, "rk")
+                senders, watchers = make_load(servers, channels, "rk")
                 on_a, on_b = watchers[:2], watchers[2:]
-                try:
-                    await wait_flowing(senders, watchers)
-                    errors_before = unavailable_count(senders)
-                    before = {s.user: len(s.errors_with("unavailable")) for s in senders}
-                    killed_at = time.monotonic()
-                    redis.kill()
-                    await apoll(
-                        lambda: all(
-                            len(s.errors_with("unavailable")) >= before[s.user] + 1 for s in senders
-                        ),
-                        RECOVERY_TIMEOUT_S,
-                        "every sender to be answered 'unavailable' while Redis is down",
-                    )
-                    times["kill_to_all_senders_refused_ms"] = ms(time.monotonic() - killed_at)
-                    await apoll(
-                        lambda: time.monotonic() - killed_at >= OUTAGE_S,
-                        OUTAGE_S + 1,
-                        "the outage to last",
-                    )
-                    times["unavailable_while_down"] = unavailable_count(senders) - errors_before
-                    times["acks_while_down"] = sum(s.acks_since(killed_at + 0.5) for s in senders)
-                    redis.start()
-                    restarted_at = time.monotonic()
-                    times["redis_down_ms"] = ms(restarted_at - killed_at)
-                    await apoll(
-                        lambda: all(s.acks_since(restarted_at) >= 1 for s in senders),
-                        RECOVERY_TIMEOUT_S,
-                        "every sender to be acked after the Redis restart",
-                    )
-                    times["restart_to_every_sender_acked_ms"] = ms(time.monotonic() - restarted_at)
-                    first_ack = first_ack_after(senders, restarted_at)
-                    assert first_ack is not None
-                    times["restart_to_first_ack_ms"] = ms(first_ack - restarted_at)
-                    # Channel 0 is sent to on A only, channel 1 on B only: a watcher on
-                    # the other host gets them through Redis alone.
-                    await apoll(
-                        lambda: (
-                            all(w.count_since(channels[0], restarted_at) >= 10 for w in on_b)
-                            and all(w.count_since(channels[1], restarted_at) >= 10 for w in on_a)
-                        ),
-                        RECOVERY_TIMEOUT_S,
-                        "cross-host fan-out to resume after the Redis restart",
-                    )
-                    a_to_b = first_received_after(on_b, channels[0], restarted_at)
-                    b_to_a = first_received_after(on_a, channels[1], restarted_at)
-                    assert a_to_b is not None and b_to_a is not None
-                    times["restart_to_first_cross_host_delivery_ms"] = {
-                        "a_to_b": ms(a_to_b - restarted_at),
-                        "b_to_a": ms(b_to_a - restarted_at),
-                    }
-                    times["restart_to_10_cross_host_deliveries_ms"] = ms(
-                        time.monotonic() - restarted_at
-                    )
-                    mark = time.monotonic()
-                    await apoll(
-                        lambda: all(s.acks_since(mark) >= 20 for s in senders),
-                        RECOVERY_TIMEOUT_S,
-                        "steady load after the restart",
-                    )
-                except BaseException:
-                    await stop_all(senders, watchers)
-                    raise
-                try:
-                    await stop_all(senders, [])
-                    check_senders(senders, allowed_errors={"unavailable"})
-                    final = await settle_and_check(servers, watchers, senders, channels)
-                    times["run"] = run_figures(senders, watchers, final)
-                finally:
-                    await stop_all([], watchers)
+                async with stopping(watchers):
+                    async with stopping(senders):
+                        await start_flowing(senders, watchers)
+                        before = refusals(senders)
+                        killed_at = time.monotonic()
+                        redis.kill()
+                        times["kill_to_all_senders_refused_ms"] = await wait_outage(
+                            senders, before, killed_at, "Redis is down"
+                        )
+                        times["unavailable_while_down"] = unavailable_count(senders) - sum(
+                            before.values()
+                        )
+                        times["acks_while_down"] = sum(
+                            s.acks_since(killed_at + 0.5) for s in senders
+                        )
+                        redis.start()
+                        restarted_at = time.monotonic()
+                        times["redis_down_ms"] = ms(restarted_at - killed_at)
+                        (
+                            times["restart_to_every_sender_acked_ms"],
+                            times["restart_to_first_ack_ms"],
+                        ) = await wait_acked_again(senders, restarted_at, "the Redis restart")
+                        # Channel 0 is sent to on A only, channel 1 on B only: a watcher on
+                        # the other host gets them through Redis alone.
+                        await apoll(
+                            lambda: (
+                                all(w.count_since(channels[0], restarted_at) >= 10 for w in on_b)
+                                and all(
+                                    w.count_since(channels[1], restarted_at) >= 10 for w in on_a
+                                )
+                            ),
+                            RECOVERY_TIMEOUT_S,
+                            "cross-host fan-out to resume after the Redis restart",
+                        )
+                        times["restart_to_first_cross_host_delivery_ms"] = first_cross_host_ms(
+                            watchers, channels, restarted_at
+                        )
+                        times["restart_to_10_cross_host_deliveries_ms"] = ms(
+                            time.monotonic() - restarted_at
+                        )
+                        await steady_load(senders, "the restart")
+                    times["run"] = await settle_and_check(servers, watchers, senders, channels)
 
             asyncio.run(scenario())
-            pids_after = [titled_pids(s) for s in servers]
-            for server_name, before, after in zip("ab", pids_before, pids_after, strict=True):
-                assert before == after, f"host {server_name}: processes changed {before} -> {after}"
-                assert all(len(p) == 1 for p in after.values()), after
-            for server in (host_a, host_b):
+            pids_after = assert_same_processes(servers, pids_before)
+            assert all(len(p) == 1 for after in pids_after for p in after.values()), pids_after
+            for server in servers:
                 lost = [
                     line
                     for line in server.log_lines()
@@ -600,22 +577,6 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
     finally:
         redis.kill()
     record_times(tmp_path, "redis kill/restart", times)
-
-
-def run_figures(
-    senders: list[Sender], watchers: list[Watcher], final: dict[str, list[str]]
-) -> dict[str, Any]:
-    latencies = sorted(t for s in senders for t in s.latencies)
-    return {
-        "messages_stored": sum(len(ids) for ids in final.values()),
-        "messages_acked": sum(len(s.acked) for s in senders),
-        "unavailable_answers": unavailable_count(senders),
-        "sends_resent_after_disconnect": sum(s.lost for s in senders),
-        "sender_disconnects": sum(s.disconnects for s in senders),
-        "watcher_reconnects": sum(w.disconnects for w in watchers),
-        "max_answer_latency_ms": ms(latencies[-1]) if latencies else None,
-        "silence_limit_ms": ms(SILENCE_LIMIT_S),
-    }
 
 
 # --- 2. Cassandra cut off ----------------------------------------------------------------
@@ -642,74 +603,55 @@ def test_cassandra_cut_off_under_load(tmp_path: Path) -> None:
 
             async def scenario() -> None:
                 loop = asyncio.get_running_loop()
-                senders, watchers = await make_load(servers, channels, "cs")
-                try:
-                    await wait_flowing(senders, watchers)
-                    for server in servers:
-                        assert await loop.run_in_executor(None, readyz, server) == 200
-                    errors_before = unavailable_count(senders)
-                    before = {s.user: len(s.errors_with("unavailable")) for s in senders}
-                    cut_at = time.monotonic()
-                    await loop.run_in_executor(None, proxy.cut)
-                    times["connections_reset"] = proxy.connections_reset
-                    not_ready = await wait_readyz(servers, 503, cut_at, RECOVERY_TIMEOUT_S)
-                    times["cut_to_readyz_503_ms"] = not_ready
-                    await apoll(
-                        lambda: all(
-                            len(s.errors_with("unavailable")) >= before[s.user] + 1 for s in senders
-                        ),
-                        RECOVERY_TIMEOUT_S,
-                        "every sender to be answered 'unavailable' while Cassandra is cut off",
-                    )
-                    times["cut_to_all_senders_refused_ms"] = ms(time.monotonic() - cut_at)
-                    await apoll(
-                        lambda: time.monotonic() - cut_at >= OUTAGE_S,
-                        OUTAGE_S + 1,
-                        "the outage to last",
-                    )
-                    # Still down a moment later: readiness does not flap.
-                    for server in servers:
-                        assert await loop.run_in_executor(None, readyz, server) == 503
-                    times["unavailable_while_down"] = unavailable_count(senders) - errors_before
-                    restored_at = time.monotonic()
-                    times["acks_while_down"] = sum(s.acks_since(cut_at + 1.0) for s in senders)
-                    times["cassandra_cut_ms"] = ms(restored_at - cut_at)
-                    await loop.run_in_executor(None, proxy.restore)
-                    await apoll(
-                        lambda: all(s.acks_since(restored_at) >= 1 for s in senders),
-                        RECOVERY_TIMEOUT_S,
-                        "every sender to be acked after Cassandra is back",
-                    )
-                    times["restore_to_every_sender_acked_ms"] = ms(time.monotonic() - restored_at)
-                    first_ack = first_ack_after(senders, restored_at)
-                    assert first_ack is not None
-                    times["restore_to_first_ack_ms"] = ms(first_ack - restored_at)
-                    times["restore_to_readyz_200_ms"] = await wait_readyz(
-                        servers, 200, restored_at, RECOVERY_TIMEOUT_S
-                    )
-                    mark = time.monotonic()
-                    await apoll(
-                        lambda: (
-                            all(s.acks_since(mark) >= 20 for s in senders)
-                            and all(
-                                w.count_since(c, mark) >= 10 for w in watchers for c in channels
-                            )
-                        ),
-                        RECOVERY_TIMEOUT_S,
-                        "steady load after the restore",
-                    )
-                except BaseException:
-                    await stop_all(senders, watchers)
-                    raise
-                try:
-                    await stop_all(senders, [])
-                    check_senders(senders, allowed_errors={"unavailable"})
+                senders, watchers = make_load(servers, channels, "cs")
+                async with stopping(watchers):
+                    async with stopping(senders):
+                        await start_flowing(senders, watchers)
+                        for server in servers:
+                            assert await loop.run_in_executor(None, readyz, server) == 200
+                        before = refusals(senders)
+                        cut_at = time.monotonic()
+                        await loop.run_in_executor(None, proxy.cut)
+                        times["connections_reset"] = proxy.connections_reset
+                        not_ready = await wait_readyz(servers, 503, cut_at, RECOVERY_TIMEOUT_S)
+                        times["cut_to_readyz_503_ms"] = not_ready
+                        times["cut_to_all_senders_refused_ms"] = await wait_outage(
+                            senders, before, cut_at, "Cassandra is cut off"
+                        )
+                        # Still down a moment later: readiness does not flap.
+                        for server in servers:
+                            assert await loop.run_in_executor(None, readyz, server) == 503
+                        times["unavailable_while_down"] = unavailable_count(senders) - sum(
+                            before.values()
+                        )
+                        restored_at = time.monotonic()
+                        times["acks_while_down"] = sum(s.acks_since(cut_at + 1.0) for s in senders)
+                        times["cassandra_cut_ms"] = ms(restored_at - cut_at)
+                        await loop.run_in_executor(None, proxy.restore)
+                        (
+                            times["restore_to_every_sender_acked_ms"],
+                            times["restore_to_first_ack_ms"],
+                        ) = await wait_acked_again(senders, restored_at, "Cassandra is back")
+                        times["restore_to_readyz_200_ms"] = await wait_readyz(
+                            servers, 200, restored_at, RECOVERY_TIMEOUT_S
+                        )
+                        mark = time.monotonic()
+                        await apoll(
+                            lambda: (
+                                all(s.acks_since(mark) >= 20 for s in senders)
+                                and all(
+                                    w.count_since(c, mark) >= 10 for w in watchers for c in channels
+                                )
+                            ),
+                            RECOVERY_TIMEOUT_S,
+                            "steady load after the restore",
+                        )
                     # A write in flight when the connections were reset may have been
                     # applied by Cassandra although its answer was lost: the persister
                     # can only say ``unavailable`` (outcome unknown; a re-send with the
                     # clientMsgId is acked with the stored id). Counted, not failed.
                     unknown: list[tuple[str, str, str]] = []
-                    final = await settle_and_check(
+                    times["run"] = await settle_and_check(
                         servers,
                         watchers,
                         senders,
@@ -717,15 +659,10 @@ def test_cassandra_cut_off_under_load(tmp_path: Path) -> None:
                         outcome_unknown=lambda at: cut_at <= at <= cut_at + 1.0,
                         unknown_but_stored=unknown,
                     )
-                    times["run"] = run_figures(senders, watchers, final)
                     times["refused_at_the_cut_but_stored"] = len(unknown)
-                finally:
-                    await stop_all([], watchers)
 
             asyncio.run(scenario())
-            pids_after = [titled_pids(s) for s in servers]
-            for server_name, before, after in zip("ab", pids_before, pids_after, strict=True):
-                assert before == after, f"host {server_name}: processes changed {before} -> {after}"
+            assert_same_processes(servers, pids_before)
     record_times(tmp_path, "cassandra cut/restore", times)
 
 
@@ -765,66 +702,46 @@ def test_bridge_and_persister_sigkill_under_load(tmp_path: Path) -> None:
         host_a, host_b = servers
 
         async def scenario() -> None:
-            senders, watchers = await make_load(servers, channels, "kb")
+            senders, watchers = make_load(servers, channels, "kb")
             # Plus one sender per host on the other channel: every channel is
             # sequenced on both hosts.
-            extra = [
+            senders += [
                 Sender(host_a.url, "kb-xa", channels[1]),
                 Sender(host_b.url, "kb-xb", channels[0]),
             ]
-            on_a, on_b = watchers[:2], watchers[2:]
-            try:
-                for sender in extra:
-                    await sender.start()
-                senders.extend(extra)
-                await wait_flowing(senders, watchers)
 
-                async def cross_host(moment: float, what: str) -> dict[str, float]:
-                    await apoll(
-                        lambda: (
-                            all(w.count_since(c, moment) >= 10 for w in watchers for c in channels)
-                            and all(s.acks_since(moment) >= 10 for s in senders)
-                        ),
-                        RECOVERY_TIMEOUT_S,
-                        f"load and fan-out after {what}",
-                    )
-                    a_to_b = first_received_after(on_b, channels[0], moment)
-                    b_to_a = first_received_after(on_a, channels[1], moment)
-                    assert a_to_b is not None and b_to_a is not None
-                    return {"a_to_b": ms(a_to_b - moment), "b_to_a": ms(b_to_a - moment)}
-
-                killed_at = time.monotonic()
-                times["redis_bridge_a"] = await kill_and_wait_restart(host_a, "redis-bridge")
-                times["redis_bridge_a"]["kill_to_first_cross_host_delivery_ms"] = await cross_host(
-                    killed_at, "the bridge kill"
-                )
-                times["redis_bridge_a"]["kill_to_10_everywhere_ms"] = ms(
-                    time.monotonic() - killed_at
-                )
-                killed_at = time.monotonic()
-                times["persister_1_b"] = await kill_and_wait_restart(host_b, "persister 1")
-                await cross_host(killed_at, "the persister kill")
-                times["persister_1_b"]["kill_to_10_everywhere_ms"] = ms(
-                    time.monotonic() - killed_at
-                )
-                mark = time.monotonic()
+            async def cross_host(moment: float, what: str) -> dict[str, float]:
                 await apoll(
-                    lambda: all(s.acks_since(mark) >= 20 for s in senders),
+                    lambda: (
+                        all(w.count_since(c, moment) >= 10 for w in watchers for c in channels)
+                        and all(s.acks_since(moment) >= 10 for s in senders)
+                    ),
                     RECOVERY_TIMEOUT_S,
-                    "steady load after the kills",
+                    f"load and fan-out after {what}",
                 )
-            except BaseException:
-                await stop_all(senders, watchers)
-                raise
-            try:
-                await stop_all(senders, [])
-                check_senders(senders, allowed_errors={"unavailable"})
+                return first_cross_host_ms(watchers, channels, moment)
+
+            async with stopping(watchers):
+                async with stopping(senders):
+                    await start_flowing(senders, watchers)
+                    killed_at = time.monotonic()
+                    times["redis_bridge_a"] = await kill_and_wait_restart(host_a, "redis-bridge")
+                    times["redis_bridge_a"][
+                        "kill_to_first_cross_host_delivery_ms"
+                    ] = await cross_host(killed_at, "the bridge kill")
+                    times["redis_bridge_a"]["kill_to_10_everywhere_ms"] = ms(
+                        time.monotonic() - killed_at
+                    )
+                    killed_at = time.monotonic()
+                    times["persister_1_b"] = await kill_and_wait_restart(host_b, "persister 1")
+                    await cross_host(killed_at, "the persister kill")
+                    times["persister_1_b"]["kill_to_10_everywhere_ms"] = ms(
+                        time.monotonic() - killed_at
+                    )
+                    await steady_load(senders, "the kills")
                 for watcher in watchers:
                     assert len(watcher.resumed) >= watcher.disconnects, watcher.user
-                final = await settle_and_check(servers, watchers, senders, channels)
-                times["run"] = run_figures(senders, watchers, final)
-            finally:
-                await stop_all([], watchers)
+                times["run"] = await settle_and_check(servers, watchers, senders, channels)
 
         asyncio.run(scenario())
     record_times(tmp_path, "bridge/persister SIGKILL", times)
