@@ -12,27 +12,19 @@ Skipped when CHIME_SERVICES_JSON is unset.
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.services import load_services
+
 pytestmark = pytest.mark.integration
-
-_ENV = "CHIME_SERVICES_JSON"
-
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, Any]:
-    path = os.environ.get(_ENV)
-    if not path:
-        pytest.skip(f"{_ENV} is not set (run `bin/services up` and point it at services.json)")
-    data: dict[str, Any] = json.loads(Path(path).read_text())
-    return data
+    return load_services("redis", "cassandra")
 
 
 @pytest.fixture(scope="module")
