@@ -47,6 +47,7 @@ STOP_TIMEOUT = timedelta(seconds=45)
 STATUS_TIMEOUT = timedelta(seconds=2)
 STATUS_INTERVAL_S = 2.0
 MAX_MISSED_STATUS = 3
+EXIT_GRACE_S = 2.0
 
 
 def run_server(config: Config, *, ports_file: str | None = None) -> int:
@@ -243,6 +244,12 @@ def _reap(sessions: set[int]) -> None:
     and its children were re-parented.
     """
     me = os.getpid()
+    # Thespian's admin and logger are still exiting when shutdown() returns:
+    # give them a moment before calling anything a leftover.
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while time.monotonic() < deadline and [p for p in session_members(sessions) if p != me]:
+        _reap_children()
+        time.sleep(0.05)
     for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
         others = [pid for pid in session_members(sessions) if pid != me]
         if not others:
