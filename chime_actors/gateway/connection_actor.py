@@ -4,7 +4,11 @@ It owns the socket and drives the sans-I/O ``ConnectionProtocol`` with it: frame
 in, outputs out. Its mailbox is the socket itself (websockets reads ahead at most
 ``max_queue`` frames, so a flooding client is throttled by TCP, not by our memory);
 its outbound side is a bounded queue drained by a writer task, so fan-out never
-waits on one slow client.
+waits on one slow client. Both exist only while frames wait: the first push
+creates the queue (a ``deque``) and starts the writer, which ends and drops the
+queue when it has written the last one. An idle connection has neither (with
+an ``asyncio.Queue`` and a parked writer task they cost ~4 KiB a connection;
+docs/performance.md).
 
 Failure policy (``local_supervisor``):
 
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -110,6 +115,25 @@ class _CloseItem:
 class ConnectionActor:
     """Serves one WebSocket client."""
 
+    # No per-instance ``__dict__``: tens of thousands of these live in a gateway.
+    __slots__ = (
+        "_budget",
+        "_closing",
+        "_id",
+        "_identity",
+        "_outbound",
+        "_owed_acks",
+        "_policy",
+        "_proto",
+        "_query_user_id",
+        "_queued_chars",
+        "_services",
+        "_transport_token",
+        "_write_done",
+        "_writer",
+        "_ws",
+    )
+
     def __init__(
         self,
         websocket: ServerConnection,
@@ -136,10 +160,18 @@ class ConnectionActor:
             ),
             heartbeat_ms=chat.heartbeat_ms,
         )
-        self._outbound: asyncio.Queue[str | _CloseItem] = asyncio.Queue(chat.send_queue_frames)
-        self._budget = RestartBudget(policy)
+        # Frames (and at most one close) not yet taken by the writer; None while
+        # nothing waits. Bounded by ``send_queue_frames`` items and
+        # ``send_queue_bytes`` characters of frame text (``_queued_chars``).
+        self._outbound: deque[str | _CloseItem] | None = None
+        # The writer task, only while ``_outbound`` has items (or it is writing).
+        self._writer: asyncio.Task[None] | None = None
+        # The writer wrote the close or found the socket closed: no writer again.
+        self._write_done = False
+        self._policy = policy
+        # The failure budget, made on the first failure (most connections never fail).
+        self._budget: RestartBudget | None = None
         self._queued_chars = 0
-        self._max_queued_chars = chat.send_queue_bytes
         self._closing = False
         self._owed_acks = 0
 
@@ -159,15 +191,23 @@ class ConnectionActor:
         """Queue a frame for the client without waiting."""
         if self._closing:
             return
-        if self._queued_chars + len(frame) > self._max_queued_chars:
-            self._slow_consumer()
-            return
-        try:
-            self._outbound.put_nowait(frame)
-        except asyncio.QueueFull:
+        chat = self._services.config.chat
+        if self._queued_chars + len(frame) > chat.send_queue_bytes or not self._enqueue(frame):
             self._slow_consumer()
             return
         self._queued_chars += len(frame)
+
+    def _enqueue(self, item: str | _CloseItem) -> bool:
+        """Append to the outbound queue (False when full); make sure a writer runs."""
+        outbound = self._outbound
+        if outbound is None:
+            outbound = self._outbound = deque()
+        elif len(outbound) >= self._services.config.chat.send_queue_frames:
+            return False
+        outbound.append(item)
+        if self._writer is None and not self._write_done:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop(outbound))
+        return True
 
     def _slow_consumer(self) -> None:
         log.warning("slow consumer closed", connectionId=self._id)
@@ -179,10 +219,10 @@ class ConnectionActor:
         if self._closing:
             return
         self._closing = True
-        while not self._outbound.empty():
-            self._outbound.get_nowait()
+        if self._outbound is not None:
+            self._outbound.clear()
         self._queued_chars = 0
-        self._outbound.put_nowait(_CloseItem(code, reason))
+        self._enqueue(_CloseItem(code, reason))
         # A client that does not read cannot take a close frame either: the writer
         # may be stuck in send() behind a full TCP window. Give the close a moment,
         # then drop the TCP connection so reader, writer and memory are released.
@@ -199,9 +239,7 @@ class ConnectionActor:
         if self._closing:
             return
         self._closing = True
-        try:
-            self._outbound.put_nowait(_CloseItem(code, reason))
-        except asyncio.QueueFull:
+        if not self._enqueue(_CloseItem(code, reason)):
             self._closing = False
             self.abort(code, reason)
 
@@ -211,7 +249,6 @@ class ConnectionActor:
         """Serve the connection until it closes; never raises."""
         metrics = self._services.metrics
         metrics.connections.inc()
-        writer = asyncio.get_running_loop().create_task(self._write_loop())
         timer = asyncio.get_running_loop().call_later(
             self._services.config.chat.handshake_timeout_ms / 1000, self._handshake_timeout
         )
@@ -229,26 +266,33 @@ class ConnectionActor:
                 self._services.leave_channel(channel_id, self._id)
             if not self._closing:
                 self._closing = True
-                with contextlib.suppress(asyncio.QueueFull):
-                    self._outbound.put_nowait(_CloseItem(1000, ""))
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(writer, timeout=5)
-            writer.cancel()
+                self._enqueue(_CloseItem(1000, ""))  # not when full: then no close frame
+            writer = self._writer
+            if writer is not None:
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                    await asyncio.wait_for(writer, timeout=5)
+                writer.cancel()
             metrics.connections.dec()
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, outbound: deque[str | _CloseItem]) -> None:
+        """Write queued frames in order; end when none is left (or after the close)."""
         metrics = self._services.metrics.messages_out
         try:
-            while True:
-                item = await self._outbound.get()
+            while outbound:
+                item = outbound.popleft()
                 if isinstance(item, _CloseItem):
+                    self._write_done = True
                     await self._ws.close(item.code, item.reason)
                     return
                 self._queued_chars -= len(item)
                 await self._ws.send(item)
                 metrics.inc()
         except ConnectionClosed:
-            return
+            self._write_done = True
+        finally:
+            self._writer = None
+            if not outbound and self._outbound is outbound:
+                self._outbound = None
 
     def _handshake_timeout(self) -> None:
         self._apply(self._proto.handshake_timed_out())
@@ -310,6 +354,8 @@ class ConnectionActor:
                 ErrorCode.INTERNAL, f"internal error (correlation id {correlation})"
             )
         )
+        if self._budget is None:
+            self._budget = RestartBudget(self._policy)
         if not self._budget.allow_restart():
             self.close_after_queued(1011, f"repeated internal errors ({correlation})")
 
