@@ -445,6 +445,10 @@ class ConnectionActor:
                     ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}"
                 )
             )
+            # Not subscribed after all: say so (``unsubscribed``) rather than keep a
+            # channel that delivers nothing; the client may subscribe again.
+            self._services.leave_channel(channel_id, self._id)
+            self._apply(self._proto.apply_unsubscribe([channel_id]))
 
     def _granted(self, channels: tuple[str, ...]) -> tuple[str, ...]:
         """The channels the token grants; ``forbidden`` names the others."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from websockets.exceptions import ConnectionClosedOK
 
 from chime_actors.auth import Authenticator
 from chime_actors.config import Config, load_config
+from chime_actors.errors import StoreUnavailable
 from chime_actors.gateway import connection_actor as connection_actor_module
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.connection_actor import ConnectionActor
@@ -304,3 +306,41 @@ def test_no_connect_frame_in_time_closes_4008() -> None:
         assert not h.has_writer()
 
     run(scenario, handshake_timeout_ms=20)
+
+
+class UnjoinableServices(FakeServices):
+    """Storage is down: every join fails."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.left: list[str] = []
+
+    async def join_channel(
+        self, channel_id: str, subscriber: Subscriber, resume_after: str | None
+    ) -> JoinResult:
+        raise StoreUnavailable("storage is down")
+
+    def leave_channel(self, channel_id: str, connection_id: str) -> None:
+        self.left.append(channel_id)
+
+
+def test_a_failed_join_is_reported_and_the_channel_is_not_kept() -> None:
+    async def main() -> None:
+        services = UnjoinableServices(load_config(env={}))
+        ws = FakeWebSocket()
+        actor = ConnectionActor(cast(ServerConnection, ws), services)
+        runner = asyncio.get_running_loop().create_task(actor.run())
+        ws.receive('{"type": "connect", "channels": ["general"], "userId": "alice"}')
+        ws.receive('{"type": "send", "channelId": "general", "content": "hi"}')
+        for _ in range(50):
+            await asyncio.sleep(0)
+        ws.peer_closes()
+        await asyncio.wait_for(runner, TIMEOUT)
+        kinds = [json.loads(frame)["type"] for frame in ws.sent]
+        errors = [json.loads(frame) for frame in ws.sent if '"error"' in frame]
+        assert kinds[:4] == ["connected", "error", "unsubscribed", "error"], kinds
+        assert errors[0]["code"] == "unavailable"
+        assert errors[1]["code"] == "not_subscribed"  # the send finds no subscription
+        assert services.left == ["general"]
+
+    asyncio.run(main())
