@@ -16,8 +16,10 @@ The counter key of a channel is created from storage's last id (a fresh Redis, o
 one that lost its data, never hands out an id already stored).
 
 Idempotency across hosts: ``SET chime:cmid:... NX EX 600`` claims a client message
-id before the write; the claim becomes ``<messageId>|<createdAt>`` once stored, and
-is dropped if the write fails.
+id before the write; the claim becomes ``<messageId>|<createdAt>`` once stored. If
+the write fails, the claim becomes ``unknown``, not free: a write whose answer was
+lost (a connection reset mid-write) may still have been applied, so whoever
+retries must first look in storage (``Claim.unknown``) before storing again.
 """
 
 from __future__ import annotations
@@ -34,12 +36,24 @@ SEQ_KEY = "chime:seq:{channel}"
 CMID_KEY = "chime:cmid:{channel}:{user}:{cmid}"
 CMID_TTL_S = 600
 PENDING = b"pending"
+UNKNOWN = "unknown"
 
 # KEYS[1] = counter; ARGV[1] = how many ids. Returns the last id of the range, or
 # -1 when the counter does not exist yet (the caller seeds it from storage).
 _RESERVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+
+
+# KEYS[1] = a client-id claim; ARGV[1] = "unknown", ARGV[2] = ttl. Turns an unknown
+# claim into a pending one of ours, atomically (two hosts may retry at once).
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
+  return 1
+end
+return 0
 """
 
 
@@ -55,6 +69,8 @@ class Claim:
     won: bool
     message_id: str | None = None
     created_at: str | None = None
+    # An earlier write of it failed: it may or may not be stored; look in storage.
+    unknown: bool = False
 
 
 class RedisIds:
@@ -68,6 +84,7 @@ class RedisIds:
         self._client = client
         self._last_stored_seq = last_stored_seq
         self._reserve = client.register_script(_RESERVE)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     async def close(self) -> None:
         """Close the Redis connection pool."""
@@ -112,7 +129,9 @@ class RedisIds:
                 continue
             raw = found.get(key)
             value = raw.decode() if isinstance(raw, bytes) else raw
-            if not value or "|" not in value:
+            if value == UNKNOWN:
+                claims.append(Claim(won=False, unknown=True))
+            elif not value or "|" not in value:
                 claims.append(Claim(won=False))  # another host is storing it now
             else:
                 message_id, created_at = value.split("|", 1)
@@ -124,7 +143,10 @@ class RedisIds:
         stored: Sequence[tuple[str, str, str, str, str]],
         failed: Sequence[tuple[str, str, str]],
     ) -> None:
-        """Record stored claims (``channel, user, cmid, messageId, createdAt``), drop failed."""
+        """Record stored claims (``channel, user, cmid, messageId, createdAt``).
+
+        Failed ones become ``unknown`` (see the module docstring).
+        """
         if not stored and not failed:
             return
         try:
@@ -136,8 +158,21 @@ class RedisIds:
                         ex=CMID_TTL_S,
                     )
                 for key in failed:
-                    pipe.delete(_cmid_key(*key))
+                    pipe.set(_cmid_key(*key), UNKNOWN, xx=True, ex=CMID_TTL_S)
                 await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"redis: {exc}") from exc
+
+    async def take_over(self, keys: Sequence[tuple[str, str, str]]) -> list[bool]:
+        """Claim ``unknown`` keys that storage says were never stored (True: ours)."""
+        if not keys:
+            return []
+        script = self._take_over
+        try:
+            return [
+                bool(await script(keys=[_cmid_key(*key)], args=[UNKNOWN, CMID_TTL_S]))
+                for key in keys
+            ]
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
 

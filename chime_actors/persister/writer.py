@@ -24,7 +24,7 @@ from typing import Any
 from chime_actors.errors import BusUnavailable, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
-from chime_actors.persister.redis_ids import RedisIds
+from chime_actors.persister.redis_ids import Claim, RedisIds
 from chime_actors.persister.sequencer import Assigned, Duplicate, Plan, Sequencer
 from chime_actors.records import (
     Deliveries,
@@ -140,8 +140,8 @@ class PersistWriter:
         else:
             try:
                 plan, settled = await self._plan_shared(records)
-            except BusUnavailable as exc:
-                log.warning("redis unavailable while sequencing", error=str(exc))
+            except (BusUnavailable, StoreError) as exc:
+                log.warning("redis or storage unavailable while sequencing", error=str(exc))
                 for batch, reply_to in taken:
                     self._post(reply_to, _fail_all(batch, "bus unavailable"))
                 return
@@ -200,6 +200,7 @@ class PersistWriter:
                 for i in claimable
             ]
         )
+        claims = await self._resolve_unknown_claims(claimable, claims)
         settled: dict[tuple[int, int], SendOutcome] = {}
         for item, claim in zip(claimable, claims, strict=True):
             if claim.won:
@@ -225,6 +226,34 @@ class PersistWriter:
             self._sequencer.set_last_seq(channel_id, first - 1)
         remaining = [(o, r) for o, r in records if (o, r.token) not in settled]
         return self._sequencer.plan(remaining), settled
+
+    async def _resolve_unknown_claims(
+        self, items: Sequence[Assigned], claims: list[Claim]
+    ) -> list[Claim]:
+        """Claims of sends whose earlier write failed: storage says what happened."""
+        assert self._ids is not None
+        unknown = [
+            (i, item) for i, (item, c) in enumerate(zip(items, claims, strict=True)) if c.unknown
+        ]
+        if not unknown:
+            return claims
+        resolved = list(claims)
+        free: list[tuple[int, Assigned]] = []
+        for index, item in unknown:
+            state = await self._store.load_channel_state(
+                item.record.channel_id, dedupe_since=self._sequencer.dedupe_since()
+            )
+            stored = state.client_ids.get((item.record.user_id, item.record.client_msg_id or ""))
+            if stored is not None:
+                resolved[index] = Claim(False, stored.message_id, stored.created_at)
+            else:
+                free.append((index, item))
+        keys = [
+            (i.record.channel_id, i.record.user_id, i.record.client_msg_id or "") for _, i in free
+        ]
+        for (index, _), ours in zip(free, await self._ids.take_over(keys), strict=True):
+            resolved[index] = Claim(won=True) if ours else Claim(won=False)
+        return resolved
 
     async def _settle_claims(self, plan: Plan, stored: bool) -> None:
         assert self._ids is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -14,8 +14,12 @@ from chime_actors.actors.messages import ActorId, ActorKind, Wiring
 from chime_actors.bus.messages import Interest, Resync
 from chime_actors.bus.redis_bridge import RedisBridgeCore
 from chime_actors.config import load_config
+from chime_actors.errors import StoreUnavailable
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.redis_ids import RedisIds
-from chime_actors.records import ChimeMessage, Deliveries
+from chime_actors.persister.writer import PersistWriter
+from chime_actors.records import ChimeMessage, Deliveries, PersistBatch, PersistResult, SendRecord
+from chime_actors.storage import MemoryStore
 from tests.integration.services import load_services
 
 pytestmark = pytest.mark.integration
@@ -88,12 +92,17 @@ def test_client_id_claims_dedupe_across_hosts(redis_address: tuple[str, int]) ->
             assert not later.won
             assert later.message_id == f"{7:016d}"
             assert later.created_at == "2026-11-27T10:00:00.000Z"
-            # A failed write gives the claim back.
+            # A failed write leaves the claim "unknown" (it may have landed): a
+            # retry must look in storage, then may take the claim over, once.
             other = (key[0], "bob", "cmid-9")
             (claimed,) = await host_a.claim([other])
             await host_a.settle([], [other])
             (again,) = await host_b.claim([other])
-            assert claimed.won and again.won
+            assert claimed.won and not again.won and again.unknown
+            assert await host_b.take_over([other]) == [True]
+            assert await host_a.take_over([other]) == [False]
+            (now,) = await host_a.claim([other])
+            assert not now.won and not now.unknown and now.message_id is None
         finally:
             await host_a.close()
             await host_b.close()
@@ -197,3 +206,74 @@ def test_bridge_stops_receiving_after_the_last_subscriber_leaves(
             await probe.aclose()
 
     _run_bridges(redis_address, body)
+
+
+class AnswerLostStore(MemoryStore):
+    """The next ``append`` is applied, then fails: the reply was lost on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_next_answer = False
+
+    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+        await super().append(messages)
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            raise StoreUnavailable("connection reset after the write")
+
+
+def _send(token: int, cmid: str, channel: str) -> SendRecord:
+    return SendRecord(token, channel, "alice", f"content {cmid}", client_msg_id=cmid)
+
+
+def _result(posts: _Outbox, batch_id: int) -> PersistResult | None:
+    return next(
+        (m for _, m in posts.sent if isinstance(m, PersistResult) and m.batch_id == batch_id),
+        None,
+    )
+
+
+def test_a_write_whose_answer_was_lost_is_not_stored_again_on_retry(
+    redis_address: tuple[str, int],
+) -> None:
+    """A retry (here through another host's persister) finds the landed original."""
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        store = AnswerLostStore()
+        await store.open()
+        posts = _Outbox()
+        host_a = RedisIds(_client(redis_address), store.last_seq)
+        host_b = RedisIds(_client(redis_address), store.last_seq)
+        metrics = ChimeMetrics.register(MetricsRegistry())
+        writer_a = PersistWriter(store, posts.post, metrics, ids=host_a)
+        writer_b = PersistWriter(store, posts.post, metrics, ids=host_b)
+        writer_a.start()
+        writer_b.start()
+        try:
+            # B has this channel's state cached already: its local dedupe cannot
+            # know what A stores next.
+            writer_b.submit(PersistBatch(9, 2, (_send(9, "c-0", channel),)), "gw-b")
+            await _until(lambda: _result(posts, 9) is not None, "B's first write")
+            store.lose_next_answer = True
+            writer_a.submit(PersistBatch(1, 1, (_send(1, "c-1", channel),)), "gw-a")
+            await _until(lambda: _result(posts, 1) is not None, "the first answer")
+            first = _result(posts, 1)
+            assert first is not None and first.outcomes[0].error_code == "unavailable"
+            writer_b.submit(PersistBatch(2, 2, (_send(2, "c-1", channel),)), "gw-b")
+            await _until(lambda: _result(posts, 2) is not None, "the retry's answer")
+            retry = _result(posts, 2)
+            assert retry is not None
+            outcome = retry.outcomes[0]
+            assert outcome.duplicate and outcome.message is not None
+            page = await store.history(channel, limit=10)
+            assert [m.client_msg_id for m in page.messages] == ["c-0", "c-1"]
+            assert outcome.message.message_id == page.messages[1].message_id
+        finally:
+            await writer_a.stop()
+            await writer_b.stop()
+            await host_a.close()
+            await host_b.close()
+            await store.close()
+
+    asyncio.run(scenario())
