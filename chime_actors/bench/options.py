@@ -77,6 +77,13 @@ class BenchOptions:
     server_workers: int | None = None
     drain_timeout: float = 15.0
     run_id: str = "bench"
+    server_config: str | None = None  # --start: YAML merged over the bench's config
+    services: str | None = None  # --start: bin/services' services.json (Redis + Cassandra)
+
+    @property
+    def keyspace(self) -> str:
+        """The fresh Cassandra keyspace of a ``--services`` run (``bench_<random>``)."""
+        return self.run_id.replace("-", "_")
 
     @property
     def total_messages(self) -> int:
@@ -120,6 +127,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-timeout", type=float, default=15.0, help="seconds to wait for late deliveries"
     )
+    parser.add_argument(
+        "--services",
+        metavar="PATH",
+        help="--start: bin/services' services.json: Redis bus, Cassandra store "
+        "(fresh keyspace bench_<random>, consistency ONE)",
+    )
+    parser.add_argument(
+        "--server-config",
+        metavar="PATH",
+        help="--start: YAML merged over the bench's server config (and --services); "
+        "the bench keeps its ports and data directory",
+    )
 
 
 def options_from_args(args: argparse.Namespace, run_id: str) -> BenchOptions:
@@ -150,6 +169,8 @@ def options_from_args(args: argparse.Namespace, run_id: str) -> BenchOptions:
         server_workers=args.server_workers,
         drain_timeout=args.drain_timeout,
         run_id=run_id,
+        server_config=args.server_config,
+        services=args.services,
     )
     validate(opts)
     return opts
@@ -163,6 +184,8 @@ def validate(opts: BenchOptions) -> None:
     """Raise BenchUsageError naming the first option that does not make sense."""
     if not opts.start and not opts.url:
         raise BenchUsageError("give --url ws://host:port/ or --start")
+    if not opts.start and (opts.services or opts.server_config):
+        raise BenchUsageError("--services and --server-config need --start")
     if opts.connections < 1:
         raise BenchUsageError("--connections must be at least 1")
     if not 1 <= opts.channels <= opts.connections:

@@ -36,6 +36,7 @@ class Results:
 
     opts: BenchOptions
     url: str = ""
+    backends: str | None = None  # bus+storage of a server the bench started
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     connect: list[ConnectReport] = field(default_factory=list)
     sends: list[SendReport] = field(default_factory=list)
@@ -68,6 +69,7 @@ class Results:
             "scenario": opts.scenario.value,
             "url": self.url,
             "started_server": opts.start,
+            "backends": self.backends,
             "options": {
                 "connections": opts.connections,
                 "channels": opts.channels,
@@ -217,6 +219,8 @@ def format_table(summary: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     opts = summary["options"]
     rows.append(("scenario", f"{summary['scenario']} against {summary['url']}"))
+    if summary.get("backends"):
+        rows.append(("backends", str(summary["backends"])))
     rows.append(
         (
             "load",

@@ -47,7 +47,14 @@ from chime_actors.bench.options import (
     WorkerPlan,
 )
 from chime_actors.bench.report import Results, write_report
-from chime_actors.bench.target import MemorySample, Target, started_server
+from chime_actors.bench.target import (
+    MemorySample,
+    Target,
+    load_services_file,
+    load_yaml_mapping,
+    services_layer,
+    started_server,
+)
 from chime_actors.errors import ChimeError
 
 R = TypeVar("R")
@@ -75,6 +82,7 @@ def run_bench(opts: BenchOptions) -> int:
     results = Results(opts)
     with _target(opts) as target:
         results.url = target.url
+        results.backends = target.backends
         try:
             _run_phases(opts, target, results)
         finally:
@@ -85,11 +93,21 @@ def run_bench(opts: BenchOptions) -> int:
 @contextlib.contextmanager
 def _target(opts: BenchOptions) -> Iterator[Target]:
     if opts.start:
-        with started_server(opts.server_workers) as target:
+        with started_server(opts.server_workers, server_layers(opts)) as target:
             yield target
     else:
         assert opts.url is not None
         yield Target(opts.url)
+
+
+def server_layers(opts: BenchOptions) -> list[dict[str, Any]]:
+    """Config merged over the ``--start`` server's: ``--services``, then ``--server-config``."""
+    layers = []
+    if opts.services:
+        layers.append(services_layer(load_services_file(opts.services), opts.keyspace))
+    if opts.server_config:
+        layers.append(load_yaml_mapping(opts.server_config))
+    return layers
 
 
 def _run_phases(opts: BenchOptions, target: Target, results: Results) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ class Target:
         self.main_pid = main_pid
         self.sessions = sessions or set()
         self.log_path: Path | None = None
+        self.backends: str | None = None  # bus+storage of a server we started
 
     def pids(self) -> list[int]:
         """Live pids of the server's processes."""
@@ -185,25 +186,121 @@ def pids_listening_on(port: int) -> list[int]:
     return found
 
 
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (``--server-config``); BenchTargetError otherwise."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise BenchTargetError(f"--server-config {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchTargetError(f"--server-config {path}: expected a mapping at the top")
+    return data
+
+
+def load_services_file(path: str | Path) -> dict[str, Any]:
+    """``bin/services``' services.json; BenchTargetError unless it has redis and cassandra."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise BenchTargetError(f"--services {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(name), dict) for name in ("redis", "cassandra")
+    ):
+        raise BenchTargetError(f"--services {path}: expected redis and cassandra entries")
+    return data
+
+
+def services_layer(services: dict[str, Any], keyspace: str) -> dict[str, Any]:
+    """Config that puts the server on the Redis bus and Cassandra store of ``services``.
+
+    A fresh ``keyspace`` per run (created by the server at start), consistency
+    ONE: the single node of ``bin/services``.
+    """
+    redis, cassandra = services["redis"], services["cassandra"]
+    cassandra_config: dict[str, Any] = {
+        "hosts": [cassandra["host"]],
+        "port": int(cassandra["port"]),
+        "keyspace": keyspace,
+        "consistency": "ONE",
+    }
+    if cassandra.get("protocol_version") is not None:
+        cassandra_config["protocol_version"] = int(cassandra["protocol_version"])
+    redis_config: dict[str, Any] = {"host": redis["host"], "port": int(redis["port"])}
+    if redis.get("password"):
+        redis_config["password"] = redis["password"]
+    return {
+        "bus": {"backend": "redis", "redis": redis_config},
+        "storage": {"backend": "cassandra", "cassandra": cassandra_config},
+    }
+
+
+def merge_config(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base`` key by key (mappings recurse, anything else replaces)."""
+    merged = dict(base)
+    for key, value in layer.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = merge_config(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def bench_server_config(
+    tmp: Path, workers: int | None, layers: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """The config of a ``--start`` server: the bench's defaults, ``layers`` over them.
+
+    The bench's own choices come back on top: free ports on 127.0.0.1 (the URL
+    it connects to) and the data directory (and SQLite file) in ``tmp``.
+    """
+    data = tmp / "data"
+    config: dict[str, Any] = {
+        "chat": {"host": "127.0.0.1", "port": 0},
+        "api": {"host": "127.0.0.1", "port": 0},
+        "storage": {"backend": "sqlite", "sqlite": {"path": str(data / "chime.db")}},
+        "bus": {"backend": "local"},
+        "data_dir": str(data),
+        "limits": {"messages_per_10s": 0, "connects_per_ip_per_10s": 0},
+    }
+    if workers is not None:
+        config["workers"] = workers
+    for layer in layers:
+        config = merge_config(config, layer)
+    owned: dict[str, Any] = {
+        "chat": {"host": "127.0.0.1", "port": 0},
+        "api": {"host": "127.0.0.1", "port": 0},
+        "storage": {"sqlite": {"path": str(data / "chime.db")}},
+        "data_dir": str(data),
+    }
+    if workers is not None:
+        owned["workers"] = workers
+    return merge_config(config, owned)
+
+
+def describe_backends(config: dict[str, Any]) -> str:
+    """``bus+storage`` of a config (``local+sqlite``, ``redis+cassandra/<keyspace>``)."""
+    bus = str(config.get("bus", {}).get("backend", "local"))
+    storage = config.get("storage", {})
+    backend = str(storage.get("backend", "sqlite"))
+    if backend == "cassandra":
+        backend += f"/{storage.get('cassandra', {}).get('keyspace', 'chime')}"
+    return f"{bus}+{backend}"
+
+
 @contextlib.contextmanager
-def started_server(workers: int | None) -> Iterator[Target]:
+def started_server(workers: int | None, layers: Sequence[dict[str, Any]] = ()) -> Iterator[Target]:
     """Run ``chime serve`` on free ports with a temporary data directory; stop it after.
 
     Limits (messages per connection, connects per address) are off: the load
-    generator is one address sending on purpose.
+    generator is one address sending on purpose. ``layers`` (``--services``,
+    ``--server-config``) are merged over that config, in order.
     """
     with tempfile.TemporaryDirectory(prefix="chime-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        config: dict[str, Any] = {
-            "chat": {"host": "127.0.0.1", "port": 0},
-            "api": {"host": "127.0.0.1", "port": 0},
-            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp / "data" / "chime.db")}},
-            "bus": {"backend": "local"},
-            "data_dir": str(tmp / "data"),
-            "limits": {"messages_per_10s": 0, "connects_per_ip_per_10s": 0},
-        }
-        if workers is not None:
-            config["workers"] = workers
+        config = bench_server_config(tmp, workers, layers)
         config_path = tmp / "chime.yaml"
         config_path.write_text(yaml.safe_dump(config))
         ports_path = tmp / "ports.json"
@@ -241,6 +338,7 @@ def started_server(workers: int | None) -> Iterator[Target]:
             sessions = set(child_pids(proc.pid))
             target = Target(f"ws://127.0.0.1:{ports['chat']}/", proc.pid, sessions)
             target.log_path = log_path
+            target.backends = describe_backends(config)
             yield target
         finally:
             _stop(proc, sessions)
