@@ -500,18 +500,24 @@ class CassandraStore:
             )
             for channel_id, group in by_channel.items()
         )
-        for channel_id, group in by_channel.items():
-            try:
-                await self._run("append", "counter_add", (len(group), channel_id))
-            except StoreError as exc:
-                # A statistic: never retried (not idempotent) and not worth
-                # failing a stored batch for.
-                log.warning(
-                    "message counter not updated",
-                    channelId=channel_id,
-                    count=len(group),
-                    error=str(exc),
-                )
+        # Concurrently: one after another, a write over 100 channels spent
+        # ~0.4 s here (docs/performance.md, production backends).
+        await asyncio.gather(
+            *(
+                self._add_to_counter(channel_id, len(group))
+                for channel_id, group in by_channel.items()
+            )
+        )
+
+    async def _add_to_counter(self, channel_id: str, count: int) -> None:
+        try:
+            await self._run("append", "counter_add", (count, channel_id))
+        except StoreError as exc:
+            # A statistic: never retried (not idempotent) and not worth failing a
+            # stored batch for.
+            log.warning(
+                "message counter not updated", channelId=channel_id, count=count, error=str(exc)
+            )
 
     async def last_seq(self, channel_id: str) -> int:
         """See ``MessageStore.last_seq``: the head, then a probe of the buckets above."""
