@@ -220,6 +220,19 @@ class PersistWriter:
                     item.message, message_id=claim.message_id, created_at=claim.created_at
                 )
                 settled[key] = SendOutcome(item.record.token, message=original, duplicate=True)
+        # A repeat of a settled send inside this same batch shares its outcome;
+        # left in the plan it would take an id nobody reserved.
+        by_client_id = {
+            (i.record.channel_id, i.record.user_id, i.record.client_msg_id): settled[
+                (i.origin, i.record.token)
+            ]
+            for i in claimable
+            if (i.origin, i.record.token) in settled
+        }
+        for origin, record in records:
+            shared = by_client_id.get((record.channel_id, record.user_id, record.client_msg_id))
+            if shared is not None and (origin, record.token) not in settled:
+                settled[(origin, record.token)] = replace(shared, token=record.token)
         counts: dict[str, int] = {}
         for item in fresh:
             if (item.origin, item.record.token) not in settled:

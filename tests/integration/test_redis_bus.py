@@ -277,3 +277,50 @@ def test_a_write_whose_answer_was_lost_is_not_stored_again_on_retry(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_repeats_of_another_hosts_send_in_one_batch_share_its_outcome(
+    redis_address: tuple[str, int],
+) -> None:
+    """Two copies of a send stored by host A reach host B in one batch, with a new one."""
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        store = AnswerLostStore()
+        await store.open()
+        posts = _Outbox()
+        host_a = RedisIds(_client(redis_address), store.last_seq)
+        host_b = RedisIds(_client(redis_address), store.last_seq)
+        metrics = ChimeMetrics.register(MetricsRegistry())
+        writer_a = PersistWriter(store, posts.post, metrics, ids=host_a)
+        writer_b = PersistWriter(store, posts.post, metrics, ids=host_b)
+        writer_a.start()
+        writer_b.start()
+        try:
+            writer_b.submit(PersistBatch(9, 2, (_send(9, "c-0", channel),)), "gw-b")
+            await _until(lambda: _result(posts, 9) is not None, "B's first write")
+            writer_a.submit(PersistBatch(1, 1, (_send(1, "c-5", channel),)), "gw-a")
+            await _until(lambda: _result(posts, 1) is not None, "A's write")
+            original = _result(posts, 1)
+            assert original is not None and original.outcomes[0].message is not None
+            batch = (_send(2, "c-5", channel), _send(3, "c-5", channel), _send(4, "c-6", channel))
+            writer_b.submit(PersistBatch(2, 2, batch), "gw-b")
+            await _until(lambda: _result(posts, 2) is not None, "B's batch")
+            result = _result(posts, 2)
+            assert result is not None
+            first, second, new = result.outcomes
+            assert first.duplicate and second.duplicate
+            assert first.message is not None and second.message is not None
+            assert first.message.message_id == original.outcomes[0].message.message_id
+            assert second.message.message_id == first.message.message_id
+            assert new.message is not None and not new.duplicate
+            page = await store.history(channel, limit=10)
+            assert [m.client_msg_id for m in page.messages] == ["c-0", "c-5", "c-6"]
+        finally:
+            await writer_a.stop()
+            await writer_b.stop()
+            await host_a.close()
+            await host_b.close()
+            await store.close()
+
+    asyncio.run(scenario())
