@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import setproctitle
 from thespian.actors import (
     Actor,
     ActorExitRequest,
@@ -151,12 +152,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._chat_port = request.chat_port
         self._starter = sender
         configure_logging(request.config.logging, process_name="supervisor")
-        try:
-            import setproctitle
-
-            setproctitle.setproctitle("chime: supervisor")
-        except ImportError:  # pragma: no cover - it is a dependency
-            pass
+        setproctitle.setproctitle("chime: supervisor")
         ids = [ActorId(ActorKind.PERSISTER, i + 1) for i in range(request.config.persisters)]
         ids += [ActorId(ActorKind.GATEWAY, i + 1) for i in range(request.config.workers)]
         ids.append(ActorId(ActorKind.API, 1))
