@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -233,6 +234,31 @@ def _result(posts: _Outbox, batch_id: int) -> PersistResult | None:
     )
 
 
+@contextlib.asynccontextmanager
+async def two_hosts_writing(
+    redis_address: tuple[str, int],
+) -> AsyncIterator[tuple[AnswerLostStore, _Outbox, PersistWriter, PersistWriter]]:
+    """Two hosts' persister writers on one store and one Redis, running."""
+    store = AnswerLostStore()
+    await store.open()
+    posts = _Outbox()
+    host_a = RedisIds(_client(redis_address), store.last_seq)
+    host_b = RedisIds(_client(redis_address), store.last_seq)
+    metrics = ChimeMetrics.register(MetricsRegistry())
+    writer_a = PersistWriter(store, posts.post, metrics, ids=host_a)
+    writer_b = PersistWriter(store, posts.post, metrics, ids=host_b)
+    writer_a.start()
+    writer_b.start()
+    try:
+        yield store, posts, writer_a, writer_b
+    finally:
+        await writer_a.stop()
+        await writer_b.stop()
+        await host_a.close()
+        await host_b.close()
+        await store.close()
+
+
 def test_a_write_whose_answer_was_lost_is_not_stored_again_on_retry(
     redis_address: tuple[str, int],
 ) -> None:
@@ -240,17 +266,7 @@ def test_a_write_whose_answer_was_lost_is_not_stored_again_on_retry(
     channel = f"c-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> None:
-        store = AnswerLostStore()
-        await store.open()
-        posts = _Outbox()
-        host_a = RedisIds(_client(redis_address), store.last_seq)
-        host_b = RedisIds(_client(redis_address), store.last_seq)
-        metrics = ChimeMetrics.register(MetricsRegistry())
-        writer_a = PersistWriter(store, posts.post, metrics, ids=host_a)
-        writer_b = PersistWriter(store, posts.post, metrics, ids=host_b)
-        writer_a.start()
-        writer_b.start()
-        try:
+        async with two_hosts_writing(redis_address) as (store, posts, writer_a, writer_b):
             # B has this channel's state cached already: its local dedupe cannot
             # know what A stores next.
             writer_b.submit(PersistBatch(9, 2, (_send(9, "c-0", channel),)), "gw-b")
@@ -269,12 +285,6 @@ def test_a_write_whose_answer_was_lost_is_not_stored_again_on_retry(
             page = await store.history(channel, limit=10)
             assert [m.client_msg_id for m in page.messages] == ["c-0", "c-1"]
             assert outcome.message.message_id == page.messages[1].message_id
-        finally:
-            await writer_a.stop()
-            await writer_b.stop()
-            await host_a.close()
-            await host_b.close()
-            await store.close()
 
     asyncio.run(scenario())
 
@@ -286,17 +296,7 @@ def test_repeats_of_another_hosts_send_in_one_batch_share_its_outcome(
     channel = f"c-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> None:
-        store = AnswerLostStore()
-        await store.open()
-        posts = _Outbox()
-        host_a = RedisIds(_client(redis_address), store.last_seq)
-        host_b = RedisIds(_client(redis_address), store.last_seq)
-        metrics = ChimeMetrics.register(MetricsRegistry())
-        writer_a = PersistWriter(store, posts.post, metrics, ids=host_a)
-        writer_b = PersistWriter(store, posts.post, metrics, ids=host_b)
-        writer_a.start()
-        writer_b.start()
-        try:
+        async with two_hosts_writing(redis_address) as (store, posts, writer_a, writer_b):
             writer_b.submit(PersistBatch(9, 2, (_send(9, "c-0", channel),)), "gw-b")
             await _until(lambda: _result(posts, 9) is not None, "B's first write")
             writer_a.submit(PersistBatch(1, 1, (_send(1, "c-5", channel),)), "gw-a")
@@ -316,11 +316,5 @@ def test_repeats_of_another_hosts_send_in_one_batch_share_its_outcome(
             assert new.message is not None and not new.duplicate
             page = await store.history(channel, limit=10)
             assert [m.client_msg_id for m in page.messages] == ["c-0", "c-5", "c-6"]
-        finally:
-            await writer_a.stop()
-            await writer_b.stop()
-            await host_a.close()
-            await host_b.close()
-            await store.close()
 
     asyncio.run(scenario())
