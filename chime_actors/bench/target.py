@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import orjson
 import yaml
 
 from chime_actors.errors import ChimeError
-from chime_actors.server import child_pids, session_members
+from chime_actors.launcher import LaunchError, launch_server
+from chime_actors.server import session_members
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
@@ -303,41 +303,14 @@ def started_server(workers: int | None, layers: Sequence[dict[str, Any]] = ()) -
         config = bench_server_config(tmp, workers, layers)
         config_path = tmp / "chime.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        ports_path = tmp / "ports.json"
-        log_path = tmp / "server.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHIME_")}
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "chime_actors",
-                    "serve",
-                    "--config",
-                    str(config_path),
-                    "--ports-file",
-                    str(ports_path),
-                ],
-                cwd=tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
-        sessions: set[int] = set()
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not ports_path.exists():
-                if proc.poll() is not None:
-                    raise BenchTargetError(f"server exited at start: {_tail(log_path)}")
-                if time.monotonic() > deadline:
-                    raise BenchTargetError(f"server did not start in time: {_tail(log_path)}")
-                time.sleep(0.05)
-            ports = orjson.loads(ports_path.read_bytes())
-            sessions = set(child_pids(proc.pid))
-            target = Target(f"ws://127.0.0.1:{ports['chat']}/", proc.pid, sessions)
-            target.log_path = log_path
+            launched = launch_server(config_path, tmp, start_timeout_s=START_TIMEOUT_S)
+        except LaunchError as exc:
+            raise BenchTargetError(str(exc)) from exc
+        proc, sessions = launched.proc, launched.sessions
+        try:
+            target = Target(f"ws://127.0.0.1:{launched.chat_port}/", proc.pid, sessions)
+            target.log_path = launched.log_path
             target.backends = describe_backends(config)
             yield target
         finally:
@@ -362,10 +335,3 @@ def _stop(proc: subprocess.Popen[bytes], sessions: set[int]) -> None:
         proc.wait(10)
     if leftovers:
         print(f"chime bench: killed leftover server processes {leftovers}", file=sys.stderr)
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"

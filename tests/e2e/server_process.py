@@ -6,8 +6,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,8 @@ from typing import Any
 import orjson
 import yaml
 
-from chime_actors.server import child_pids, session_members
+from chime_actors.launcher import LaunchError, launch_server
+from chime_actors.server import session_members
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
@@ -124,40 +123,17 @@ def running_server(
     config_path.write_text(yaml.safe_dump(config))
     if config_file is not None:
         config_path = config_file
-    ports_path = tmp / "ports.json"
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIME_")}
-    env.update(env_overrides or {})
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chime_actors",
-                "serve",
-                "--config",
-                str(config_path),
-                "--ports-file",
-                str(ports_path),
-            ],
-            cwd=tmp,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
+    try:
+        launched = launch_server(
+            config_path, tmp, env_overrides=env_overrides, start_timeout_s=START_TIMEOUT_S
         )
+    except LaunchError as exc:
+        raise AssertionError(str(exc)) from exc
+    proc = launched.proc
     server = None
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ports_path.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited: {log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
-        ports = orjson.loads(ports_path.read_bytes())
         server = ServerProcess(
-            proc, ports["chat"], ports["api"], log_path, tmp, set(child_pids(proc.pid))
+            proc, launched.chat_port, launched.api_port, launched.log_path, tmp, launched.sessions
         )
         yield server
     finally:
