@@ -47,6 +47,8 @@ from chime_actors.storage.store import MessageStore
 log = get_logger(__name__)
 
 MAILBOX_SIZE = 10_000
+# Live frames kept for one subscriber between its deferred join and activation.
+MAX_PENDING = 10_000
 DEFAULT_POLICY = RestartPolicy()
 GAP_FILL_LIMIT = 10_000
 # With several hosts, how long a message waits behind a hole in the ids (see
@@ -85,10 +87,26 @@ class JoinResult:
 
 @dataclass(slots=True)
 class Join:
-    """Add a subscriber; replay after ``resume_after`` (a message id) if given."""
+    """Add a subscriber; replay after ``resume_after`` (a message id) if given.
+
+    With ``deferred`` the subscriber is registered but nothing is pushed to it
+    (live messages are kept for it) until ``Activate``: a connect registers all
+    its channels *before* ``connected`` is sent, so no message stored after
+    ``connected`` can be missed, and activates them after it, so no message frame
+    precedes ``connected``.
+    """
 
     subscriber: Subscriber
     resume_after: str | None
+    done: asyncio.Future[JoinResult]
+    deferred: bool = False
+
+
+@dataclass(slots=True)
+class Activate:
+    """Start pushing to a deferred subscriber: replay (if it resumes), then live."""
+
+    connection_id: str
     done: asyncio.Future[JoinResult]
 
 
@@ -121,13 +139,16 @@ class CatchUp:
     """
 
 
-ChannelMail = Join | Leave | Publish | InjectFault | CatchUp
+ChannelMail = Join | Activate | Leave | Publish | InjectFault | CatchUp
 
 
 @dataclass(slots=True)
 class _Member:
     subscriber: Subscriber
     watermark: int = 0
+    resume_after: str | None = None
+    # While deferred: live frames kept for it, (seq, frame), oldest first.
+    pending: list[tuple[int, str]] | None = None
 
 
 @dataclass(slots=True)
@@ -210,14 +231,27 @@ class ChannelActor:
             return False
         return True
 
-    async def join(self, subscriber: Subscriber, resume_after: str | None) -> JoinResult:
-        """Subscribe and wait until any replay has been queued to the subscriber."""
+    async def join(
+        self, subscriber: Subscriber, resume_after: str | None, *, deferred: bool = False
+    ) -> JoinResult:
+        """Subscribe and wait until any replay has been queued to the subscriber.
+
+        With ``deferred``, only register (see ``Join``); ``activate`` later.
+        """
+        done: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
+        return await self._ask(Join(subscriber, resume_after, done, deferred), done)
+
+    async def activate(self, connection_id: str) -> JoinResult:
+        """Replay (if resuming) and start live delivery for a deferred subscriber."""
+        done: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
+        return await self._ask(Activate(connection_id, done), done)
+
+    async def _ask(self, mail: ChannelMail, done: asyncio.Future[JoinResult]) -> JoinResult:
         if self._stopped:
             raise StoreError("channel actor stopped; retry")
-        done: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
         # A join must not be lost to a full mailbox: wait for room (bounded by the
         # caller's timeout).
-        await self._mailbox.put(Join(subscriber, resume_after, done))
+        await self._mailbox.put(mail)
         if self._stopped and not done.done():
             # The actor stopped while we waited for room: nobody will read the mail.
             raise StoreError("channel actor stopped; retry")
@@ -251,7 +285,12 @@ class ChannelActor:
         if isinstance(mail, Publish):
             await self._publish(mail.messages)
         elif isinstance(mail, Join):
-            result = await self._join(mail.subscriber, mail.resume_after)
+            result = await self._join(mail.subscriber, mail.resume_after, mail.deferred)
+            if not mail.done.done():
+                mail.done.set_result(result)
+        elif isinstance(mail, Activate):
+            member = self._members.get(mail.connection_id)
+            result = JoinResult() if member is None else await self._activate(member)
             if not mail.done.done():
                 mail.done.set_result(result)
         elif isinstance(mail, CatchUp):
@@ -271,7 +310,7 @@ class ChannelActor:
             mail=type(mail).__name__,
             exc_info=exc,
         )
-        if isinstance(mail, Join) and not mail.done.done():
+        if isinstance(mail, (Join, Activate)) and not mail.done.done():
             mail.done.set_exception(exc)
         if not self._budget.allow_restart():
             log.error("channel actor escalates: closing subscribers", channelId=self.channel_id)
@@ -289,7 +328,7 @@ class ChannelActor:
         # Anything still queued (a late Join) must not hang its caller.
         while not self._mailbox.empty():
             mail = self._mailbox.get_nowait()
-            if isinstance(mail, Join) and not mail.done.done():
+            if isinstance(mail, (Join, Activate)) and not mail.done.done():
                 mail.done.set_exception(StoreError("channel actor stopped; retry"))
         self._on_stopped(self.channel_id)
 
@@ -300,15 +339,40 @@ class ChannelActor:
             self._last_seq = await self._store.last_seq(self.channel_id)
         return self._last_seq
 
-    async def _join(self, subscriber: Subscriber, resume_after: str | None) -> JoinResult:
+    async def _join(
+        self, subscriber: Subscriber, resume_after: str | None, deferred: bool = False
+    ) -> JoinResult:
         try:
+            # Not storage's newest id: a message stored just before this join
+            # whose Publish is still on its way here is delivered (a little older
+            # than the subscription) rather than risk skipping one stored just
+            # after the client was told it is subscribed.
             baseline = await self._baseline()
         except StoreError:
             # Without a baseline we still deliver live messages; only gap
             # detection waits until storage answers.
-            baseline = 0
-        member = _Member(subscriber, watermark=baseline)
+            baseline = self._last_seq or 0
+        member = _Member(subscriber, watermark=baseline, resume_after=resume_after)
         self._members[subscriber.connection_id] = member
+        if deferred:
+            member.pending = []
+            return JoinResult()
+        return await self._activate(member)
+
+    async def _activate(self, member: _Member) -> JoinResult:
+        """Replay after ``member.resume_after`` (if any), then what was kept, then live."""
+        try:
+            result = await self._replay(member)
+        finally:
+            pending, member.pending = member.pending, None
+            for seq, frame in pending or ():
+                if seq > member.watermark:
+                    member.subscriber.push(frame)
+                    member.watermark = seq
+        return result
+
+    async def _replay(self, member: _Member) -> JoinResult:
+        subscriber, resume_after = member.subscriber, member.resume_after
         if resume_after is None:
             return JoinResult()
         try:
@@ -319,6 +383,12 @@ class ChannelActor:
             subscriber.push(server_frames.resume_failed(self.channel_id, "unavailable"))
             return JoinResult(resume_failed="unavailable")
         if len(page.messages) > self._max_resume:
+            # The client pages history instead; live delivery starts after the
+            # newest stored message, which that history already holds, so nothing
+            # reaches it twice (stored but not yet delivered here included).
+            with contextlib.suppress(StoreError):
+                latest = await self._store.last_seq(self.channel_id)
+                member.watermark = max(member.watermark, latest)
             subscriber.push(server_frames.resume_failed(self.channel_id, "too_many"))
             return JoinResult(resume_failed="too_many")
         for message in page.messages:
@@ -456,7 +526,12 @@ class ChannelActor:
     def _deliver(self, message: ChimeMessage, seq: int) -> None:
         frame = server_frames.message(message)  # encoded once for every recipient
         for member in self._members.values():
-            if seq > member.watermark:
+            if member.pending is not None:
+                if len(member.pending) < MAX_PENDING:
+                    member.pending.append((seq, frame))
+                else:  # a replay that long: let the client resume instead
+                    member.subscriber.abort(1013, "too much arrived while resuming; resume again")
+            elif seq > member.watermark:
                 # Push first: if it raises, the watermark still says "not given",
                 # so the resync after the restart gives it again.
                 member.subscriber.push(frame)

@@ -30,7 +30,7 @@ import contextlib
 import functools
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -80,9 +80,21 @@ class GatewayServices(Protocol):
         ...
 
     async def join_channel(
-        self, channel_id: str, subscriber: Subscriber, resume_after: str | None
+        self,
+        channel_id: str,
+        subscriber: Subscriber,
+        resume_after: str | None,
+        *,
+        deferred: bool = False,
     ) -> JoinResult:
-        """Subscribe to a channel's local fan-out; replays when ``resume_after``."""
+        """Subscribe to a channel's local fan-out; replays when ``resume_after``.
+
+        ``deferred``: register only; ``activate_channel`` starts the delivery.
+        """
+        ...
+
+    async def activate_channel(self, channel_id: str, connection_id: str) -> JoinResult:
+        """Replay (if resuming) and start live delivery after a deferred join."""
         ...
 
     def leave_channel(self, channel_id: str, connection_id: str) -> None:
@@ -425,29 +437,60 @@ class ConnectionActor:
         self._identity = identity
         user_id = identity.user_id
         granted = self._granted(event.channels)
-        self._apply(self._proto.accept_connect(user_id, granted, self._id))
         resume = dict(event.resume)
-        for channel_id in granted:
-            await self._join(channel_id, resume.get(channel_id))
+        # Two phases. Register every channel first, so that whatever is stored
+        # once the client reads ``connected`` reaches it; then send ``connected``;
+        # then let each channel replay (if resuming) and deliver, so that no
+        # message frame precedes ``connected``.
+        joined, failed = await self._register(granted, resume)
+        self._apply(self._proto.accept_connect(user_id, joined, self._id))
+        for channel_id, error in failed:
+            self._join_failed(channel_id, error, subscribed=False)
+        await self._activate(joined)
         # debug, not info: at thousands of connects a second this line alone cost
         # ~16% of a gateway (docs/performance.md).
         log.debug("connection opened", connectionId=self._id, userId=user_id, channels=len(granted))
 
-    async def _join(self, channel_id: str, resume_after: str | None) -> None:
-        try:
-            await asyncio.wait_for(
-                self._services.join_channel(channel_id, self, resume_after), JOIN_TIMEOUT_S
-            )
-        except (StoreError, TimeoutError) as exc:
-            self._count_error(ErrorCode.UNAVAILABLE)
-            self.push(
-                server_frames.error(
-                    ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}"
+    async def _register(
+        self, channels: Sequence[str], resume: Mapping[str, str]
+    ) -> tuple[list[str], list[tuple[str, BaseException]]]:
+        """Join ``channels`` deferred (nothing is pushed yet): (joined, failed)."""
+        joined: list[str] = []
+        failed: list[tuple[str, BaseException]] = []
+        for channel_id in channels:
+            try:
+                await asyncio.wait_for(
+                    self._services.join_channel(
+                        channel_id, self, resume.get(channel_id), deferred=True
+                    ),
+                    JOIN_TIMEOUT_S,
                 )
+                joined.append(channel_id)
+            except (StoreError, TimeoutError) as exc:
+                failed.append((channel_id, exc))
+        return joined, failed
+
+    async def _activate(self, channels: Sequence[str]) -> None:
+        """Start delivery (replay first, when resuming) on registered channels."""
+        for channel_id in channels:
+            try:
+                await asyncio.wait_for(
+                    self._services.activate_channel(channel_id, self._id), JOIN_TIMEOUT_S
+                )
+            except (StoreError, TimeoutError) as exc:
+                self._join_failed(channel_id, exc, subscribed=True)
+
+    def _join_failed(self, channel_id: str, exc: BaseException, *, subscribed: bool) -> None:
+        self._count_error(ErrorCode.UNAVAILABLE)
+        self.push(
+            server_frames.error(
+                ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}"
             )
-            # Not subscribed after all: say so (``unsubscribed``) rather than keep a
-            # channel that delivers nothing; the client may subscribe again.
-            self._services.leave_channel(channel_id, self._id)
+        )
+        self._services.leave_channel(channel_id, self._id)
+        if subscribed:
+            # Not subscribed after all: say so (``unsubscribed``) rather than keep
+            # a channel that delivers nothing; the client may subscribe again.
             self._apply(self._proto.apply_unsubscribe([channel_id]))
 
     def _granted(self, channels: tuple[str, ...]) -> tuple[str, ...]:
@@ -468,10 +511,13 @@ class ConnectionActor:
             return
         new = [c for c in channels if not self._proto.is_subscribed(c)]
         outputs = self._proto.apply_subscribe(channels)
-        for channel_id in new:
-            if self._proto.is_subscribed(channel_id):
-                await self._join(channel_id, None)
+        # Same two phases as a connect: register, reply ``subscribed``, deliver;
+        # so no message frame of a channel precedes its ``subscribed``.
+        joined, failed = await self._register([c for c in new if self._proto.is_subscribed(c)], {})
         self._apply(outputs)
+        for channel_id, error in failed:
+            self._join_failed(channel_id, error, subscribed=True)
+        await self._activate(joined)
 
     async def _unsubscribe(self, event: Unsubscribe) -> None:
         for channel_id in event.channels:

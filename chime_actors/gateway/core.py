@@ -32,6 +32,7 @@ from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import BusBackend, Config
+from chime_actors.errors import StoreError
 from chime_actors.gateway.channel_actor import (
     MULTI_HOST_HOLD_MAX_S,
     CatchUp,
@@ -196,9 +197,14 @@ class GatewayCore:
         return link.submit(record)
 
     async def join_channel(
-        self, channel_id: str, subscriber: Subscriber, resume_after: str | None
+        self,
+        channel_id: str,
+        subscriber: Subscriber,
+        resume_after: str | None,
+        *,
+        deferred: bool = False,
     ) -> JoinResult:
-        """Subscribe ``subscriber`` to the channel's local fan-out."""
+        """Subscribe ``subscriber`` to the channel's local fan-out (see ``Join``)."""
         channel = self._channels.get(channel_id)
         if channel is None or channel.stopped:
             channel = ChannelActor(
@@ -212,7 +218,14 @@ class GatewayCore:
             self._channels[channel_id] = channel
             channel.start()
             self._tell_bridge(Interest(self.actor_id.index, channel_id, subscribed=True))
-        return await channel.join(subscriber, resume_after)
+        return await channel.join(subscriber, resume_after, deferred=deferred)
+
+    async def activate_channel(self, channel_id: str, connection_id: str) -> JoinResult:
+        """Start delivery to a subscriber that joined ``deferred``."""
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            raise StoreError(f"channel {channel_id} is not joined")
+        return await channel.activate(connection_id)
 
     def leave_channel(self, channel_id: str, connection_id: str) -> None:
         """Unsubscribe; the channel actor stops itself when its last member leaves."""

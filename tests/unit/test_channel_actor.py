@@ -567,3 +567,40 @@ def test_with_several_hosts_a_hole_that_never_fills_is_skipped_after_the_hold() 
         await wait_until(lambda: sub.seqs == [1, 3])
 
     run(scenario, hold_max_s=1.0, clock=clock)
+
+
+# --- deferred joins (a connect registers, sends ``connected``, then activates) --------
+
+
+def test_a_deferred_subscriber_gets_nothing_until_activated_then_everything_once() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 3))
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, format_message_id(1), deferred=True)
+        await h.stored([msg(4)])
+        h.actor.tell(Publish((msg(4),)))  # stored after registration: kept for it
+        await h.barrier()
+        assert sub.frames == []  # nothing may precede the client's ``connected``
+        result = await h.actor.activate("c1")
+        assert result.replayed == 3  # 2, 3 and 4 from storage
+        assert sub.seqs == [2, 3, 4]  # 4 once, though it was also kept live
+        assert sub.frames[-1]["type"] == "resumed"
+        await h.stored([msg(5)])
+        h.actor.tell(Publish((msg(5),)))
+        await wait_until(lambda: sub.seqs == [2, 3, 4, 5])
+
+    run(scenario)
+
+
+def test_a_deferred_plain_subscriber_receives_what_arrived_before_activation() -> None:
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None, deferred=True)  # baseline 0
+        await h.stored([msg(1)])
+        h.actor.tell(Publish((msg(1),)))
+        await h.barrier()
+        assert sub.frames == []
+        await h.actor.activate("c1")
+        assert sub.seqs == [1]
+
+    run(scenario)
