@@ -17,9 +17,12 @@ one that lost its data, never hands out an id already stored).
 
 Idempotency across hosts: ``SET chime:cmid:... NX EX 600`` claims a client message
 id before the write; the claim becomes ``<messageId>|<createdAt>`` once stored. If
-the write fails, the claim becomes ``unknown``, not free: a write whose answer was
-lost (a connection reset mid-write) may still have been applied, so whoever
-retries must first look in storage (``Claim.unknown``) before storing again.
+the write fails, the claim becomes ``unknown:<messageId>``, not free: a write whose
+answer was lost (a connection reset mid-write) may still have been applied, so
+whoever retries must first look in storage for that message id (``Claim.unknown``)
+before storing again. The id, not the store's client-id index, is what is looked
+up, because a write cut off half-way may have stored the message row and not its
+index row.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ SEQ_KEY = "chime:seq:{channel}"
 CMID_KEY = "chime:cmid:{channel}:{user}:{cmid}"
 CMID_TTL_S = 600
 PENDING = b"pending"
-UNKNOWN = "unknown"
+UNKNOWN = "unknown:"
 
 # KEYS[1] = counter; ARGV[1] = how many ids. Returns the last id of the range, or
 # -1 when the counter does not exist yet (the caller seeds it from storage).
@@ -46,8 +49,8 @@ return redis.call('INCRBY', KEYS[1], ARGV[1])
 """
 
 
-# KEYS[1] = a client-id claim; ARGV[1] = "unknown", ARGV[2] = ttl. Turns an unknown
-# claim into a pending one of ours, atomically (two hosts may retry at once).
+# KEYS[1] = a client-id claim; ARGV[1] = the unknown value read, ARGV[2] = ttl. Turns
+# that unknown claim into a pending one of ours, atomically (two hosts may retry).
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
@@ -129,8 +132,8 @@ class RedisIds:
                 continue
             raw = found.get(key)
             value = raw.decode() if isinstance(raw, bytes) else raw
-            if value == UNKNOWN:
-                claims.append(Claim(won=False, unknown=True))
+            if value and value.startswith(UNKNOWN):
+                claims.append(Claim(False, message_id=value[len(UNKNOWN) :], unknown=True))
             elif not value or "|" not in value:
                 claims.append(Claim(won=False))  # another host is storing it now
             else:
@@ -141,11 +144,12 @@ class RedisIds:
     async def settle(
         self,
         stored: Sequence[tuple[str, str, str, str, str]],
-        failed: Sequence[tuple[str, str, str]],
+        failed: Sequence[tuple[str, str, str, str]],
     ) -> None:
         """Record stored claims (``channel, user, cmid, messageId, createdAt``).
 
-        Failed ones become ``unknown`` (see the module docstring).
+        Failed ones (``channel, user, cmid, messageId``) become ``unknown`` with the
+        id the failed write used (see the module docstring).
         """
         if not stored and not failed:
             return
@@ -157,21 +161,34 @@ class RedisIds:
                         f"{message_id}|{created_at}",
                         ex=CMID_TTL_S,
                     )
-                for key in failed:
-                    pipe.set(_cmid_key(*key), UNKNOWN, xx=True, ex=CMID_TTL_S)
+                for channel_id, user_id, cmid, message_id in failed:
+                    pipe.set(
+                        _cmid_key(channel_id, user_id, cmid),
+                        UNKNOWN + message_id,
+                        xx=True,
+                        ex=CMID_TTL_S,
+                    )
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
 
-    async def take_over(self, keys: Sequence[tuple[str, str, str]]) -> list[bool]:
-        """Claim ``unknown`` keys that storage says were never stored (True: ours)."""
-        if not keys:
+    async def take_over(self, claims: Sequence[tuple[str, str, str, str]]) -> list[bool]:
+        """Claim ``unknown`` keys (``channel, user, cmid, messageId``) storage lacks.
+
+        True where the claim is now ours; False where another host took it first.
+        """
+        if not claims:
             return []
         script = self._take_over
         try:
             return [
-                bool(await script(keys=[_cmid_key(*key)], args=[UNKNOWN, CMID_TTL_S]))
-                for key in keys
+                bool(
+                    await script(
+                        keys=[_cmid_key(channel_id, user_id, cmid)],
+                        args=[UNKNOWN + message_id, CMID_TTL_S],
+                    )
+                )
+                for channel_id, user_id, cmid, message_id in claims
             ]
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc

@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from chime_actors.errors import BusUnavailable, StoreError
+from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.persister.redis_ids import Claim, RedisIds
@@ -246,28 +246,34 @@ class PersistWriter:
     async def _resolve_unknown_claims(
         self, items: Sequence[Assigned], claims: list[Claim]
     ) -> list[Claim]:
-        """Claims of sends whose earlier write failed: storage says what happened."""
+        """Claims of sends whose earlier write failed: storage says what happened.
+
+        The failed write's message id is looked up: if that message is stored (the
+        write landed although its answer was lost) the send is a repeat of it;
+        if not, the claim is taken over and the send is stored now.
+        """
         assert self._ids is not None
-        unknown = [
-            (i, item) for i, (item, c) in enumerate(zip(items, claims, strict=True)) if c.unknown
-        ]
-        if not unknown:
-            return claims
         resolved = list(claims)
-        free: list[tuple[int, Assigned]] = []
-        for index, item in unknown:
-            state = await self._store.load_channel_state(
-                item.record.channel_id, dedupe_since=self._sequencer.dedupe_since()
-            )
-            stored = state.client_ids.get((item.record.user_id, item.record.client_msg_id or ""))
-            if stored is not None:
-                resolved[index] = Claim(False, stored.message_id, stored.created_at)
+        free: list[tuple[int, tuple[str, str, str, str]]] = []
+        for index, (item, claim) in enumerate(zip(items, claims, strict=True)):
+            if not claim.unknown or claim.message_id is None:
+                continue
+            record = item.record
+            try:
+                landed = await self._store.get_message(record.channel_id, claim.message_id)
+            except MessageNotFound:
+                landed = None
+            if (
+                landed is not None
+                and landed.user_id == record.user_id
+                and landed.client_msg_id == record.client_msg_id
+            ):
+                resolved[index] = Claim(False, landed.message_id, landed.created_at)
             else:
-                free.append((index, item))
-        keys = [
-            (i.record.channel_id, i.record.user_id, i.record.client_msg_id or "") for _, i in free
-        ]
-        for (index, _), ours in zip(free, await self._ids.take_over(keys), strict=True):
+                key = (record.channel_id, record.user_id, record.client_msg_id or "")
+                free.append((index, (*key, claim.message_id)))
+        taken = await self._ids.take_over([claim for _, claim in free])
+        for (index, _), ours in zip(free, taken, strict=True):
             resolved[index] = Claim(won=True) if ours else Claim(won=False)
         return resolved
 
@@ -288,7 +294,7 @@ class PersistWriter:
             if stored:
                 await self._ids.settle(done, [])
             else:
-                await self._ids.settle([], [d[:3] for d in done])
+                await self._ids.settle([], [d[:4] for d in done])
         except BusUnavailable as exc:
             # Stored claims then stay "pending" until they expire: a retry in that
             # window is answered unavailable, never stored twice.

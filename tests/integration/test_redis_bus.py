@@ -97,11 +97,12 @@ def test_client_id_claims_dedupe_across_hosts(redis_address: tuple[str, int]) ->
             # retry must look in storage, then may take the claim over, once.
             other = (key[0], "bob", "cmid-9")
             (claimed,) = await host_a.claim([other])
-            await host_a.settle([], [other])
+            await host_a.settle([], [(*other, f"{8:016d}")])
             (again,) = await host_b.claim([other])
             assert claimed.won and not again.won and again.unknown
-            assert await host_b.take_over([other]) == [True]
-            assert await host_a.take_over([other]) == [False]
+            assert again.message_id == f"{8:016d}"  # the id the failed write used
+            assert await host_b.take_over([(*other, f"{8:016d}")]) == [True]
+            assert await host_a.take_over([(*other, f"{8:016d}")]) == [False]
             (now,) = await host_a.claim([other])
             assert not now.won and not now.unknown and now.message_id is None
         finally:
