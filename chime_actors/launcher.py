@@ -86,7 +86,7 @@ def launch_server(
         if proc.poll() is not None:
             raise LaunchError("server exited at start", _tail(log_path))
         if time.monotonic() > deadline:
-            _end(proc)
+            stop_server(proc, set(child_pids(proc.pid)))
             raise LaunchError("server did not start in time", _tail(log_path))
         time.sleep(0.05)
     ports = orjson.loads(ports_path.read_bytes())
@@ -95,18 +95,30 @@ def launch_server(
     return Launched(proc, ports["chat"], ports["api"], log_path, set(child_pids(proc.pid)))
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server that never got ready, and everything it started."""
-    sessions = set(child_pids(proc.pid))
-    proc.terminate()  # the main process reaps its actors on SIGTERM
+def stop_server(
+    proc: subprocess.Popen[bytes], sessions: set[int], timeout_s: float = STOP_TIMEOUT_S
+) -> tuple[bool, list[int]]:
+    """SIGTERM the server and wait; then kill whatever of it is left.
+
+    Returns whether it stopped within ``timeout_s`` and the pids that had to be
+    killed afterwards (its process group and its actors' ``sessions``).
+    """
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()  # the main process drains and reaps its actors on SIGTERM
     try:
-        proc.wait(STOP_TIMEOUT_S)
+        proc.wait(timeout_s)
+        in_time = True
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    for pid in session_members(sessions):
+        in_time = False
+    leftovers = [pid for pid in session_members(sessions, proc.pid) if pid != os.getpid()]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait(10)
+    return in_time, leftovers
 
 
 def _tail(path: Path, chars: int = 3000) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import orjson
 import yaml
 
 from chime_actors.errors import ChimeError
-from chime_actors.launcher import LaunchError, launch_server
+from chime_actors.launcher import LaunchError, launch_server, stop_server
 from chime_actors.server import session_members
 
 START_TIMEOUT_S = 90.0
@@ -319,19 +318,8 @@ def started_server(workers: int | None, layers: Sequence[dict[str, Any]] = ()) -
 
 def _stop(proc: subprocess.Popen[bytes], sessions: set[int]) -> None:
     """SIGTERM and wait; then make sure nothing of the server is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    in_time, leftovers = stop_server(proc, sessions, STOP_TIMEOUT_S)
+    if not in_time:
         print("chime bench: the server did not stop in time; killing it", file=sys.stderr)
-    leftovers = [pid for pid in session_members(sessions, proc.pid) if pid != os.getpid()]
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.wait(10)
     if leftovers:
         print(f"chime bench: killed leftover server processes {leftovers}", file=sys.stderr)
