@@ -95,8 +95,8 @@ def _validate_spec(name: str, label_names: tuple[str, ...], reserved: tuple[str,
 
 
 @dataclass(frozen=True, slots=True)
-class CounterSpec:
-    """Declaration of a counter: a value that only goes up (name ends in ``_total``).
+class _ScalarSpec:
+    """What a counter and a gauge declare.
 
     Attributes:
         name: the Prometheus metric name.
@@ -113,21 +113,13 @@ class CounterSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class GaugeSpec:
-    """Declaration of a gauge: a value that goes up and down.
+class CounterSpec(_ScalarSpec):
+    """Declaration of a counter: a value that only goes up (name ends in ``_total``)."""
 
-    Attributes:
-        name: the Prometheus metric name.
-        help: one line of documentation, rendered on the ``# HELP`` line.
-        label_names: names of the labels every sample carries, in order.
-    """
 
-    name: str
-    help: str
-    label_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        _validate_spec(self.name, self.label_names, (PROCESS_LABEL,))
+@dataclass(frozen=True, slots=True)
+class GaugeSpec(_ScalarSpec):
+    """Declaration of a gauge: a value that goes up and down."""
 
 
 @dataclass(frozen=True, slots=True)
