@@ -386,9 +386,7 @@ class ChannelActor:
             # The client pages history instead; live delivery starts after the
             # newest stored message, which that history already holds, so nothing
             # reaches it twice (stored but not yet delivered here included).
-            with contextlib.suppress(StoreError):
-                latest = await self._store.last_seq(self.channel_id)
-                member.watermark = max(member.watermark, latest)
+            member.watermark = max(member.watermark, await self._stored_head(member))
             subscriber.push(server_frames.resume_failed(self.channel_id, "too_many"))
             return JoinResult(resume_failed="too_many")
         for message in page.messages:
