@@ -209,13 +209,14 @@ class ChatConfig:
         max_frame_bytes: a larger frame closes the connection with 1009.
         max_resume_messages: past this many missed messages a resume answers
             ``resume_failed`` and the client pages history.
-        send_queue_frames: bound of a connection's outbound queue, in frames. A
-            client that reads so slowly that more frames than this (or more than
-            ``send_queue_bytes`` of text) wait for it is closed with 1008 (policy
-            violation) rather than let it grow the server's memory or slow its
-            channel's other subscribers. Generous, because one persister batch
-            (a burst of acks and messages) lands in the queue at once.
-        send_queue_bytes: the same bound in characters of queued frame text.
+        send_queue_bytes: bound of what waits in the server for one client:
+            frames queued plus bytes written but not yet taken by its TCP
+            connection. A client that reads so slowly that more than this waits
+            for it is closed with 1008 (policy violation) rather than let it grow
+            the server's memory or slow its channel's other subscribers.
+        send_queue_frames: the same bound in frames queued within one event-loop
+            turn (a burst). Generous, because one persister batch (a burst of
+            acks and messages) lands at once.
         ack_timeout_ms: how long a gateway waits for the persister's confirmation
             before answering ``unavailable`` to the sender.
     """

@@ -41,6 +41,7 @@ from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.ids import parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
+from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import ChimeMessage
 from chime_actors.storage.store import MessageStore
 
@@ -68,7 +69,7 @@ class Subscriber(Protocol):
         """Unique id of the connection."""
         ...
 
-    def push(self, frame: str) -> None:
+    def push(self, frame: str | WireFrame) -> None:
         """Queue a text frame for the client; never blocks."""
         ...
 
@@ -148,7 +149,7 @@ class _Member:
     watermark: int = 0
     resume_after: str | None = None
     # While deferred: live frames kept for it, (seq, frame), oldest first.
-    pending: list[tuple[int, str]] | None = None
+    pending: list[tuple[int, WireFrame]] | None = None
 
 
 @dataclass(slots=True)
@@ -522,7 +523,8 @@ class ChannelActor:
         await self._release_held()
 
     def _deliver(self, message: ChimeMessage, seq: int) -> None:
-        frame = server_frames.message(message)  # encoded once for every recipient
+        # Encoded and framed once for every recipient.
+        frame = WireFrame.of(server_frames.message(message))
         for member in self._members.values():
             if member.pending is not None:
                 if len(member.pending) < MAX_PENDING:

@@ -3,12 +3,10 @@
 It owns the socket and drives the sans-I/O ``ConnectionProtocol`` with it: frames
 in, outputs out. Its mailbox is the socket itself (websockets reads ahead at most
 ``max_queue`` frames, so a flooding client is throttled by TCP, not by our memory);
-its outbound side is a bounded queue drained by a writer task, so fan-out never
-waits on one slow client. Both exist only while frames wait: the first push
-creates the queue (a ``deque``) and starts the writer, which ends and drops the
-queue when it has written the last one. An idle connection has neither (with
-an ``asyncio.Queue`` and a parked writer task they cost ~4 KiB a connection;
-docs/performance.md).
+its outbound side is an ``Outbox``: frames pushed during one turn of the event
+loop are written to the socket in one write, already framed, and never wait on
+the client, so fan-out never waits on one slow client either. An idle
+connection's outbox holds nothing.
 
 Failure policy (``local_supervisor``):
 
@@ -17,7 +15,7 @@ handling a frame raises       logged with a correlation id, the client gets
                               ``internal`` naming it; the actor goes on with its
                               state (subscriptions) intact: a restart of the handler
 > 5 failures in 10 s          escalate: close 1011; the client resumes on reconnect
-outbound queue full           the client is not reading: close 1008 "slow consumer"
+outbound bounds exceeded      the client is not reading: close 1008 "slow consumer"
                               (memory stays bounded; neighbours are unaffected)
 the socket breaks             leave every channel; owed acks are dropped with it
 ============================  =========================================================
@@ -26,23 +24,22 @@ the socket breaks             leave every channel; owed acks are dropped with it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from chime_actors.auth import Authenticator, Identity
 from chime_actors.config import Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+from chime_actors.gateway.outbox import Outbox
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
@@ -57,6 +54,7 @@ from chime_actors.protocol.events import (
     Unsubscribe,
 )
 from chime_actors.protocol.frames import Limits, is_user_id
+from chime_actors.protocol.wire_frames import WireFrame, text_frame
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
 
@@ -64,6 +62,7 @@ log = get_logger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
 ABORT_GRACE_S = 2.0
+CLOSE_WAIT_S = 5.0
 DEFAULT_POLICY = RestartPolicy()
 
 
@@ -118,10 +117,32 @@ class GatewayServices(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _CloseItem:
-    code: int
-    reason: str
+class _WebSocketSink:
+    """websockets' ``ServerConnection`` as an outbox's ``FrameSink``.
+
+    Frames are written to the transport directly, beside websockets' own writes
+    (pongs, pings, the close frame), always whole, so they never interleave
+    inside a frame. websockets' protocol state is untouched by data frames it
+    did not send: it tracks only fragmentation (we never fragment) and closing
+    (``is_open`` checks it before every write).
+    """
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, websocket: ServerConnection) -> None:
+        self._ws = websocket
+
+    def is_open(self) -> bool:
+        return self._ws.protocol.state is State.OPEN and not self._ws.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        self._ws.transport.write(data)
+
+    def buffered(self) -> int:
+        return self._ws.transport.get_write_buffer_size()
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
 
 
 class ConnectionActor:
@@ -133,16 +154,13 @@ class ConnectionActor:
         "_closing",
         "_id",
         "_identity",
-        "_outbound",
+        "_outbox",
         "_owed_acks",
         "_policy",
         "_proto",
         "_query_user_id",
-        "_queued_chars",
         "_services",
         "_transport_token",
-        "_write_done",
-        "_writer",
         "_ws",
     )
 
@@ -172,18 +190,16 @@ class ConnectionActor:
             ),
             heartbeat_ms=chat.heartbeat_ms,
         )
-        # Frames (and at most one close) not yet taken by the writer; None while
-        # nothing waits. Bounded by ``send_queue_frames`` items and
-        # ``send_queue_bytes`` characters of frame text (``_queued_chars``).
-        self._outbound: deque[str | _CloseItem] | None = None
-        # The writer task, only while ``_outbound`` has items (or it is writing).
-        self._writer: asyncio.Task[None] | None = None
-        # The writer wrote the close or found the socket closed: no writer again.
-        self._write_done = False
+        self._outbox = Outbox(
+            _WebSocketSink(websocket),
+            max_frames=chat.send_queue_frames,
+            max_bytes=chat.send_queue_bytes,
+            on_written=services.metrics.messages_out.inc,
+            on_overflow=self._slow_consumer,
+        )
         self._policy = policy
         # The failure budget, made on the first failure (most connections never fail).
         self._budget: RestartBudget | None = None
-        self._queued_chars = 0
         self._closing = False
         self._owed_acks = 0
 
@@ -199,27 +215,15 @@ class ConnectionActor:
         """Sends accepted but not yet answered (drain waits for these)."""
         return self._owed_acks
 
-    def push(self, frame: str) -> None:
-        """Queue a frame for the client without waiting."""
+    def push(self, frame: str | WireFrame) -> None:
+        """Queue a frame for the client without waiting (written when this loop turn ends).
+
+        A ``WireFrame`` is already framed (a broadcast, encoded once for all its
+        recipients); a ``str`` is framed here.
+        """
         if self._closing:
             return
-        chat = self._services.config.chat
-        if self._queued_chars + len(frame) > chat.send_queue_bytes or not self._enqueue(frame):
-            self._slow_consumer()
-            return
-        self._queued_chars += len(frame)
-
-    def _enqueue(self, item: str | _CloseItem) -> bool:
-        """Append to the outbound queue (False when full); make sure a writer runs."""
-        outbound = self._outbound
-        if outbound is None:
-            outbound = self._outbound = deque()
-        elif len(outbound) >= self._services.config.chat.send_queue_frames:
-            return False
-        outbound.append(item)
-        if self._writer is None and not self._write_done:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop(outbound))
-        return True
+        self._outbox.put(frame.data if isinstance(frame, WireFrame) else text_frame(frame.encode()))
 
     def _slow_consumer(self) -> None:
         log.warning("slow consumer closed", connectionId=self._id)
@@ -231,13 +235,11 @@ class ConnectionActor:
         if self._closing:
             return
         self._closing = True
-        if self._outbound is not None:
-            self._outbound.clear()
-        self._queued_chars = 0
-        self._enqueue(_CloseItem(code, reason))
-        # A client that does not read cannot take a close frame either: the writer
-        # may be stuck in send() behind a full TCP window. Give the close a moment,
-        # then drop the TCP connection so reader, writer and memory are released.
+        self._outbox.discard()
+        self._outbox.close(code, reason)
+        # A client that does not read cannot take a close frame either: it waits
+        # behind a full write buffer. Give the close a moment, then drop the TCP
+        # connection so the reader, the buffer and the memory are released.
         asyncio.get_running_loop().call_later(ABORT_GRACE_S, self._drop_transport)
 
     def _drop_transport(self) -> None:
@@ -251,9 +253,8 @@ class ConnectionActor:
         if self._closing:
             return
         self._closing = True
-        if not self._enqueue(_CloseItem(code, reason)):
-            self._closing = False
-            self.abort(code, reason)
+        self._outbox.flush()
+        self._outbox.close(code, reason)
 
     # --- the actor ----------------------------------------------------------------
 
@@ -276,35 +277,9 @@ class ConnectionActor:
             self._proto.close()
             for channel_id in self._proto.channels:
                 self._services.leave_channel(channel_id, self._id)
-            if not self._closing:
-                self._closing = True
-                self._enqueue(_CloseItem(1000, ""))  # not when full: then no close frame
-            writer = self._writer
-            if writer is not None:
-                with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
-                    await asyncio.wait_for(writer, timeout=5)
-                writer.cancel()
+            self.close_after_queued(1000, "")
+            await self._outbox.wait_closed(CLOSE_WAIT_S)
             metrics.connections.dec()
-
-    async def _write_loop(self, outbound: deque[str | _CloseItem]) -> None:
-        """Write queued frames in order; end when none is left (or after the close)."""
-        metrics = self._services.metrics.messages_out
-        try:
-            while outbound:
-                item = outbound.popleft()
-                if isinstance(item, _CloseItem):
-                    self._write_done = True
-                    await self._ws.close(item.code, item.reason)
-                    return
-                self._queued_chars -= len(item)
-                await self._ws.send(item)
-                metrics.inc()
-        except ConnectionClosed:
-            self._write_done = True
-        finally:
-            self._writer = None
-            if not outbound and self._outbound is outbound:
-                self._outbound = None
 
     def _handshake_timeout(self) -> None:
         self._apply(self._proto.handshake_timed_out())

@@ -1,17 +1,17 @@
 """A client that stops reading is closed (1008); nobody else notices.
 
-The flood is paced (``FLOOD_RATE``): the server queues a whole delivery batch
-into a subscriber's outbound queue at once, so a burst larger than
-``send_queue_frames`` would close fast readers too (docs/performance.md).
+The flood is paced (``FLOOD_RATE``), as a chat is: a client is closed when more
+than ``chat.send_queue_bytes`` wait for it in the server, and a reader that keeps
+up takes each delivery batch as it comes.
 
 One subscriber of a channel stops reading (its socket receive buffer made small,
 its WebSocket read queue tiny, so TCP pushes back on the server at once) while a
 sender floods the channel. The other subscribers must keep receiving every
 message, in order, with bounded latency; the server must close the slow one with
-1008 once its outbound queue (``chat.send_queue_frames``, small here) is full
-(the close frame cannot reach a client that does not read, so the server drops
-its TCP connection shortly after), and the server's memory must not grow with
-the backlog.
+1008 once more than ``chat.send_queue_bytes`` (small here) wait for it in the
+server, written but not taken by the kernel (the close frame cannot reach a
+client that does not read, so the server drops its TCP connection shortly
+after), and the server's memory must not grow with the backlog.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from tests.e2e.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
-QUEUE_FRAMES = 500
+QUEUE_BYTES = 1024 * 1024
 FLOOD = 3000
-FLOOD_RATE = 250  # msg/s: a paced flood, so no single delivery batch exceeds the queue
+FLOOD_RATE = 250  # msg/s: a paced flood
 CONTENT = "x" * 2000  # 3000 x ~2.3 KB frames: ~7 MB per subscriber
 FAST_READERS = 3
 SENDERS = 4  # each sender also gets an ack per message: spread them
@@ -48,7 +48,7 @@ LATENCY_MAX_BOUND_MS = 10_000  # generous: the 2 cores are shared with other tes
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     overrides = {
-        "chat.send_queue_frames": QUEUE_FRAMES,
+        "chat.send_queue_bytes": QUEUE_BYTES,
         "limits.messages_per_10s": 0,
     }
     with running_server(tmp_path_factory.mktemp("slow"), overrides=overrides) as srv:

@@ -21,6 +21,7 @@ from chime_actors.gateway.channel_actor import (
 )
 from chime_actors.gateway.local_supervisor import RestartPolicy
 from chime_actors.ids import format_message_id
+from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import ChimeMessage
 from chime_actors.storage import HistoryPage, MemoryStore
 
@@ -55,11 +56,11 @@ class FakeSubscriber:
     def connection_id(self) -> str:
         return self._connection_id
 
-    def push(self, frame: str) -> None:
+    def push(self, frame: str | WireFrame) -> None:
         if self.failing_pushes > 0:
             self.failing_pushes -= 1
             raise RuntimeError("push failed")
-        self.frames.append(json.loads(frame))
+        self.frames.append(json.loads(frame if isinstance(frame, str) else frame.text))
 
     def abort(self, code: int, reason: str) -> None:
         self.aborted.append((code, reason))

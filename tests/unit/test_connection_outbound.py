@@ -1,8 +1,8 @@
-"""Tests for ConnectionActor's outbound side: a queue and a writer only while frames wait.
+"""Tests for ConnectionActor's outbound side: frames coalesced per loop turn.
 
-A small fake WebSocket stands in for websockets' ``ServerConnection``: it records
-what is sent and closed, and its ``send`` can be held to play a client that does
-not read.
+A small fake WebSocket stands in for websockets' ``ServerConnection``: its
+transport records the bytes written, and its write buffer size can be set to
+play a client that does not read.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosedOK
+from websockets.protocol import State
 
 from chime_actors.auth import Authenticator
 from chime_actors.config import Config, load_config
@@ -23,6 +23,7 @@ from chime_actors.gateway import connection_actor as connection_actor_module
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
 
@@ -30,8 +31,19 @@ TIMEOUT = 5.0
 
 
 class FakeTransport:
+    """Records what is written; ``unread`` plays bytes the client has not taken."""
+
     def __init__(self) -> None:
         self.aborted = False
+        self.writes: list[bytes] = []
+        self.unread = 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.aborted
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unread
 
     def is_closing(self) -> bool:
         return self.aborted
@@ -40,23 +52,24 @@ class FakeTransport:
         self.aborted = True
 
 
+class FakeProtocol:
+    def __init__(self) -> None:
+        self.state = State.OPEN
+
+
 class FakeWebSocket:
-    """Records sends and closes; ``hold()`` makes ``send`` wait until ``release()``."""
+    """The parts of websockets' ``ServerConnection`` a connection actor uses."""
 
     def __init__(self) -> None:
-        self.sent: list[str] = []
         self.closes: list[tuple[int, str]] = []
         self.transport = FakeTransport()
+        self.protocol = FakeProtocol()
         self._incoming: asyncio.Queue[str | None] = asyncio.Queue()
-        self._open = asyncio.Event()
-        self._open.set()
-        self.sending = asyncio.Event()
 
-    def hold(self) -> None:
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
+    @property
+    def sent(self) -> list[str]:
+        """The text of every frame written, in order."""
+        return [frame.decode() for frame in split_frames(b"".join(self.transport.writes))]
 
     def receive(self, frame: str) -> None:
         self._incoming.put_nowait(frame)
@@ -64,15 +77,9 @@ class FakeWebSocket:
     def peer_closes(self) -> None:
         self._incoming.put_nowait(None)
 
-    async def send(self, frame: str) -> None:
-        self.sending.set()
-        await self._open.wait()
-        if self.closes:
-            raise ConnectionClosedOK(None, None)
-        self.sent.append(frame)
-
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closes.append((code, reason))
+        self.protocol.state = State.CLOSING
         self._incoming.put_nowait(None)
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -84,6 +91,20 @@ class FakeWebSocket:
             if frame is None:
                 return
             yield frame
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """Payloads of the unmasked text frames in ``data`` (made by ``text_frame``)."""
+    payloads = []
+    while data:
+        size = data[1]
+        header = 2 if size < 126 else 4 if size == 126 else 10
+        if size >= 126:
+            size = int.from_bytes(data[2:header], "big")
+        assert data[0] == 0x81
+        payloads.append(data[header : header + size])
+        data = data[header + size :]
+    return payloads
 
 
 class FakeServices:
@@ -137,12 +158,8 @@ class Harness:
     services: FakeServices
     actor: ConnectionActor
 
-    def outbound_items(self) -> int:
-        outbound: Any = getattr(self.actor, "_outbound")  # noqa: B009
-        return 0 if outbound is None else len(outbound)
-
-    def has_writer(self) -> bool:
-        return getattr(self.actor, "_writer") is not None  # noqa: B009
+    def waiting(self) -> int:
+        return getattr(self.actor, "_outbox").waiting  # type: ignore[no-any-return]  # noqa: B009
 
     async def settle(self) -> None:
         for _ in range(20):
@@ -153,7 +170,7 @@ def run(
     scenario: Callable[[Harness], Awaitable[None]],
     *,
     frames: int = 10_000,
-    chars: int = 4 * 1024 * 1024,
+    max_bytes: int = 4 * 1024 * 1024,
     handshake_timeout_ms: int = 60_000,
 ) -> None:
     async def main() -> None:
@@ -161,7 +178,7 @@ def run(
         chat = dataclasses.replace(
             config.chat,
             send_queue_frames=frames,
-            send_queue_bytes=chars,
+            send_queue_bytes=max_bytes,
             handshake_timeout_ms=handshake_timeout_ms,
         )
         services = FakeServices(dataclasses.replace(config, chat=chat))
@@ -173,73 +190,66 @@ def run(
         try:
             await scenario(harness)
         finally:
-            ws.release()
             ws.peer_closes()
             await asyncio.wait_for(runner, TIMEOUT)
 
     asyncio.run(main())
 
 
-def test_an_idle_connection_has_no_queue_and_no_writer() -> None:
+def test_an_idle_connection_holds_nothing_outbound() -> None:
     async def scenario(h: Harness) -> None:
-        assert h.outbound_items() == 0
-        assert getattr(h.actor, "_outbound") is None  # noqa: B009
-        assert not h.has_writer()
+        assert h.waiting() == 0
+        assert getattr(getattr(h.actor, "_outbox"), "_frames") is None  # noqa: B009
         assert not hasattr(h.actor, "__dict__")
 
     run(scenario)
 
 
-def test_frames_are_written_in_order_then_queue_and_writer_go() -> None:
+def test_frames_of_one_turn_are_written_in_order_in_one_write() -> None:
     async def scenario(h: Harness) -> None:
         for i in range(5):
             h.actor.push(f"f{i}")
-        assert h.has_writer()
+        h.actor.push(WireFrame.of("broadcast"))
+        assert h.waiting() == 6
+        assert h.ws.transport.writes == []  # nothing written before the turn ends
         await h.settle()
-        h.actor.push("f5")
+        assert len(h.ws.transport.writes) == 1
+        h.actor.push("next turn")
         await h.settle()
-        assert h.ws.sent == [f"f{i}" for i in range(6)]
-        assert getattr(h.actor, "_outbound") is None  # noqa: B009
-        assert not h.has_writer()
-        assert h.services.value("chime_messages_out_total") == 6
+        assert len(h.ws.transport.writes) == 2
+        assert h.ws.sent == [*(f"f{i}" for i in range(5)), "broadcast", "next turn"]
+        assert h.waiting() == 0
+        assert h.services.value("chime_messages_out_total") == 7
 
     run(scenario)
 
 
-def test_frames_pushed_while_one_is_being_written_follow_it() -> None:
+def test_a_long_frame_uses_the_extended_length() -> None:
     async def scenario(h: Harness) -> None:
-        h.ws.hold()
-        h.actor.push("a")
-        await h.settle()  # "a" is in send(), held
-        h.actor.push("b")
-        h.actor.push("c")
-        assert h.outbound_items() == 2
-        h.ws.release()
+        medium, long = "m" * 300, "l" * 70_000
+        h.actor.push(medium)
+        h.actor.push(WireFrame.of(long))
         await h.settle()
-        assert h.ws.sent == ["a", "b", "c"]
-        assert not h.has_writer()
+        assert h.ws.sent == [medium, long]
 
     run(scenario)
 
 
-def test_too_many_frames_closes_1008_drops_the_queue_then_the_transport(
+def test_too_many_frames_in_one_turn_closes_1008_then_drops_the_transport(
     monkeypatch: Any,
 ) -> None:
     monkeypatch.setattr(connection_actor_module, "ABORT_GRACE_S", 0.05)
 
     async def scenario(h: Harness) -> None:
-        h.ws.hold()
-        h.actor.push("in flight")
-        await h.ws.sending.wait()  # the writer took it: it no longer counts
+        h.actor.push("written")
+        await h.settle()
         for i in range(3):
             h.actor.push(f"q{i}")
         assert h.ws.closes == []
         h.actor.push("one too many")
-        assert h.outbound_items() == 1  # only the close is left
         h.actor.push("after the abort")  # ignored
-        h.ws.release()
         await h.settle()
-        assert h.ws.sent == ["in flight"]
+        assert h.ws.sent == ["written"]  # the three queued ones were dropped
         assert h.ws.closes == [(1008, "slow consumer: send queue full")]
         assert h.services.value("chime_errors_total", "slow_consumer") == 1
         await asyncio.sleep(0.1)
@@ -248,29 +258,39 @@ def test_too_many_frames_closes_1008_drops_the_queue_then_the_transport(
     run(scenario, frames=3)
 
 
-def test_too_many_characters_closes_1008() -> None:
+def test_a_client_that_does_not_read_is_closed_1008_at_the_byte_bound() -> None:
     async def scenario(h: Harness) -> None:
-        h.ws.hold()
+        h.ws.transport.unread = 900  # the client stopped reading
         h.actor.push("x" * 10)
-        await h.ws.sending.wait()
-        h.actor.push("y" * 600)
-        h.actor.push("z" * 500)  # 1,100 > 1,024 characters waiting
-        h.ws.release()
+        await h.settle()  # written; the outbox now knows 900 bytes wait unread
+        h.actor.push("y" * 100)  # 900 + 102 <= 1,024: queued
         await h.settle()
-        assert h.ws.sent == ["x" * 10]
+        assert h.ws.closes == []
+        h.actor.push("z" * 200)  # 900 + 202 > 1,024 would wait in the server
+        await h.settle()
+        assert h.ws.sent == ["x" * 10, "y" * 100]
         assert h.ws.closes == [(1008, "slow consumer: send queue full")]
 
-    run(scenario, chars=1024)
+    run(scenario, max_bytes=1024)
+
+
+def test_a_write_that_fills_the_buffer_past_the_bound_closes_1008() -> None:
+    async def scenario(h: Harness) -> None:
+        h.ws.transport.unread = 2000  # what the last write left unread
+        h.actor.push("a")  # the outbox has not seen the buffer yet: written
+        await h.settle()
+        assert h.ws.sent == ["a"]
+        assert h.ws.closes == [(1008, "slow consumer: send queue full")]
+
+    run(scenario, max_bytes=1024)
 
 
 def test_close_after_queued_writes_the_queued_frames_first() -> None:
     async def scenario(h: Harness) -> None:
-        h.ws.hold()
         h.actor.push("a")
         h.actor.push("b")
         h.actor.close_after_queued(1001, "server shutting down")
         h.actor.push("c")  # after the close: dropped
-        h.ws.release()
         await h.settle()
         assert h.ws.sent == ["a", "b"]
         assert h.ws.closes == [(1001, "server shutting down")]
@@ -279,20 +299,14 @@ def test_close_after_queued_writes_the_queued_frames_first() -> None:
     run(scenario)
 
 
-def test_close_after_queued_with_a_full_queue_aborts() -> None:
+def test_nothing_is_written_once_websockets_is_closing() -> None:
     async def scenario(h: Harness) -> None:
-        h.ws.hold()
-        h.actor.push("in flight")
-        await h.ws.sending.wait()
-        h.actor.push("a")
-        h.actor.push("b")
-        h.actor.close_after_queued(1001, "server shutting down")
-        h.ws.release()
+        h.ws.protocol.state = State.CLOSING  # e.g. the client sent a close frame
+        h.actor.push("late")
         await h.settle()
-        assert h.ws.sent == ["in flight"]
-        assert h.ws.closes == [(1001, "server shutting down")]
+        assert h.ws.transport.writes == []
 
-    run(scenario, frames=2)
+    run(scenario)
 
 
 def test_the_peer_closing_gets_a_1000_and_the_gauge_goes_back() -> None:
@@ -311,7 +325,6 @@ def test_no_connect_frame_in_time_closes_4008() -> None:
         await asyncio.sleep(0.1)
         await h.settle()
         assert [code for code, _ in h.ws.closes] == [4008]
-        assert not h.has_writer()
 
     run(scenario, handshake_timeout_ms=20)
 
