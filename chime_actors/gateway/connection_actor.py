@@ -194,7 +194,7 @@ class ConnectionActor:
             _WebSocketSink(websocket),
             max_frames=chat.send_queue_frames,
             max_bytes=chat.send_queue_bytes,
-            on_written=services.metrics.messages_out.inc,
+            on_written=services.metrics.messages_out.add,
             on_overflow=self._slow_consumer,
         )
         self._policy = policy
