@@ -15,6 +15,8 @@ Modules:
   messages between the parent and its load processes;
 * :mod:`~chime_actors.bench.load`: one load process (connections, senders,
   receivers);
+* :mod:`~chime_actors.bench.wire`: the load processes' minimal WebSocket client
+  (the ``websockets`` client cost ~2.5x the CPU per received frame);
 * :mod:`~chime_actors.bench.target`: the server under test (``--start`` or
   ``--url``) and its memory;
 * :mod:`~chime_actors.bench.runner`: the parent that drives the phases;

@@ -6,17 +6,20 @@ a pipe (see :mod:`chime_actors.bench.runner`). A load process never prints per
 message: it keeps latencies in compact arrays and counts, and reports once per
 phase.
 
-Every connection has one reader task; it parses each frame once (orjson, from
-bytes: no UTF-8 decode) and dispatches on ``type``: ``message`` feeds the
-delivery log and the send→deliver latency (from the send time the sender put in
-``metadata.t``, same host clock), ``ack`` the send→ack latency, ``error`` the
-error counts, ``history``/``pong`` wake whoever waits for them.
+Connections use the bench's own WebSocket client (:mod:`chime_actors.bench.wire`,
+far cheaper per frame than ``websockets``): no reader task, the client calls
+:meth:`LoadWorker._on_frame` for each message. It parses each frame once
+(orjson, from bytes: no UTF-8 decode) and dispatches on ``type``: ``message``
+feeds the delivery log and the send→deliver latency (from the send time the
+sender put in ``metadata.t``, same host clock), ``ack`` the send→ack latency,
+``error`` the error counts, ``history``/``pong`` wake whoever waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import resource
 import time
@@ -28,9 +31,6 @@ from typing import Any
 
 import orjson
 import uvloop
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
 from chime_actors.bench.options import (
     CheckReport,
@@ -46,6 +46,7 @@ from chime_actors.bench.options import (
 )
 from chime_actors.bench.stats import NS_PER_S, Completeness, DeliveryLog, PacingSchedule
 from chime_actors.bench.stats import check_connection as account_connection
+from chime_actors.bench.wire import CLOSE_TIMEOUT_S, BenchSocket, SocketClosed, open_connection
 
 CONNECT_TIMEOUT_S = 60.0
 ACK_WAIT_S = 15.0
@@ -79,16 +80,36 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
 class BenchConnection:
     """One client connection of the load generator."""
 
-    __slots__ = ("channel", "close_code", "closed_at_ns", "index", "log", "pong", "ws")
+    __slots__ = (
+        "channel",
+        "close_code",
+        "closed_at_ns",
+        "connect_reply",
+        "index",
+        "log",
+        "pong",
+        "sock",
+    )
 
-    def __init__(self, index: int, channel: str, ws: ClientConnection) -> None:
+    def __init__(self, index: int, channel: str) -> None:
         self.index = index
         self.channel = channel
-        self.ws = ws
+        # Set once the WebSocket is open; the connection exists before, because
+        # the socket's callbacks are bound to it.
+        self.sock: BenchSocket | None = None
         self.log = DeliveryLog()
         self.closed_at_ns: int | None = None
         self.close_code: int | None = None
         self.pong: asyncio.Future[None] | None = None
+        # The server's answer to our connect frame (``connected`` or ``error``),
+        # awaited by _open; None once it came, and frames are dispatched normally.
+        self.connect_reply: asyncio.Future[dict[str, Any]] | None = None
+
+    def send_text(self, data: bytes) -> None:
+        """Send one text frame; raises SocketClosed if the connection is closed."""
+        if self.sock is None:
+            raise SocketClosed("never opened")
+        self.sock.send_text(data)
 
 
 class LoadWorker:
@@ -98,7 +119,6 @@ class LoadWorker:
         self.plan = plan
         self.pipe = pipe
         self.conns: dict[int, BenchConnection] = {}
-        self.readers: list[asyncio.Task[None]] = []
         self.errors: Counter[str] = Counter()
         self.finishing = False
         # senders
@@ -153,73 +173,83 @@ class LoadWorker:
         )
 
     async def _open(self, index: int, channel: str, gate: asyncio.Semaphore) -> bool:
+        conn = BenchConnection(index, channel)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        conn.connect_reply = reply
         async with gate:
             try:
-                ws = await websockets.connect(
+                # No client pings (the server pings; 20k client pings/20 s is
+                # load), no compression: the client has neither.
+                conn.sock = await open_connection(
                     self.plan.url,
-                    compression=None,
-                    ping_interval=None,  # the server pings; 20k client pings/20 s is load
-                    open_timeout=CONNECT_TIMEOUT_S,
-                    close_timeout=2,
-                    max_size=None,
-                    user_agent_header=None,
+                    timeout=CONNECT_TIMEOUT_S,
+                    on_message=functools.partial(self._on_frame, conn),
+                    on_close=functools.partial(self._on_close, conn),
                 )
             except Exception as exc:
                 self.errors[f"connect:{type(exc).__name__}"] += 1
                 return False
             try:
                 frame = {"type": "connect", "channels": [channel], "userId": f"u{index}"}
-                await ws.send(orjson.dumps(frame), text=True)
+                conn.send_text(orjson.dumps(frame))
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    while True:
-                        reply = orjson.loads(await ws.recv(decode=False))
-                        if reply.get("type") == "connected":
-                            break
-                        if reply.get("type") == "error":
-                            raise ConnectionError(f"refused: {reply.get('code')}")
+                    answer = await reply
+                if answer.get("type") == "error":
+                    raise ConnectionError(f"refused: {answer.get('code')}")
             except Exception as exc:
                 self.errors[f"handshake:{type(exc).__name__}"] += 1
-                ws.transport.abort()
+                if reply.done() and not reply.cancelled():
+                    reply.exception()  # retrieved: the failure is counted above
+                conn.sock.abort()
                 return False
-        conn = BenchConnection(index, channel, ws)
         self.conns[index] = conn
-        self.readers.append(asyncio.get_running_loop().create_task(self._read(conn)))
         return True
 
     # --- receive ------------------------------------------------------------------
 
-    async def _read(self, conn: BenchConnection) -> None:
-        ws = conn.ws
-        loads = orjson.loads
+    def _on_frame(self, conn: BenchConnection, raw: bytes) -> None:
+        """One message from the server on ``conn`` (the client's on_message callback)."""
+        now = time.time_ns()
         try:
-            while True:
-                raw = await ws.recv(decode=False)
-                now = time.time_ns()
-                frame = loads(raw)
-                kind = frame.get("type")
-                if kind == "message":
-                    message = frame["message"]
-                    if conn.log.record(message["channelId"], message["messageId"]):
-                        sent = message.get("metadata", {}).get("t")
-                        if sent is not None:
-                            self.delivery_us.append((now - int(sent)) // 1000)
-                        if self.first_recv_ns is None:
-                            self.first_recv_ns = now
-                        self.last_recv_ns = now
-                elif kind == "ack":
-                    self._on_ack(frame, now)
-                elif kind == "error":
-                    self._on_error(frame)
-                elif kind == "history":
-                    waiter = self.history_waiters.pop(str(frame.get("requestId")), None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(frame)
-                elif kind == "pong" and conn.pong is not None and not conn.pong.done():
-                    conn.pong.set_result(None)
-        except ConnectionClosed as exc:
-            if not self.finishing:
-                conn.closed_at_ns = time.time_ns()
-                conn.close_code = exc.rcvd.code if exc.rcvd is not None else None
+            frame = orjson.loads(raw)
+            kind = frame.get("type")
+            if conn.connect_reply is not None:  # only the answer to our connect counts
+                if kind in ("connected", "error"):
+                    if not conn.connect_reply.done():
+                        conn.connect_reply.set_result(frame)
+                    conn.connect_reply = None
+            elif kind == "message":
+                message = frame["message"]
+                if conn.log.record(message["channelId"], message["messageId"]):
+                    sent = message.get("metadata", {}).get("t")
+                    if sent is not None:
+                        self.delivery_us.append((now - int(sent)) // 1000)
+                    if self.first_recv_ns is None:
+                        self.first_recv_ns = now
+                    self.last_recv_ns = now
+            elif kind == "ack":
+                self._on_ack(frame, now)
+            elif kind == "error":
+                self._on_error(frame)
+            elif kind == "history":
+                waiter = self.history_waiters.pop(str(frame.get("requestId")), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(frame)
+            elif kind == "pong" and conn.pong is not None and not conn.pong.done():
+                conn.pong.set_result(None)
+        except Exception as exc:
+            # Raised into the client's data_received it would drop the connection:
+            # count the bad frame and keep reading instead.
+            self.errors[f"frame:{type(exc).__name__}"] += 1
+
+    def _on_close(self, conn: BenchConnection, code: int | None) -> None:
+        """``conn``'s TCP connection is gone (the client's on_close callback)."""
+        reply = conn.connect_reply
+        if reply is not None and not reply.done():
+            reply.set_exception(SocketClosed(f"closed before connected (code {code})"))
+        if not self.finishing:
+            conn.closed_at_ns = time.time_ns()
+            conn.close_code = code
 
     def _on_ack(self, frame: dict[str, Any], now: int) -> None:
         client_msg_id = str(frame.get("clientMsgId"))
@@ -292,7 +322,6 @@ class LoadWorker:
             self.errors["send:not_connected"] += count
             return
         dumps = orjson.dumps
-        ws = conn.ws
         channel = conn.channel
         for k in range(count):
             due = schedule.due_ns(sender, k)
@@ -311,8 +340,8 @@ class LoadWorker:
             }
             self.pending[client_msg_id] = (channel, now)
             try:
-                await ws.send(dumps(frame), text=True)
-            except ConnectionClosed:
+                conn.send_text(dumps(frame))
+            except SocketClosed:
                 self.pending.pop(client_msg_id, None)
                 self.errors["send:closed"] += count - k
                 return
@@ -359,8 +388,8 @@ class LoadWorker:
         live = [c for c in self.conns.values() if c.closed_at_ns is None]
         for conn in live:
             conn.pong = loop.create_future()
-            with contextlib.suppress(ConnectionClosed):
-                await conn.ws.send(b'{"type":"ping"}', text=True)
+            with contextlib.suppress(SocketClosed):
+                conn.send_text(b'{"type":"ping"}')
         waiters = [c.pong for c in live if c.pong is not None]
         if waiters:
             await asyncio.wait(waiters, timeout=PING_TIMEOUT_S)
@@ -395,9 +424,9 @@ class LoadWorker:
                 }
                 sent = time.perf_counter_ns()
                 try:
-                    await conn.ws.send(orjson.dumps(frame), text=True)
+                    conn.send_text(orjson.dumps(frame))
                     reply = await asyncio.wait_for(waiter, HISTORY_TIMEOUT_S)
-                except (ConnectionClosed, TimeoutError) as exc:
+                except (SocketClosed, TimeoutError) as exc:
                     self.history_waiters.pop(request_id, None)
                     counts[f"history:{type(exc).__name__}"] += 1
                     continue
@@ -435,8 +464,9 @@ class LoadWorker:
 
     async def close_all(self) -> None:
         self.finishing = True
-        conns = list(self.conns.values())
-        await asyncio.gather(*(c.ws.close() for c in conns), return_exceptions=True)
-        for task in self.readers:
-            task.cancel()
-        await asyncio.gather(*self.readers, return_exceptions=True)
+        socks = [c.sock for c in self.conns.values() if c.sock is not None]
+        # Each close waits at most CLOSE_TIMEOUT_S for the server, then drops TCP
+        # (also when the outer timeout cancels it).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S + 1):
+                await asyncio.gather(*(s.close() for s in socks), return_exceptions=True)
