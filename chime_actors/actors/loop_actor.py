@@ -23,6 +23,7 @@ the process dies           ``ChildActorExited`` at the supervisor, which restart
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from typing import Any, Protocol
 
@@ -36,13 +37,14 @@ from thespian.actors import (
 )
 
 from chime_actors.actors.loop_bridge import LoopBridge
-from chime_actors.actors.messages import ActorId, Configure, Ready
+from chime_actors.actors.messages import ActorId, Bundle, Configure, Ready, bundle_by_target
 from chime_actors.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class ActorCore(Protocol):
@@ -78,6 +80,14 @@ def run_guarded(core: ActorCore, actor_id: ActorId | None, message: Any, sender:
         )
 
 
+def run_bundle(
+    core: ActorCore, actor_id: ActorId | None, messages: tuple[Any, ...], sender: Any
+) -> None:
+    """``run_guarded`` for each message of a ``Bundle``, in order."""
+    for message in messages:
+        run_guarded(core, actor_id, message, sender)
+
+
 class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
     """A Thespian actor whose work runs on an ``ActorCore`` in a loop thread."""
 
@@ -106,7 +116,13 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
                 poisoned=type(message.poisonMessage).__name__,
             )
         elif self._bridge is not None and self._core is not None:
-            self._bridge.call_in_loop(run_guarded, self._core, self._actor_id, message, sender)
+            if isinstance(message, Bundle):
+                # One hand-off to the loop for the lot (each costs a pipe write).
+                self._bridge.call_in_loop(
+                    run_bundle, self._core, self._actor_id, message.messages, sender
+                )
+            else:
+                self._bridge.call_in_loop(run_guarded, self._core, self._actor_id, message, sender)
         if self._bridge is not None:
             return ThespianWatch([self._bridge.watch_fd])
         return None
@@ -114,9 +130,11 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
     def _flush_outbox(self) -> None:
         if self._bridge is None:
             return
-        for address, outgoing in self._bridge.drain():
-            if address is not None:
-                self.send(address, outgoing)
+        sends = [
+            (address, outgoing) for address, outgoing in self._bridge.drain() if address is not None
+        ]
+        for address, outgoing in bundle_by_target(sends):
+            self.send(address, outgoing)
 
     def _configure(self, configure: Configure, sender: Any) -> None:
         if self._core is not None:
@@ -124,6 +142,12 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._actor_id = configure.actor_id
         setproctitle.setproctitle(f"chime: {configure.actor_id}")
         configure_logging(configure.config.logging, process_name=str(configure.actor_id))
+        # Two threads share the GIL here: the loop (busy under load) and Thespian's
+        # (the links to other processes, stop-and-wait per message). With the
+        # default 5 ms switch interval every step of a Thespian send waits up to
+        # 5 ms for a busy loop thread to let go; a shorter interval keeps the
+        # links moving (docs/performance.md).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         bridge = LoopBridge(name=f"chime-{configure.actor_id.kind.value}-loop")
         bridge.start()
         try:

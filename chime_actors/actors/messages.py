@@ -156,3 +156,40 @@ class RestartNotice:
 
     actor_id: ActorId
     restart_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """Several messages for one actor, carried by one Thespian send.
+
+    Thespian's TCP transport sends one message at a time per peer and waits for
+    its acknowledgement, and its per-send bookkeeping costs more CPU than the
+    pickling: a persister that answered each write with a result and a batch of
+    deliveries per gateway spent most of its time in the transport. Whatever a
+    loop queued for one peer between two drains of the bridge travels as one
+    ``Bundle``, which the receiver unpacks in order (``bundle_by_target``).
+    """
+
+    messages: tuple[Any, ...]
+
+
+def bundle_by_target(sends: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Group ``(address, message)`` sends into one send per address.
+
+    The order of the messages for each address is kept; an address with a single
+    message gets it as it is, not wrapped.
+    """
+    # Thespian addresses compare equal but are not hashable: a list, scanned
+    # linearly (a process has a handful of peers).
+    grouped: list[tuple[Any, list[Any]]] = []
+    for address, message in sends:
+        for known, messages in grouped:
+            if known == address:
+                messages.append(message)
+                break
+        else:
+            grouped.append((address, [message]))
+    return [
+        (address, messages[0] if len(messages) == 1 else Bundle(tuple(messages)))
+        for address, messages in grouped
+    ]

@@ -45,6 +45,7 @@ from chime_actors.actors.gateway_actor import GatewayActor
 from chime_actors.actors.messages import (
     ActorId,
     ActorKind,
+    Bundle,
     Configure,
     Drain,
     Drained,
@@ -122,7 +123,10 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._drained: set[ActorId] = set()
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
-        if isinstance(message, StartServer):
+        if isinstance(message, Bundle):
+            for each in message.messages:
+                self.receiveMessage(each, sender)
+        elif isinstance(message, StartServer):
             self._start(message, sender)
         elif isinstance(message, Ready):
             self._on_ready(message, sender)
