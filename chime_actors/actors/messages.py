@@ -149,6 +149,9 @@ class MetricsReport:
     actor_id: ActorId
     snapshot: MetricsSnapshot
 
+    def __repr__(self) -> str:
+        return f"MetricsReport({self.actor_id})"  # see Bundle.__repr__
+
 
 @dataclass(frozen=True, slots=True)
 class RestartNotice:
@@ -171,6 +174,10 @@ class Bundle:
     """
 
     messages: tuple[Any, ...]
+
+    def __repr__(self) -> str:
+        # Thespian formats every message for a debug line; see PersistBatch.__repr__.
+        return f"Bundle({len(self.messages)} messages)"
 
 
 def bundle_by_target(sends: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
