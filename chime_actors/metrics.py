@@ -187,6 +187,10 @@ PERSIST_LATENCY = HistogramSpec(
     PERSIST_LATENCY_BUCKETS,
 )
 PERSIST_BATCHES = CounterSpec("chime_persist_batches_total", "Batches written to storage.")
+GAP_FILLS = CounterSpec(
+    "chime_gap_fills_total",
+    "Messages a gateway read from storage because they did not arrive live (lost or late).",
+)
 
 
 # --- live metrics -------------------------------------------------------------------
@@ -604,6 +608,7 @@ class ChimeMetrics:
     queue_depth: Gauge
     persist_latency: Histogram
     persist_batches: Counter
+    gap_fills: Counter
 
     @classmethod
     def register(cls, registry: MetricsRegistry) -> ChimeMetrics:
@@ -618,6 +623,7 @@ class ChimeMetrics:
             queue_depth=registry.gauge(QUEUE_DEPTH),
             persist_latency=registry.histogram(PERSIST_LATENCY),
             persist_batches=registry.counter(PERSIST_BATCHES),
+            gap_fills=registry.counter(GAP_FILLS),
         )
 
 

@@ -39,7 +39,7 @@ from chime_actors.config import Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
-from chime_actors.gateway.outbox import Outbox
+from chime_actors.gateway.outbox import FlushQueue, Outbox
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
@@ -73,6 +73,7 @@ class GatewayServices(Protocol):
     metrics: ChimeMetrics
     fault_injection: bool
     authenticator: Authenticator
+    flush_queue: FlushQueue
 
     def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
         """Hand a send to the channel's persister; resolves with its outcome."""
@@ -192,6 +193,7 @@ class ConnectionActor:
         )
         self._outbox = Outbox(
             _WebSocketSink(websocket),
+            services.flush_queue,
             max_frames=chat.send_queue_frames,
             max_bytes=chat.send_queue_bytes,
             on_written=services.metrics.messages_out.add,

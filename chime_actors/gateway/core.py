@@ -45,6 +45,7 @@ from chime_actors.gateway.channel_actor import (
     Subscriber,
 )
 from chime_actors.gateway.connection_actor import ConnectionActor
+from chime_actors.gateway.outbox import FlushQueue
 from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
@@ -82,6 +83,8 @@ class GatewayCore:
         self.metrics = ChimeMetrics.register(self.registry)
         self.fault_injection = config.testing.fault_injection
         self.authenticator = Authenticator(config.auth)
+        # Every connection's outbox is flushed from this one queue (one callback a turn).
+        self.flush_queue = FlushQueue()
         self._chat_port = chat_port
         self._post = post
         self._supervisor = supervisor
@@ -99,6 +102,7 @@ class GatewayCore:
         ]
         self._channels: dict[str, ChannelActor] = {}
         self._channel_stats = ChannelStats()
+        self._gap_fills_reported = 0
         self._connections: set[ConnectionActor] = set()
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -308,6 +312,9 @@ class GatewayCore:
         queue_depth = self.metrics.queue_depth
         queue_depth.labels(queue="persist_link").set(sum(link.pending for link in self._links))
         queue_depth.labels(queue="channels").set(len(self._channels))
+        gap_filled = self._channel_stats.gap_filled
+        self.metrics.gap_fills.inc(gap_filled - self._gap_fills_reported)
+        self._gap_fills_reported = gap_filled
 
     async def _drain(self, reply_to: Any) -> None:
         """Stop accepting, settle owed acks, close every client with 1001."""

@@ -6,7 +6,8 @@ connection (a task, a lock, a frame object and a socket write each: ~30 µs of a
 gateway's CPU per delivery, docs/performance.md), an ``Outbox`` collects what
 is pushed during one turn of the event loop and hands it to the socket in one
 write when the turn ends. An idle connection's outbox holds nothing (no list,
-no task, no pending callback).
+no task, no pending callback); the outboxes with frames waiting are flushed
+together by their gateway's ``FlushQueue``, one loop callback for all of them.
 
 Bounds (``chat.send_queue_frames``, ``chat.send_queue_bytes``): frames waiting
 for the end of the turn, and bytes waiting anywhere in the server (in the
@@ -22,6 +23,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Protocol
+
+from chime_actors.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class FrameSink(Protocol):
@@ -44,12 +49,43 @@ class FrameSink(Protocol):
         ...
 
 
+class FlushQueue:
+    """The outboxes with frames waiting, flushed together when the loop turn ends.
+
+    One per event loop (the gateway's): a fan-out to 500 subscribers schedules
+    one callback, not 500.
+    """
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: list[Outbox] = []
+
+    def add(self, outbox: Outbox) -> None:
+        """Flush ``outbox`` at the end of this turn (call once per turn per outbox)."""
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self.flush_all)
+        self._waiting.append(outbox)
+
+    def flush_all(self) -> None:
+        """Flush every waiting outbox (each flush is guarded: one failing is logged)."""
+        waiting, self._waiting = self._waiting, []
+        for outbox in waiting:
+            try:
+                outbox.flush()
+            except Exception:
+                # A transport that broke in an unexpected way; that connection's
+                # reader sees it close. The others must still get their frames.
+                log.exception("outbox flush failed")
+
+
 class Outbox:
     """Frames on their way to one client (see the module docstring)."""
 
     __slots__ = (
         "_backlog",
         "_closer",
+        "_flush_queue",
         "_frames",
         "_max_bytes",
         "_max_frames",
@@ -62,6 +98,7 @@ class Outbox:
     def __init__(
         self,
         sink: FrameSink,
+        flush_queue: FlushQueue,
         *,
         max_frames: int,
         max_bytes: int,
@@ -69,6 +106,7 @@ class Outbox:
         on_overflow: Callable[[], None],
     ) -> None:
         self._sink = sink
+        self._flush_queue = flush_queue
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._on_written = on_written
@@ -101,7 +139,7 @@ class Outbox:
         frames = self._frames
         if frames is None:
             frames = self._frames = []
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._flush_queue.add(self)
         elif len(frames) >= self._max_frames:
             self._on_overflow()
             return

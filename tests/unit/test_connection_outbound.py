@@ -22,6 +22,7 @@ from chime_actors.errors import StoreUnavailable
 from chime_actors.gateway import connection_actor as connection_actor_module
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.connection_actor import ConnectionActor
+from chime_actors.gateway.outbox import FlushQueue
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import SendOutcome, SendRecord
@@ -114,6 +115,7 @@ class FakeServices:
         self.metrics = ChimeMetrics.register(self.registry)
         self.fault_injection = False
         self.authenticator = Authenticator(config.auth)
+        self.flush_queue = FlushQueue()
 
     def value(self, name: str, *labels: str) -> float | None:
         return self.registry.snapshot("test").value(name, *labels)
