@@ -23,7 +23,6 @@ the process dies           ``ChildActorExited`` at the supervisor, which restart
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 from typing import Any, Protocol
 
@@ -44,7 +43,6 @@ log = get_logger(__name__)
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class ActorCore(Protocol):
@@ -142,12 +140,6 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._actor_id = configure.actor_id
         setproctitle.setproctitle(f"chime: {configure.actor_id}")
         configure_logging(configure.config.logging, process_name=str(configure.actor_id))
-        # Two threads share the GIL here: the loop (busy under load) and Thespian's
-        # (the links to other processes, stop-and-wait per message). With the
-        # default 5 ms switch interval every step of a Thespian send waits up to
-        # 5 ms for a busy loop thread to let go; a shorter interval keeps the
-        # links moving (docs/performance.md).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         bridge = LoopBridge(name=f"chime-{configure.actor_id.kind.value}-loop")
         bridge.start()
         try:
