@@ -3,7 +3,8 @@
 One host sequences a channel by owning its persister (``owner_index``), but with
 several hosts each has such a persister. So ids come from Redis instead: a batch
 reserves a contiguous range with one ``INCRBY`` per channel (one round trip per
-batch, pipelined; no database round trip, no lease to expire). Ids stay unique and
+batch for all its channels, pipelined; no database round trip, no lease to
+expire). Ids stay unique and
 increasing across hosts; the order in which two hosts' batches finish storing may
 differ from id order, which each gateway's ChannelActor puts right (it holds a
 later id back until the earlier ones arrive or are found in storage).
@@ -94,13 +95,27 @@ class RedisIds:
         await self._client.aclose()
 
     async def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """For each channel, the first id of a fresh contiguous range of ``count`` ids."""
+        """For each channel, the first id of a fresh contiguous range of ``count`` ids.
+
+        One round trip for every channel of the batch (a pipeline of the reserve
+        script); a channel whose counter does not exist yet is seeded from
+        storage first, then reserved.
+        """
+        if not counts:
+            return {}
+        channels = list(counts)
         try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for channel_id in channels:
+                    key = SEQ_KEY.format(channel=channel_id)
+                    # Queued, not run: a pipeline sends every command at execute().
+                    await self._reserve(keys=[key], args=[counts[channel_id]], client=pipe)
+                lasts = [int(last) for last in await pipe.execute()]
             firsts: dict[str, int] = {}
-            for channel_id, count in counts.items():
-                key = SEQ_KEY.format(channel=channel_id)
-                last = int(await self._reserve(keys=[key], args=[count]))
+            for channel_id, last in zip(channels, lasts, strict=True):
+                count = counts[channel_id]
                 if last < 0:
+                    key = SEQ_KEY.format(channel=channel_id)
                     floor = await self._last_stored_seq(channel_id)
                     await self._client.set(key, floor, nx=True)
                     last = int(await self._client.incrby(key, count))
