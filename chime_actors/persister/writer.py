@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,9 @@ log = get_logger(__name__)
 
 INBOX_BATCHES = 1024
 MAX_RECORDS_PER_WRITE = 2000
+# Client-id settles (Redis) in flight at once, and how long a stop waits for them.
+MAX_SETTLING = 16
+SETTLE_WAIT_S = 5.0
 
 Post = Callable[[Any, Any], None]
 
@@ -63,6 +66,8 @@ class PersistWriter:
         self._redis_bridge: Any = None
         self._ids = ids
         self._task: asyncio.Task[None] | None = None
+        # Claim settles still running (``_track_settle``).
+        self._settling: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Start the write loop."""
@@ -79,6 +84,8 @@ class PersistWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=SETTLE_WAIT_S)
 
     def set_gateways(self, gateways: tuple[Any, ...], redis_bridge: Any = None) -> None:
         """The current gateway (and Redis bridge) addresses (from ``Wiring``)."""
@@ -170,7 +177,7 @@ class PersistWriter:
                 raise
         if stored:
             self._sequencer.commit(plan)
-        if self._ids is not None:
+        if self._ids is not None and not stored:
             await self._settle_claims(plan, stored)
         self._answer(taken, plan, stored, settled)
         if stored and plan.new_messages:
@@ -179,6 +186,12 @@ class PersistWriter:
                 self._post(gateway, deliveries)
             if self._redis_bridge is not None:
                 self._post(self._redis_bridge, deliveries)
+        if self._ids is not None and stored:
+            # After the acks, not before: a Redis round trip less on every send's
+            # path. Until it lands a repeat of one of these client ids finds its
+            # claim pending and is answered ``unavailable`` (retry), never stored
+            # twice; the same holds if the settle fails.
+            await self._track_settle(self._settle_claims(plan, stored))
         self._metrics.persist_latency.observe(time.perf_counter() - started)
         self._metrics.persist_batches.inc()
 
@@ -276,6 +289,14 @@ class PersistWriter:
         for (index, _), ours in zip(free, taken, strict=True):
             resolved[index] = Claim(won=True) if ours else Claim(won=False)
         return resolved
+
+    async def _track_settle(self, settle: Coroutine[Any, Any, None]) -> None:
+        """Run ``settle`` in the background, at most ``MAX_SETTLING`` at a time."""
+        if len(self._settling) >= MAX_SETTLING:
+            await asyncio.wait(self._settling)
+        task = asyncio.get_running_loop().create_task(settle)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _settle_claims(self, plan: Plan, stored: bool) -> None:
         assert self._ids is not None
