@@ -98,7 +98,7 @@ import contextlib
 import json
 import socket
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
@@ -150,6 +150,9 @@ CLIENT_ID_TTL_S: Final = 600
 # Requests one store keeps in flight at most (a 2,000-message append becomes
 # dozens of batches; more in flight only queues on the node).
 _MAX_IN_FLIGHT = 128
+
+# Appends whose heads and counters may be in flight at once (see ``append``).
+_MAX_BACKGROUND = 64
 
 # Upper bound of the estimated size of one single-partition UNLOGGED batch.
 # Cassandra does not apply batch_size_warn/fail thresholds to single-partition
@@ -359,6 +362,8 @@ class CassandraStore:
         self._stmts: dict[str, PreparedStatement] = {}
         self._insert_variants: dict[tuple[str, frozenset[str]], PreparedStatement] = {}
         self._in_flight: asyncio.Semaphore | None = None
+        # Head and counter updates still running after their append returned.
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> CassandraConfig:
@@ -394,6 +399,9 @@ class CassandraStore:
 
     async def close(self) -> None:
         """Shut the driver down (its connections and threads); safe to call twice."""
+        if self._background:
+            # Heads and counters of the last appends: let them land first.
+            await asyncio.wait(self._background, timeout=self._timeout_s)
         cluster = self._cluster
         self._cluster = None
         self._session = None
@@ -454,8 +462,9 @@ class CassandraStore:
 
         Messages of one ``(channel, bucket)`` partition go in UNLOGGED batches
         (atomic and isolated within the partition) of bounded size; the batches,
-        thread copies and client ids are written concurrently, then the channel
-        heads and the counters.
+        thread copies and client ids are written concurrently; it returns once
+        they are durable, and the channel heads and counters are advanced in the
+        background (``close`` waits for them).
 
         Raises:
             StoreError: a seq appears twice in the batch; nothing was written.
@@ -490,11 +499,22 @@ class CassandraStore:
             for chunk in _chunks(with_client_id):
                 writes.append(self._write_client_ids(channel_id, chunk))
         await _gather_all(writes)
+        # Every row is durable: the append is done, and the sender's ack need
+        # not wait for the heads and counters, which follow in the background.
+        # A head is a hint (``last_seq`` probes the buckets above it), written
+        # only once its rows are stored, so it never promises a missing row;
+        # one left behind by a crash or a failed update is what a half-failed
+        # append leaves too. The counters are statistics.
+        if len(self._background) >= _MAX_BACKGROUND:
+            await asyncio.wait(self._background)
+        task = asyncio.get_running_loop().create_task(self._after_append(by_channel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-        # The heads only once every message is stored: a head never promises
-        # a row that is not there. The counters (statistics) go with them: one
-        # round trip for both, whatever the number of channels (one after
-        # another, a write over 100 channels spent ~0.4 s here).
+    async def _after_append(self, by_channel: Mapping[str, Sequence[ChimeMessage]]) -> None:
+        """Advance the channel heads and counters of a stored append (background)."""
+        # One round trip for all channels (one after another, a write over 100
+        # channels spent ~0.4 s here).
         heads = _gather_all(
             self._run(
                 "append",
@@ -509,7 +529,10 @@ class CassandraStore:
                 for channel_id, group in by_channel.items()
             )
         )
-        await _gather_all((heads, counters))
+        try:
+            await _gather_all((heads, counters))
+        except StoreError as exc:
+            log.warning("channel heads not advanced", channels=len(by_channel), error=str(exc))
 
     async def _add_to_counter(self, channel_id: str, count: int) -> None:
         try:
