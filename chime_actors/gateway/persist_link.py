@@ -6,8 +6,12 @@ link never relies on Thespian to absorb load. Instead:
 * ``submit`` adds a record to the link's buffer; one flush per loop iteration turns
   everything buffered into a single ``PersistBatch`` (batching without a timer:
   under load a batch holds whatever arrived while the previous one was in flight);
-* at most ``window`` batches are in flight; while the window is full, records
-  wait in the buffer;
+* at most ``window`` (2) batches are in flight; while the window is full,
+  records wait in the buffer and go together in the next batch. Small on
+  purpose: Thespian costs CPU per message and sends one message at a time per
+  peer, so a wide window (32 was tried) let hundreds of one-record batches
+  queue inside Thespian, where nothing could merge them (a record then took
+  ~0.5 s to reach the persister at 200 msg/s; with 2, ~tens of ms);
 * at most ``max_pending`` records may wait or fly; past that ``submit`` fails at
   once with ``unavailable`` (the caller tells the client), so memory is bounded;
 * a record that waited ``ack_timeout_s`` without being sent (the window stayed
@@ -71,7 +75,7 @@ class PersistLink:
         gateway_index: int,
         post: Post,
         *,
-        window: int = 32,
+        window: int = 2,
         max_batch: int = 1000,
         max_pending: int = 5_000,
         ack_timeout_s: float = 5.0,
@@ -127,13 +131,22 @@ class PersistLink:
         return batch_id in self._in_flight
 
     def on_result(self, result: PersistResult) -> None:
-        """A persister answered a batch."""
-        if self._in_flight.pop(result.batch_id, None) is None:
+        """A persister answered a batch, or part of it.
+
+        A persister's writer lanes answer the records of their own channels
+        (``persister.writer``), so a batch may be answered in several parts; it
+        stays in flight (and in the window) until every record has its outcome.
+        """
+        flight = self._in_flight.get(result.batch_id)
+        if flight is None:
             return  # already failed by timeout or rewire; the client was told
         for outcome in result.outcomes:
             future = self._futures.pop(outcome.token, None)
             if future is not None and not future.done():
                 future.set_result(outcome)
+        if any(record.token in self._futures for _, record in flight.entries):
+            return  # other parts still to come
+        del self._in_flight[result.batch_id]
         if self._buffer:
             self._flush()
 
@@ -149,6 +162,8 @@ class PersistLink:
                 continue
             del self._in_flight[batch_id]
             for entry in flight.entries:
+                if entry[1].token not in self._futures:
+                    continue  # answered already (a part of the batch came back)
                 if entry[1].client_msg_id:
                     retry.append(entry)
                 else:
