@@ -1,16 +1,9 @@
 """The persister's core: takes ``PersistBatch``es, sequences, writes, answers.
 
-Runs on the persister process's asyncio loop (``PersisterActor`` feeds it). The
-persister's channels are split over ``WRITER_LANES`` lanes (by a hash of the
-channel id); each lane is a serial group-commit loop with its own bounded inbox:
-it drains everything queued into one store write, so the write rate adapts to
-load without delaying a lone message. Lanes write concurrently, so one write
-waiting on storage (tens of ms for Redis + Cassandra on a busy box) no longer
-holds up every other channel of the persister; a channel stays in one lane, so
-its writes, acks and deliveries keep their order. A batch whose records span
-lanes is split, and each lane answers its part (``PersistResult`` for a subset
-of the batch; the gateway's link resolves records as their outcomes come).
-After a write:
+Runs on the persister process's asyncio loop (``PersisterActor`` feeds it). Batches
+queue in a bounded inbox; the writer drains everything queued into one store write
+(group commit), so the write rate adapts to load without delaying a lone message.
+After the write:
 
 * each origin gateway gets one ``PersistResult`` (its acks, or ``unavailable``), and
 * every gateway gets one ``Deliveries`` with all new messages, in id order.
@@ -23,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -47,7 +39,6 @@ log = get_logger(__name__)
 
 INBOX_BATCHES = 1024
 MAX_RECORDS_PER_WRITE = 2000
-WRITER_LANES = 4
 # Client-id settles (Redis) in flight at once, and how long a stop waits for them.
 MAX_SETTLING = 16
 SETTLE_WAIT_S = 5.0
@@ -65,45 +56,34 @@ class PersistWriter:
         metrics: ChimeMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         ids: RedisIds | None = None,
-        lanes: int = WRITER_LANES,
     ) -> None:
         self._store = store
         self._post = post
         self._metrics = metrics
         self._sequencer = Sequencer(clock)
-        self._inboxes: list[asyncio.Queue[tuple[PersistBatch, Any]]] = [
-            asyncio.Queue(INBOX_BATCHES) for _ in range(lanes)
-        ]
+        self._inbox: asyncio.Queue[tuple[PersistBatch, Any]] = asyncio.Queue(INBOX_BATCHES)
         self._gateways: tuple[Any, ...] = ()
         self._redis_bridge: Any = None
         self._ids = ids
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         # Claim settles still running (``_track_settle``).
         self._settling: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        """Start one write loop per lane."""
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._run(inbox), name=f"persist-writer-{lane}")
-            for lane, inbox in enumerate(self._inboxes)
-        ]
+        """Start the write loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="persist-writer")
 
     async def stop(self) -> None:
-        """Finish what is queued (bounded by the inboxes), then stop."""
-        if not self._tasks:
+        """Finish what is queued (bounded by the inbox), then stop."""
+        if self._task is None:
             return
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(inbox.join() for inbox in self._inboxes)), timeout=10
-            )
+            await asyncio.wait_for(self._inbox.join(), timeout=10)
         except TimeoutError:
-            log.warning("persister stopped with batches still queued", queued=self.queue_depth)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            log.warning("persister stopped with batches still queued", queued=self._inbox.qsize())
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         if self._settling:
             await asyncio.wait(self._settling, timeout=SETTLE_WAIT_S)
 
@@ -114,24 +94,23 @@ class PersistWriter:
 
     @property
     def queue_depth(self) -> int:
-        """Batches (or parts of batches) waiting to be written."""
-        return sum(inbox.qsize() for inbox in self._inboxes)
+        """Batches waiting to be written."""
+        return self._inbox.qsize()
 
     def submit(self, batch: PersistBatch, reply_to: Any) -> None:
-        """Queue a batch in its lanes; a full lane refuses its part at once (backpressure)."""
-        for lane, part in split_by_lane(batch, len(self._inboxes)):
-            try:
-                self._inboxes[lane].put_nowait((part, reply_to))
-            except asyncio.QueueFull:
-                self._post(reply_to, _fail_all(part, "persister overloaded"))
+        """Queue a batch; when the inbox is full, refuse it at once (backpressure)."""
+        try:
+            self._inbox.put_nowait((batch, reply_to))
+        except asyncio.QueueFull:
+            self._post(reply_to, _fail_all(batch, "persister overloaded"))
 
-    async def _run(self, inbox: asyncio.Queue[tuple[PersistBatch, Any]]) -> None:
+    async def _run(self) -> None:
         while True:
-            first = await inbox.get()
+            first = await self._inbox.get()
             taken = [first]
             count = len(first[0].records)
-            while count < MAX_RECORDS_PER_WRITE and not inbox.empty():
-                item = inbox.get_nowait()
+            while count < MAX_RECORDS_PER_WRITE and not self._inbox.empty():
+                item = self._inbox.get_nowait()
                 taken.append(item)
                 count += len(item[0].records)
             try:
@@ -145,7 +124,7 @@ class PersistWriter:
                     self._post(reply_to, _fail_all(batch, "internal error while storing"))
             finally:
                 for _ in taken:
-                    inbox.task_done()
+                    self._inbox.task_done()
 
     async def _write(self, taken: Sequence[tuple[PersistBatch, Any]]) -> None:
         started = time.perf_counter()
@@ -376,26 +355,6 @@ class PersistWriter:
                         )
                     )
             self._post(reply_to, PersistResult(batch.batch_id, tuple(outcomes)))
-
-
-def lane_of(channel_id: str, lanes: int) -> int:
-    """The writer lane of ``channel_id`` (salted: independent of ``owner_index``)."""
-    return zlib.crc32(b"lane:" + channel_id.encode()) % lanes
-
-
-def split_by_lane(batch: PersistBatch, lanes: int) -> list[tuple[int, PersistBatch]]:
-    """``batch`` as ``(lane, part)``s: itself when all its records share a lane."""
-    if lanes == 1:
-        return [(0, batch)]
-    parts: dict[int, list[SendRecord]] = {}
-    for record in batch.records:
-        parts.setdefault(lane_of(record.channel_id, lanes), []).append(record)
-    if len(parts) == 1:
-        return [(next(iter(parts)), batch)]
-    return [
-        (lane, PersistBatch(batch.batch_id, batch.gateway_index, tuple(records)))
-        for lane, records in parts.items()
-    ]
 
 
 def _fail_all(batch: PersistBatch, why: str) -> PersistResult:

@@ -85,26 +85,15 @@ def ids(outcomes: Sequence[SendOutcome]) -> list[int | None]:
 Scenario = Callable[[PersistWriter, CountingStore, Posts], Awaitable[None]]
 
 
-def run(
-    scenario: Scenario, *, start: bool = True, lanes: int = 1, store: CountingStore | None = None
-) -> None:
-    """Run ``scenario`` with an open store and a writer; close both afterwards.
-
-    One writer lane unless ``lanes`` says otherwise: most tests are about one
-    lane's group commit.
-    """
+def run(scenario: Scenario, *, start: bool = True) -> None:
+    """Run ``scenario`` with an open store and a writer; close both afterwards."""
 
     async def main() -> None:
-        nonlocal store
-        store = store or CountingStore()
+        store = CountingStore()
         await store.open()
         posts = Posts()
         writer = PersistWriter(
-            store,
-            posts,
-            ChimeMetrics.register(MetricsRegistry()),
-            clock=lambda: NOW,
-            lanes=lanes,
+            store, posts, ChimeMetrics.register(MetricsRegistry()), clock=lambda: NOW
         )
         writer.set_gateways(GATEWAYS)
         if start:
@@ -333,79 +322,3 @@ def test_message_ids_are_the_wire_format() -> None:
 
 def test_stop_without_start_is_a_no_op() -> None:
     run(lambda writer, store, posts: asyncio.sleep(0), start=False)
-
-
-# --- writer lanes ---------------------------------------------------------------
-
-
-def two_channels_in_different_lanes(lanes: int) -> tuple[str, str]:
-    names = [f"ch{i}" for i in range(100)]
-    first = names[0]
-    other = next(
-        n for n in names if writer_module.lane_of(n, lanes) != writer_module.lane_of(first, lanes)
-    )
-    return first, other
-
-
-class GatedStore(CountingStore):
-    """Appends touching ``blocked`` wait until ``release`` is set."""
-
-    def __init__(self, blocked: str) -> None:
-        super().__init__()
-        self.blocked = blocked
-        self.release = asyncio.Event()
-
-    async def append(self, messages: Sequence[ChimeMessage]) -> None:
-        if any(m.channel_id == self.blocked for m in messages):
-            await self.release.wait()
-        await super().append(messages)
-
-
-def test_a_slow_write_in_one_lane_does_not_hold_up_another_lane() -> None:
-    slow, fast = two_channels_in_different_lanes(writer_module.WRITER_LANES)
-    store = GatedStore(blocked=slow)
-
-    async def scenario(writer: PersistWriter, store_: CountingStore, posts: Posts) -> None:
-        assert isinstance(store_, GatedStore)
-        writer.submit(batch(1, rec(1, slow)), "reply-slow")
-        writer.submit(batch(2, rec(2, fast)), "reply-fast")
-        await wait_until(lambda: len(posts.results("reply-fast")) == 1)
-        assert posts.results("reply-slow") == []  # still waiting on storage
-        store_.release.set()
-        await wait_until(lambda: len(posts.results("reply-slow")) == 1)
-        assert ids(posts.results("reply-slow")[0].outcomes) == [1]
-
-    run(scenario, lanes=writer_module.WRITER_LANES, store=store)
-
-
-def test_a_batch_spanning_lanes_is_answered_in_parts_that_cover_every_record() -> None:
-    one, other = two_channels_in_different_lanes(writer_module.WRITER_LANES)
-
-    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
-        writer.submit(batch(7, rec(1, one), rec(2, other), rec(3, one)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
-        parts = posts.results("reply")
-        assert {p.batch_id for p in parts} == {7}
-        by_token = {o.token: o for p in parts for o in p.outcomes}
-        assert sorted(by_token) == [1, 2, 3]
-        assert [by_token[t].message.seq for t in (1, 3, 2)] == [1, 2, 1]  # type: ignore[union-attr]
-        delivered = [
-            (m.channel_id, m.seq) for d in posts.deliveries(GATEWAYS[0]) for m in d.messages
-        ]
-        assert sorted(delivered) == sorted([(one, 1), (one, 2), (other, 1)])
-        assert [seq for channel, seq in delivered if channel == one] == [1, 2]
-
-    run(scenario, lanes=writer_module.WRITER_LANES)
-
-
-def test_lanes_split_a_batch_only_when_it_spans_them() -> None:
-    one, other = two_channels_in_different_lanes(4)
-    same = batch(1, rec(1, one), rec(2, one))
-    assert writer_module.split_by_lane(same, 4) == [(writer_module.lane_of(one, 4), same)]
-    parts = writer_module.split_by_lane(batch(2, rec(1, one), rec(2, other)), 4)
-    assert sorted(len(part.records) for _, part in parts) == [1, 1]
-    assert {lane for lane, _ in parts} == {
-        writer_module.lane_of(one, 4),
-        writer_module.lane_of(other, 4),
-    }
-    assert writer_module.split_by_lane(same, 1) == [(0, same)]
