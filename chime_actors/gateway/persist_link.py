@@ -131,22 +131,13 @@ class PersistLink:
         return batch_id in self._in_flight
 
     def on_result(self, result: PersistResult) -> None:
-        """A persister answered a batch, or part of it.
-
-        A persister's writer lanes answer the records of their own channels
-        (``persister.writer``), so a batch may be answered in several parts; it
-        stays in flight (and in the window) until every record has its outcome.
-        """
-        flight = self._in_flight.get(result.batch_id)
-        if flight is None:
+        """A persister answered a batch."""
+        if self._in_flight.pop(result.batch_id, None) is None:
             return  # already failed by timeout or rewire; the client was told
         for outcome in result.outcomes:
             future = self._futures.pop(outcome.token, None)
             if future is not None and not future.done():
                 future.set_result(outcome)
-        if any(record.token in self._futures for _, record in flight.entries):
-            return  # other parts still to come
-        del self._in_flight[result.batch_id]
         if self._buffer:
             self._flush()
 
@@ -162,8 +153,6 @@ class PersistLink:
                 continue
             del self._in_flight[batch_id]
             for entry in flight.entries:
-                if entry[1].token not in self._futures:
-                    continue  # answered already (a part of the batch came back)
                 if entry[1].client_msg_id:
                     retry.append(entry)
                 else:

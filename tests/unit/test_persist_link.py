@@ -300,39 +300,3 @@ def test_next_token_is_unique_and_increasing() -> None:
     tokens = [next_token() for _ in range(100)]
     assert tokens == sorted(set(tokens))
 
-
-def test_a_batch_answered_in_parts_stays_in_the_window_until_every_record_is() -> None:
-    """A persister's writer lanes answer their own channels' records separately."""
-
-    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
-        futures = [link.submit(rec_with_id(t)) for t in (1, 2, 3)]
-        await next_iteration()
-        (batch,) = posts.batches
-        whole = acked(batch)
-        link.on_result(PersistResult(batch.batch_id, (whole.outcomes[1],)))
-        assert [f.done() for f in futures] == [False, True, False]
-        assert link.owns(batch.batch_id)  # the rest is still to come
-        later = link.submit(rec(4))
-        await next_iteration()
-        assert len(posts.batches) == 1  # window of one: still full
-        link.on_result(PersistResult(batch.batch_id, (whole.outcomes[0], whole.outcomes[2])))
-        assert [f.result() for f in futures] == list(whole.outcomes)
-        assert not link.owns(batch.batch_id)
-        assert [r.token for r in posts.batches[1].records] == [4]  # the window moved
-        assert not later.done()
-
-    run(scenario, window=1)
-
-
-def test_a_rewire_after_a_partial_answer_retries_only_the_unanswered_records() -> None:
-    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
-        first, second = link.submit(rec_with_id(1)), link.submit(rec_with_id(2))
-        await next_iteration()
-        (batch,) = posts.batches
-        link.on_result(PersistResult(batch.batch_id, (acked(batch).outcomes[0],)))
-        assert first.done() and not second.done()
-        link.rewire(None)
-        link.rewire("persister-2")
-        assert [r.token for r in posts.sent[-1][1].records] == [2]
-
-    run(scenario)
