@@ -4,10 +4,10 @@ One host sequences a channel by owning its persister (``owner_index``), but with
 several hosts each has such a persister. So ids come from Redis instead: a batch
 reserves a contiguous range with one ``INCRBY`` per channel (one round trip per
 batch for all its channels, pipelined; no database round trip, no lease to
-expire). Ids stay unique and
-increasing across hosts; the order in which two hosts' batches finish storing may
-differ from id order, which each gateway's ChannelActor puts right (it holds a
-later id back until the earlier ones arrive or are found in storage).
+expire). Ids stay unique and increasing across hosts; the order in which two
+hosts' batches finish storing may differ from id order, which each gateway's
+ChannelActor puts right (it holds a later id back until the earlier ones arrive
+or are found in storage).
 
 A range whose write fails is lost, not given back (another host may already hold
 the next one), so ids are contiguous except after a failed write; gateways wait a

@@ -293,7 +293,7 @@ class PersistWriter:
     async def _track_settle(self, settle: Coroutine[Any, Any, None]) -> None:
         """Run ``settle`` in the background, at most ``MAX_SETTLING`` at a time."""
         if len(self._settling) >= MAX_SETTLING:
-            await asyncio.wait(self._settling)
+            await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.get_running_loop().create_task(settle)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
