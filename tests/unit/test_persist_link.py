@@ -300,3 +300,20 @@ def test_next_token_is_unique_and_increasing() -> None:
     tokens = [next_token() for _ in range(100)]
     assert tokens == sorted(set(tokens))
 
+
+
+def test_by_default_two_batches_fly_and_the_rest_merges_into_the_next() -> None:
+    """A small window makes records merge in the link instead of queueing in Thespian."""
+
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        for token in (1, 2):
+            link.submit(rec(token))
+            await next_iteration()  # one batch per loop turn while the window has room
+        for token in (3, 4, 5):
+            link.submit(rec(token))
+            await next_iteration()
+        assert [[r.token for r in b.records] for b in posts.batches] == [[1], [2]]
+        link.on_result(acked(posts.batches[0]))
+        assert [[r.token for r in b.records] for b in posts.batches] == [[1], [2], [3, 4, 5]]
+
+    run(scenario)
