@@ -48,6 +48,7 @@ STATUS_TIMEOUT = timedelta(seconds=2)
 STATUS_INTERVAL_S = 2.0
 MAX_MISSED_STATUS = 3
 EXIT_GRACE_S = 2.0
+ADMIN_START_ATTEMPTS = 3
 
 
 def run_server(config: Config, *, ports_file: str | None = None) -> int:
@@ -75,32 +76,61 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     # Hold the chat port from here to the end: with port 0 this is where it is
     # chosen, once, for every gateway (they bind it with SO_REUSEPORT too).
     with _reserve_chat_port(config.chat.host, config.chat.port) as chat_port:
-        admin_port = config.admin_port or _free_port()
         sessions: set[int] = set()
-        status = _run_actor_system(config, chat_port, admin_port, ports_file, stop, sessions)
+        status = _run_actor_system(config, chat_port, ports_file, stop, sessions)
     _reap(sessions)
     return status
+
+
+def _start_actor_system(config: Config, sessions: set[int]) -> Any:
+    """Start Thespian's admin on ``config.admin_port``, or on a free port (0).
+
+    A port ``_free_port`` picks is free when picked, not necessarily when the
+    admin binds it in its own process a moment later: another process (a second
+    server starting beside this one, whose actors bind ports of their own) can
+    take it in between, and Thespian then gives up after ~11 s with
+    ``InvalidActorAddress``. Seen once in CI, in a two-server test. So a port we
+    picked is picked again, up to ``ADMIN_START_ATTEMPTS`` times; a configured
+    port is not (it is the operator's to fix). Whatever a failed attempt left
+    running is ended before the next.
+    """
+    from thespian.actors import ActorSystem, InvalidActorAddress
+
+    attempts = 1 if config.admin_port else ADMIN_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        admin_port = config.admin_port or _free_port()
+        try:
+            system = ActorSystem(
+                "multiprocTCPBase",
+                {"Admin Port": admin_port},
+                logDefs={"version": 1, "disable_existing_loggers": False, "loggers": {}},
+            )
+        except InvalidActorAddress as exc:
+            sessions.update(child_pids(os.getpid()))
+            _reap(sessions)
+            if attempt == attempts:
+                raise ActorError(
+                    f"Thespian's admin did not start on port {admin_port} "
+                    f"({attempts} attempt(s)); is admin_port taken?"
+                ) from exc
+            log.warning("Thespian's admin did not start; trying another port", port=admin_port)
+            continue
+        # The admin's session id is the pid of the child that called setsid (see _reap).
+        sessions.update(child_pids(os.getpid()))
+        return system
+    raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
 def _run_actor_system(
     config: Config,
     chat_port: int,
-    admin_port: int,
     ports_file: str | None,
     stop: threading.Event,
     sessions: set[int],
 ) -> int:
-    from thespian.actors import ActorSystem
-
     from chime_actors.actors.supervisor import Supervisor
 
-    system = ActorSystem(
-        "multiprocTCPBase",
-        {"Admin Port": admin_port},
-        logDefs={"version": 1, "disable_existing_loggers": False, "loggers": {}},
-    )
-    # The admin's session id is the pid of the child that called setsid (see _reap).
-    sessions.update(child_pids(os.getpid()))
+    system = _start_actor_system(config, sessions)
     # Only now: the admin process has been forked already and must keep the default
     # handlers (a child inheriting "set an event" would ignore SIGTERM for ever).
     for signum in (signal.SIGTERM, signal.SIGINT):
