@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from chime_actors.bench.target import services_layer
+
 ENV = "CHIME_SERVICES_JSON"
 
 
@@ -34,3 +36,22 @@ def load_services(*needed: str) -> dict[str, Any]:
             pytest.fail(why)
         pytest.skip(why)
     return data
+
+
+def backend_overrides(services: dict[str, Any], keyspace: str) -> dict[str, Any]:
+    """``running_server`` overrides putting a server on the Redis and Cassandra of ``services``.
+
+    The same settings as ``chime bench --services`` (``services_layer``: the
+    Redis bus, Cassandra storage in ``keyspace``, consistency ONE), as dotted keys.
+    """
+    return _dotted(services_layer(services, keyspace))
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -64,7 +64,7 @@ from tests.e2e.load import (
     write_times,
 )
 from tests.e2e.server_process import ServerProcess, running_server
-from tests.integration.services import load_services
+from tests.integration.services import backend_overrides, load_services
 
 pytestmark = pytest.mark.integration
 
@@ -101,26 +101,9 @@ class TimedSender(Sender):
 # --- configuration -------------------------------------------------------------------
 
 
-def backend_overrides(
-    redis: dict[str, Any], cassandra: dict[str, Any], keyspace: str
-) -> dict[str, Any]:
-    """``running_server`` overrides for the Redis bus and Cassandra storage."""
-    overrides: dict[str, Any] = {
-        **OVERRIDES,
-        "bus.backend": "redis",
-        "bus.redis.host": redis["host"],
-        "bus.redis.port": int(redis["port"]),
-        "storage.backend": "cassandra",
-        "storage.cassandra.hosts": [cassandra["host"]],
-        "storage.cassandra.port": int(cassandra["port"]),
-        "storage.cassandra.keyspace": keyspace,
-        "storage.cassandra.consistency": "ONE",
-    }
-    if redis.get("password"):
-        overrides["bus.redis.password"] = redis["password"]
-    if cassandra.get("protocol_version") is not None:
-        overrides["storage.cassandra.protocol_version"] = int(cassandra["protocol_version"])
-    return overrides
+def fault_overrides(services: dict[str, Any], keyspace: str) -> dict[str, Any]:
+    """The fault tests' ``OVERRIDES`` on the Redis and Cassandra of ``services``."""
+    return {**OVERRIDES, **backend_overrides(services, keyspace)}
 
 
 @contextlib.contextmanager
@@ -510,9 +493,8 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
     channels = [f"rk-a-{suffix}", f"rk-b-{suffix}"]
     try:
         redis.start()
-        overrides = backend_overrides(
-            {"host": "127.0.0.1", "port": redis.port},
-            services["cassandra"],
+        overrides = fault_overrides(
+            {**services, "redis": {"host": "127.0.0.1", "port": redis.port}},
             f"chime_rk_{suffix}",
         )
         with two_servers(tmp_path, overrides) as servers:
@@ -593,9 +575,8 @@ def test_cassandra_cut_off_under_load(tmp_path: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     channels = [f"cs-a-{suffix}", f"cs-b-{suffix}"]
     with TcpProxy(cassandra["host"], int(cassandra["port"])) as proxy:
-        overrides = backend_overrides(
-            services["redis"],
-            {**cassandra, "host": "127.0.0.1", "port": proxy.port},
+        overrides = fault_overrides(
+            {**services, "cassandra": {**cassandra, "host": "127.0.0.1", "port": proxy.port}},
             f"chime_cs_{suffix}",
         )
         with two_servers(tmp_path, overrides) as servers:
@@ -697,7 +678,7 @@ def test_bridge_and_persister_sigkill_under_load(tmp_path: Path) -> None:
     # by persister 2: the persister kill on B hits A's channel's owner there... and
     # both hosts send on both channels below, so each kill hits live traffic.
     channels = [channel_owned_by(1, f"kb1-{suffix}"), channel_owned_by(2, f"kb2-{suffix}")]
-    overrides = backend_overrides(services["redis"], services["cassandra"], f"chime_kb_{suffix}")
+    overrides = fault_overrides(services, f"chime_kb_{suffix}")
     with two_servers(tmp_path, overrides) as servers:
         host_a, host_b = servers
 

@@ -18,32 +18,15 @@ import pytest
 
 from tests.e2e.client import Client
 from tests.e2e.server_process import ServerProcess, running_server
-from tests.integration.services import load_services
+from tests.integration.services import backend_overrides, load_services
 
 pytestmark = pytest.mark.integration
-
-
-def _overrides(services: dict[str, Any], keyspace: str) -> dict[str, Any]:
-    redis, cassandra = services["redis"], services["cassandra"]
-    overrides: dict[str, Any] = {
-        "bus.backend": "redis",
-        "bus.redis.host": redis["host"],
-        "bus.redis.port": int(redis["port"]),
-        "storage.backend": "cassandra",
-        "storage.cassandra.hosts": [cassandra["host"]],
-        "storage.cassandra.port": int(cassandra["port"]),
-        "storage.cassandra.keyspace": keyspace,
-        "storage.cassandra.consistency": "ONE",
-    }
-    if cassandra.get("protocol_version") is not None:
-        overrides["storage.cassandra.protocol_version"] = int(cassandra["protocol_version"])
-    return overrides
 
 
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ...]]:
     services = load_services("redis", "cassandra")
-    overrides = _overrides(services, f"chime_{uuid.uuid4().hex[:10]}")
+    overrides = backend_overrides(services, f"chime_{uuid.uuid4().hex[:10]}")
     with ExitStack() as stack:
         servers = tuple(
             stack.enter_context(running_server(tmp_path_factory.mktemp(name), overrides, workers=1))
