@@ -337,12 +337,7 @@ class ConnectionActor:
             correlationId=correlation,
             exc_info=exc,
         )
-        self._services.metrics.errors.labels(code="internal").inc()
-        self.push(
-            server_frames.error(
-                ErrorCode.INTERNAL, f"internal error (correlation id {correlation})"
-            )
-        )
+        self._send_error(ErrorCode.INTERNAL, f"internal error (correlation id {correlation})")
         if self._budget is None:
             self._budget = RestartBudget(self._policy)
         if not self._budget.allow_restart():
@@ -367,6 +362,20 @@ class ConnectionActor:
 
     def _count_error(self, code: str) -> None:
         self._services.metrics.errors.labels(code=code).inc()
+
+    def _send_error(
+        self,
+        code: str,
+        message: str,
+        *,
+        request_id: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> None:
+        """Count an error and send its ``error`` frame (no state change)."""
+        self._count_error(code)
+        self.push(
+            server_frames.error(code, message, request_id=request_id, client_msg_id=client_msg_id)
+        )
 
     async def _handle_request(self, request: Request) -> None:
         event = request.event
@@ -458,12 +467,7 @@ class ConnectionActor:
                 self._join_failed(channel_id, exc, subscribed=True)
 
     def _join_failed(self, channel_id: str, exc: BaseException, *, subscribed: bool) -> None:
-        self._count_error(ErrorCode.UNAVAILABLE)
-        self.push(
-            server_frames.error(
-                ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}"
-            )
-        )
+        self._send_error(ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}")
         self._services.leave_channel(channel_id, self._id)
         if subscribed:
             # Not subscribed after all: say so (``unsubscribed``) rather than keep
@@ -474,12 +478,7 @@ class ConnectionActor:
         """The channels the token grants; ``forbidden`` names the others."""
         denied = [c for c in channels if not self._identity.may_access(c)]
         if denied:
-            self._count_error(ErrorCode.FORBIDDEN)
-            self.push(
-                server_frames.error(
-                    ErrorCode.FORBIDDEN, f"the token does not grant: {', '.join(denied)}"
-                )
-            )
+            self._send_error(ErrorCode.FORBIDDEN, f"the token does not grant: {', '.join(denied)}")
         return tuple(c for c in channels if self._identity.may_access(c))
 
     async def _subscribe(self, event: Subscribe) -> None:
@@ -529,20 +528,14 @@ class ConnectionActor:
             self.push(server_frames.ack(outcome.message))
             return
         code = outcome.error_code or ErrorCode.UNAVAILABLE
-        self._count_error(code)
-        self.push(
-            server_frames.error(code, outcome.error_message or code, client_msg_id=client_msg_id)
-        )
+        self._send_error(code, outcome.error_message or code, client_msg_id=client_msg_id)
 
     async def _history(self, event: History) -> None:
         if not self._identity.may_access(event.channel_id):
-            self._count_error(ErrorCode.FORBIDDEN)
-            self.push(
-                server_frames.error(
-                    ErrorCode.FORBIDDEN,
-                    f"the token does not grant {event.channel_id}",
-                    request_id=event.request_id,
-                )
+            self._send_error(
+                ErrorCode.FORBIDDEN,
+                f"the token does not grant {event.channel_id}",
+                request_id=event.request_id,
             )
             return
         try:
@@ -554,13 +547,8 @@ class ConnectionActor:
                 thread_id=event.thread_id,
             )
         except StoreError as exc:
-            self._count_error(ErrorCode.UNAVAILABLE)
-            self.push(
-                server_frames.error(
-                    ErrorCode.UNAVAILABLE,
-                    f"history unavailable: {exc}",
-                    request_id=event.request_id,
-                )
+            self._send_error(
+                ErrorCode.UNAVAILABLE, f"history unavailable: {exc}", request_id=event.request_id
             )
             return
         self.push(
