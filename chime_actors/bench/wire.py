@@ -29,6 +29,8 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
+from chime_actors.protocol.wire_frames import frame_header
+
 __all__ = ["BenchSocket", "HandshakeFailed", "SocketClosed", "open_connection"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -76,15 +78,8 @@ def _mask(payload: bytes, mask: bytes) -> bytes:
 
 def _client_frame(opcode: int, payload: bytes) -> bytes:
     """One final, masked client frame (clients must mask, RFC 6455 §5.3)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + _U16.pack(n)
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + _U64.pack(n)
     mask = os.urandom(4)
-    return head + mask + _mask(payload, mask)
+    return frame_header(0x80 | opcode, len(payload), masked=True) + mask + _mask(payload, mask)
 
 
 def _accept_for(key: bytes) -> bytes:

@@ -13,18 +13,28 @@ import struct
 from dataclasses import dataclass
 
 _FIN_TEXT = 0x81  # FIN bit + opcode 1 (text)
+_MASK_BIT = 0x80
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
 
+def frame_header(first_byte: int, size: int, *, masked: bool = False) -> bytes:
+    """A frame's header up to its payload (or its masking key, when ``masked``).
+
+    ``first_byte`` holds the FIN bit and the opcode; ``size`` is the payload's
+    length, in the 7-, 16- or 64-bit form RFC 6455 §5.2 asks for.
+    """
+    mask = _MASK_BIT if masked else 0
+    if size < 126:
+        return bytes((first_byte, mask | size))
+    if size < 1 << 16:
+        return _LEN16.pack(first_byte, mask | 126, size)
+    return _LEN64.pack(first_byte, mask | 127, size)
+
+
 def text_frame(payload: bytes) -> bytes:
     """One unfragmented, unmasked text frame carrying ``payload`` (UTF-8)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((_FIN_TEXT, size)) + payload
-    if size < 1 << 16:
-        return _LEN16.pack(_FIN_TEXT, 126, size) + payload
-    return _LEN64.pack(_FIN_TEXT, 127, size) + payload
+    return frame_header(_FIN_TEXT, len(payload)) + payload
 
 
 def frame_payload(frame: bytes) -> bytes:
