@@ -124,11 +124,6 @@ class Outbox:
         """Frames pushed but not yet handed to the socket."""
         return 0 if self._frames is None else len(self._frames)
 
-    @property
-    def closing(self) -> bool:
-        """True once ``close`` was called."""
-        return self._closer is not None
-
     def put(self, data: bytes) -> None:
         """Queue a complete frame; it is written when this loop turn ends.
 
