@@ -35,6 +35,7 @@ from chime_actors.actors.messages import (
     StatusQuery,
     Stopped,
 )
+from chime_actors.actors.sealed_transport import new_key, seal
 from chime_actors.config import Config, StorageBackend
 from chime_actors.errors import ActorError, StoreError
 from chime_actors.logs import configure_logging, get_logger
@@ -96,6 +97,8 @@ def _start_actor_system(config: Config, sessions: set[int]) -> Any:
     """
     from thespian.actors import ActorSystem, InvalidActorAddress
 
+    # Before the admin is forked: it and every actor inherit the seal and its key.
+    seal(new_key())
     attempts = 1 if config.admin_port else ADMIN_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         admin_port = config.admin_port or _free_port()
