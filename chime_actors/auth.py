@@ -12,6 +12,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import jwt
 
@@ -24,14 +25,23 @@ _USER_ID = re.compile(r"[A-Za-z0-9_.@:-]{1,64}\Z")
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated user: ``channels`` is None when every channel is allowed."""
+    """An authenticated user.
+
+    Attributes:
+        user_id: the token's ``sub`` (or the insecure-mode user id).
+        channels: the token's grants, channel ids or glob patterns (``team-*``);
+            None when every channel is allowed.
+    """
 
     user_id: str
     channels: frozenset[str] | None = None
 
     def may_access(self, channel_id: str) -> bool:
         """True when the user may join or read ``channel_id``."""
-        return self.channels is None or channel_id in self.channels
+        if self.channels is None or channel_id in self.channels:
+            return True
+        # Case-sensitive, like channel ids: "Team-*" does not grant "team-a".
+        return any(fnmatchcase(channel_id, pattern) for pattern in self.channels)
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -109,15 +109,16 @@ class ApiCore:
             channel_id, before=before, after=after, limit=limit, thread_id=thread_id
         )
 
-    def authorize(self, headers: Mapping[str, str]) -> str | None:
-        """Insecure mode allows everyone; jwt mode needs a valid Bearer token."""
+    def authorize(self, headers: Mapping[str, str], channel_id: str) -> str | None:
+        """Insecure mode allows everyone; jwt mode needs a valid Bearer token
+        whose ``channels`` claim grants ``channel_id``."""
         if self._auth.mode is AuthMode.INSECURE:
             return None
         token = bearer_token(headers)
         if token is None:
             return "unauthorized"
         try:
-            self._auth.verify(token)
+            identity = self._auth.verify(token)
         except ProtocolError as exc:
             return exc.code
-        return None
+        return None if identity.may_access(channel_id) else "forbidden"

@@ -35,6 +35,7 @@ from chime_actors.api.http_server import (
 )
 from chime_actors.errors import ChimeError, ProtocolError, StoreUnavailable
 from chime_actors.ids import is_message_id
+from chime_actors.logs import get_logger
 from chime_actors.storage.store import HistoryPage
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "Readiness",
     "make_handler",
 ]
+
+log = get_logger(__name__)
 
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 100
@@ -97,11 +100,12 @@ class ApiBackend(Protocol):
         """
         ...
 
-    def authorize(self, headers: Mapping[str, str]) -> str | None:
-        """Check the request's credentials (``Authorization: Bearer ...``).
+    def authorize(self, headers: Mapping[str, str], channel_id: str) -> str | None:
+        """Check the request's credentials (``Authorization: Bearer ...``) for a channel.
 
         Args:
             headers: the request headers, names lower-cased.
+            channel_id: the channel the request reads; the token must grant it.
 
         Returns:
             None when allowed, else the error code (``unauthorized``, ``forbidden``).
@@ -155,13 +159,19 @@ async def _readyz(backend: ApiBackend) -> HttpResponse:
 
 
 async def _history(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> HttpResponse:
-    denied = backend.authorize(request.headers)
+    try:
+        channel_id = _channel_id(raw_channel)
+    except ProtocolError as exc:
+        return error_response(400, exc.message, code=exc.code)
+    denied = backend.authorize(request.headers, channel_id)
     if denied is not None:
         status = _AUTH_STATUS.get(denied, 401)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(status, "request not authorized", code=denied, headers=headers)
+        message = (
+            "this token does not grant the channel" if status == 403 else "request not authorized"
+        )
+        return error_response(status, message, code=denied, headers=headers)
     try:
-        channel_id = _channel_id(raw_channel)
         before = _message_id_param(request, "before")
         after = _message_id_param(request, "after")
         thread_id = _message_id_param(request, "threadId")
@@ -172,9 +182,14 @@ async def _history(backend: ApiBackend, request: HttpRequest, raw_channel: str) 
         page = await backend.history(
             channel_id, before=before, after=after, limit=limit, thread_id=thread_id
         )
-    except StoreUnavailable as exc:
+    except StoreUnavailable:
+        # The exception's text names hosts or files: it goes to our log, not to the client.
+        log.warning("history: storage unavailable", channel=channel_id, exc_info=True)
         return error_response(
-            503, f"storage unavailable: {exc}", code="unavailable", headers={"Retry-After": "1"}
+            503,
+            "storage is unavailable; try again",
+            code="unavailable",
+            headers={"Retry-After": "1"},
         )
     return json_response(
         {"messages": [message.to_wire() for message in page.messages], "hasMore": page.has_more}

@@ -125,3 +125,38 @@ def test_rest_history_needs_a_bearer_token(server: ServerProcess) -> None:
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         assert "messages" in json.loads(response.read())
+
+
+def _rest_status(url: str, bearer: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            body = json.loads(exc.read())
+            assert body["error"]["code"] == "forbidden", body
+            return int(exc.code)
+
+
+def test_rest_history_enforces_the_channels_grant(server: ServerProcess) -> None:
+    """A token granted ``general`` (or ``team-*``) reads only what it was granted."""
+    limited = token(channels=["general", "team-*"])
+    base = f"{server.api}/v1/channels"
+    assert _rest_status(f"{base}/general/messages", limited) == 200
+    assert _rest_status(f"{base}/team-red/messages", limited) == 200
+    assert _rest_status(f"{base}/secret/messages", limited) == 403
+    assert _rest_status(f"{base}/generalx/messages", limited) == 403
+
+
+def test_channels_claim_may_hold_glob_patterns(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        limited = token(channels=["team-*"])
+        await client.send({"type": "connect", "channels": ["team-blue"], "token": limited})
+        assert (await client.expect("connected"))["channels"] == ["team-blue"]
+        await client.send({"type": "subscribe", "channels": ["other"]})
+        assert (await client.expect("error"))["code"] == "forbidden"
+        await client.close()
+
+    asyncio.run(scenario())

@@ -64,7 +64,7 @@ class FakeBackend:
             raise StoreUnavailable("database is locked")
         return HistoryPage(self.messages, self.has_more)
 
-    def authorize(self, headers: Mapping[str, str]) -> str | None:
+    def authorize(self, headers: Mapping[str, str], channel_id: str) -> str | None:
         self.seen_headers.append(headers)
         return self.deny
 
@@ -185,6 +185,8 @@ def test_history_storage_down_is_503() -> None:
     assert response.status == 503
     assert body(response)["error"]["code"] == "unavailable"
     assert response.headers["Retry-After"] == "1"
+    # The store's own words ("database is locked", a host, a path) stay in the log.
+    assert "locked" not in response.body.decode()
 
 
 @pytest.mark.parametrize(("code", "status"), [("unauthorized", 401), ("forbidden", 403)])
