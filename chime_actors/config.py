@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -92,13 +93,21 @@ DEFAULTS: Final[Mapping[str, Any]] = {
         "send_queue_frames": 10000,
         "send_queue_bytes": 4194304,
         "ack_timeout_ms": 5000,
+        "max_connections": 50000,
+        "allowed_origins": [],
     },
     "api": {"host": "127.0.0.1", "port": 3142},
     "workers": "auto",
     "persisters": 2,
     "auth": {
         "mode": "insecure",
-        "jwt": {"secret": None, "algorithms": ["HS256"], "audience": None, "issuer": None},
+        "jwt": {
+            "secret": None,
+            "algorithms": ["HS256"],
+            "audience": None,
+            "issuer": None,
+            "leeway_s": 10,
+        },
     },
     "storage": {
         "backend": "sqlite",
@@ -219,6 +228,11 @@ class ChatConfig:
             acks and messages) lands at once.
         ack_timeout_ms: how long a gateway waits for the persister's confirmation
             before answering ``unavailable`` to the sender.
+        max_connections: open WebSocket connections per server; past it an
+            upgrade gets HTTP 503.
+        allowed_origins: browser origins (``https://chat.example.com``, or ``*``)
+            accepted besides the chat and API hosts' own; any other ``Origin``
+            header gets HTTP 403.
     """
 
     host: str
@@ -232,6 +246,8 @@ class ChatConfig:
     send_queue_frames: int = 10000
     send_queue_bytes: int = 4 * 1024 * 1024
     ack_timeout_ms: int = 5000
+    max_connections: int = 50000
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,12 +267,14 @@ class JwtConfig:
         algorithms: accepted ``alg`` values, HS256, HS384 and HS512 only.
         audience: when set, the token's ``aud`` must match.
         issuer: when set, the token's ``iss`` must match.
+        leeway_s: clock skew allowed when checking ``exp`` and ``nbf``.
     """
 
     secret: str | None
     algorithms: tuple[str, ...]
     audience: str | None
     issuer: str | None
+    leeway_s: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,6 +782,13 @@ class _Section:
             raise ConfigError(self.key(name), "every item must be a non-empty string")
         return tuple(value)
 
+    def text_list(self, name: str) -> tuple[str, ...]:
+        """Like ``text_tuple``, but an empty list (or empty env text) is allowed."""
+        value = self.scalar(name)
+        if value is None or value == "" or value == []:
+            return ()
+        return self.text_tuple(name)
+
     def choice(self, name: str, kind: type[_E]) -> _E:
         value = self.scalar(name)
         for member in kind:
@@ -797,7 +822,21 @@ def _build_chat(s: _Section) -> ChatConfig:
         send_queue_frames=s.integer("send_queue_frames", low=1),
         send_queue_bytes=s.integer("send_queue_bytes", low=1024),
         ack_timeout_ms=s.integer("ack_timeout_ms", low=1),
+        max_connections=s.integer("max_connections", low=1),
+        allowed_origins=tuple(_origin(s, o) for o in s.text_list("allowed_origins")),
     )
+
+
+def _origin(s: _Section, origin: str) -> str:
+    """``*`` or a browser origin, ``scheme://host[:port]`` (lower-cased, no path)."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(
+            s.key("allowed_origins"), f"{origin!r} is not an origin like https://chat.example.com"
+        )
+    return origin.rstrip("/").lower()
 
 
 def _build_api(s: _Section) -> ApiConfig:
@@ -815,6 +854,7 @@ def _build_jwt(s: _Section) -> JwtConfig:
         algorithms=algorithms,
         audience=s.optional_text("audience"),
         issuer=s.optional_text("issuer"),
+        leeway_s=s.integer("leeway_s", high=3600),
     )
 
 

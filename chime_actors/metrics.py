@@ -187,6 +187,11 @@ PERSIST_LATENCY = HistogramSpec(
     PERSIST_LATENCY_BUCKETS,
 )
 PERSIST_BATCHES = CounterSpec("chime_persist_batches_total", "Batches written to storage.")
+CONNECTS_REFUSED = CounterSpec(
+    "chime_connects_refused_total",
+    "WebSocket upgrades refused before the handshake, by HTTP status.",
+    ("status",),
+)
 GAP_FILLS = CounterSpec(
     "chime_gap_fills_total",
     "Messages a gateway read from storage because they did not arrive live (lost or late).",
@@ -609,6 +614,7 @@ class ChimeMetrics:
     persist_latency: Histogram
     persist_batches: Counter
     gap_fills: Counter
+    connects_refused: Counter
 
     @classmethod
     def register(cls, registry: MetricsRegistry) -> ChimeMetrics:
@@ -624,6 +630,7 @@ class ChimeMetrics:
             persist_latency=registry.histogram(PERSIST_LATENCY),
             persist_batches=registry.counter(PERSIST_BATCHES),
             gap_fills=registry.counter(GAP_FILLS),
+            connects_refused=registry.counter(CONNECTS_REFUSED),
         )
 
 

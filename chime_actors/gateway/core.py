@@ -21,11 +21,13 @@ import contextlib
 import socket
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.http11 import Request, Response
 
 from chime_actors.actors.messages import ActorId, Drain, Drained, Wiring
 from chime_actors.actors.metrics_reporter import MetricsReporter
@@ -33,6 +35,7 @@ from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import BusBackend, Config
 from chime_actors.errors import StoreError
+from chime_actors.gateway.admission import Admission
 from chime_actors.gateway.channel_actor import (
     MULTI_HOST_HOLD_MAX_S,
     CatchUp,
@@ -107,6 +110,14 @@ class GatewayCore:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        # SO_REUSEPORT spreads accepts evenly, so each gateway holds its share
+        # of the server's cap (docs/operations.md, "Limits").
+        share = -(-config.chat.max_connections // max(1, config.workers))
+        self._admission = Admission(
+            replace(config, chat=replace(config.chat, max_connections=share)),
+            open_connections=lambda: len(self._connections),
+            clock=time.monotonic,
+        )
 
     # --- ActorCore ----------------------------------------------------------------
 
@@ -119,6 +130,7 @@ class GatewayCore:
         self._server = await websockets.serve(
             self._accept,
             sock=sock,
+            process_request=self._admit,
             max_size=chat.max_frame_bytes,
             max_queue=16,
             # Per-connection zlib contexts cost ~100 KB each; chat frames are
@@ -258,6 +270,18 @@ class GatewayCore:
         )
 
     # --- internals ----------------------------------------------------------------
+
+    def _admit(self, websocket: ServerConnection, request: Request) -> Response | None:
+        """websockets' ``process_request``: refuse before the upgrade (admission.py)."""
+        peer = websocket.remote_address
+        refusal = self._admission.check(str(peer[0]) if peer else "", request.headers.get_all)
+        if refusal is None:
+            return None
+        self.metrics.connects_refused.labels(status=str(refusal.status)).inc()
+        response = websocket.respond(refusal.status, refusal.reason + "\n")
+        if refusal.retry_after_s is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after_s)
+        return response
 
     async def _accept(self, websocket: ServerConnection) -> None:
         """The accept loop's handler: one ConnectionActor per socket."""

@@ -95,7 +95,9 @@ def test_dataclass_defaults_agree_with_the_embedded_defaults() -> None:
     chat = ChatConfig(host="h", port=1)
     for field in dataclasses.fields(ChatConfig):
         if field.default is not dataclasses.MISSING:
-            assert getattr(chat, field.name) == DEFAULTS["chat"][field.name], field.name
+            value = getattr(chat, field.name)
+            value = list(value) if isinstance(value, tuple) else value  # YAML has lists
+            assert value == DEFAULTS["chat"][field.name], field.name
     cassandra_defaults = DEFAULTS["storage"]["cassandra"]
     for field in dataclasses.fields(CassandraConfig):
         if field.default is not dataclasses.MISSING:
