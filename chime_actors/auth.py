@@ -103,6 +103,7 @@ class Authenticator:
                 algorithms=list(jwt_config.algorithms),
                 audience=jwt_config.audience,
                 issuer=jwt_config.issuer,
+                leeway=jwt_config.leeway_s,
                 options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError as exc:

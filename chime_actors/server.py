@@ -3,7 +3,7 @@
 This process is not an actor. It starts Thespian's admin (on a port of its own,
 so two servers never share an admin), asks the ``Supervisor`` to start every
 process actor, writes ``--ports-file``, then waits for SIGTERM/SIGINT. On a signal
-it asks the supervisor to drain and stop, shuts the actor system down and, because
+(or SIGHUP) it asks the supervisor to drain and stop, shuts the actor system down and, because
 Thespian can leave orphans behind (a SIGKILLed middle actor's children survive
 ``shutdown()``), ends every other process of the server (see ``_reap``). Nothing is
 left running when it returns.
@@ -35,6 +35,7 @@ from chime_actors.actors.messages import (
     StatusQuery,
     Stopped,
 )
+from chime_actors.actors.lifeline import tie_to_main
 from chime_actors.actors.sealed_transport import new_key, seal
 from chime_actors.config import Config, StorageBackend
 from chime_actors.errors import ActorError, StoreError
@@ -97,8 +98,10 @@ def _start_actor_system(config: Config, sessions: set[int]) -> Any:
     """
     from thespian.actors import ActorSystem, InvalidActorAddress
 
-    # Before the admin is forked: it and every actor inherit the seal and its key.
+    # Before the admin is forked: it and every actor inherit the seal and its key,
+    # and each of them dies with this process (lifeline.py).
     seal(new_key())
+    tie_to_main()
     attempts = 1 if config.admin_port else ADMIN_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         admin_port = config.admin_port or _free_port()
@@ -136,7 +139,8 @@ def _run_actor_system(
     system = _start_actor_system(config, sessions)
     # Only now: the admin process has been forked already and must keep the default
     # handlers (a child inheriting "set an event" would ignore SIGTERM for ever).
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP (the terminal closed) gets the same clean stop as SIGTERM and SIGINT.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     status = 0
     try:

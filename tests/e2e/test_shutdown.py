@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.server_process import group_pids, running_server
+from tests.e2e.server_process import ServerProcess, group_pids, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -41,3 +42,32 @@ def test_killed_supervisor_orphans_are_reaped(tmp_path: Path) -> None:
         assert group_pids(server.proc.pid, server.sessions) == []
     messages = [line.get("message") for line in server.log_lines()]
     assert "supervisor does not answer" in messages
+
+
+def _gone_within(server: ServerProcess, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := group_pids(server.proc.pid, server.sessions)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_sighup_stops_cleanly_like_sigterm(tmp_path: Path) -> None:
+    """The terminal closing must not leave an actor tree serving without its main."""
+    with running_server(tmp_path) as server:
+        assert server.stop(signal.SIGHUP) == 0
+    assert any(line.get("message") == "all actors stopped" for line in server.log_lines())
+
+
+def test_sigkilled_main_takes_every_process_with_it(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) on ``chime: main``: all gone within 3 s, ports free."""
+    with running_server(tmp_path) as server:
+        actors = group_pids(server.proc.pid, server.sessions)
+        assert len(actors) >= 6, actors  # admin, logger, supervisor, gateways, persisters, api
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.stopped_status = server.proc.wait(10)
+        started = time.monotonic()
+        assert _gone_within(server, 3.0) == []
+        assert time.monotonic() - started <= 3.0
+        for port in (server.chat_port, server.api_port):
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
