@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import setproctitle
 
+from chime_actors.actors.lifeline import tie_to_main
 from chime_actors.actors.messages import (
     ShutdownRequest,
     Started,
@@ -35,7 +36,6 @@ from chime_actors.actors.messages import (
     StatusQuery,
     Stopped,
 )
-from chime_actors.actors.lifeline import tie_to_main
 from chime_actors.actors.sealed_transport import new_key, seal
 from chime_actors.config import Config, StorageBackend
 from chime_actors.errors import ActorError, StoreError

@@ -22,6 +22,7 @@ from tests.integration.services import load_services
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture(scope="module")
 def services() -> dict[str, Any]:
     return load_services("redis", "cassandra")

@@ -301,7 +301,6 @@ def test_next_token_is_unique_and_increasing() -> None:
     assert tokens == sorted(set(tokens))
 
 
-
 def test_by_default_two_batches_fly_and_the_rest_merges_into_the_next() -> None:
     """A small window makes records merge in the link instead of queueing in Thespian."""
 
