@@ -41,6 +41,7 @@ from chime_actors.records import Metadata
 
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _USER_ID = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 # Only JSON's own whitespace counts as "blank" before a ``{``: whatever we then
 # treat as JSON is something orjson can actually parse.
@@ -439,6 +440,12 @@ class _FrameReader:
             )
         pairs: list[tuple[str, str]] = []
         for key, item in value.items():
+            if not _METADATA_KEY.fullmatch(key):
+                # Quoted short: the key itself may be kilobytes of anything.
+                self.fail(
+                    ErrorCode.BAD_REQUEST,
+                    f"metadata key {_quote(key)} must be 1-64 of A-Z a-z 0-9 _ . : -",
+                )
             if not isinstance(item, str):
                 self.fail(
                     ErrorCode.BAD_REQUEST,

@@ -318,6 +318,12 @@ def test_error_echoes_only_string_ids() -> None:
         {"a": {"b": "c"}},
         {str(i): "v" for i in range(17)},
         {"a": "v" * 257},
+        {"k" * 3000: "v"},
+        {"k" * 65: "v"},
+        {"": "v"},
+        {"a b": "v"},
+        {"ключ": "v"},
+        {"a\n": "v"},
     ],
 )
 def test_send_bad_metadata(metadata: object) -> None:
@@ -327,7 +333,7 @@ def test_send_bad_metadata(metadata: object) -> None:
 
 
 def test_send_metadata_at_the_limits() -> None:
-    metadata = {str(i): "v" * 256 for i in range(16)}
+    metadata = {str(i): "v" * 256 for i in range(15)} | {"A-z_0.9:" + "k" * 56: "v"}
     event = parse({"type": "send", "content": "x", "metadata": metadata})
     assert isinstance(event, Send)
     assert dict(event.metadata) == metadata
