@@ -74,8 +74,10 @@ __all__ = [
     "LoggingConfig",
     "RedisConfig",
     "SqliteConfig",
+    "SqliteSynchronous",
     "StorageBackend",
     "StorageConfig",
+    "durability_warnings",
     "load_config",
 ]
 
@@ -112,7 +114,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "storage": {
         "backend": "sqlite",
         "create_schema_on_start": True,
-        "sqlite": {"path": "./data/chime.db"},
+        "sqlite": {"path": "./data/chime.db", "synchronous": "full"},
         "cassandra": {
             "hosts": ["127.0.0.1"],
             "port": 9042,
@@ -170,6 +172,16 @@ class AuthMode(enum.StrEnum):
 
     INSECURE = "insecure"
     JWT = "jwt"
+
+
+class SqliteSynchronous(enum.Enum):
+    """``storage.sqlite.synchronous``."""
+
+    FULL = "full"
+    NORMAL = "normal"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class StorageBackend(enum.StrEnum):
@@ -287,9 +299,18 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class SqliteConfig:
-    """The embedded store: one SQLite file (in WAL mode)."""
+    """The embedded store: one SQLite file (in WAL mode).
+
+    Attributes:
+        path: the database file.
+        synchronous: SQLite's ``PRAGMA synchronous``. ``full`` (default) fsyncs
+            the WAL at every commit, so an ack survives power loss; ``normal``
+            survives a crash of the process but may lose the last commits on
+            power loss or an OS crash (docs/operations.md has what it saves).
+    """
 
     path: str
+    synchronous: SqliteSynchronous = SqliteSynchronous.FULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -870,6 +891,10 @@ def _build_cassandra(s: _Section) -> CassandraConfig:
     if consistency not in _CONSISTENCY_LEVELS:
         allowed = ", ".join(sorted(_CONSISTENCY_LEVELS))
         raise ConfigError(s.key("consistency"), f"expected one of {allowed}")
+    if consistency == "ANY":
+        # ANY is acknowledged once a hint is stored on any node, even one that
+        # holds no replica: an ack would not mean "stored".
+        raise ConfigError(s.key("consistency"), "ANY cannot back an ack; use LOCAL_QUORUM")
     return CassandraConfig(
         hosts=s.text_tuple("hosts"),
         port=s.port("port", low=1),
@@ -887,7 +912,12 @@ def _build_storage(s: _Section) -> StorageConfig:
     return StorageConfig(
         backend=s.choice("backend", StorageBackend),
         create_schema_on_start=_boolean(s, "create_schema_on_start"),
-        sqlite=_read(s.section("sqlite"), lambda q: SqliteConfig(path=q.text("path"))),
+        sqlite=_read(
+            s.section("sqlite"),
+            lambda q: SqliteConfig(
+                path=q.text("path"), synchronous=q.choice("synchronous", SqliteSynchronous)
+            ),
+        ),
         cassandra=_read(s.section("cassandra"), _build_cassandra),
     )
 
@@ -990,6 +1020,21 @@ def _check_auth(config: Config) -> None:
             "auth.jwt.secret",
             f"must be at least {needed} bytes for {', '.join(jwt.algorithms)}",
         )
+
+
+def durability_warnings(config: Config) -> list[str]:
+    """Settings that are valid but weaken what an ack promises (logged at start)."""
+    warnings = []
+    cassandra = config.storage.cassandra
+    if config.storage.backend is StorageBackend.CASSANDRA and cassandra.consistency in (
+        "ONE",
+        "LOCAL_ONE",
+    ):
+        warnings.append(
+            f"storage.cassandra.consistency is {cassandra.consistency}: an ack is durable on "
+            "one replica only and a read may miss an acked message; LOCAL_QUORUM is safe"
+        )
+    return warnings
 
 
 def _display(value: Any, name: str = "") -> Any:

@@ -37,7 +37,7 @@ from chime_actors.actors.messages import (
     Stopped,
 )
 from chime_actors.actors.sealed_transport import new_key, seal
-from chime_actors.config import Config, StorageBackend
+from chime_actors.config import Config, StorageBackend, durability_warnings
 from chime_actors.errors import ActorError, StoreError
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.storage.factory import init_storage
@@ -57,6 +57,8 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
     configure_logging(config.logging, process_name="main")
     setproctitle.setproctitle("chime: main")
+    for warning in durability_warnings(config):
+        log.warning(warning)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if config.storage.backend is StorageBackend.SQLITE:

@@ -467,7 +467,9 @@ class ConnectionActor:
                 self._join_failed(channel_id, exc, subscribed=True)
 
     def _join_failed(self, channel_id: str, exc: BaseException, *, subscribed: bool) -> None:
-        self._send_error(ErrorCode.UNAVAILABLE, f"could not join {channel_id}: {exc or 'timeout'}")
+        # The store's words name hosts and files: they go to our log, not to the client.
+        log.warning("join failed", channelId=channel_id, error=str(exc) or "timeout")
+        self._send_error(ErrorCode.UNAVAILABLE, f"could not join {channel_id}: storage unavailable")
         self._services.leave_channel(channel_id, self._id)
         if subscribed:
             # Not subscribed after all: say so (``unsubscribed``) rather than keep
@@ -547,8 +549,11 @@ class ConnectionActor:
                 thread_id=event.thread_id,
             )
         except StoreError as exc:
+            log.warning("history failed", channelId=event.channel_id, error=str(exc))
             self._send_error(
-                ErrorCode.UNAVAILABLE, f"history unavailable: {exc}", request_id=event.request_id
+                ErrorCode.UNAVAILABLE,
+                "history unavailable: storage unavailable",
+                request_id=event.request_id,
             )
             return
         self.push(

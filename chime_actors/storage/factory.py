@@ -15,7 +15,8 @@ def make_store(config: Config, *, create_schema: bool = False) -> MessageStore:
     always does, which is safe across processes).
     """
     if config.storage.backend is StorageBackend.SQLITE:
-        return SqliteStore(config.storage.sqlite.path)
+        sqlite = config.storage.sqlite
+        return SqliteStore(sqlite.path, synchronous=sqlite.synchronous.value)
     if config.storage.backend is StorageBackend.CASSANDRA:
         # Imported here: the driver is slow to import and SQLite needs none of it.
         from chime_actors.storage.cassandra_store import CassandraStore

@@ -125,9 +125,16 @@ class SqliteStore:
         path: the database file; missing parent directories are created.
         timeout_s: upper bound of every call, after which it raises
             ``StoreUnavailable``.
+        synchronous: ``full`` fsyncs the WAL at every commit (an ack survives
+            power loss); ``normal`` survives a crash of the process only.
     """
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path, *, timeout_s: float = 5.0, synchronous: str = "full"
+    ) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
+        self._synchronous = synchronous.upper()
         self._path = Path(path)
         self._timeout_s = timeout_s
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -407,9 +414,9 @@ class SqliteStore:
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if str(mode).lower() != "wal":
                 raise StoreUnavailable(f"sqlite could not enable WAL on {self._path}: {mode}")
-            # NORMAL is durable against process crashes in WAL mode; only an OS
-            # crash or power loss can lose the last commits, for far fewer fsyncs.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL: every commit's WAL frames are fsynced before it returns, so an
+            # ack survives power loss. NORMAL survives a crash of the process only.
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             with _write(conn, threading.Event()):
                 for statement in _SCHEMA:
                     conn.execute(statement)

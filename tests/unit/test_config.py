@@ -24,6 +24,7 @@ from chime_actors.config import (
     LogLevel,
     RedisConfig,
     StorageBackend,
+    durability_warnings,
     load_config,
 )
 from chime_actors.errors import ConfigError
@@ -340,6 +341,12 @@ def test_unparsable_credentials_name_the_file(tmp_path: Path) -> None:
         ("storage: {backend: postgres}", "storage.backend"),
         ("storage: {cassandra: {keyspace: 'bad-name'}}", "storage.cassandra.keyspace"),
         ("storage: {cassandra: {consistency: SOME}}", "storage.cassandra.consistency"),
+        ("storage: {cassandra: {consistency: any}}", "storage.cassandra.consistency"),
+        ("storage: {sqlite: {synchronous: off}}", "storage.sqlite.synchronous"),
+        ("chat: {allowed_origins: [evil]}", "chat.allowed_origins"),
+        ("chat: {allowed_origins: ['https://a.example/path']}", "chat.allowed_origins"),
+        ("chat: {max_connections: 0}", "chat.max_connections"),
+        ("auth: {jwt: {leeway_s: -1}}", "auth.jwt.leeway_s"),
         ("storage: {cassandra: {port: 0}}", "storage.cassandra.port"),
         ("storage: {cassandra: {hosts: []}}", "storage.cassandra.hosts"),
         ("storage: {cassandra: {replication_factor: 0}}", "storage.cassandra.replication_factor"),
@@ -488,3 +495,19 @@ def test_config_pickles_and_is_frozen(tmp_path: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.chat.port = 1  # type: ignore[misc]
     assert not hasattr(config.chat, "__dict__")  # slotted
+
+
+@pytest.mark.parametrize(
+    ("level", "warned"), [("ONE", True), ("LOCAL_ONE", True), ("QUORUM", False)]
+)
+def test_cassandra_consistency_one_is_warned_about(
+    tmp_path: Path, level: str, warned: bool
+) -> None:
+    text = f"storage: {{backend: cassandra, cassandra: {{consistency: {level}}}}}"
+    warnings = durability_warnings(load_config(write(tmp_path, text), env={}))
+    assert bool(warnings) is warned
+    assert all("consistency" in w for w in warnings)
+
+
+def test_the_default_config_has_no_durability_warning() -> None:
+    assert durability_warnings(load_config(None, env={})) == []

@@ -253,3 +253,28 @@ def test_thread_history_reads_the_thread_index(tmp_path: Path) -> None:
     assert any("USING INDEX messages_by_thread" in step for step in plan), plan
     assert any("USING PRIMARY KEY (channel_id=? AND seq=?)" in step for step in plan), plan
     assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("full", 2), ("normal", 1)])
+def test_synchronous_is_what_the_config_says(tmp_path: Path, setting: str, pragma: int) -> None:
+    """``full`` (the default) fsyncs each commit, so an ack survives power loss."""
+
+    async def main() -> int:
+        store = SqliteStore(tmp_path / "chime.db", synchronous=setting)
+        await store.open()
+        try:
+            # PRAGMA synchronous is per connection: ask the store's own, on its thread.
+            row = await store._call(
+                "pragma", lambda conn: conn.execute("PRAGMA synchronous").fetchone(), write=False
+            )
+            return int(row[0])
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == pragma
+
+
+def test_the_default_config_asks_for_full_sync() -> None:
+    from chime_actors.config import SqliteSynchronous, load_config
+
+    assert load_config(None, env={}).storage.sqlite.synchronous is SqliteSynchronous.FULL
