@@ -37,6 +37,8 @@ Two rules tie keys together:
 - ``auth.mode: jwt`` needs ``auth.jwt.secret``, at least as many bytes as the
   digest of the strongest algorithm listed (32 for HS256, 48 for HS384, 64 for
   HS512: RFC 7518 section 3.2, and what PyJWT warns about below that).
+- ``testing.fault_injection`` lets any client crash actors on purpose, so it
+  needs ``auth.mode: insecure`` (which itself means loopback only).
 """
 
 from __future__ import annotations
@@ -1002,6 +1004,11 @@ def _is_loopback(host: str) -> bool:
 
 def _check_auth(config: Config) -> None:
     """The rules between keys (module docstring)."""
+    if config.testing.fault_injection and config.auth.mode is not AuthMode.INSECURE:
+        # Fault injection lets any client crash actors: tests on loopback only.
+        raise ConfigError(
+            "testing.fault_injection", "only allowed with auth.mode insecure (loopback)"
+        )
     if config.auth.mode is AuthMode.INSECURE:
         for key, host in (("chat.host", config.chat.host), ("api.host", config.api.host)):
             if not _is_loopback(host):

@@ -45,7 +45,14 @@ from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.codes import ErrorCode
-from chime_actors.protocol.connection import Close, ConnectionProtocol, Output, Reply, Request
+from chime_actors.protocol.connection import (
+    Close,
+    ConnectionProtocol,
+    ConnState,
+    Output,
+    Reply,
+    Request,
+)
 from chime_actors.protocol.events import (
     Connect,
     History,
@@ -289,6 +296,8 @@ class ConnectionActor:
     async def _receive(self, frame: str | bytes) -> None:
         if (
             self._services.fault_injection
+            # Never before the connect: an unauthenticated socket may crash nothing.
+            and self._proto.state is ConnState.OPEN
             and isinstance(frame, str)
             and "debug_crash" in frame
             and self._inject_fault(frame)

@@ -216,3 +216,20 @@ def test_channel_count_limit(server: ServerProcess) -> None:
             assert (await full.expect("subscribed"))["channels"] == [f"{prefix}-extra"]
 
     run(scenario())
+
+
+def test_fault_injection_never_acts_before_the_connect(server: ServerProcess) -> None:
+    """The test server has ``testing.fault_injection`` on; an anonymous socket still
+    cannot crash anything: before the connect, ``debug_crash`` is just a frame."""
+
+    async def scenario() -> None:
+        async with clients(server) as cs:
+            raw = await cs.raw()
+            await raw.send({"type": "debug_crash", "target": "connection"})
+            refused = await raw.expect("error")
+            assert refused["code"] == "bad_request", refused  # not "internal": nothing crashed
+            await raw.send({"type": "connect", "channels": [fresh()], "userId": "alice"})
+            await raw.expect("connected")
+            await ping_pong(raw)
+
+    run(scenario())

@@ -511,3 +511,9 @@ def test_cassandra_consistency_one_is_warned_about(
 
 def test_the_default_config_has_no_durability_warning() -> None:
     assert durability_warnings(load_config(None, env={})) == []
+
+
+def test_fault_injection_is_refused_outside_insecure_loopback(tmp_path: Path) -> None:
+    text = "auth: {mode: jwt, jwt: {secret: '" + "s" * 40 + "'}}\ntesting: {fault_injection: true}"
+    error = config_error(path=write(tmp_path, text))
+    assert error.key == "testing.fault_injection"
