@@ -349,7 +349,10 @@ def _check_body_framing(headers: Mapping[str, str], max_body_bytes: int) -> None
         return
     # Repeated fields were joined with ", "; identical repeats are allowed (RFC 9110 8.6).
     values = {v.strip() for v in raw.split(",")}
-    if len(values) != 1 or not next(iter(values)).isdigit() or not raw.isascii():
+    # At most 18 digits: int() of thousands of digits raises (and costs quadratic
+    # time below its limit), and no body we take is longer than 18 digits say.
+    value = next(iter(values))
+    if len(values) != 1 or not raw.isascii() or not value.isdigit() or len(value) > 18:
         raise HttpError(400, "invalid Content-Length")
     if int(next(iter(values))) > max_body_bytes:
         raise HttpError(413, f"body over {max_body_bytes} bytes")

@@ -327,6 +327,25 @@ def test_malformed_request_gets_400_and_close() -> None:
     run_with_server(test)
 
 
+def test_a_content_length_of_thousands_of_digits_gets_400() -> None:
+    """int() refuses over 4,300 digits: that must be an answer, not a traceback."""
+
+    async def test(server: HttpServer) -> None:
+        client = await Client.connect(server.port)
+        try:
+            digits = b"9" * 5000
+            await client.send(
+                b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: " + digits + b"\r\n\r\n"
+            )
+            status, _, body = await client.response()
+            assert status == 400
+            assert orjson.loads(body)["error"]["code"] == "bad_request"
+        finally:
+            await client.close()
+
+    run_with_server(test)
+
+
 def test_oversize_head_gets_431() -> None:
     async def test(server: HttpServer) -> None:
         client = await Client.connect(server.port)
