@@ -13,21 +13,18 @@ status  when                                                            checked
 429     the address opened ``limits.connects_per_ip_per_10s`` already   last
 ======  ==============================================================  ==============
 
-The per-address buckets are bounded (:data:`MAX_TRACKED_ADDRESSES`): an attacker
+The per-address buckets are bounded (``rate_limit.MAX_KEYS``): an attacker
 rotating source addresses evicts the oldest bucket, not our memory.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from chime_actors.config import Config
-
-WINDOW_S = 10.0
-MAX_TRACKED_ADDRESSES = 65536
+from chime_actors.gateway.rate_limit import KeyedBuckets
 # Names a browser may use for a loopback host; any of them matches any other.
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0:0:0:0:0:0:0:1"})
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
@@ -40,45 +37,6 @@ class Refusal:
     status: int
     reason: str
     retry_after_s: int | None = None
-
-
-class _Bucket:
-    """A token bucket of ``capacity`` tokens refilled over ``WINDOW_S``."""
-
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, capacity: float, now: float) -> None:
-        self.tokens = capacity
-        self.stamp = now
-
-
-class ConnectRate:
-    """``limit`` connects per address per ``WINDOW_S``, as token buckets."""
-
-    def __init__(self, limit: int, clock: Callable[[], float]) -> None:
-        self._limit = float(limit)
-        self._clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    def take(self, address: str) -> float | None:
-        """Take a token for ``address``; None when taken, else seconds until one is free."""
-        if self._limit <= 0:
-            return None
-        now = self._clock()
-        bucket = self._buckets.pop(address, None)
-        if bucket is None:
-            bucket = _Bucket(self._limit, now)
-        else:
-            refill = (now - bucket.stamp) * self._limit / WINDOW_S
-            bucket.tokens = min(self._limit, bucket.tokens + refill)
-            bucket.stamp = now
-        self._buckets[address] = bucket  # most recently used last
-        while len(self._buckets) > MAX_TRACKED_ADDRESSES:
-            self._buckets.popitem(last=False)
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return None
-        return (1.0 - bucket.tokens) * WINDOW_S / self._limit
 
 
 def origin_hosts(config: Config) -> frozenset[str]:
@@ -109,7 +67,7 @@ class Admission:
         self._origins = frozenset(config.chat.allowed_origins)
         self._max_connections = config.chat.max_connections
         self._open_connections = open_connections
-        self._rate = ConnectRate(config.limits.connects_per_ip_per_10s, clock)
+        self._rate = KeyedBuckets(config.limits.connects_per_ip_per_10s, clock)
 
     def origin_allowed(self, origin: str) -> bool:
         """PROTOCOL.md: the chat or API host (any port), or a configured origin."""

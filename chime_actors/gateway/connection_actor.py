@@ -44,7 +44,7 @@ from chime_actors.gateway.persist_link import next_token
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.protocol import server_frames
-from chime_actors.protocol.codes import ErrorCode
+from chime_actors.protocol.codes import CloseCode, ErrorCode
 from chime_actors.protocol.connection import (
     Close,
     ConnectionProtocol,
@@ -55,13 +55,17 @@ from chime_actors.protocol.connection import (
 )
 from chime_actors.protocol.events import (
     Connect,
+    Edit,
     History,
+    React,
     Send,
     Subscribe,
+    Typing,
     Unsubscribe,
 )
 from chime_actors.protocol.frames import Limits, is_user_id
 from chime_actors.protocol.wire_frames import WireFrame, text_frame
+from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
 
@@ -71,6 +75,8 @@ JOIN_TIMEOUT_S = 10.0
 ABORT_GRACE_S = 2.0
 CLOSE_WAIT_S = 5.0
 DEFAULT_POLICY = RestartPolicy()
+# The frames limits.messages_per_10s counts (PROTOCOL.md "Errors and limits").
+_RATE_LIMITED = (Send, Edit, React, Typing)
 
 
 class GatewayServices(Protocol):
@@ -81,6 +87,7 @@ class GatewayServices(Protocol):
     fault_injection: bool
     authenticator: Authenticator
     flush_queue: FlushQueue
+    message_rate: MessageRate
 
     def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
         """Hand a send to the channel's persister; resolves with its outcome."""
@@ -162,6 +169,7 @@ class ConnectionActor:
         "_closing",
         "_id",
         "_identity",
+        "_rate",
         "_outbox",
         "_owed_acks",
         "_policy",
@@ -189,6 +197,7 @@ class ConnectionActor:
         # connect frame's ``token`` field takes precedence.
         self._transport_token = transport_token
         self._identity = Identity("")
+        self._rate = services.message_rate.for_connection()
         self._id = uuid.uuid4().hex[:16]
         self._proto = ConnectionProtocol(
             limits=Limits(
@@ -388,6 +397,8 @@ class ConnectionActor:
 
     async def _handle_request(self, request: Request) -> None:
         event = request.event
+        if isinstance(event, _RATE_LIMITED) and self._rate_limited(event):
+            return
         handler = self._HANDLERS.get(type(event))
         if handler is None:
             # Edits, reactions, presence ... arrive with later issues; until then a
@@ -401,6 +412,27 @@ class ConnectionActor:
             self._apply(self._proto.fail(error))
             return
         await handler(self, event)
+
+    def _rate_limited(self, event: Send | Edit | React | Typing) -> bool:
+        """``limits.messages_per_10s``: refuse (and at twice the limit close) a flood."""
+        limited = self._rate.check(self._identity.user_id)
+        if limited is None:
+            return False
+        client_msg_id = event.client_msg_id if isinstance(event, Send) else None
+        self._count_error(ErrorCode.RATE_LIMITED)
+        self.push(
+            server_frames.error(
+                ErrorCode.RATE_LIMITED,
+                f"over {self._services.config.limits.messages_per_10s} messages per 10 s",
+                request_id=getattr(event, "request_id", None),
+                client_msg_id=client_msg_id,
+                retry_after_ms=limited.retry_after_ms,
+            )
+        )
+        if limited.close:
+            log.info("closing a flooding connection", connectionId=self._id)
+            self.close_after_queued(CloseCode.FLOODING, "rate limit exceeded")
+        return True
 
     # --- requests -----------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from chime_actors.gateway.channel_actor import (
 )
 from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.gateway.outbox import FlushQueue
+from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
@@ -86,6 +87,7 @@ class GatewayCore:
         self.metrics = ChimeMetrics.register(self.registry)
         self.fault_injection = config.testing.fault_injection
         self.authenticator = Authenticator(config.auth)
+        self.message_rate = MessageRate(config.limits.messages_per_10s, time.monotonic)
         # Every connection's outbox is flushed from this one queue (one callback a turn).
         self.flush_queue = FlushQueue()
         self._chat_port = chat_port

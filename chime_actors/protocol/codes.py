@@ -35,4 +35,6 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001
     """The connect's token failed to verify or contradicts ``userId``."""
     HANDSHAKE_TIMEOUT = 4008
-    """No connect within ``chat.handshake_timeout_ms``."""
+    """No connect within ``chat.handshake_timeout_ms``; also (PROTOCOL.md) a
+    connection that goes on past twice ``limits.messages_per_10s``."""
+    FLOODING = 4008

@@ -112,6 +112,9 @@ def running_server(
         "storage": {"sqlite": {"path": str(tmp / "data" / "chime.db")}},
         "data_dir": str(tmp / "data"),
         "testing": {"fault_injection": True},
+        # Load, fault and resume tests send far past the per-connection default;
+        # the tests of the limits themselves set them (test_rate_limits.py).
+        "limits": {"messages_per_10s": 0},
     }
     for key, value in (overrides or {}).items():
         section = config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from chime_actors.gateway import connection_actor as connection_actor_module
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.gateway.outbox import FlushQueue
+from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import SendOutcome, SendRecord
@@ -115,6 +117,7 @@ class FakeServices:
         self.metrics = ChimeMetrics.register(self.registry)
         self.fault_injection = False
         self.authenticator = Authenticator(config.auth)
+        self.message_rate = MessageRate(config.limits.messages_per_10s, time.monotonic)
         self.flush_queue = FlushQueue()
 
     def value(self, name: str, *labels: str) -> float | None:
