@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from chime_actors.config import Config
 from chime_actors.gateway.rate_limit import KeyedBuckets
+
 # Names a browser may use for a loopback host; any of them matches any other.
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0:0:0:0:0:0:0:1"})
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})

@@ -41,6 +41,7 @@ from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.gateway.outbox import FlushQueue, Outbox
 from chime_actors.gateway.persist_link import next_token
+from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.protocol import server_frames
@@ -65,7 +66,6 @@ from chime_actors.protocol.events import (
 )
 from chime_actors.protocol.frames import Limits, is_user_id
 from chime_actors.protocol.wire_frames import WireFrame, text_frame
-from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
 
@@ -169,12 +169,12 @@ class ConnectionActor:
         "_closing",
         "_id",
         "_identity",
-        "_rate",
         "_outbox",
         "_owed_acks",
         "_policy",
         "_proto",
         "_query_user_id",
+        "_rate",
         "_services",
         "_transport_token",
         "_ws",

@@ -49,8 +49,8 @@ from chime_actors.gateway.channel_actor import (
 )
 from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.gateway.outbox import FlushQueue
-from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.gateway.persist_link import PersistLink
+from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.sequencer import owner_index
