@@ -111,6 +111,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
             "audience": None,
             "issuer": None,
             "leeway_s": 10,
+            "public_key_file": None,
+            "jwks_file": None,
         },
     },
     "storage": {
@@ -151,6 +153,8 @@ _OPTIONAL_SECTIONS: Final[Mapping[str, Mapping[str, Any]]] = {
 }
 
 _HMAC_MIN_SECRET_BYTES: Final[Mapping[str, int]] = {"HS256": 32, "HS384": 48, "HS512": 64}
+# Verified with auth.jwt.public_key_file or auth.jwt.jwks_file (PEM or JWK public keys).
+_ASYMMETRIC_ALGORITHMS: Final = ("RS256", "ES256")
 _CONSISTENCY_LEVELS: Final = frozenset(
     {
         "ANY",
@@ -277,11 +281,15 @@ class JwtConfig:
     """Token verification for ``auth.mode: jwt`` (and minting, for ``chime token``).
 
     Attributes:
-        secret: the shared HMAC secret; required in jwt mode, never displayed.
-        algorithms: accepted ``alg`` values, HS256, HS384 and HS512 only.
+        secret: the shared HMAC secret; required with HS*, never displayed.
+        algorithms: accepted ``alg`` values: HS256, HS384, HS512 (with ``secret``)
+            or RS256, ES256 (with ``public_key_file`` or ``jwks_file``), never
+            both kinds. The token's own header never widens this list.
         audience: when set, the token's ``aud`` must match.
         issuer: when set, the token's ``iss`` must match.
         leeway_s: clock skew allowed when checking ``exp`` and ``nbf``.
+        public_key_file: a PEM public key (RS256/ES256).
+        jwks_file: a JSON Web Key Set of public keys, chosen by the token's ``kid``.
     """
 
     secret: str | None
@@ -289,6 +297,13 @@ class JwtConfig:
     audience: str | None
     issuer: str | None
     leeway_s: int = 10
+    public_key_file: str | None = None
+    jwks_file: str | None = None
+
+    @property
+    def asymmetric(self) -> bool:
+        """True for RS256/ES256 (public keys), False for HS* (the shared secret)."""
+        return self.algorithms[0] not in _HMAC_MIN_SECRET_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -869,11 +884,18 @@ def _build_api(s: _Section) -> ApiConfig:
 def _build_jwt(s: _Section) -> JwtConfig:
     algorithms = s.text_tuple("algorithms")
     for algorithm in algorithms:
-        if algorithm not in _HMAC_MIN_SECRET_BYTES:
-            allowed = ", ".join(_HMAC_MIN_SECRET_BYTES)
+        if algorithm not in _HMAC_MIN_SECRET_BYTES and algorithm not in _ASYMMETRIC_ALGORITHMS:
+            allowed = ", ".join([*_HMAC_MIN_SECRET_BYTES, *_ASYMMETRIC_ALGORITHMS])
             raise ConfigError(s.key("algorithms"), f"{algorithm!r} is not one of {allowed}")
+    hmac_family = {a in _HMAC_MIN_SECRET_BYTES for a in algorithms}
+    if len(hmac_family) > 1:
+        # One key kind per server: an HMAC secret next to public keys invites
+        # algorithm confusion (a token "signed" with the public key as secret).
+        raise ConfigError(s.key("algorithms"), "mix HS* with RS256/ES256 in one list: choose one")
     return JwtConfig(
         secret=s.optional_text("secret"),
+        public_key_file=s.optional_text("public_key_file"),
+        jwks_file=s.optional_text("jwks_file"),
         algorithms=algorithms,
         audience=s.optional_text("audience"),
         issuer=s.optional_text("issuer"),
@@ -1017,6 +1039,19 @@ def _check_auth(config: Config) -> None:
                 )
         return
     jwt = config.auth.jwt
+    if jwt.asymmetric:
+        if (jwt.public_key_file is None) == (jwt.jwks_file is None):
+            raise ConfigError(
+                "auth.jwt.public_key_file",
+                f"{', '.join(jwt.algorithms)} needs exactly one of public_key_file or jwks_file",
+            )
+        for key, path in (
+            ("auth.jwt.public_key_file", jwt.public_key_file),
+            ("auth.jwt.jwks_file", jwt.jwks_file),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(key, f"{path}: no such file")
+        return
     if jwt.secret is None:
         raise ConfigError(
             "auth.jwt.secret", "required when auth.mode is jwt (set CHIME_AUTH_JWT_SECRET)"

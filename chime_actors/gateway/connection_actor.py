@@ -18,6 +18,9 @@ handling a frame raises       logged with a correlation id, the client gets
 outbound bounds exceeded      the client is not reading: close 1008 "slow consumer"
                               (memory stays bounded; neighbours are unaffected)
 the socket breaks             leave every channel; owed acks are dropped with it
+the token's exp passes        ``unauthorized`` "token expired", close 4001 (a
+                              ``refresh`` before then moves the deadline)
+over limits.messages_per_10s  ``rate_limited``; at twice the limit close 4008
 ============================  =========================================================
 """
 
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
 import orjson
@@ -35,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from chime_actors.auth import Authenticator, Identity
-from chime_actors.config import Config
+from chime_actors.config import AuthMode, Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
@@ -59,6 +64,7 @@ from chime_actors.protocol.events import (
     Edit,
     History,
     React,
+    Refresh,
     Send,
     Subscribe,
     Typing,
@@ -66,7 +72,7 @@ from chime_actors.protocol.events import (
 )
 from chime_actors.protocol.frames import Limits, is_user_id
 from chime_actors.protocol.wire_frames import WireFrame, text_frame
-from chime_actors.records import SendOutcome, SendRecord
+from chime_actors.records import SendOutcome, SendRecord, format_timestamp
 from chime_actors.storage.store import HistoryPage
 
 log = get_logger(__name__)
@@ -167,6 +173,7 @@ class ConnectionActor:
     __slots__ = (
         "_budget",
         "_closing",
+        "_expiry",
         "_id",
         "_identity",
         "_outbox",
@@ -197,6 +204,8 @@ class ConnectionActor:
         # connect frame's ``token`` field takes precedence.
         self._transport_token = transport_token
         self._identity = Identity("")
+        # Fires when the token's exp (plus leeway) passes: error unauthorized, close 4001.
+        self._expiry: asyncio.TimerHandle | None = None
         self._rate = services.message_rate.for_connection()
         self._id = uuid.uuid4().hex[:16]
         self._proto = ConnectionProtocol(
@@ -292,6 +301,8 @@ class ConnectionActor:
             pass
         finally:
             timer.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             self._proto.close()
             for channel_id in self._proto.channels:
                 self._services.leave_channel(channel_id, self._id)
@@ -462,6 +473,7 @@ class ConnectionActor:
             self._apply(self._proto.fail(exc))  # closes with 4001
             return
         self._identity = identity
+        self._arm_expiry()
         user_id = identity.user_id
         granted = self._granted(event.channels)
         resume = dict(event.resume)
@@ -538,6 +550,58 @@ class ConnectionActor:
             self._join_failed(channel_id, error, subscribed=True)
         await self._activate(joined)
 
+    def _arm_expiry(self) -> None:
+        """(Re)start the timer of the token's ``exp``; no token, no timer."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires_at = self._identity.expires_at
+        if expires_at is None:
+            return
+        # exp is wall-clock time; the timer runs on the loop's monotonic clock.
+        delay = expires_at + self._services.authenticator.leeway_s - time.time()
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        log.info("token expired", connectionId=self._id, userId=self._identity.user_id)
+        self._send_error(ErrorCode.UNAUTHORIZED, "token expired: connect again with a new token")
+        self.close_after_queued(CloseCode.UNAUTHORIZED, "token expired")
+
+    async def _refresh(self, event: Refresh) -> None:
+        """A new token for the same user: new deadline, new grants (PROTOCOL.md)."""
+        authenticator = self._services.authenticator
+        if authenticator.mode is AuthMode.INSECURE:
+            self._send_error(
+                ErrorCode.BAD_REQUEST,
+                "refresh needs auth.mode jwt: this server uses no tokens",
+                request_id=event.request_id,
+            )
+            return
+        try:
+            identity = authenticator.verify(event.token)
+        except ProtocolError as exc:
+            # The current token still holds until it expires: refuse, do not close.
+            self._send_error(exc.code, exc.message, request_id=event.request_id)
+            return
+        if identity.user_id != self._identity.user_id:
+            self._send_error(
+                ErrorCode.UNAUTHORIZED,
+                "the new token is for another user",
+                request_id=event.request_id,
+            )
+            return
+        self._identity = identity
+        self._arm_expiry()
+        assert identity.expires_at is not None  # verify() requires exp
+        expires_at = format_timestamp(datetime.fromtimestamp(identity.expires_at, UTC))
+        self.push(server_frames.refreshed(expires_at, event.request_id))
+        revoked = [c for c in self._proto.channels if not identity.may_access(c)]
+        if revoked:
+            for channel_id in revoked:
+                self._services.leave_channel(channel_id, self._id)
+            self._apply(self._proto.apply_unsubscribe(revoked))
+
     async def _unsubscribe(self, event: Unsubscribe) -> None:
         for channel_id in event.channels:
             if self._proto.is_subscribed(channel_id):
@@ -607,4 +671,5 @@ class ConnectionActor:
         Unsubscribe: _unsubscribe,  # type: ignore[dict-item]
         Send: _send,  # type: ignore[dict-item]
         History: _history,  # type: ignore[dict-item]
+        Refresh: _refresh,  # type: ignore[dict-item]
     }

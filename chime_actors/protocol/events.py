@@ -116,6 +116,19 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Refresh:
+    """``refresh``: a new token for the same user, before the current one expires.
+
+    Attributes:
+        token: the new JWT; its ``channels`` claim replaces the grants.
+        request_id: echoed in the reply or the error.
+    """
+
+    token: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Edit:
     """``edit``: replace the content of one's own message."""
 
@@ -174,6 +187,7 @@ ClientEvent = (
     | Unsubscribe
     | History
     | Ping
+    | Refresh
     | Edit
     | Delete
     | React
@@ -190,6 +204,7 @@ CLIENT_EVENT_TYPES: tuple[type[ClientEvent], ...] = (
     Unsubscribe,
     History,
     Ping,
+    Refresh,
     Edit,
     Delete,
     React,

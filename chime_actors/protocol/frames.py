@@ -31,6 +31,7 @@ from chime_actors.protocol.events import (
     React,
     ReactionOp,
     Read,
+    Refresh,
     ResumePoints,
     Send,
     Subscribe,
@@ -283,6 +284,12 @@ class _FrameReader:
     def _ping(self) -> Ping:
         return Ping()
 
+    def _refresh(self) -> Refresh:
+        return Refresh(
+            token=self._required_str("token", max_chars=MAX_TOKEN_CHARS),
+            request_id=self._request_id_field(),
+        )
+
     def _edit(self) -> Edit:
         return Edit(
             request_id=self._request_id_field(),
@@ -485,6 +492,7 @@ _PARSERS: dict[str, Callable[[_FrameReader], ClientEvent]] = {
     "unsubscribe": _FrameReader._unsubscribe,
     "history": _FrameReader._history,
     "ping": _FrameReader._ping,
+    "refresh": _FrameReader._refresh,
     "edit": _FrameReader._edit,
     "delete": _FrameReader._delete,
     "react": _FrameReader._react,

@@ -174,6 +174,14 @@ def typing(channel_id: str, user_id: str) -> str:
     return _encode({"type": "typing", "channelId": channel_id, "userId": user_id})
 
 
+def refreshed(expires_at: str, request_id: str | None = None) -> str:
+    """The answer to a ``refresh``: the new token's ``exp`` as UTC ISO-8601."""
+    frame: dict[str, Any] = {"type": "refreshed", "expiresAt": expires_at}
+    if request_id is not None:
+        frame["requestId"] = request_id
+    return _encode(frame)
+
+
 def pong() -> str:
     """Reply to ``ping``."""
     return _encode({"type": "pong"})

@@ -122,6 +122,11 @@ def running_server(
         for name in parents:
             section = section.setdefault(name, {})
         section[last] = value
+    if config.get("auth", {}).get("mode") == "jwt" and "testing.fault_injection" not in (
+        overrides or {}
+    ):
+        # The server refuses fault injection outside insecure (loopback) mode.
+        config["testing"]["fault_injection"] = False
     config_path = tmp / "chime.yaml"
     config_path.write_text(yaml.safe_dump(config))
     if config_file is not None:

@@ -21,6 +21,7 @@ from tests.e2e.server_process import ServerProcess, running_server
 pytestmark = pytest.mark.e2e
 
 SECRET = "e2e-secret-" + "x" * 32
+LEEWAY_S = 1
 
 
 def token(sub: str = "alice", *, secret: str = SECRET, **claims: Any) -> str:
@@ -30,7 +31,8 @@ def token(sub: str = "alice", *, secret: str = SECRET, **claims: Any) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    overrides = {"auth.mode": "jwt", "auth.jwt.secret": SECRET}
+    # A short leeway, so that the lifetime tests wait seconds, not the default 10 s.
+    overrides = {"auth.mode": "jwt", "auth.jwt.secret": SECRET, "auth.jwt.leeway_s": LEEWAY_S}
     with running_server(tmp_path_factory.mktemp("jwt"), overrides) as srv:
         yield srv
 
@@ -157,6 +159,72 @@ def test_channels_claim_may_hold_glob_patterns(server: ServerProcess) -> None:
         assert (await client.expect("connected"))["channels"] == ["team-blue"]
         await client.send({"type": "subscribe", "channels": ["other"]})
         assert (await client.expect("error"))["code"] == "forbidden"
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_token_that_expires_during_the_connection_closes_it_with_4001(
+    server: ServerProcess,
+) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        short = token(exp=int(time.time()) + 2)
+        await client.send({"type": "connect", "channels": ["general"], "token": short})
+        await client.expect("connected")
+        error = await client.expect("error", timeout=15)
+        assert error["code"] == "unauthorized" and "expired" in error["message"]
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv(10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+
+    asyncio.run(scenario())
+
+
+def test_refresh_extends_the_connection_and_replaces_the_grants(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        first = token(exp=int(time.time()) + 3, channels=["general", "team-*"])
+        await client.send({"type": "connect", "channels": ["general", "team-a"], "token": first})
+        assert (await client.expect("connected"))["channels"] == ["general", "team-a"]
+        later = int(time.time()) + 300
+        await client.send(
+            {"type": "refresh", "token": token(exp=later, channels=["general"]), "requestId": "r"}
+        )
+        refreshed = await client.expect("refreshed")
+        assert refreshed["requestId"] == "r"
+        assert refreshed["expiresAt"] == time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(later))
+        # team-a is no longer granted: left, and said so.
+        assert (await client.expect("unsubscribed"))["channels"] == ["team-a"]
+        await client.send({"type": "subscribe", "channels": ["team-b"]})
+        assert (await client.expect("error"))["code"] == "forbidden"
+        # Past the first token's exp (and the leeway) the connection still serves.
+        await asyncio.sleep(3 + LEEWAY_S + 1.5)
+        await client.send({"type": "ping"})
+        await client.expect("pong")
+        assert not [f for f in client.frames if f.get("code") == "unauthorized"]
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [token("mallory"), token(secret="y" * 40), "garbage"],
+    ids=["other-user", "wrong-secret", "garbage"],
+)
+def test_a_bad_refresh_is_refused_and_the_connection_goes_on(
+    server: ServerProcess, bad: str
+) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        await client.send({"type": "connect", "channels": ["general"], "token": token()})
+        await client.expect("connected")
+        await client.send({"type": "refresh", "token": bad, "requestId": "r1"})
+        error = await client.expect("error")
+        assert error["code"] == "unauthorized" and error["requestId"] == "r1"
+        await client.send({"type": "ping"})
+        await client.expect("pong")
         await client.close()
 
     asyncio.run(scenario())
