@@ -40,6 +40,7 @@ from chime_actors.actors.sealed_transport import new_key, seal
 from chime_actors.config import Config, StorageBackend, durability_warnings
 from chime_actors.errors import ActorError, StoreError
 from chime_actors.logs import configure_logging, get_logger
+from chime_actors.open_files import needed_fds, raise_open_file_limit
 from chime_actors.storage.factory import init_storage
 
 log = get_logger(__name__)
@@ -59,6 +60,15 @@ def run_server(config: Config, *, ports_file: str | None = None) -> int:
     setproctitle.setproctitle("chime: main")
     for warning in durability_warnings(config):
         log.warning(warning)
+    nofile = raise_open_file_limit(needed_fds(config))
+    if not nofile.sufficient:
+        log.warning(
+            "the open-file limit is below what chat.max_connections needs: raise the hard "
+            "limit (ulimit -Hn, or LimitNOFILE= for systemd) or lower chat.max_connections",
+            needed=nofile.needed,
+            soft=nofile.soft,
+            hard=nofile.hard,
+        )
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if config.storage.backend is StorageBackend.SQLITE:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chime_actors.open_files import RESERVE_FDS
 from tests.e2e.server_process import ServerProcess, group_pids, running_server
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +73,26 @@ def test_sigkilled_main_takes_every_process_with_it(tmp_path: Path) -> None:
         for port in (server.chat_port, server.api_port):
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_the_open_file_limit_is_raised_for_every_gateway(tmp_path: Path) -> None:
+    """Each gateway may hold its share of chat.max_connections sockets."""
+    max_connections = 6000  # 3,000 per gateway + the reserve: above a 1024 default
+    with running_server(tmp_path, {"chat.max_connections": max_connections}) as server:
+        gateways = server.pids_by_title("chime: gateway 1") + server.pids_by_title(
+            "chime: gateway 2"
+        )
+        assert len(gateways) == 2
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        needed = max_connections // 2 + RESERVE_FDS
+        for pid in gateways:
+            assert _soft_nofile(pid) >= min(needed, hard)
+        if hard < needed:
+            assert any("open-file limit" in str(line.get("message")) for line in server.log_lines())
