@@ -483,6 +483,13 @@ class ConnectionActor:
         # message frame precedes ``connected``.
         joined, failed = await self._register(granted, resume)
         self._apply(self._proto.accept_connect(user_id, joined, self._id))
+        if self._proto.state is not ConnState.OPEN:
+            # The handshake timeout (or the peer) closed the connection while the
+            # joins were in flight: the protocol never took these channels, so
+            # run()'s cleanup would not leave them. Leave them here.
+            for channel_id in joined:
+                self._services.leave_channel(channel_id, self._id)
+            return
         for channel_id, error in failed:
             self._join_failed(channel_id, error, subscribed=False)
         await self._activate(joined)

@@ -376,3 +376,57 @@ def test_a_failed_join_is_reported_and_the_channel_is_not_kept() -> None:
         assert services.left == ["general"]
 
     asyncio.run(main())
+
+
+class SlowJoins(FakeServices):
+    """Joins that wait for ``release``; records who is a member of what."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.release = asyncio.Event()
+        self.members: set[tuple[str, str]] = set()
+
+    async def join_channel(
+        self,
+        channel_id: str,
+        subscriber: Subscriber,
+        resume_after: str | None,
+        *,
+        deferred: bool = False,
+    ) -> JoinResult:
+        self.members.add((channel_id, subscriber.connection_id))
+        await self.release.wait()
+        return JoinResult()
+
+    async def activate_channel(self, channel_id: str, connection_id: str) -> JoinResult:
+        return JoinResult()
+
+    def leave_channel(self, channel_id: str, connection_id: str) -> None:
+        self.members.discard((channel_id, connection_id))
+
+
+def test_a_connect_racing_the_handshake_timeout_leaves_no_memberships() -> None:
+    """The timer fires while the connect's joins are in flight: when they finish,
+    the connection is closed, and every channel it joined must be left."""
+
+    async def main() -> None:
+        config = load_config(env={})
+        chat = dataclasses.replace(config.chat, handshake_timeout_ms=50)
+        services = SlowJoins(dataclasses.replace(config, chat=chat))
+        ws = FakeWebSocket()
+        actor = ConnectionActor(cast(ServerConnection, ws), services)
+        runner = asyncio.get_running_loop().create_task(actor.run())
+        ws.receive(json.dumps({"type": "connect", "channels": ["a", "b"], "userId": "u"}))
+        for _ in range(100):  # until the first join is in flight
+            if services.members:
+                break
+            await asyncio.sleep(0.01)
+        assert services.members
+        await asyncio.sleep(0.1)  # the handshake timeout passes meanwhile
+        assert ws.closes and ws.closes[0][0] == 4008
+        services.release.set()
+        await asyncio.wait_for(runner, TIMEOUT)
+        assert services.members == set()
+        assert not any('"connected"' in frame for frame in ws.sent)
+
+    asyncio.run(main())
