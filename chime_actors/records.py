@@ -8,6 +8,7 @@ Mappings are kept as tuples of pairs so a record is immutable all the way down.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,25 @@ from typing import Any
 from chime_actors.ids import parse_message_id
 
 Metadata = tuple[tuple[str, str], ...]
+
+# A send without a clientMsgId gets one made by the server, with this prefix
+# (clients may not use it): the gateway can then always retry a send whose
+# persister died mid-write, and the new persister's dedupe settles it, so
+# "unavailable" always means "not stored". The wire never shows it: clients see
+# the null they sent (``ChimeMessage.wire_client_msg_id``).
+SERVER_CLIENT_MSG_ID_PREFIX = "~chime:"
+
+
+def server_client_msg_id() -> str:
+    """A fresh server-made idempotency key for a send that came without one."""
+    return SERVER_CLIENT_MSG_ID_PREFIX + uuid.uuid4().hex
+
+
+def wire_client_msg_id(client_msg_id: str | None) -> str | None:
+    """``client_msg_id`` as clients see it: a server-made key is shown as null."""
+    if client_msg_id is not None and client_msg_id.startswith(SERVER_CLIENT_MSG_ID_PREFIX):
+        return None
+    return client_msg_id
 
 
 def utc_now_iso() -> str:
@@ -60,7 +80,7 @@ class ChimeMessage:
             "editedAt": self.edited_at,
             "metadata": dict(self.metadata),
             "threadId": self.thread_id,
-            "clientMsgId": self.client_msg_id,
+            "clientMsgId": wire_client_msg_id(self.client_msg_id),
         }
 
 

@@ -72,7 +72,12 @@ from chime_actors.protocol.events import (
 )
 from chime_actors.protocol.frames import Limits, is_user_id
 from chime_actors.protocol.wire_frames import WireFrame, text_frame
-from chime_actors.records import SendOutcome, SendRecord, format_timestamp
+from chime_actors.records import (
+    SendOutcome,
+    SendRecord,
+    format_timestamp,
+    server_client_msg_id,
+)
 from chime_actors.storage.store import HistoryPage
 
 log = get_logger(__name__)
@@ -625,7 +630,8 @@ class ConnectionActor:
             content=event.content,
             metadata=event.metadata,
             thread_id=event.thread_id,
-            client_msg_id=event.client_msg_id,
+            # Always a key, so the send is always safe to retry (records.py).
+            client_msg_id=event.client_msg_id or server_client_msg_id(),
         )
         self._services.metrics.messages_in.inc()
         self._owed_acks += 1

@@ -24,11 +24,11 @@ link never relies on Thespian to absorb load. Instead:
 * while the persister is down (``rewire(None)``, between its death and its
   restart), records wait in the buffer, up to that same timeout;
 * when the persister is replaced, what was in flight to the old one may or may
-  not have been stored. Records with a ``clientMsgId`` are sent again to the new
-  persister, whose idempotency check (reloaded from storage) acks the stored ones
-  with their original id and stores the rest: exactly once. Records without one
-  cannot be retried safely and fail with ``unavailable`` "outcome unknown"
-  (docs/protocol.md tells clients to send a ``clientMsgId``).
+  not have been stored. Every record carries a ``clientMsgId`` (the client's, or
+  one the gateway made: ``records.server_client_msg_id``), so all of them are
+  sent again to the new persister, whose idempotency check (reloaded from
+  storage) acks the stored ones with their original id and stores the rest:
+  exactly once, and ``unavailable`` is never a guess.
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ class PersistLink:
                 if entry[1].client_msg_id:
                     retry.append(entry)
                 else:
+                    # Not from a gateway (those always carry a key): cannot be
+                    # retried safely, so its outcome is unknown.
                     self._fail((entry[1],), "persister failed; outcome unknown")
         # Retried records go first, in their original order.
         self._buffer.extendleft(reversed(retry))

@@ -38,7 +38,7 @@ from chime_actors.protocol.events import (
     Typing,
     Unsubscribe,
 )
-from chime_actors.records import Metadata
+from chime_actors.records import SERVER_CLIENT_MSG_ID_PREFIX, Metadata
 
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _USER_ID = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
@@ -260,7 +260,7 @@ class _FrameReader:
         return Send(
             channel_id=self._optional_channel_id("channelId"),
             content=self._content(),
-            client_msg_id=self._optional_str("clientMsgId", max_chars=MAX_CORRELATION_ID_CHARS),
+            client_msg_id=self._read_client_msg_id(),
             metadata=self._metadata(),
             thread_id=self._optional_message_id("threadId"),
         )
@@ -347,6 +347,15 @@ class _FrameReader:
         value = self._optional_str(field, max_chars=max_chars)
         if value is None:
             self.fail(ErrorCode.BAD_REQUEST, f"'{field}' is required")
+        return value
+
+    def _read_client_msg_id(self) -> str | None:
+        value = self._optional_str("clientMsgId", max_chars=MAX_CORRELATION_ID_CHARS)
+        if value is not None and value.startswith(SERVER_CLIENT_MSG_ID_PREFIX):
+            self.fail(
+                ErrorCode.BAD_REQUEST,
+                f"'clientMsgId' may not start with {SERVER_CLIENT_MSG_ID_PREFIX!r} (reserved)",
+            )
         return value
 
     def _request_id_field(self) -> str | None:

@@ -15,7 +15,7 @@ import orjson
 
 from chime_actors.errors import ProtocolError
 from chime_actors.protocol.events import PresenceStatus, ReactionOp
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChimeMessage, wire_client_msg_id
 
 Reactions = Mapping[str, Sequence[str]]
 """Emoji -> user ids who reacted with it, as history messages carry them."""
@@ -59,7 +59,7 @@ def ack(message: ChimeMessage) -> str:
     return _encode(
         {
             "type": "ack",
-            "clientMsgId": message.client_msg_id,
+            "clientMsgId": wire_client_msg_id(message.client_msg_id),
             "channelId": message.channel_id,
             "messageId": message.message_id,
             "createdAt": message.created_at,

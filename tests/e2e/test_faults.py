@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
@@ -56,6 +57,7 @@ from tests.e2e.load import (
     kill_leftovers,
     ms,
     one_pid,
+    open_client,
     persister_channels,
     rest_history,
     restart_logged,
@@ -667,5 +669,79 @@ def test_unavailable_means_not_stored(tmp_path: Path) -> None:
                 f"{len(wrongly)} of {len(refused)} sends answered 'unavailable' were stored: "
                 f"{wrongly[:5]}"
             )
+
+        asyncio.run(scenario())
+
+
+class BareSender:
+    """Sends one message at a time *without* a clientMsgId and notes each answer.
+
+    One at a time, so each answer belongs to the content just sent.
+    """
+
+    def __init__(self, url: str, user: str, channel: str) -> None:
+        self.url, self.user, self.channel = url, user, channel
+        self.acked: list[str] = []
+        self.refused: list[str] = []
+        self.stopping = False
+
+    async def run(self) -> None:
+        ws, _ = await open_client(self.url, self.user, [self.channel])
+        try:
+            for n in itertools.count():
+                if self.stopping:
+                    return
+                content = f"{self.user}-{n}"
+                frame = {"type": "send", "channelId": self.channel, "content": content}
+                await ws.send(orjson.dumps(frame).decode())
+                while True:
+                    answer = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if answer.get("type") == "ack":
+                        assert answer["clientMsgId"] is None, answer  # what it sent
+                        self.acked.append(content)
+                        break
+                    if answer.get("type") == "error":
+                        assert answer["code"] == "unavailable", answer
+                        self.refused.append(content)
+                        break
+        finally:
+            await ws.close()
+
+
+def test_unavailable_means_not_stored_without_a_client_msg_id(tmp_path: Path) -> None:
+    """A send without a clientMsgId in flight to a persister that dies is settled
+    inside the server (retried under a server-made key, deduplicated by the new
+    persister): it is acked, or refused and never stored, and never stored twice."""
+    channel = channel_owned_by(1, "faults-bare")
+    with chime_server(tmp_path) as server:
+
+        async def scenario() -> None:
+            senders = [BareSender(server.url, f"b{n}", channel) for n in range(6)]
+            tasks = [asyncio.get_running_loop().create_task(s.run()) for s in senders]
+            try:
+                await apoll(lambda: all(len(s.acked) >= 5 for s in senders), 20, "sends flow")
+                for _ in range(3):
+                    await kill_and_wait_restart(server, "persister 1")
+                    mark = {s.user: len(s.acked) for s in senders}
+                    await apoll(
+                        lambda mark=mark: all(len(s.acked) > mark[s.user] + 3 for s in senders),
+                        30,
+                        "acks after the restart",
+                    )
+            finally:
+                for sender in senders:
+                    sender.stopping = True
+                await asyncio.gather(*tasks)
+            history = await asyncio.get_running_loop().run_in_executor(
+                None, rest_history, server, channel
+            )
+            contents = [m["content"] for m in history]
+            assert all(m["clientMsgId"] is None for m in history)
+            assert len(contents) == len(set(contents)), "a message was stored twice"
+            acked = {c for s in senders for c in s.acked}
+            refused = {c for s in senders for c in s.refused}
+            assert acked <= set(contents), "an acked message is missing"
+            wrongly = sorted(refused & set(contents))
+            assert not wrongly, f"answered 'unavailable' yet stored: {wrongly[:5]}"
 
         asyncio.run(scenario())
