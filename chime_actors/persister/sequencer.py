@@ -10,6 +10,22 @@ Idempotency: a send whose ``(userId, clientMsgId)`` was stored in the channel in
 the last ``dedupe_ttl_s`` seconds is answered with the first message and stores
 nothing. The cache is loaded from the store when a channel is first touched, so a
 restarted persister still dedupes.
+
+Memory is bounded whatever senders do, across all channels:
+
+- the cache keeps a *slim* copy of each message (ids, user, time: what an ``ack``
+  needs), never its content or metadata, so a 4,000-character message costs the
+  same as a short one;
+- keys the gateway made for sends without a ``clientMsgId`` (``~chime:``) are
+  stored with the message (so a persister restarted mid-write dedupes the
+  gateway's retry, having loaded them from the store) but not remembered after
+  commit: only a restarted persister ever looks them up;
+- the channels' states are kept least recently used first, and past
+  ``max_bytes`` (estimated, :func:`entry_bytes`) or ``max_channels`` the least
+  recently used channel is forgotten whole. Nothing is lost by that: its last id
+  and client ids are read from the store again on its next send;
+- one channel alone keeps at most ``MAX_DEDUPE_PER_CHANNEL`` client ids (the
+  oldest are forgotten early).
 """
 
 from __future__ import annotations
@@ -17,16 +33,29 @@ from __future__ import annotations
 import collections
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from chime_actors.ids import format_message_id
-from chime_actors.records import ChimeMessage, SendRecord, format_timestamp
+from chime_actors.records import (
+    SERVER_CLIENT_MSG_ID_PREFIX,
+    ChimeMessage,
+    SendRecord,
+    format_timestamp,
+)
 
 DEDUPE_TTL_S = 600.0
 # Bounded memory: past this many remembered client ids in one channel the oldest are
 # forgotten early. 50 messages/10 s per connection x 10 min = 3,000 per sender.
 MAX_DEDUPE_PER_CHANNEL = 100_000
+# All channels' states together (estimated bytes), and how many channels.
+MAX_BYTES = 128 * 1024 * 1024
+MAX_CHANNELS = 100_000
+# Estimated CPython cost of one remembered client id beyond its strings: the key
+# tuple, the slim ChimeMessage, dict and deque slots (measured with tracemalloc in
+# tests/unit/test_sequencer.py, which keeps the estimate honest).
+ENTRY_OVERHEAD_BYTES = 450
+CHANNEL_OVERHEAD_BYTES = 1200
 
 DedupeKey = tuple[str, str]  # (user_id, client_msg_id)
 
@@ -36,11 +65,30 @@ def owner_index(channel_id: str, pool_size: int) -> int:
     return zlib.crc32(channel_id.encode()) % pool_size
 
 
+def entry_bytes(key: DedupeKey, message: ChimeMessage) -> int:
+    """Estimated memory of one remembered client id (see ``ENTRY_OVERHEAD_BYTES``)."""
+    return (
+        ENTRY_OVERHEAD_BYTES
+        + len(key[0])
+        + len(key[1])
+        + len(message.message_id)
+        + len(message.created_at)
+    )
+
+
+def _slim(message: ChimeMessage) -> ChimeMessage:
+    """What a duplicate's ``ack`` needs of the first message, and nothing more."""
+    if not message.content and not message.metadata and message.thread_id is None:
+        return message
+    return replace(message, content="", metadata=(), thread_id=None, channel_name=None)
+
+
 @dataclass(slots=True)
 class _ChannelSeq:
     last_seq: int
     dedupe: dict[DedupeKey, ChimeMessage] = field(default_factory=dict)
     expiry: collections.deque[tuple[float, DedupeKey]] = field(default_factory=collections.deque)
+    bytes: int = CHANNEL_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +127,33 @@ class Plan:
 class Sequencer:
     """Assigns ids for the channels this persister owns."""
 
-    def __init__(self, clock: Callable[[], datetime], dedupe_ttl_s: float = DEDUPE_TTL_S) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        dedupe_ttl_s: float = DEDUPE_TTL_S,
+        *,
+        max_bytes: int = MAX_BYTES,
+        max_channels: int = MAX_CHANNELS,
+        max_dedupe_per_channel: int = MAX_DEDUPE_PER_CHANNEL,
+    ) -> None:
         self._clock = clock
         self._ttl = dedupe_ttl_s
-        self._channels: dict[str, _ChannelSeq] = {}
+        self._max_bytes = max_bytes
+        self._max_channels = max_channels
+        self._max_per_channel = max_dedupe_per_channel
+        # Least recently used first (see the module docstring).
+        self._channels: collections.OrderedDict[str, _ChannelSeq] = collections.OrderedDict()
+        self._bytes = 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """Estimated memory of every channel's state (bounded by ``max_bytes``)."""
+        return self._bytes
+
+    @property
+    def loaded_channels(self) -> int:
+        """How many channels' states are held (bounded by ``max_channels``)."""
+        return len(self._channels)
 
     def is_loaded(self, channel_id: str) -> bool:
         """True when the channel's last id and dedupe cache are known."""
@@ -95,13 +166,15 @@ class Sequencer:
     def load(
         self, channel_id: str, last_seq: int, client_ids: Mapping[DedupeKey, ChimeMessage]
     ) -> None:
-        """Install a channel's state read from the store."""
+        """Install a channel's state read from the store (the newest client ids)."""
+        self.forget(channel_id)
         state = _ChannelSeq(last_seq=last_seq)
         now = self._clock().timestamp()
-        for key, message in sorted(client_ids.items(), key=lambda kv: kv[1].message_id):
-            state.dedupe[key] = message
-            state.expiry.append((now + self._ttl, key))
+        newest = sorted(client_ids.items(), key=lambda kv: kv[1].message_id)
+        for key, message in newest[-self._max_per_channel :]:
+            self._remember(state, key, message, now + self._ttl)
         self._channels[channel_id] = state
+        self._bytes += state.bytes
 
     def set_last_seq(self, channel_id: str, last_seq: int) -> None:
         """Continue numbering after ``last_seq`` (a range reserved elsewhere, e.g. Redis)."""
@@ -109,7 +182,9 @@ class Sequencer:
 
     def forget(self, channel_id: str) -> None:
         """Drop a channel's state (it is re-read from the store on next use)."""
-        self._channels.pop(channel_id, None)
+        state = self._channels.pop(channel_id, None)
+        if state is not None:
+            self._bytes -= state.bytes
 
     def plan(self, records: Sequence[tuple[int, SendRecord]]) -> Plan:
         """Give each ``(origin_gateway, record)`` an id or recognise it as a repeat.
@@ -123,6 +198,7 @@ class Sequencer:
         items: list[Assigned | Duplicate] = []
         for origin, record in records:
             state = self._channels[record.channel_id]
+            self._channels.move_to_end(record.channel_id)
             self._expire(state, now.timestamp())
             key: DedupeKey | None = (
                 (record.user_id, record.client_msg_id) if record.client_msg_id else None
@@ -157,15 +233,16 @@ class Sequencer:
         """The plan's messages are stored: remember their client ids."""
         expires = self._clock().timestamp() + self._ttl
         for item in plan.items:
-            if not isinstance(item, Assigned) or not item.record.client_msg_id:
+            cmid = item.record.client_msg_id
+            if not isinstance(item, Assigned) or not cmid:
                 continue
+            if cmid.startswith(SERVER_CLIENT_MSG_ID_PREFIX):
+                continue  # looked up only by a restarted persister, from the store
             state = self._channels[item.message.channel_id]
-            key = (item.record.user_id, item.record.client_msg_id)
-            state.dedupe[key] = item.message
-            state.expiry.append((expires, key))
-            if len(state.dedupe) > MAX_DEDUPE_PER_CHANNEL:
-                _, oldest = state.expiry.popleft()
-                state.dedupe.pop(oldest, None)
+            before = state.bytes
+            self._remember(state, (item.record.user_id, cmid), item.message, expires)
+            self._bytes += state.bytes - before
+        self._shrink(protect={item.record.channel_id for item in plan.items})
 
     def rollback(self, plan: Plan) -> None:
         """The write failed: give the plan's ids back so the sequence stays gapless."""
@@ -174,8 +251,35 @@ class Sequencer:
             if state is not None:
                 state.last_seq = last_seq
 
+    def _remember(
+        self, state: _ChannelSeq, key: DedupeKey, message: ChimeMessage, expires: float
+    ) -> None:
+        slim = _slim(message)
+        if key in state.dedupe:
+            state.bytes -= entry_bytes(key, state.dedupe[key])
+        state.dedupe[key] = slim
+        state.bytes += entry_bytes(key, slim)
+        state.expiry.append((expires, key))
+        while len(state.dedupe) > self._max_per_channel:
+            self._drop_oldest(state)
+
     @staticmethod
-    def _expire(state: _ChannelSeq, now: float) -> None:
+    def _drop_oldest(state: _ChannelSeq) -> None:
+        _, key = state.expiry.popleft()
+        message = state.dedupe.pop(key, None)
+        if message is not None:
+            state.bytes -= entry_bytes(key, message)
+
+    def _expire(self, state: _ChannelSeq, now: float) -> None:
+        before = state.bytes
         while state.expiry and state.expiry[0][0] <= now:
-            _, key = state.expiry.popleft()
-            state.dedupe.pop(key, None)
+            self._drop_oldest(state)
+        self._bytes += state.bytes - before
+
+    def _shrink(self, protect: set[str]) -> None:
+        """Forget least recently used channels until within both bounds."""
+        for channel_id in list(self._channels):
+            if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
+                return
+            if channel_id not in protect:
+                self.forget(channel_id)

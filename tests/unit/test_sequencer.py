@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from chime_actors.ids import format_message_id
-from chime_actors.persister import sequencer as sequencer_module
 from chime_actors.persister.sequencer import (
+    CHANNEL_OVERHEAD_BYTES,
     Assigned,
     Duplicate,
     Plan,
@@ -54,6 +56,11 @@ def stored(seq: int, channel: str = "general", client_msg_id: str | None = None)
         created_at="2026-11-27T09:59:00.000Z",
         client_msg_id=client_msg_id,
     )
+
+
+def ack_view(message: ChimeMessage) -> ChimeMessage:
+    """What the dedupe cache keeps of a message: what its ack needs."""
+    return dataclasses.replace(message, content="", metadata=(), thread_id=None, channel_name=None)
 
 
 def make(clock: FakeClock | None = None, ttl: float = 600.0, *channels: str) -> Sequencer:
@@ -162,7 +169,7 @@ def test_repeat_of_a_committed_send_is_a_duplicate() -> None:
     again = seq.plan([(2, rec(9, client_msg_id="c-1"))])
     (item,) = again.items
     assert isinstance(item, Duplicate)
-    assert item.message == first.new_messages[0]
+    assert item.message == ack_view(first.new_messages[0])
     assert item.origin == 2
     assert not item.in_plan
     assert again.new_messages == ()
@@ -199,7 +206,7 @@ def test_loaded_client_ids_dedupe_after_a_restart() -> None:
     seq.load("general", 5, {("alice", "c-5"): old})
     plan = seq.plan([(1, rec(1, client_msg_id="c-5")), (1, rec(2, client_msg_id="c-6"))])
     dup, new = plan.items
-    assert isinstance(dup, Duplicate) and dup.message == old and not dup.in_plan
+    assert isinstance(dup, Duplicate) and dup.message == ack_view(old) and not dup.in_plan
     assert isinstance(new, Assigned) and new.message.seq == 6
 
 
@@ -231,9 +238,9 @@ def test_dedupe_since_is_the_clock_minus_the_ttl() -> None:
     assert seq.dedupe_since() == "2026-11-27T09:50:01.500Z"
 
 
-def test_dedupe_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sequencer_module, "MAX_DEDUPE_PER_CHANNEL", 2)
-    seq = make()
+def test_dedupe_memory_is_bounded_per_channel() -> None:
+    seq = Sequencer(FakeClock(), max_dedupe_per_channel=2)
+    seq.load("general", 0, {})
     for token in (1, 2, 3):
         seq.commit(seq.plan([(1, rec(token, client_msg_id=f"c-{token}"))]))
     plan = seq.plan(
@@ -262,3 +269,65 @@ def test_owner_index_known_values() -> None:
     assert owner_index("general", 7) == 4
     assert owner_index("random", 7) == 0
     assert owner_index("ops", 7) == 0
+
+
+# --- memory across channels -------------------------------------------------------------
+
+
+def test_the_cache_keeps_no_content_whatever_its_size() -> None:
+    seq = make()
+    big = dataclasses.replace(rec(1, client_msg_id="c-1"), content="😀" * 4000)
+    seq.commit(seq.plan([(1, big)]))
+    (dup,) = seq.plan([(1, rec(2, client_msg_id="c-1"))]).items
+    assert isinstance(dup, Duplicate) and dup.message.content == ""
+    assert seq.memory_bytes < 2000
+
+
+def test_server_made_keys_are_not_remembered_after_commit() -> None:
+    seq = make()
+    before = seq.memory_bytes
+    seq.commit(seq.plan([(1, rec(1, client_msg_id="~chime:" + "a" * 32))]))
+    assert seq.memory_bytes == before
+
+
+def test_a_sender_touching_many_channels_cannot_grow_memory_past_the_bound() -> None:
+    """The least recently used channels are forgotten whole; they reload on next use."""
+    seq = Sequencer(FakeClock(), max_bytes=200_000, max_channels=50)
+    for n in range(2_000):
+        channel = f"c{n}"
+        seq.load(channel, 0, {})
+        seq.commit(seq.plan([(1, rec(n, channel, f"m-{n}"))]))
+        assert seq.memory_bytes <= 200_000 + 5_000  # the current channel may overshoot
+        assert seq.loaded_channels <= 50
+    assert seq.is_loaded("c1999") and not seq.is_loaded("c0")
+
+
+def test_a_forgotten_channel_dedupes_again_once_reloaded() -> None:
+    seq = Sequencer(FakeClock(), max_channels=1)
+    seq.load("a", 0, {})
+    first = seq.plan([(1, rec(1, "a", "c-1"))])
+    seq.commit(first)
+    seq.load("b", 0, {})
+    seq.commit(seq.plan([(1, rec(2, "b", "c-2"))]))
+    assert not seq.is_loaded("a")
+    # The writer reloads "a" from the store, whose client ids include c-1.
+    seq.load("a", 1, {("alice", "c-1"): first.new_messages[0]})
+    (dup,) = seq.plan([(1, rec(3, "a", "c-1"))]).items
+    assert isinstance(dup, Duplicate)
+
+
+def test_the_entry_estimate_is_not_below_what_python_spends() -> None:
+    """``entry_bytes`` is what the bound counts: measure what an entry really costs."""
+    seq = make()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        n = 2_000
+        for token in range(n):
+            seq.commit(seq.plan([(1, rec(token, client_msg_id=f"client-{token:08d}"))]))
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_entry = (used - start) / n
+    estimated = (seq.memory_bytes - CHANNEL_OVERHEAD_BYTES) / n
+    assert per_entry <= estimated * 1.25, (per_entry, estimated)
