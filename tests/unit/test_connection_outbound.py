@@ -430,3 +430,53 @@ def test_a_connect_racing_the_handshake_timeout_leaves_no_memberships() -> None:
         assert not any('"connected"' in frame for frame in ws.sent)
 
     asyncio.run(main())
+
+
+class BrokenStore(FakeServices):
+    """Storage that fails with the words a real store uses: a path and a host."""
+
+    LEAK = "sqlite history on /srv/secret/chime.db via db-7.internal:9042"
+
+    async def join_channel(
+        self,
+        channel_id: str,
+        subscriber: Subscriber,
+        resume_after: str | None,
+        *,
+        deferred: bool = False,
+    ) -> JoinResult:
+        raise StoreUnavailable(self.LEAK)
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None,
+        after: str | None,
+        limit: int,
+        thread_id: str | None,
+    ) -> HistoryPage:
+        raise StoreUnavailable(self.LEAK)
+
+
+def test_error_texts_sent_to_clients_name_no_paths_or_hosts() -> None:
+    async def main() -> None:
+        services = BrokenStore(load_config(env={}))
+        ws = FakeWebSocket()
+        actor = ConnectionActor(cast(ServerConnection, ws), services)
+        runner = asyncio.get_running_loop().create_task(actor.run())
+        ws.receive(json.dumps({"type": "connect", "channels": ["a"], "userId": "u"}))
+        ws.receive(json.dumps({"type": "history", "requestId": "h", "channelId": "a"}))
+        for _ in range(200):
+            if sum('"unavailable"' in frame for frame in ws.sent) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        ws.peer_closes()
+        await asyncio.wait_for(runner, TIMEOUT)
+        errors = [json.loads(f) for f in ws.sent if '"error"' in f]
+        assert len(errors) == 2, ws.sent  # the failed join, the failed history
+        for error in errors:
+            assert error["code"] == "unavailable"
+            assert "/srv" not in error["message"] and "internal" not in error["message"]
+
+    asyncio.run(main())
