@@ -68,6 +68,10 @@ class PersistWriter:
         self._task: asyncio.Task[None] | None = None
         # Claim settles still running (``_track_settle``).
         self._settling: set[asyncio.Task[None]] = set()
+        # Set when Redis was seen to have lost data: the channels whose floors the
+        # reservation checked against storage; every other channel is re-read
+        # from storage (its floor may be stale) once the write is done.
+        self._floors_checked: frozenset[str] | None = None
 
     def start(self) -> None:
         """Start the write loop."""
@@ -177,6 +181,9 @@ class PersistWriter:
                 raise
         if stored:
             self._sequencer.commit(plan)
+        if self._floors_checked is not None:
+            self._sequencer.forget_all(keep=self._floors_checked)
+            self._floors_checked = None
         if self._ids is not None and not stored:
             await self._settle_claims(plan, stored)
         self._answer(taken, plan, stored, settled)
@@ -250,9 +257,19 @@ class PersistWriter:
         for item in fresh:
             if (item.origin, item.record.token) not in settled:
                 counts[item.record.channel_id] = counts.get(item.record.channel_id, 0) + 1
-        firsts = await self._ids.reserve(counts)
-        for channel_id, first in firsts.items():
+        # The floors: what this persister knows storage holds (read when it loaded
+        # the channel, advanced by its own writes), so a counter Redis set back
+        # never hands out a stored id. No storage read on this path.
+        floors = {channel_id: self._sequencer.last_seq(channel_id) for channel_id in counts}
+        reserved = await self._ids.reserve(counts, floors)
+        for channel_id, first in reserved.firsts.items():
             self._sequencer.set_last_seq(channel_id, first - 1)
+        if reserved.redis_lost_data:
+            log.warning(
+                "redis id counters were behind storage; re-reading every channel's last id",
+                checked=len(reserved.firsts),
+            )
+            self._floors_checked = frozenset(reserved.firsts)
         remaining = [(o, r) for o, r in records if (o, r.token) not in settled]
         return self._sequencer.plan(remaining), settled
 
