@@ -34,6 +34,10 @@ whoever retries must first look in storage for that message id (``Claim.unknown`
 before storing again. The id, not the store's client-id index, is what is looked
 up, because a write cut off half-way may have stored the message row and not its
 index row.
+
+Key layout (``seq_key``, ``cmid_key``): channel and user ids may contain ``:``,
+the separator, so each part of a key made of several ids is escaped
+(``escape_part``) and no two ``(channel, user, clientMsgId)`` share a claim.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from redis.exceptions import RedisError
 from chime_actors.errors import BusUnavailable
 
 SEQ_PREFIX = "chime:seq:"
-CMID_KEY = "chime:cmid:{channel}:{user}:{cmid}"
+CMID_PREFIX = "chime:cmid:"
 CMID_TTL_S = 600
 PENDING = b"pending"
 UNKNOWN = "unknown:"
@@ -204,12 +208,12 @@ class RedisIds:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel_id, user_id, cmid in keys:
-                    pipe.set(_cmid_key(channel_id, user_id, cmid), PENDING, nx=True, ex=CMID_TTL_S)
+                    pipe.set(cmid_key(channel_id, user_id, cmid), PENDING, nx=True, ex=CMID_TTL_S)
                 won = await pipe.execute()
             lost = [k for k, ok in zip(keys, won, strict=True) if not ok]
             values: list[bytes | str | None] = []
             if lost:
-                values = await self._client.mget([_cmid_key(*k) for k in lost])
+                values = await self._client.mget([cmid_key(*k) for k in lost])
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
         found = dict(zip(lost, values, strict=True))
@@ -245,13 +249,13 @@ class RedisIds:
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel_id, user_id, cmid, message_id, created_at in stored:
                     pipe.set(
-                        _cmid_key(channel_id, user_id, cmid),
+                        cmid_key(channel_id, user_id, cmid),
                         f"{message_id}|{created_at}",
                         ex=CMID_TTL_S,
                     )
                 for channel_id, user_id, cmid, message_id in failed:
                     pipe.set(
-                        _cmid_key(channel_id, user_id, cmid),
+                        cmid_key(channel_id, user_id, cmid),
                         UNKNOWN + message_id,
                         xx=True,
                         ex=CMID_TTL_S,
@@ -272,7 +276,7 @@ class RedisIds:
             return [
                 bool(
                     await script(
-                        keys=[_cmid_key(channel_id, user_id, cmid)],
+                        keys=[cmid_key(channel_id, user_id, cmid)],
                         args=[UNKNOWN + message_id, CMID_TTL_S],
                     )
                 )
@@ -282,10 +286,34 @@ class RedisIds:
             raise BusUnavailable(f"redis: {exc}") from exc
 
 
+def escape_part(part: str) -> str:
+    """``part`` with ``%`` written ``%25`` and ``:`` written ``%3A``: it has no ``:``.
+
+    ``%`` is escaped too, so the escape is reversible and distinct parts stay
+    distinct: parts joined by ``:`` name exactly one tuple. Ids with neither
+    character (most) are left as they are, so keys stay readable and the same
+    as before the escape existed.
+    """
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
 def seq_key(channel_id: str) -> str:
-    """The id counter of a channel: ``chime:seq:<channelId>``."""
+    """The id counter of a channel: ``chime:seq:<channelId>``.
+
+    The channel id is all of the key after the prefix, so two channels never
+    share a counter, ``:`` or not. It is deliberately not escaped: the key stays
+    the one earlier versions used, so old and new hosts share one counter
+    during a rolling upgrade (two counters for one channel would hand out the
+    same ids twice).
+    """
     return SEQ_PREFIX + channel_id
 
 
-def _cmid_key(channel_id: str, user_id: str, cmid: str) -> str:
-    return CMID_KEY.format(channel=channel_id, user=user_id, cmid=cmid)
+def cmid_key(channel_id: str, user_id: str, cmid: str) -> str:
+    """The client-id claim of a send: ``chime:cmid:<channel>:<user>:<clientMsgId>``.
+
+    Each part is escaped (``escape_part``): user ``b:c`` in channel ``a`` and
+    user ``c`` in channel ``a:b`` get ``chime:cmid:a:b%3Ac:...`` and
+    ``chime:cmid:a%3Ab:c:...``.
+    """
+    return CMID_PREFIX + ":".join(escape_part(p) for p in (channel_id, user_id, cmid))

@@ -3,6 +3,8 @@
 * A Redis counter set back (a restart from an old snapshot, a failover to a
   lagging replica) must not hand out an id storage already holds: on Cassandra
   that write would silently overwrite the stored message.
+* Two different ``(channel, user, clientMsgId)`` sends must never share a
+  client-id claim, although channel and user ids may both contain ``:``.
 """
 
 from __future__ import annotations
@@ -96,3 +98,36 @@ def test_a_counter_set_back_in_redis_never_reuses_a_stored_id(
     assert [m["content"] for m in after] == [*(m["content"] for m in before), "new"]
     assert int(ack["messageId"]) > highest
     assert after[-1]["messageId"] == ack["messageId"]
+
+
+def test_colons_in_channel_and_user_ids_never_share_a_client_id_claim(
+    server: ServerProcess,
+) -> None:
+    # User "b:c" in channel "<p>a" and user "c" in channel "<p>a:b": the old
+    # key ``chime:cmid:{channel}:{user}:{cmid}`` was the same for both.
+    prefix = f"k{uuid.uuid4().hex[:8]}-"
+    first_channel, second_channel = prefix + "a", prefix + "a:b"
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        first = await Client.connect(server.url, "b:c", [first_channel])
+        second = await Client.connect(server.url, "c", [second_channel])
+        try:
+            # One message ahead in the second channel: its next id (2) differs
+            # from the first channel's (1), so the acks tell the two apart.
+            await _send_acked(second, second_channel, "warm-up", "warm-up")
+            ack_1 = await _send_acked(first, first_channel, "from b:c", "same-id")
+            ack_2 = await _send_acked(second, second_channel, "from c", "same-id")
+            return ack_1, ack_2
+        finally:
+            await first.close()
+            await second.close()
+
+    ack_1, ack_2 = asyncio.run(scenario())
+    assert ack_1["channelId"] == first_channel and ack_2["channelId"] == second_channel
+    assert ack_1["messageId"] != ack_2["messageId"], "acked as a repeat of the other send"
+    (stored_1,) = _history(server, first_channel)
+    assert (stored_1["userId"], stored_1["content"]) == ("b:c", "from b:c")
+    assert stored_1["messageId"] == ack_1["messageId"]
+    stored = _history(server, second_channel)
+    assert [(m["userId"], m["content"]) for m in stored] == [("c", "warm-up"), ("c", "from c")]
+    assert stored[-1]["messageId"] == ack_2["messageId"]
