@@ -21,6 +21,7 @@ from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import ChimeMessage, Deliveries, PersistBatch, PersistResult, SendRecord
 from chime_actors.storage import MemoryStore
+from chime_actors.storage.store import ChannelState
 from tests.integration.services import load_services
 
 pytestmark = pytest.mark.integration
@@ -409,5 +410,68 @@ def test_a_counter_found_behind_makes_every_channel_check_storage(
             assert [m.client_msg_id for m in after[6:]] == ["x-new"]
             in_y = (await store.history(y, limit=100)).messages
             assert [m.client_msg_id for m in in_y] == ["y-2", "y-3", "y-4", "y-new"]
+
+    asyncio.run(scenario())
+
+
+class LoadCountingStore(MemoryStore):
+    """Counts ``load_channel_state`` per channel (how often a writer re-reads one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: dict[str, int] = {}
+
+    async def load_channel_state(self, channel_id: str, *, dedupe_since: str) -> ChannelState:
+        self.loads[channel_id] = self.loads.get(channel_id, 0) + 1
+        return await super().load_channel_state(channel_id, dedupe_since=dedupe_since)
+
+
+def test_one_loss_of_redis_data_re_reads_each_channel_once(
+    redis_address: tuple[str, int],
+) -> None:
+    """Each channel found behind is one more sign of the same loss, not a new one.
+
+    Re-reading every channel at each sign would re-read storage on almost every
+    write until every counter is repaired (after a Redis restart, every channel
+    with stored messages is such a sign once).
+    """
+    channels = [f"{name}-{uuid.uuid4().hex[:8]}" for name in ("x", "y", "z")]
+    x, y, z = channels
+
+    async def scenario() -> None:
+        store = LoadCountingStore()
+        await store.open()
+        posts = _Outbox()
+        ids = RedisIds(_client(redis_address), store.last_seq)
+        writer = PersistWriter(store, posts.post, ChimeMetrics.register(MetricsRegistry()), ids=ids)
+        writer.start()
+        probe = _client(redis_address)
+        try:
+            sends = tuple(_send(t, f"m-{t}", channels[t % 3]) for t in range(9))
+            writer.submit(PersistBatch(1, 1, sends), "gw")
+            await _until(lambda: _result(posts, 1) is not None, "the first write")
+            assert store.loads == {x: 1, y: 1, z: 1}
+            await probe.delete(f"chime:seq:{y}", f"chime:seq:{z}")  # Redis lost them
+            batch_id = 1
+            for channel in (y, x, z, x, y):
+                batch_id += 1
+                writer.submit(
+                    PersistBatch(batch_id, 1, (_send(100 + batch_id, f"n-{batch_id}", channel),)),
+                    "gw",
+                )
+                await _until(lambda b=batch_id: _result(posts, b) is not None, f"write {batch_id}")
+                result = _result(posts, batch_id)
+                assert result is not None and result.outcomes[0].error_code is None
+            # y's loss re-read x and z once; z's, the same loss, re-read nothing more.
+            assert store.loads == {x: 2, y: 1, z: 2}
+            for channel in channels:
+                page = await store.history(channel, limit=100)
+                assert len(page.messages) == 3 + (2 if channel != z else 1)
+                assert len({m.seq for m in page.messages}) == len(page.messages)
+        finally:
+            await probe.aclose()
+            await writer.stop()
+            await ids.close()
+            await store.close()
 
     asyncio.run(scenario())
