@@ -13,8 +13,18 @@ A range whose write fails is lost, not given back (another host may already hold
 the next one), so ids are contiguous except after a failed write; gateways wait a
 short, bounded time for such a hole before moving on.
 
-The counter key of a channel is created from storage's last id (a fresh Redis, or
-one that lost its data, never hands out an id already stored).
+Redis may be behind storage: restarted from an old snapshot, failed over to a
+replica that had not caught up, a key evicted or set by hand. An id at or below
+one storage holds would overwrite a stored message (Cassandra writes are
+upserts), so every reservation carries the caller's *floor* per channel (the
+highest id it knows to be stored: read from storage when it first used the
+channel, then advanced by its own writes) and the reserve script raises the
+counter to the floor before it increments, atomically. A counter found missing
+or below its floor shows that Redis lost data, and then the floor itself may be
+stale (other hosts' writes): every channel of the batch is checked against
+storage, a range not above it is replaced by a fresh one, and the caller is told
+(``Reservation.redis_lost_data``) to re-read the floors of all other channels.
+docs/architecture.md states what this guarantees and what it cannot.
 
 Idempotency across hosts: ``SET chime:cmid:... NX EX 600`` claims a client message
 id before the write; the claim becomes ``<messageId>|<createdAt>`` once stored. If
@@ -24,11 +34,16 @@ whoever retries must first look in storage for that message id (``Claim.unknown`
 before storing again. The id, not the store's client-id index, is what is looked
 up, because a write cut off half-way may have stored the message row and not its
 index row.
+
+Key layout (``seq_key``, ``cmid_key``): channel and user ids may contain ``:``,
+the separator, so each part of a key made of several ids is escaped
+(``escape_part``) and no two ``(channel, user, clientMsgId)`` share a claim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as redis_asyncio
@@ -36,17 +51,31 @@ from redis.exceptions import RedisError
 
 from chime_actors.errors import BusUnavailable
 
-SEQ_KEY = "chime:seq:{channel}"
-CMID_KEY = "chime:cmid:{channel}:{user}:{cmid}"
+SEQ_PREFIX = "chime:seq:"
+CMID_PREFIX = "chime:cmid:"
 CMID_TTL_S = 600
 PENDING = b"pending"
 UNKNOWN = "unknown:"
 
-# KEYS[1] = counter; ARGV[1] = how many ids. Returns the last id of the range, or
-# -1 when the counter does not exist yet (the caller seeds it from storage).
+# How the reserve script found a counter.
+_ABOVE_FLOOR = 0
+_RAISED = 1
+_MISSING = 2
+
+# KEYS[1] = a channel's counter; ARGV[1] = how many ids; ARGV[2] = the floor (no id
+# at or below it may be handed out); ARGV[3] = '1' to create a missing counter.
+# Returns {last id of the range, how}: how 0 = the counter was at or above the
+# floor, 1 = it was below and was raised to the floor first, 2 = it is missing and
+# was left alone (the caller reads storage first; last is -1).
 _RESERVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+local current = redis.call('GET', KEYS[1])
+if not current and ARGV[3] ~= '1' then return {-1, 2} end
+local how = 0
+if tonumber(current or '0') < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  how = 1
+end
+return {redis.call('INCRBY', KEYS[1], ARGV[1]), how}
 """
 
 
@@ -77,6 +106,20 @@ class Claim:
     unknown: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The id ranges of one batch.
+
+    ``firsts``: per channel, the first id of its range. ``redis_lost_data``: a
+    counter was missing or behind what storage or the caller knew, so Redis lost
+    data; every floor not checked against storage by this reservation (the
+    channels not in ``firsts``) may be stale and must be re-read before use.
+    """
+
+    firsts: dict[str, int]
+    redis_lost_data: bool
+
+
 class RedisIds:
     """Reserves id ranges and claims client message ids in Redis."""
 
@@ -94,35 +137,69 @@ class RedisIds:
         """Close the Redis connection pool."""
         await self._client.aclose()
 
-    async def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """For each channel, the first id of a fresh contiguous range of ``count`` ids.
+    async def reserve(self, counts: Mapping[str, int], floors: Mapping[str, int]) -> Reservation:
+        """For each channel, a fresh contiguous range of ``count`` ids above its floor.
 
-        One round trip for every channel of the batch (a pipeline of the reserve
-        script); a channel whose counter does not exist yet is seeded from
-        storage first, then reserved.
+        ``floors``: per channel, the highest id the caller knows to be stored (0
+        when it knows none). Normally one round trip for every channel of the
+        batch (a pipeline of the reserve script). A missing counter is created
+        from storage's last id; when Redis is seen to have lost data, every
+        channel of the batch is checked against storage and given a range above
+        it (see the module docstring).
         """
         if not counts:
-            return {}
-        channels = list(counts)
+            return Reservation({}, redis_lost_data=False)
+        floor = {channel_id: floors.get(channel_id, 0) for channel_id in counts}
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for channel_id in channels:
-                    key = SEQ_KEY.format(channel=channel_id)
-                    # Queued, not run: a pipeline sends every command at execute().
-                    await self._reserve(keys=[key], args=[counts[channel_id]], client=pipe)
-                lasts = [int(last) for last in await pipe.execute()]
-            firsts: dict[str, int] = {}
-            for channel_id, last in zip(channels, lasts, strict=True):
-                count = counts[channel_id]
-                if last < 0:
-                    key = SEQ_KEY.format(channel=channel_id)
-                    floor = await self._last_stored_seq(channel_id)
-                    await self._client.set(key, floor, nx=True)
-                    last = int(await self._client.incrby(key, count))
-                firsts[channel_id] = last - count + 1
-            return firsts
+            found = await self._run_reserve(counts, floor, create=False)
+            firsts = {
+                c: last - counts[c] + 1 for c, (last, how) in found.items() if how != _MISSING
+            }
+            missing = [c for c, (_, how) in found.items() if how == _MISSING]
+            stored = await self._stored(missing)
+            lost = any(how == _RAISED for _, how in found.values()) or any(
+                max(floor[c], stored[c]) > 0 for c in missing
+            )
+            if lost:
+                # The floors may be stale (other hosts' writes since): storage says.
+                stored.update(await self._stored(firsts))
+            again = {
+                c: max(floor[c], last)
+                for c, last in stored.items()
+                if c not in firsts or firsts[c] <= last
+            }
+            if again:
+                renewed = await self._run_reserve(counts, again, create=True)
+                for channel_id, (last, _) in renewed.items():
+                    firsts[channel_id] = last - counts[channel_id] + 1
+            return Reservation(firsts, redis_lost_data=lost)
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
+
+    async def _run_reserve(
+        self, counts: Mapping[str, int], floors: Mapping[str, int], *, create: bool
+    ) -> dict[str, tuple[int, int]]:
+        """``{channel: (last id, how)}`` of the reserve script for each of ``floors``."""
+        channels = list(floors)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for channel_id in channels:
+                # Queued, not run: a pipeline sends every command at execute().
+                await self._reserve(
+                    keys=[seq_key(channel_id)],
+                    args=[counts[channel_id], floors[channel_id], "1" if create else "0"],
+                    client=pipe,
+                )
+            answers = await pipe.execute()
+        return {
+            channel_id: (int(last), int(how))
+            for channel_id, (last, how) in zip(channels, answers, strict=True)
+        }
+
+    async def _stored(self, channels: Iterable[str]) -> dict[str, int]:
+        """Storage's last id of each channel, read concurrently (``StoreError`` passes)."""
+        wanted = list(channels)
+        lasts = await asyncio.gather(*(self._last_stored_seq(c) for c in wanted))
+        return dict(zip(wanted, lasts, strict=True))
 
     async def claim(self, keys: Sequence[tuple[str, str, str]]) -> list[Claim]:
         """Claim ``(channel, user, clientMsgId)`` keys, in one round trip."""
@@ -131,12 +208,12 @@ class RedisIds:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel_id, user_id, cmid in keys:
-                    pipe.set(_cmid_key(channel_id, user_id, cmid), PENDING, nx=True, ex=CMID_TTL_S)
+                    pipe.set(cmid_key(channel_id, user_id, cmid), PENDING, nx=True, ex=CMID_TTL_S)
                 won = await pipe.execute()
             lost = [k for k, ok in zip(keys, won, strict=True) if not ok]
             values: list[bytes | str | None] = []
             if lost:
-                values = await self._client.mget([_cmid_key(*k) for k in lost])
+                values = await self._client.mget([cmid_key(*k) for k in lost])
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
         found = dict(zip(lost, values, strict=True))
@@ -172,13 +249,13 @@ class RedisIds:
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel_id, user_id, cmid, message_id, created_at in stored:
                     pipe.set(
-                        _cmid_key(channel_id, user_id, cmid),
+                        cmid_key(channel_id, user_id, cmid),
                         f"{message_id}|{created_at}",
                         ex=CMID_TTL_S,
                     )
                 for channel_id, user_id, cmid, message_id in failed:
                     pipe.set(
-                        _cmid_key(channel_id, user_id, cmid),
+                        cmid_key(channel_id, user_id, cmid),
                         UNKNOWN + message_id,
                         xx=True,
                         ex=CMID_TTL_S,
@@ -199,7 +276,7 @@ class RedisIds:
             return [
                 bool(
                     await script(
-                        keys=[_cmid_key(channel_id, user_id, cmid)],
+                        keys=[cmid_key(channel_id, user_id, cmid)],
                         args=[UNKNOWN + message_id, CMID_TTL_S],
                     )
                 )
@@ -209,5 +286,34 @@ class RedisIds:
             raise BusUnavailable(f"redis: {exc}") from exc
 
 
-def _cmid_key(channel_id: str, user_id: str, cmid: str) -> str:
-    return CMID_KEY.format(channel=channel_id, user=user_id, cmid=cmid)
+def escape_part(part: str) -> str:
+    """``part`` with ``%`` written ``%25`` and ``:`` written ``%3A``: it has no ``:``.
+
+    ``%`` is escaped too, so the escape is reversible and distinct parts stay
+    distinct: parts joined by ``:`` name exactly one tuple. Ids with neither
+    character (most) are left as they are, so keys stay readable and the same
+    as before the escape existed.
+    """
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
+def seq_key(channel_id: str) -> str:
+    """The id counter of a channel: ``chime:seq:<channelId>``.
+
+    The channel id is all of the key after the prefix, so two channels never
+    share a counter, ``:`` or not. It is deliberately not escaped: the key stays
+    the one earlier versions used, so old and new hosts share one counter
+    during a rolling upgrade (two counters for one channel would hand out the
+    same ids twice).
+    """
+    return SEQ_PREFIX + channel_id
+
+
+def cmid_key(channel_id: str, user_id: str, cmid: str) -> str:
+    """The client-id claim of a send: ``chime:cmid:<channel>:<user>:<clientMsgId>``.
+
+    Each part is escaped (``escape_part``): user ``b:c`` in channel ``a`` and
+    user ``c`` in channel ``a:b`` get ``chime:cmid:a:b%3Ac:...`` and
+    ``chime:cmid:a%3Ab:c:...``.
+    """
+    return CMID_PREFIX + ":".join(escape_part(p) for p in (channel_id, user_id, cmid))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -180,11 +180,20 @@ class Sequencer:
         """Continue numbering after ``last_seq`` (a range reserved elsewhere, e.g. Redis)."""
         self._channels[channel_id].last_seq = last_seq
 
+    def last_seq(self, channel_id: str) -> int:
+        """The last id handed out in a loaded channel (stored, or a plan in flight)."""
+        return self._channels[channel_id].last_seq
+
     def forget(self, channel_id: str) -> None:
         """Drop a channel's state (it is re-read from the store on next use)."""
         state = self._channels.pop(channel_id, None)
         if state is not None:
             self._bytes -= state.bytes
+
+    def forget_all(self, keep: Collection[str] = ()) -> None:
+        """Drop the state of every channel but ``keep`` (each is re-read on next use)."""
+        for channel_id in [c for c in self._channels if c not in keep]:
+            self.forget(channel_id)
 
     def plan(self, records: Sequence[tuple[int, SendRecord]]) -> Plan:
         """Give each ``(origin_gateway, record)`` an id or recognise it as a repeat.

@@ -42,6 +42,14 @@ MAX_RECORDS_PER_WRITE = 2000
 # Client-id settles (Redis) in flight at once, and how long a stop waits for them.
 MAX_SETTLING = 16
 SETTLE_WAIT_S = 5.0
+# After Redis is seen to have lost data, every channel is re-read from storage
+# once. Signs of loss within this long after are taken for the same loss: the
+# channels re-read since then know storage as it is after it, and re-reading
+# them at every sign would read storage on nearly every write until every counter
+# is repaired (after a restart without data, each channel with stored messages
+# is such a sign once). The channels of the write that shows a sign are always
+# checked against storage (``RedisIds.reserve``).
+REDIS_LOSS_WINDOW_S = 60.0
 
 Post = Callable[[Any, Any], None]
 
@@ -68,6 +76,11 @@ class PersistWriter:
         self._task: asyncio.Task[None] | None = None
         # Claim settles still running (``_track_settle``).
         self._settling: set[asyncio.Task[None]] = set()
+        # Set when Redis was seen to have lost data: the channels whose floors the
+        # reservation checked against storage; every other channel is re-read
+        # from storage (its floor may be stale) once the write is done.
+        self._floors_checked: frozenset[str] | None = None
+        self._redis_loss_at: float | None = None  # monotonic; see REDIS_LOSS_WINDOW_S
 
     def start(self) -> None:
         """Start the write loop."""
@@ -177,6 +190,9 @@ class PersistWriter:
                 raise
         if stored:
             self._sequencer.commit(plan)
+        if self._floors_checked is not None:
+            self._sequencer.forget_all(keep=self._floors_checked)
+            self._floors_checked = None
         if self._ids is not None and not stored:
             await self._settle_claims(plan, stored)
         self._answer(taken, plan, stored, settled)
@@ -250,9 +266,22 @@ class PersistWriter:
         for item in fresh:
             if (item.origin, item.record.token) not in settled:
                 counts[item.record.channel_id] = counts.get(item.record.channel_id, 0) + 1
-        firsts = await self._ids.reserve(counts)
-        for channel_id, first in firsts.items():
+        # The floors: what this persister knows storage holds (read when it loaded
+        # the channel, advanced by its own writes), so a counter Redis set back
+        # never hands out a stored id. No storage read on this path.
+        floors = {channel_id: self._sequencer.last_seq(channel_id) for channel_id in counts}
+        reserved = await self._ids.reserve(counts, floors)
+        for channel_id, first in reserved.firsts.items():
             self._sequencer.set_last_seq(channel_id, first - 1)
+        if reserved.redis_lost_data:
+            now = time.monotonic()
+            if self._redis_loss_at is None or now - self._redis_loss_at > REDIS_LOSS_WINDOW_S:
+                self._redis_loss_at = now
+                log.warning(
+                    "redis id counters were behind storage; re-reading every channel's last id",
+                    checked=len(reserved.firsts),
+                )
+                self._floors_checked = frozenset(reserved.firsts)
         remaining = [(o, r) for o, r in records if (o, r.token) not in settled]
         return self._sequencer.plan(remaining), settled
 

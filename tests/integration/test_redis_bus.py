@@ -21,6 +21,7 @@ from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import ChimeMessage, Deliveries, PersistBatch, PersistResult, SendRecord
 from chime_actors.storage import MemoryStore
+from chime_actors.storage.store import ChannelState
 from tests.integration.services import load_services
 
 pytestmark = pytest.mark.integration
@@ -64,13 +65,46 @@ def test_reserved_ranges_are_contiguous_and_start_after_storage(
         first_host = RedisIds(_client(redis_address), stored_last)
         second_host = RedisIds(_client(redis_address), stored_last)
         try:
-            a = await first_host.reserve({channel: 3})
-            b = await second_host.reserve({channel: 2})
-            c = await first_host.reserve({channel: 1})
+            # Neither host knows of a stored id (floor 0): the missing counter
+            # is created from storage.
+            a = await first_host.reserve({channel: 3}, {})
+            b = await second_host.reserve({channel: 2}, {channel: 0})
+            c = await first_host.reserve({channel: 1}, {channel: 44})
         finally:
             await first_host.close()
             await second_host.close()
-        assert (a[channel], b[channel], c[channel]) == (42, 45, 47)
+        assert (a.firsts[channel], b.firsts[channel], c.firsts[channel]) == (42, 45, 47)
+        # A missing counter of a channel with stored ids: Redis lost data.
+        assert (a.redis_lost_data, b.redis_lost_data, c.redis_lost_data) == (True, False, False)
+
+    asyncio.run(scenario())
+
+
+def test_a_counter_behind_the_floor_is_raised_before_it_is_used(
+    redis_address: tuple[str, int],
+) -> None:
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+    storage = {"last": 30}
+
+    async def stored_last(channel_id: str) -> int:
+        return storage["last"]
+
+    async def scenario() -> None:
+        host = RedisIds(_client(redis_address), stored_last)
+        probe = _client(redis_address)
+        try:
+            await probe.set(f"chime:seq:{channel}", 10)
+            # This host stored up to 20 itself; storage (other hosts) holds 30.
+            raised = await host.reserve({channel: 2}, {channel: 20})
+            assert raised.firsts[channel] == 31 and raised.redis_lost_data
+            assert int(await probe.get(f"chime:seq:{channel}")) == 32
+            # At or above the floor: used as it is, storage is not asked.
+            storage["last"] = 1000
+            plain = await host.reserve({channel: 1}, {channel: 32})
+            assert plain.firsts[channel] == 33 and not plain.redis_lost_data
+        finally:
+            await probe.aclose()
+            await host.close()
 
     asyncio.run(scenario())
 
@@ -317,5 +351,127 @@ def test_repeats_of_another_hosts_send_in_one_batch_share_its_outcome(
             assert new.message is not None and not new.duplicate
             page = await store.history(channel, limit=10)
             assert [m.client_msg_id for m in page.messages] == ["c-0", "c-5", "c-6"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("in_one_batch", [False, True], ids=["next-batch", "same-batch"])
+def test_a_counter_found_behind_makes_every_channel_check_storage(
+    redis_address: tuple[str, int], in_one_batch: bool
+) -> None:
+    """Redis set back (an old snapshot): a channel that cannot see it is protected too.
+
+    Host A last saw channel X at id 1; host B stored 2..6 since. The counters
+    are set back: X's to 2 (at or above all A knows of X, so X alone shows
+    nothing), Y's to 1 (below A's own writes 1..3). Once A sees Y's counter
+    behind, it checks X against storage too before numbering in X.
+    """
+    x, y = f"x-{uuid.uuid4().hex[:8]}", f"y-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        async with two_hosts_writing(redis_address) as (store, posts, writer_a, writer_b):
+            writer_a.submit(
+                PersistBatch(
+                    1, 1, (_send(1, "x-0", x), *(_send(t, f"y-{t}", y) for t in (2, 3, 4)))
+                ),
+                "gw-a",
+            )
+            await _until(lambda: _result(posts, 1) is not None, "A's first write")
+            writer_b.submit(
+                PersistBatch(2, 2, tuple(_send(t, f"x-{t}", x) for t in range(5, 10))), "gw-b"
+            )
+            await _until(lambda: _result(posts, 2) is not None, "B's write")
+            before = (await store.history(x, limit=100)).messages
+            assert [m.seq for m in before] == [1, 2, 3, 4, 5, 6]
+            probe = _client(redis_address)
+            try:
+                await probe.set(f"chime:seq:{x}", 2)
+                await probe.set(f"chime:seq:{y}", 1)
+            finally:
+                await probe.aclose()
+            if in_one_batch:
+                writer_a.submit(
+                    PersistBatch(3, 1, (_send(20, "y-new", y), _send(21, "x-new", x))), "gw-a"
+                )
+                await _until(lambda: _result(posts, 3) is not None, "A's batch")
+                result = _result(posts, 3)
+            else:
+                writer_a.submit(PersistBatch(3, 1, (_send(20, "y-new", y),)), "gw-a")
+                await _until(lambda: _result(posts, 3) is not None, "A's write in Y")
+                writer_a.submit(PersistBatch(4, 1, (_send(21, "x-new", x),)), "gw-a")
+                await _until(lambda: _result(posts, 4) is not None, "A's write in X")
+                result = _result(posts, 4)
+            assert result is not None
+            new = result.outcomes[-1]
+            assert new.error_code is None, new
+            assert new.message is not None and new.message.seq > 6
+            after = (await store.history(x, limit=100)).messages
+            assert after[:6] == before
+            assert [m.client_msg_id for m in after[6:]] == ["x-new"]
+            in_y = (await store.history(y, limit=100)).messages
+            assert [m.client_msg_id for m in in_y] == ["y-2", "y-3", "y-4", "y-new"]
+
+    asyncio.run(scenario())
+
+
+class LoadCountingStore(MemoryStore):
+    """Counts ``load_channel_state`` per channel (how often a writer re-reads one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: dict[str, int] = {}
+
+    async def load_channel_state(self, channel_id: str, *, dedupe_since: str) -> ChannelState:
+        self.loads[channel_id] = self.loads.get(channel_id, 0) + 1
+        return await super().load_channel_state(channel_id, dedupe_since=dedupe_since)
+
+
+def test_one_loss_of_redis_data_re_reads_each_channel_once(
+    redis_address: tuple[str, int],
+) -> None:
+    """Each channel found behind is one more sign of the same loss, not a new one.
+
+    Re-reading every channel at each sign would re-read storage on almost every
+    write until every counter is repaired (after a Redis restart, every channel
+    with stored messages is such a sign once).
+    """
+    channels = [f"{name}-{uuid.uuid4().hex[:8]}" for name in ("x", "y", "z")]
+    x, y, z = channels
+
+    async def scenario() -> None:
+        store = LoadCountingStore()
+        await store.open()
+        posts = _Outbox()
+        ids = RedisIds(_client(redis_address), store.last_seq)
+        writer = PersistWriter(store, posts.post, ChimeMetrics.register(MetricsRegistry()), ids=ids)
+        writer.start()
+        probe = _client(redis_address)
+        try:
+            sends = tuple(_send(t, f"m-{t}", channels[t % 3]) for t in range(9))
+            writer.submit(PersistBatch(1, 1, sends), "gw")
+            await _until(lambda: _result(posts, 1) is not None, "the first write")
+            assert store.loads == {x: 1, y: 1, z: 1}
+            await probe.delete(f"chime:seq:{y}", f"chime:seq:{z}")  # Redis lost them
+            batch_id = 1
+            for channel in (y, x, z, x, y):
+                batch_id += 1
+                writer.submit(
+                    PersistBatch(batch_id, 1, (_send(100 + batch_id, f"n-{batch_id}", channel),)),
+                    "gw",
+                )
+                await _until(lambda b=batch_id: _result(posts, b) is not None, f"write {batch_id}")
+                result = _result(posts, batch_id)
+                assert result is not None and result.outcomes[0].error_code is None
+            # y's loss re-read x and z once; z's, the same loss, re-read nothing more.
+            assert store.loads == {x: 2, y: 1, z: 2}
+            for channel in channels:
+                page = await store.history(channel, limit=100)
+                assert len(page.messages) == 3 + (2 if channel != z else 1)
+                assert len({m.seq for m in page.messages}) == len(page.messages)
+        finally:
+            await probe.aclose()
+            await writer.stop()
+            await ids.close()
+            await store.close()
 
     asyncio.run(scenario())

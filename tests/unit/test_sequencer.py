@@ -154,6 +154,23 @@ def test_is_loaded_load_and_forget() -> None:
     assert not seq.is_loaded("general")
 
 
+def test_last_seq_follows_plans_and_rollbacks() -> None:
+    seq = Sequencer(FakeClock())
+    seq.load("general", 7, {})
+    plan = seq.plan([(0, rec(1)), (0, rec(2))])
+    assert seq.last_seq("general") == 9
+    seq.rollback(plan)
+    assert seq.last_seq("general") == 7
+
+
+def test_forget_all_keeps_only_the_given_channels() -> None:
+    seq = make(None, 600.0, "a", "b", "c")
+    seq.forget_all(keep={"b"})
+    assert [seq.is_loaded(c) for c in ("a", "b", "c")] == [False, True, False]
+    seq.forget_all()
+    assert not seq.is_loaded("b")
+
+
 def test_plan_of_an_unloaded_channel_is_a_caller_bug() -> None:
     with pytest.raises(KeyError):
         Sequencer(FakeClock()).plan([(1, rec(1))])
