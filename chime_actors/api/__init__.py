@@ -1,21 +1,17 @@
-"""Chime's HTTP API: a small asyncio HTTP/1.1 server and the routes it serves.
+"""Chime's HTTP API: aiohttp behind a small request/response interface, and the routes.
 
-``http_server`` knows HTTP and nothing about Chime; ``routes`` knows Chime's
-endpoints and reaches the rest of the system only through an ``ApiBackend``.
+``http_server`` adapts aiohttp and knows nothing about Chime; ``routes`` knows
+Chime's endpoints and reaches the rest of the system only through an ``ApiBackend``.
 """
 
 from chime_actors.api.http_server import (
     HttpError,
     HttpHandler,
-    HttpLimits,
     HttpRequest,
     HttpResponse,
     HttpServer,
-    encode_response,
     error_response,
     json_response,
-    parse_request_head,
-    serve_http,
     text_response,
 )
 from chime_actors.api.routes import ApiBackend, Readiness, make_handler
@@ -24,16 +20,12 @@ __all__ = [
     "ApiBackend",
     "HttpError",
     "HttpHandler",
-    "HttpLimits",
     "HttpRequest",
     "HttpResponse",
     "HttpServer",
     "Readiness",
-    "encode_response",
     "error_response",
     "json_response",
     "make_handler",
-    "parse_request_head",
-    "serve_http",
     "text_response",
 ]

@@ -120,7 +120,7 @@ def make_handler(backend: ApiBackend) -> HttpHandler:
         backend: where readiness, metrics and history come from.
 
     Returns:
-        A handler for :func:`chime_actors.api.http_server.serve_http`.
+        A handler for :class:`chime_actors.api.http_server.HttpServer`.
     """
 
     async def handle(request: HttpRequest) -> HttpResponse:

@@ -7,11 +7,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
 
-from chime_actors.api.http_server import HttpRequest, HttpResponse, parse_request_head, serve_http
+from chime_actors.api.http_server import HttpRequest, HttpResponse, HttpServer
 from chime_actors.api.routes import METRICS_CONTENT_TYPE, ApiBackend, Readiness, make_handler
 from chime_actors.errors import ActorError, StoreUnavailable
 from chime_actors.ids import format_message_id
@@ -82,8 +83,12 @@ def message(seq: int, channel_id: str = "general") -> ChimeMessage:
 
 
 def call(backend: ApiBackend, target: str, method: str = "GET", *headers: str) -> HttpResponse:
-    head = "\r\n".join([f"{method} {target} HTTP/1.1", "Host: t", *headers, "", ""]).encode()
-    request: HttpRequest = parse_request_head(head)
+    path, _, raw_query = target.partition("?")
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(raw_query, keep_blank_values=True):
+        query.setdefault(key, value)  # the first value wins, as the server does
+    fields = dict(h.split(": ", 1) for h in ("Host: t", *headers))
+    request = HttpRequest(method, path, query, {k.lower(): v for k, v in fields.items()})
     handler = make_handler(backend)
 
     async def main() -> HttpResponse:
@@ -235,7 +240,9 @@ def test_routes_over_loopback() -> None:
             return reply.status, reply.headers["Content-Type"], reply.read()
 
     async def main() -> None:
-        async with await serve_http(make_handler(backend), "127.0.0.1", 0) as server:
+        server = HttpServer(make_handler(backend))
+        await server.start("127.0.0.1", 0)
+        async with server:
             base = f"http://127.0.0.1:{server.port}"
             # urllib blocks, so it runs in a thread while the loop serves it.
             status, _, data = await asyncio.to_thread(fetch, f"{base}/v1/channels/c/messages")
