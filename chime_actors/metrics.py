@@ -187,6 +187,17 @@ PERSIST_LATENCY = HistogramSpec(
     PERSIST_LATENCY_BUCKETS,
 )
 PERSIST_BATCHES = CounterSpec("chime_persist_batches_total", "Batches written to storage.")
+LANE_BATCHES = CounterSpec(
+    "chime_lane_batches_total",
+    "Frames (one per peer per loop turn) carried by this process's lanes, by direction.",
+    ("direction",),
+)
+LANE_BYTES = CounterSpec(
+    "chime_lane_bytes_total", "Bytes carried by this process's lanes, by direction.", ("direction",)
+)
+LANE_DROPPED = CounterSpec(
+    "chime_lane_dropped_total", "Messages dropped because their peer's lane was gone."
+)
 CONNECTS_REFUSED = CounterSpec(
     "chime_connects_refused_total",
     "WebSocket upgrades refused before the handshake, by HTTP status.",
@@ -615,6 +626,9 @@ class ChimeMetrics:
     persist_batches: Counter
     gap_fills: Counter
     connects_refused: Counter
+    lane_batches: Counter
+    lane_bytes: Counter
+    lane_dropped: Counter
 
     @classmethod
     def register(cls, registry: MetricsRegistry) -> ChimeMetrics:
@@ -631,6 +645,9 @@ class ChimeMetrics:
             persist_batches=registry.counter(PERSIST_BATCHES),
             gap_fills=registry.counter(GAP_FILLS),
             connects_refused=registry.counter(CONNECTS_REFUSED),
+            lane_batches=registry.counter(LANE_BATCHES),
+            lane_bytes=registry.counter(LANE_BYTES),
+            lane_dropped=registry.counter(LANE_DROPPED),
         )
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -146,6 +148,22 @@ def _run_actor_system(
     stop: threading.Event,
     sessions: set[int],
 ) -> int:
+    # Lane sockets live in a directory of this run's own, closed to other users.
+    run_dir = tempfile.mkdtemp(prefix="chime-run-")
+    try:
+        return _serve(config, chat_port, ports_file, stop, sessions, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _serve(
+    config: Config,
+    chat_port: int,
+    ports_file: str | None,
+    stop: threading.Event,
+    sessions: set[int],
+    run_dir: str,
+) -> int:
     from chime_actors.actors.supervisor import Supervisor
 
     system = _start_actor_system(config, sessions)
@@ -157,7 +175,7 @@ def _run_actor_system(
     status = 0
     try:
         supervisor = system.createActor(Supervisor)
-        reply = system.ask(supervisor, StartServer(config, chat_port), START_TIMEOUT)
+        reply = system.ask(supervisor, StartServer(config, chat_port, run_dir), START_TIMEOUT)
         if not isinstance(reply, Started):
             why = reply.reason if isinstance(reply, StartFailed) else "no answer in time"
             log.error("server failed to start", reason=why)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chime_actors.actors.lanes import Router
 from chime_actors.actors.loop_actor import ActorCore, LoopActor
-from chime_actors.actors.loop_bridge import LoopBridge
 from chime_actors.actors.messages import Configure
 from chime_actors.api.core import ApiCore
 
@@ -13,5 +13,5 @@ from chime_actors.api.core import ApiCore
 class ApiActor(LoopActor):
     """Thin Thespian shell around an ``ApiCore``."""
 
-    def make_core(self, configure: Configure, bridge: LoopBridge, supervisor: Any) -> ActorCore:
+    def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
         return ApiCore(configure.actor_id, configure.config, configure.api_port)

@@ -22,8 +22,13 @@ the process dies           ``ChildActorExited`` at the supervisor, which restart
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
+import os
 import uuid
+from pathlib import Path
 from typing import Any, Protocol
 
 import setproctitle
@@ -35,14 +40,25 @@ from thespian.actors import (
     WatchMessage,
 )
 
+from chime_actors.actors.lanes import LaneServer, Router, address_key
 from chime_actors.actors.loop_bridge import LoopBridge
-from chime_actors.actors.messages import ActorId, Bundle, Configure, Ready, bundle_by_target
+from chime_actors.actors.messages import (
+    ActorId,
+    Bundle,
+    Configure,
+    Ready,
+    Wiring,
+    bundle_by_target,
+)
+from chime_actors.actors.sealed_transport import transport_key
 from chime_actors.logs import configure_logging, get_logger
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 
 log = get_logger(__name__)
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+LANE_METRICS_INTERVAL_S = 1.0
 
 
 class ActorCore(Protocol):
@@ -86,6 +102,30 @@ def run_bundle(
         run_guarded(core, actor_id, message, sender)
 
 
+async def _report_lanes(router: Router, registry: MetricsRegistry) -> None:
+    """Mirror the lanes' counts into the core's metrics, once a second."""
+    metrics = ChimeMetrics.register(registry)
+    reported = (0, 0, 0, 0, 0)
+    while True:
+        stats = router.stats
+        now = (
+            stats.batches_out,
+            stats.bytes_out,
+            stats.batches_in,
+            stats.bytes_in,
+            stats.dropped,
+        )
+        deltas = [new - old for new, old in zip(now, reported, strict=True)]
+        metrics.lane_batches.labels(direction="out").inc(deltas[0])
+        metrics.lane_bytes.labels(direction="out").inc(deltas[1])
+        metrics.lane_batches.labels(direction="in").inc(deltas[2])
+        metrics.lane_bytes.labels(direction="in").inc(deltas[3])
+        metrics.lane_dropped.inc(deltas[4])
+        metrics.queue_depth.labels(queue="lanes").set(router.depth)
+        reported = now
+        await asyncio.sleep(LANE_METRICS_INTERVAL_S)
+
+
 class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
     """A Thespian actor whose work runs on an ``ActorCore`` in a loop thread."""
 
@@ -94,9 +134,16 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._bridge: LoopBridge | None = None
         self._core: ActorCore | None = None
         self._actor_id: ActorId | None = None
+        self._router: Router | None = None
+        self._lane_server: LaneServer | None = None
+        self._lane_metrics: asyncio.Task[None] | None = None
 
-    def make_core(self, configure: Configure, bridge: LoopBridge, supervisor: Any) -> ActorCore:
-        """Build this actor's core (subclasses override)."""
+    def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
+        """Build this actor's core (subclasses override).
+
+        ``router.post(address, message)`` is how the core sends: on a lane when
+        the peer has one (the data plane), else through Thespian.
+        """
         raise NotImplementedError
 
     def receiveMessage(self, message: Any, sender: Any) -> ThespianWatch | None:
@@ -114,6 +161,10 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
                 poisoned=type(message.poisonMessage).__name__,
             )
         elif self._bridge is not None and self._core is not None:
+            if isinstance(message, Wiring) and self._router is not None:
+                # Before the core sees the new addresses, so its next posts use
+                # the new peers' lanes (call_in_loop keeps the order).
+                self._bridge.call_in_loop(self._router.update, dict(message.lanes))
             if isinstance(message, Bundle):
                 # One hand-off to the loop for the lot (each costs a pipe write).
                 self._bridge.call_in_loop(
@@ -142,23 +193,42 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         configure_logging(configure.config.logging, process_name=str(configure.actor_id))
         bridge = LoopBridge(name=f"chime-{configure.actor_id.kind.value}-loop")
         bridge.start()
+        key = transport_key()
+        router = Router(self.myAddress, key, bridge.post)
+        lane = ""
         try:
-            core = self.make_core(configure, bridge, sender)
+            core = self.make_core(configure, router, sender)
             port = bridge.run_sync(core.start(), START_TIMEOUT_S)
+            if configure.run_dir:
+                actor_id = configure.actor_id
+                path = Path(configure.run_dir) / (
+                    f"{actor_id.kind.value}-{actor_id.index}-{os.getpid()}.sock"
+                )
+                deliver = functools.partial(run_bundle, core, actor_id)
+                server = LaneServer(path, key, deliver, router.stats)
+                bridge.run_sync(server.start(), START_TIMEOUT_S)
+                self._lane_server = server
+                lane = str(path)
         except Exception:
             log.exception("actor failed to start", actor=str(configure.actor_id))
             bridge.stop()
             raise
         self._bridge = bridge
         self._core = core
-        log.info("actor started", actor=str(configure.actor_id), port=port)
-        self.send(sender, Ready(configure.actor_id, port))
+        self._router = router
+        registry = getattr(core, "registry", None)
+        if isinstance(registry, MetricsRegistry):
+            self._lane_metrics = bridge.run_sync(_start_task(_report_lanes(router, registry)), 5)
+        log.info("actor started", actor=str(configure.actor_id), port=port, lane=lane)
+        ready = Ready(configure.actor_id, port, lane=lane, lane_key=address_key(self.myAddress))
+        self.send(sender, ready)
 
     def _shut_down(self) -> None:
         if self._bridge is None or self._core is None:
             return
         try:
             self._bridge.run_sync(self._core.stop(), STOP_TIMEOUT_S)
+            self._bridge.run_sync(self._close_lanes(), STOP_TIMEOUT_S)
         except Exception:
             log.exception("actor stop failed", actor=str(self._actor_id))
         self._flush_outbox()
@@ -166,3 +236,18 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._bridge = None
         self._core = None
         logging.shutdown()
+
+    async def _close_lanes(self) -> None:
+        if self._lane_metrics is not None:
+            self._lane_metrics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lane_metrics
+        if self._router is not None:
+            self._router.close()
+        if self._lane_server is not None:
+            await self._lane_server.close()
+
+
+async def _start_task(coro: Any) -> asyncio.Task[None]:
+    """Start ``coro`` as a task of the running loop (for ``run_sync`` from Thespian)."""
+    return asyncio.get_running_loop().create_task(coro)

@@ -46,10 +46,14 @@ class ActorId:
 
 @dataclass(frozen=True, slots=True)
 class StartServer:
-    """Main process -> supervisor: start every child; answered with ``Started``."""
+    """Main process -> supervisor: start every child; answered with ``Started``.
+
+    ``run_dir`` is the private (0700) directory of this run's lane sockets.
+    """
 
     config: Config
     chat_port: int
+    run_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +109,19 @@ class Configure:
     config: Config
     chat_port: int = 0
     api_port: int = 0
+    run_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """Child -> supervisor: configured and serving. ``port`` for the API actor."""
+    """Child -> supervisor: configured and serving. ``port`` for the API actor;
+    ``lane`` is the path of the socket its lane server listens on ("" for none),
+    ``lane_key`` the child's own ``lanes.address_key`` of its address."""
 
     actor_id: ActorId
     port: int = 0
+    lane: str = ""
+    lane_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,8 @@ class Wiring:
     api: Any
     generation: int
     redis_bridge: Any = None
+    # (lanes.address_key, lane socket path) of every ready child that has a lane.
+    lanes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

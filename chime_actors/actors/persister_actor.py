@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chime_actors.actors.lanes import Router
 from chime_actors.actors.loop_actor import ActorCore, LoopActor
-from chime_actors.actors.loop_bridge import LoopBridge
 from chime_actors.actors.messages import Configure
 from chime_actors.persister.core import PersisterCore
 
@@ -13,5 +13,10 @@ from chime_actors.persister.core import PersisterCore
 class PersisterActor(LoopActor):
     """Thin Thespian shell around a ``PersisterCore``."""
 
-    def make_core(self, configure: Configure, bridge: LoopBridge, supervisor: Any) -> ActorCore:
-        return PersisterCore(configure.actor_id, configure.config, bridge.post)
+    def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
+        return PersisterCore(
+            configure.actor_id,
+            configure.config,
+            router.post,
+            wait_writable=router.wait_writable,
+        )

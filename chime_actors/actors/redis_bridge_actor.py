@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chime_actors.actors.lanes import Router
 from chime_actors.actors.loop_actor import ActorCore, LoopActor
-from chime_actors.actors.loop_bridge import LoopBridge
 from chime_actors.actors.messages import Configure
 from chime_actors.bus.redis_bridge import RedisBridgeCore
 
@@ -13,5 +13,5 @@ from chime_actors.bus.redis_bridge import RedisBridgeCore
 class RedisBridgeActor(LoopActor):
     """Thin Thespian shell around a ``RedisBridgeCore``."""
 
-    def make_core(self, configure: Configure, bridge: LoopBridge, supervisor: Any) -> ActorCore:
-        return RedisBridgeCore(configure.actor_id, configure.config, bridge.post)
+    def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
+        return RedisBridgeCore(configure.actor_id, configure.config, router.post)

@@ -82,6 +82,19 @@ class SealedPickle:
 _sealed_with: bytes | None = None
 
 
+def transport_key() -> bytes:
+    """The key this process was sealed with (inherited from the main process).
+
+    Lanes (``actors.lanes``) authenticate their peers with it too.
+
+    Raises:
+        ActorError: :func:`seal` has not run in this process or its parent.
+    """
+    if _sealed_with is None:
+        raise ActorError("the actor transport is not sealed: no key to authenticate with")
+    return _sealed_with
+
+
 def new_key() -> bytes:
     """A fresh transport key (one per server run)."""
     return secrets.token_bytes(KEY_BYTES)

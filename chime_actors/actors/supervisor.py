@@ -87,6 +87,7 @@ class _Child:
     actor_id: ActorId
     address: Any = None
     ready: bool = False
+    lane: tuple[str, str] | None = None  # (the child's address key, socket path)
     created_at: float = 0.0
     ready_at: float = 0.0
     exited_at: float | None = None
@@ -111,6 +112,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._config: Config | None = None
         self._chat_port = 0
         self._api_port = 0
+        self._run_dir = ""
         self._children: dict[ActorId, _Child] = {}
         self._starter: Any = None
         self._started = False
@@ -154,6 +156,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
             return
         self._config = request.config
         self._chat_port = request.chat_port
+        self._run_dir = request.run_dir
         self._starter = sender
         configure_logging(request.config.logging, process_name="supervisor")
         setproctitle.setproctitle("chime: supervisor")
@@ -174,7 +177,13 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         child.created_at = time.monotonic()
         self.send(
             child.address,
-            Configure(actor_id, self._config, chat_port=self._chat_port, api_port=self._api_port),
+            Configure(
+                actor_id,
+                self._config,
+                chat_port=self._chat_port,
+                api_port=self._api_port,
+                run_dir=self._run_dir,
+            ),
         )
 
     def _on_ready(self, ready: Ready, sender: Any) -> None:
@@ -182,6 +191,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         if child is None or child.address != sender:
             return
         child.ready = True
+        child.lane = (ready.lane_key, ready.lane) if ready.lane else None
         child.ready_at = time.monotonic()
         if ready.actor_id.kind is ActorKind.API and ready.port:
             self._api_port = ready.port
@@ -223,6 +233,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
             api=singleton(ActorKind.API),
             generation=self._generation,
             redis_bridge=singleton(ActorKind.REDIS_BRIDGE),
+            lanes=tuple(c.lane for c in self._children.values() if c.ready and c.lane),
         )
         for child in self._children.values():
             if child.ready:

@@ -7,6 +7,7 @@ addresses). Out: ``PersistResult`` to the sending gateway, ``Deliveries`` to all
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chime_actors.actors.messages import ActorId, Wiring
@@ -26,7 +27,14 @@ log = get_logger(__name__)
 class PersisterCore:
     """One member of the persister pool."""
 
-    def __init__(self, actor_id: ActorId, config: Config, post: Any) -> None:
+    def __init__(
+        self,
+        actor_id: ActorId,
+        config: Config,
+        post: Any,
+        *,
+        wait_writable: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.actor_id = actor_id
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
@@ -36,7 +44,9 @@ class PersisterCore:
         if config.bus.backend is BusBackend.REDIS:
             # Ids and client-id claims shared by every host (persister.redis_ids).
             self._ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
-        self._writer = PersistWriter(self._store, post, self.metrics, ids=self._ids)
+        self._writer = PersistWriter(
+            self._store, post, self.metrics, ids=self._ids, wait_writable=wait_writable
+        )
         self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
         self._metrics_task: asyncio.Task[None] | None = None
 

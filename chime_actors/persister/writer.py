@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -64,8 +64,12 @@ class PersistWriter:
         metrics: ChimeMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         ids: RedisIds | None = None,
+        wait_writable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # Backpressure from the lanes: a write waits while a gateway's lane is
+        # congested, so deliveries never pile up faster than gateways read them.
+        self._wait_writable = wait_writable
         self._post = post
         self._metrics = metrics
         self._sequencer = Sequencer(clock)
@@ -119,6 +123,8 @@ class PersistWriter:
 
     async def _run(self) -> None:
         while True:
+            if self._wait_writable is not None:
+                await self._wait_writable()
             first = await self._inbox.get()
             taken = [first]
             count = len(first[0].records)

@@ -10,6 +10,7 @@ API port. The file must never appear, and the server must go on serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import socket
 import time
@@ -138,3 +139,42 @@ def test_a_frame_with_a_huge_length_is_dropped(server: ServerProcess) -> None:
             await send_message(alice, channel, "still here")
 
     asyncio.run(asyncio.wait_for(still_serving(), 60))
+
+
+def lane_sockets(server: ServerProcess) -> list[str]:
+    """The lane socket of every process actor (each logs it when it starts)."""
+    return [
+        line["lane"]
+        for line in server.log_lines()
+        if line.get("message") == "actor started" and line.get("lane")
+    ]
+
+
+def test_lanes_are_private_and_refuse_a_stranger(server: ServerProcess, tmp_path: Path) -> None:
+    """The data plane's Unix sockets: owner-only, and a pickle without the key never runs."""
+    paths = lane_sockets(server)
+    assert len(paths) >= 5, paths  # 2 persisters, 2 gateways, the API
+    run_dir = Path(paths[0]).parent
+    assert run_dir.stat().st_mode & 0o777 == 0o700
+    proof = tmp_path / "pwned-lane"
+    payload = pickle.dumps(_CreateFile(proof))
+    frame = len(payload).to_bytes(4, "big") + payload
+    for path in paths:
+        assert Path(path).stat().st_mode & 0o077 == 0
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.recv(32)  # the challenge we cannot answer
+            sock.sendall(b"\0" * 32 + frame + frame)
+            with contextlib.suppress(ConnectionError):
+                assert sock.recv(100) == b""  # closed on us
+    time.sleep(0.5)
+    assert not proof.exists()
+
+    async def still_serving() -> None:
+        channel = fresh("after-lanes")
+        async with clients(server) as cs:
+            alice = await cs.connect("alice", [channel])
+            await send_message(alice, channel, "still here")
+
+    run(still_serving())

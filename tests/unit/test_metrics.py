@@ -222,6 +222,9 @@ def test_chime_metrics_cover_the_documented_names() -> None:
         "chime_persist_batches_total": MetricKind.COUNTER,
         "chime_gap_fills_total": MetricKind.COUNTER,
         "chime_connects_refused_total": MetricKind.COUNTER,
+        "chime_lane_batches_total": MetricKind.COUNTER,
+        "chime_lane_bytes_total": MetricKind.COUNTER,
+        "chime_lane_dropped_total": MetricKind.COUNTER,
     }
     assert PERSIST_LATENCY.buckets == PERSIST_LATENCY_BUCKETS
     assert ERRORS.label_names == ("code",)

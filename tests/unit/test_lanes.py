@@ -1,0 +1,236 @@
+"""Lanes: batching per loop turn, authentication, failure and backpressure (real Unix sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chime_actors.actors import lanes as lanes_module
+from chime_actors.actors.lanes import LaneServer, LaneStats, Router
+from chime_actors.errors import ActorError
+
+KEY = b"k" * 32
+
+
+class Received:
+    """What a lane server delivered: (messages, sender) per frame."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[tuple[Any, ...], Any]] = []
+
+    def __call__(self, messages: tuple[Any, ...], sender: Any) -> None:
+        self.frames.append((messages, sender))
+
+    @property
+    def messages(self) -> list[Any]:
+        return [m for frame, _ in self.frames for m in frame]
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+def run(scenario: Callable[[Path], Awaitable[None]], tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(scenario(tmp_path), 30))
+
+
+def test_a_loop_turns_posts_travel_as_one_frame_with_the_senders_address(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        got = Received()
+        server = LaneServer(tmp / "peer.sock", KEY, got, LaneStats())
+        await server.start()
+        fallback: list[Any] = []
+        router = Router("me-address", KEY, lambda a, m: fallback.append((a, m)))
+        router.update({"peer-address": str(tmp / "peer.sock")})
+        for n in range(5):
+            router.post("peer-address", ("record", n))
+        await until(lambda: len(got.messages) == 5)
+        router.post("peer-address", "later")
+        await until(lambda: len(got.messages) == 6)
+        assert got.messages == [("record", n) for n in range(5)] + ["later"]
+        assert [sender for _, sender in got.frames] == ["me-address"] * len(got.frames)
+        assert len(got.frames) <= 3  # the first five shared a frame (or two around the connect)
+        # No lane known: Thespian carries it; no address: dropped.
+        router.post("someone-else", "via thespian")
+        router.post(None, "nowhere")
+        assert fallback == [("someone-else", "via thespian")]
+        assert router.stats.batches_out == len(got.frames)
+        router.close()
+        await server.close()
+
+    run(scenario, tmp_path)
+
+
+def test_a_stranger_without_the_key_is_refused_before_anything_is_unpickled(
+    tmp_path: Path,
+) -> None:
+    proof = tmp_path / "pwned"
+
+    class CreateFile:
+        def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+            return (open, (str(proof), "w"))
+
+    async def scenario(tmp: Path) -> None:
+        got = Received()
+        server = LaneServer(tmp / "peer.sock", KEY, got, LaneStats())
+        await server.start()
+        payload = pickle.dumps(CreateFile())
+        frame = struct.pack(">I", len(payload)) + payload
+
+        def attack(answer: bytes) -> bytes:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(str(tmp / "peer.sock"))
+                sock.recv(32)  # the challenge
+                sock.sendall(answer + frame + frame)
+                try:
+                    return sock.recv(100)
+                except (TimeoutError, ConnectionError):
+                    return b""
+
+        for answer in (b"\0" * 32, b"", frame[:32]):
+            assert await asyncio.to_thread(attack, answer) == b""  # closed on us
+        assert not proof.exists()
+        assert got.frames == []
+        # The server still takes its own peers.
+        router = Router("friend", KEY, lambda a, m: None)
+        router.update({"peer": str(tmp / "peer.sock")})
+        router.post("peer", "hello")
+        await until(lambda: got.messages == ["hello"])
+        router.close()
+        await server.close()
+
+    run(scenario, tmp_path)
+
+
+def test_a_peer_that_is_gone_drops_its_messages_without_raising(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        router = Router("me", KEY, lambda a, m: None)
+        router.update({"dead": str(tmp / "nobody.sock")})
+        router.post("dead", "lost")
+        await until(lambda: router.stats.dropped == 1)
+        router.post("dead", "lost too")
+        assert router.stats.dropped == 2
+
+    run(scenario, tmp_path)
+
+
+def test_new_wiring_moves_a_lane_to_the_restarted_peer(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        first, second = Received(), Received()
+        old = LaneServer(tmp / "old.sock", KEY, first, LaneStats())
+        new = LaneServer(tmp / "new.sock", KEY, second, LaneStats())
+        await old.start()
+        await new.start()
+        router = Router("me", KEY, lambda a, m: None)
+        router.update({"peer": str(tmp / "old.sock")})
+        router.post("peer", 1)
+        await until(lambda: first.messages == [1])
+        router.update({"peer": str(tmp / "new.sock")})  # the peer restarted elsewhere
+        router.post("peer", 2)
+        await until(lambda: second.messages == [2])
+        assert first.messages == [1]
+        router.close()
+        await old.close()
+        await new.close()
+
+    run(scenario, tmp_path)
+
+
+def test_a_producer_without_a_window_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lanes_module, "MAX_PENDING", 10)
+
+    async def scenario(tmp: Path) -> None:
+        router = Router("me", KEY, lambda a, m: None)
+        router.update({"peer": str(tmp / "slow.sock")})  # never connects: all stays queued
+        for n in range(10):
+            router.post("peer", n)
+        with pytest.raises(ActorError, match="no window"):
+            router.post("peer", 10)
+        router.close()
+
+    run(scenario, tmp_path)
+
+
+def test_a_peer_that_closes_is_noticed_and_its_lane_drops(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        got = Received()
+        server = LaneServer(tmp / "peer.sock", KEY, got, LaneStats())
+        await server.start()
+        router = Router("me", KEY, lambda a, m: None)
+        router.update({"peer": str(tmp / "peer.sock")})
+        router.post("peer", "hello")
+        await until(lambda: got.messages == ["hello"])
+        await server.close()  # the peer died
+        await until(lambda: router._lanes["peer"]._failed)
+        router.post("peer", "lost")
+        assert router.stats.dropped == 1
+
+    run(scenario, tmp_path)
+
+
+def test_wait_writable_holds_a_producer_until_the_reader_catches_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lanes_module, "HIGH_WATER_BYTES", 64 * 1024)
+    path = tmp_path / "stuck.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    release = threading.Event()
+    drained = threading.Event()
+
+    def stuck_peer() -> None:
+        """Answers the handshake's challenge side, then reads nothing until released."""
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"n" * 32)
+            release.wait(20)
+            conn.settimeout(1)
+            try:
+                while conn.recv(1 << 20):
+                    pass
+            except TimeoutError:
+                drained.set()
+
+    peer = threading.Thread(target=stuck_peer, daemon=True)
+    peer.start()
+
+    async def scenario(tmp: Path) -> None:
+        router = Router("me", KEY, lambda a, m: None)
+        router.update({"peer": str(path)})
+        blob = b"x" * 256 * 1024
+        lane = None
+        for _ in range(64):
+            router.post("peer", blob)
+            await asyncio.sleep(0.01)
+            lane = router._lanes["peer"]
+            if lane.congested:
+                break
+        assert lane is not None and lane.congested
+        waiter = asyncio.get_running_loop().create_task(router.wait_writable())
+        await asyncio.sleep(0.3)
+        assert not waiter.done()  # held while the reader is stuck
+        release.set()
+        await asyncio.wait_for(waiter, 10)  # let go once it reads
+        assert not lane.congested
+        router.close()
+
+    try:
+        run(scenario, tmp_path)
+    finally:
+        release.set()
+        peer.join(10)
+        listener.close()
