@@ -1,13 +1,10 @@
-"""Per-process metrics: counters, gauges and histograms, rendered for Prometheus.
+"""Per-process metrics: declared once, counted with prometheus-client, reported as snapshots.
 
-Every Chime process owns one :class:`MetricsRegistry`. Its asyncio loop thread
-updates the metrics; another thread (Thespian's) may take a :meth:`snapshot
-<MetricsRegistry.snapshot>` at any time. Snapshots are frozen, picklable records,
-so gateways and persisters send theirs to the API process, which renders all of
-them at once with :func:`render_prometheus` (text exposition format 0.0.4), each
-sample labelled with the ``process`` it came from.
-
-Metrics are declared once, as module-level specs, and callers hold handles::
+Every Chime process owns one :class:`MetricsRegistry`. Its live metrics are
+prometheus-client's own ``Counter``, ``Gauge`` and ``Histogram`` (thread-safe,
+label handling included), registered in a private ``CollectorRegistry``. The
+asyncio loop thread updates them; another thread (Thespian's) may take a
+:meth:`snapshot <MetricsRegistry.snapshot>` at any time::
 
     registry = MetricsRegistry()
     metrics = ChimeMetrics.register(registry)
@@ -17,7 +14,27 @@ Metrics are declared once, as module-level specs, and callers hold handles::
     snapshot = registry.snapshot("gateway 1")
 
 Label values are bound once with ``labels(...)``; the returned child can be kept
-so that the hot path is a lock acquisition and a float addition.
+so that the hot path skips the label lookup.
+
+What is kept here, and why:
+
+- **Specs** (``CounterSpec`` ...): the names, help texts, labels and buckets of
+  what Chime measures, validated at import. They add what prometheus-client
+  leaves open: names and labels legal in text format 0.0.4 (prometheus-client
+  accepts any UTF-8 name), no duplicate labels, the ``process`` label reserved.
+- **Snapshots** (``MetricsSnapshot``): gateways, persisters and the Redis bridge
+  are separate processes. prometheus-client's own answer to that
+  (``PROMETHEUS_MULTIPROC_DIR``: an mmap file per process, merged at scrape)
+  sums counters across processes, so the ``process`` label is lost, and needs a
+  shared directory cleaned of dead processes' files. Instead each process sends
+  the API process a frozen, picklable snapshot once a second (``MetricsReport``):
+  plain tuples, about half the pickled size of prometheus-client's own
+  ``Metric``/``Sample`` objects (a label dict per sample, ``_created`` series),
+  and independent of that library's internal classes. The API renders the
+  latest snapshot of each process with prometheus-client
+  (:mod:`chime_actors.api.exposition`).
+- **Tally**: a lock-free count for the hottest path (frames written), folded
+  into its prometheus-client counter before every snapshot.
 """
 
 from __future__ import annotations
@@ -25,17 +42,19 @@ from __future__ import annotations
 import math
 import re
 import threading
-from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "ACKS",
     "ACTOR_RESTARTS",
     "CONNECTIONS",
+    "CONNECTS_REFUSED",
     "ERRORS",
+    "GAP_FILLS",
     "MESSAGES_IN",
     "MESSAGES_OUT",
     "PERSIST_BATCHES",
@@ -44,27 +63,22 @@ __all__ = [
     "PROCESS_LABEL",
     "QUEUE_DEPTH",
     "ChimeMetrics",
-    "Counter",
-    "CounterChild",
     "CounterSpec",
     "FamilySnapshot",
-    "Gauge",
-    "GaugeChild",
     "GaugeSpec",
-    "Histogram",
-    "HistogramChild",
     "HistogramSample",
     "HistogramSpec",
     "MetricKind",
     "MetricsRegistry",
     "MetricsSnapshot",
     "ScalarSample",
-    "render_prometheus",
+    "Tally",
 ]
 
 PROCESS_LABEL = "process"
-"""Label added to every sample by :func:`render_prometheus`; reserved in specs."""
+"""Label the API adds to every sample of a snapshot; reserved in specs."""
 
+# Text format 0.0.4 names; prometheus-client would accept any UTF-8 here.
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
@@ -95,11 +109,33 @@ def _validate_spec(name: str, label_names: tuple[str, ...], reserved: tuple[str,
 
 
 @dataclass(frozen=True, slots=True)
-class _ScalarSpec:
-    """What a counter and a gauge declare.
+class CounterSpec:
+    """Declaration of a counter: a value that only goes up.
 
     Attributes:
-        name: the Prometheus metric name.
+        name: the exposed sample name, ending in ``_total``.
+        help: one line of documentation, rendered on the ``# HELP`` line.
+        label_names: names of the labels every sample carries, in order.
+    """
+
+    name: str
+    help: str
+    label_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _validate_spec(self.name, self.label_names, (PROCESS_LABEL,))
+        # prometheus-client names the family without "_total" and adds it to the
+        # sample; requiring it here keeps the spec name the exposed name.
+        if not self.name.endswith("_total"):
+            raise ValueError(f"{self.name}: a counter's name ends in _total")
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeSpec:
+    """Declaration of a gauge: a value that goes up and down.
+
+    Attributes:
+        name: the exposed sample name.
         help: one line of documentation, rendered on the ``# HELP`` line.
         label_names: names of the labels every sample carries, in order.
     """
@@ -113,16 +149,6 @@ class _ScalarSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class CounterSpec(_ScalarSpec):
-    """Declaration of a counter: a value that only goes up (name ends in ``_total``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class GaugeSpec(_ScalarSpec):
-    """Declaration of a gauge: a value that goes up and down."""
-
-
-@dataclass(frozen=True, slots=True)
 class HistogramSpec:
     """Declaration of a histogram with fixed bucket upper bounds.
 
@@ -130,7 +156,8 @@ class HistogramSpec:
         name: the Prometheus metric name (the ``_bucket``/``_sum``/``_count``
             series are derived from it).
         help: one line of documentation, rendered on the ``# HELP`` line.
-        buckets: finite upper bounds, strictly increasing; ``+Inf`` is implicit.
+        buckets: finite upper bounds, >= 0 and strictly increasing; ``+Inf`` is
+            implicit.
         label_names: names of the labels every sample carries, in order.
     """
 
@@ -148,6 +175,9 @@ class HistogramSpec:
             raise ValueError(f"{self.name}: bucket bounds must be finite (+Inf is implicit)")
         if any(a >= b for a, b in zip(self.buckets, self.buckets[1:], strict=False)):
             raise ValueError(f"{self.name}: buckets must be strictly increasing")
+        # prometheus-client drops _sum and _count when a bound is negative.
+        if self.buckets[0] < 0:
+            raise ValueError(f"{self.name}: bucket bounds must not be negative")
 
 
 MetricSpec = CounterSpec | GaugeSpec | HistogramSpec
@@ -207,218 +237,6 @@ GAP_FILLS = CounterSpec(
     "chime_gap_fills_total",
     "Messages a gateway read from storage because they did not arrive live (lost or late).",
 )
-
-
-# --- live metrics -------------------------------------------------------------------
-
-
-class CounterChild:
-    """One labelled series of a counter."""
-
-    __slots__ = ("_lock", "_value")
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-        self._value = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (>= 0) to the counter.
-
-        Raises:
-            ValueError: if ``amount`` is negative: counters never go down.
-        """
-        if amount < 0:
-            raise ValueError(f"a counter cannot decrease (amount={amount})")
-        # The lock makes ``+=`` atomic when Thespian's thread and the loop thread both
-        # count; uncontended it costs well under a microsecond.
-        with self._lock:
-            self._value += amount
-
-    @property
-    def value(self) -> float:
-        """The current value."""
-        return self._value
-
-
-class GaugeChild:
-    """One labelled series of a gauge."""
-
-    __slots__ = ("_lock", "_value")
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-        self._value = 0.0
-
-    def set(self, value: float) -> None:
-        """Set the gauge to ``value``."""
-        self._value = float(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` to the gauge."""
-        with self._lock:
-            self._value += amount
-
-    def dec(self, amount: float = 1.0) -> None:
-        """Subtract ``amount`` from the gauge."""
-        with self._lock:
-            self._value -= amount
-
-    @property
-    def value(self) -> float:
-        """The current value."""
-        return self._value
-
-
-class HistogramChild:
-    """One labelled series of a histogram."""
-
-    __slots__ = ("_bounds", "_counts", "_lock", "_sum")
-
-    def __init__(self, lock: threading.Lock, bounds: tuple[float, ...]) -> None:
-        self._lock = lock
-        self._bounds = bounds
-        # One slot per finite bound plus one for +Inf; counts are per bucket, not
-        # cumulative, so an observation touches one slot. Snapshots accumulate.
-        self._counts = [0] * (len(bounds) + 1)
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        """Record one observation (for latencies: seconds).
-
-        Raises:
-            ValueError: if ``value`` is NaN, which belongs to no bucket.
-        """
-        if math.isnan(value):
-            raise ValueError("cannot observe NaN")
-        # bisect_left: a value equal to a bound belongs to that bucket (le = "<=").
-        index = bisect_left(self._bounds, value)
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
-
-    def _sample(self, label_values: LabelValues) -> HistogramSample:
-        cumulative: list[int] = []
-        running = 0
-        for count in self._counts:
-            running += count
-            cumulative.append(running)
-        return HistogramSample(label_values, tuple(cumulative[:-1]), running, self._sum)
-
-
-ChildT = TypeVar("ChildT", CounterChild, GaugeChild, HistogramChild)
-
-
-class _Family(Generic[ChildT]):
-    """The series of one metric, keyed by label values."""
-
-    __slots__ = ("_children", "_lock", "label_names", "name")
-
-    def __init__(self, name: str, label_names: tuple[str, ...], lock: threading.Lock) -> None:
-        self.name = name
-        self.label_names = label_names
-        self._lock = lock
-        self._children: dict[LabelValues, ChildT] = {}
-        if not label_names:
-            # An unlabelled metric is exposed (as 0) from the start, so dashboards
-            # see it before the first event.
-            self._children[()] = self._new_child()
-
-    def _new_child(self) -> ChildT:
-        raise NotImplementedError
-
-    def labels(self, *values: str, **named: str) -> ChildT:
-        """Return the series for these label values, creating it on first use.
-
-        Pass values positionally (in ``label_names`` order) or by name, not both.
-        Keep the returned child when the same series is updated often.
-
-        Raises:
-            ValueError: if the values do not match the metric's label names.
-        """
-        if named:
-            if values or set(named) != set(self.label_names):
-                raise ValueError(
-                    f"{self.name}: expected labels {self.label_names}, got {sorted(named)}"
-                )
-            values = tuple(named[label] for label in self.label_names)
-        if len(values) != len(self.label_names):
-            raise ValueError(f"{self.name}: expected labels {self.label_names}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            key = tuple(str(value) for value in values)
-            # Creation takes the lock so a concurrent snapshot never iterates a
-            # dict that is changing size.
-            with self._lock:
-                child = self._children.get(key)
-                if child is None:
-                    child = self._children[key] = self._new_child()
-        return child
-
-    def _default(self) -> ChildT:
-        if self.label_names:
-            raise ValueError(f"{self.name} has labels {self.label_names}: use .labels(...)")
-        return self._children[()]
-
-    def _items(self) -> list[tuple[LabelValues, ChildT]]:
-        # Called with the registry lock held.
-        return sorted(self._children.items())
-
-
-class Counter(_Family[CounterChild]):
-    """A counter family; use :meth:`inc` when unlabelled, else ``labels(...).inc()``."""
-
-    __slots__ = ()
-
-    def _new_child(self) -> CounterChild:
-        return CounterChild(self._lock)
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` to the unlabelled counter."""
-        self._default().inc(amount)
-
-
-class Gauge(_Family[GaugeChild]):
-    """A gauge family; use :meth:`set`/:meth:`inc`/:meth:`dec` when unlabelled."""
-
-    __slots__ = ()
-
-    def _new_child(self) -> GaugeChild:
-        return GaugeChild(self._lock)
-
-    def set(self, value: float) -> None:
-        """Set the unlabelled gauge."""
-        self._default().set(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Raise the unlabelled gauge."""
-        self._default().inc(amount)
-
-    def dec(self, amount: float = 1.0) -> None:
-        """Lower the unlabelled gauge."""
-        self._default().dec(amount)
-
-
-class Histogram(_Family[HistogramChild]):
-    """A histogram family; use :meth:`observe` when unlabelled."""
-
-    __slots__ = ("buckets",)
-
-    def __init__(
-        self,
-        name: str,
-        label_names: tuple[str, ...],
-        lock: threading.Lock,
-        buckets: tuple[float, ...],
-    ) -> None:
-        self.buckets = buckets
-        super().__init__(name, label_names, lock)
-
-    def _new_child(self) -> HistogramChild:
-        return HistogramChild(self._lock, self.buckets)
-
-    def observe(self, value: float) -> None:
-        """Record one observation in the unlabelled histogram."""
-        self._default().observe(value)
 
 
 # --- snapshots ----------------------------------------------------------------------
@@ -484,6 +302,46 @@ class MetricsSnapshot:
         return None
 
 
+def _label_values(label_names: tuple[str, ...], labels: Mapping[str, str]) -> LabelValues:
+    return tuple(labels[name] for name in label_names)
+
+
+def _scalar_samples(spec: CounterSpec | GaugeSpec, metric: Counter | Gauge) -> FamilySnapshot:
+    samples = [
+        ScalarSample(_label_values(spec.label_names, sample.labels), sample.value)
+        for family in metric.collect()
+        for sample in family.samples
+        # Skips a counter's "_created" sample: text format 0.0.4 has no use for it.
+        if sample.name == spec.name
+    ]
+    samples.sort(key=lambda sample: sample.label_values)
+    kind = MetricKind.COUNTER if isinstance(spec, CounterSpec) else MetricKind.GAUGE
+    return FamilySnapshot(spec.name, kind, spec.help, spec.label_names, tuple(samples))
+
+
+def _histogram_samples(spec: HistogramSpec, metric: Histogram) -> FamilySnapshot:
+    buckets: dict[LabelValues, list[int]] = {}
+    counts: dict[LabelValues, int] = {}
+    sums: dict[LabelValues, float] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            key = _label_values(spec.label_names, sample.labels)
+            if sample.name == f"{spec.name}_bucket":
+                # Cumulative, in bound order; +Inf is the count, kept once.
+                if sample.labels["le"] != "+Inf":
+                    buckets.setdefault(key, []).append(int(sample.value))
+            elif sample.name == f"{spec.name}_count":
+                counts[key] = int(sample.value)
+            elif sample.name == f"{spec.name}_sum":
+                sums[key] = sample.value
+    samples = tuple(
+        HistogramSample(key, tuple(buckets[key]), counts[key], sums[key]) for key in sorted(buckets)
+    )
+    return FamilySnapshot(
+        spec.name, MetricKind.HISTOGRAM, spec.help, spec.label_names, samples, spec.buckets
+    )
+
+
 # --- the registry -------------------------------------------------------------------
 
 
@@ -515,25 +373,26 @@ class Tally:
 
 
 class MetricsRegistry:
-    """The metrics of one process.
+    """The metrics of one process, as prometheus-client metrics.
 
-    Registering the same spec twice returns the same family, so modules can ask for
-    the metrics they use without coordinating; a different spec under an existing
-    name is a bug and raises ``ValueError``.
+    Registering the same spec twice returns the same metric, so modules can ask
+    for the metrics they use without coordinating; a different spec under an
+    existing name is a bug and raises ``ValueError``.
     """
 
     def __init__(self) -> None:
-        # One lock for the whole registry: updates come from at most two threads,
-        # so contention is negligible and snapshots are consistent across metrics.
+        # Our own registry, not prometheus-client's global one: tests build several
+        # processes' registries in one interpreter, and each must start at zero.
+        self._registry = CollectorRegistry()
         self._lock = threading.Lock()
         self._families: dict[str, tuple[MetricSpec, Counter | Gauge | Histogram]] = {}
         self._tallies: dict[str, Tally] = {}
 
     def counter(self, spec: CounterSpec) -> Counter:
         """Register (or look up) the counter declared by ``spec``."""
-        family = self._register(spec)
-        assert isinstance(family, Counter)
-        return family
+        metric = self._register(spec)
+        assert isinstance(metric, Counter)
+        return metric
 
     def tally(self, spec: CounterSpec) -> Tally:
         """The lock-free tally of the unlabelled counter ``spec`` (see ``Tally``)."""
@@ -544,15 +403,15 @@ class MetricsRegistry:
 
     def gauge(self, spec: GaugeSpec) -> Gauge:
         """Register (or look up) the gauge declared by ``spec``."""
-        family = self._register(spec)
-        assert isinstance(family, Gauge)
-        return family
+        metric = self._register(spec)
+        assert isinstance(metric, Gauge)
+        return metric
 
     def histogram(self, spec: HistogramSpec) -> Histogram:
         """Register (or look up) the histogram declared by ``spec``."""
-        family = self._register(spec)
-        assert isinstance(family, Histogram)
-        return family
+        metric = self._register(spec)
+        assert isinstance(metric, Histogram)
+        return metric
 
     def _register(self, spec: MetricSpec) -> Counter | Gauge | Histogram:
         with self._lock:
@@ -561,15 +420,21 @@ class MetricsRegistry:
                 if known[0] != spec:
                     raise ValueError(f"metric {spec.name} already registered as {known[0]}")
                 return known[1]
-            family: Counter | Gauge | Histogram
+            metric: Counter | Gauge | Histogram
             if isinstance(spec, CounterSpec):
-                family = Counter(spec.name, spec.label_names, self._lock)
+                metric = Counter(spec.name, spec.help, spec.label_names, registry=self._registry)
             elif isinstance(spec, GaugeSpec):
-                family = Gauge(spec.name, spec.label_names, self._lock)
+                metric = Gauge(spec.name, spec.help, spec.label_names, registry=self._registry)
             else:
-                family = Histogram(spec.name, spec.label_names, self._lock, spec.buckets)
-            self._families[spec.name] = (spec, family)
-            return family
+                metric = Histogram(
+                    spec.name,
+                    spec.help,
+                    spec.label_names,
+                    registry=self._registry,
+                    buckets=spec.buckets,
+                )
+            self._families[spec.name] = (spec, metric)
+            return metric
 
     def snapshot(self, process: str) -> MetricsSnapshot:
         """Copy every metric's current values into a frozen, picklable snapshot.
@@ -579,31 +444,16 @@ class MetricsRegistry:
         """
         for tally in self._tallies.values():
             tally.fold()
-        families: list[FamilySnapshot] = []
         with self._lock:
-            for spec, family in self._families.values():
-                samples: tuple[ScalarSample | HistogramSample, ...]
-                if isinstance(family, Histogram):
-                    assert isinstance(spec, HistogramSpec)
-                    samples = tuple(child._sample(values) for values, child in family._items())
-                    families.append(
-                        FamilySnapshot(
-                            spec.name,
-                            MetricKind.HISTOGRAM,
-                            spec.help,
-                            spec.label_names,
-                            samples,
-                            spec.buckets,
-                        )
-                    )
-                else:
-                    kind = MetricKind.COUNTER if isinstance(family, Counter) else MetricKind.GAUGE
-                    samples = tuple(
-                        ScalarSample(values, child.value) for values, child in family._items()
-                    )
-                    families.append(
-                        FamilySnapshot(spec.name, kind, spec.help, spec.label_names, samples)
-                    )
+            registered = list(self._families.values())
+        families: list[FamilySnapshot] = []
+        for spec, metric in registered:
+            if isinstance(spec, HistogramSpec):
+                assert isinstance(metric, Histogram)
+                families.append(_histogram_samples(spec, metric))
+            else:
+                assert isinstance(metric, Counter | Gauge)
+                families.append(_scalar_samples(spec, metric))
         return MetricsSnapshot(process, tuple(families))
 
 
@@ -649,93 +499,3 @@ class ChimeMetrics:
             lane_bytes=registry.counter(LANE_BYTES),
             lane_dropped=registry.counter(LANE_DROPPED),
         )
-
-
-# --- exposition -----------------------------------------------------------------------
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    # Integral values print without ".0": counts read naturally and stay exact.
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
-
-
-def _format_bound(bound: float) -> str:
-    # repr keeps "0.0025" and "1.0" stable across processes, so equal bounds from
-    # different snapshots render as the same series.
-    return repr(float(bound))
-
-
-def _label_text(pairs: Iterable[tuple[str, str]]) -> str:
-    return "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in pairs) + "}"
-
-
-def render_prometheus(snapshots: Iterable[MetricsSnapshot]) -> str:
-    """Render snapshots of several processes as one Prometheus text exposition (0.0.4).
-
-    Families with the same name are merged: ``# HELP`` and ``# TYPE`` appear once,
-    followed by every process' samples, each labelled ``process="<name>"``.
-
-    Args:
-        snapshots: one snapshot per process; process names must be distinct.
-
-    Returns:
-        The exposition text, ending in a newline (empty string for no metrics).
-
-    Raises:
-        ValueError: if two snapshots share a process name, or declare the same
-            metric name with a different type, labels or buckets.
-    """
-    seen_processes: set[str] = set()
-    merged: dict[str, tuple[FamilySnapshot, list[tuple[str, FamilySnapshot]]]] = {}
-    for snapshot in snapshots:
-        if snapshot.process in seen_processes:
-            raise ValueError(f"two snapshots for process {snapshot.process!r}")
-        seen_processes.add(snapshot.process)
-        for family in snapshot.families:
-            entry = merged.get(family.name)
-            if entry is None:
-                merged[family.name] = (family, [(snapshot.process, family)])
-                continue
-            first = entry[0]
-            if (first.kind, first.label_names, first.buckets) != (
-                family.kind,
-                family.label_names,
-                family.buckets,
-            ):
-                raise ValueError(f"metric {family.name} differs between processes")
-            entry[1].append((snapshot.process, family))
-
-    lines: list[str] = []
-    for name, (first, parts) in merged.items():
-        lines.append(f"# HELP {name} {_escape_help(first.help)}")
-        lines.append(f"# TYPE {name} {first.kind.value}")
-        for process, family in parts:
-            for sample in family.samples:
-                pairs = [
-                    (PROCESS_LABEL, process),
-                    *zip(family.label_names, sample.label_values, strict=True),
-                ]
-                if isinstance(sample, ScalarSample):
-                    lines.append(f"{name}{_label_text(pairs)} {_format_value(sample.value)}")
-                    continue
-                for bound, count in zip(family.buckets, sample.bucket_counts, strict=True):
-                    labels = _label_text([*pairs, ("le", _format_bound(bound))])
-                    lines.append(f"{name}_bucket{labels} {count}")
-                lines.append(f"{name}_bucket{_label_text([*pairs, ('le', '+Inf')])} {sample.count}")
-                lines.append(f"{name}_sum{_label_text(pairs)} {_format_value(sample.sum)}")
-                lines.append(f"{name}_count{_label_text(pairs)} {sample.count}")
-    return "\n".join(lines) + "\n" if lines else ""

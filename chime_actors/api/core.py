@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, Wiring
+from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.routes import Readiness, make_handler
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.logs import get_logger
-from chime_actors.metrics import ChimeMetrics, MetricsRegistry, render_prometheus
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry, MetricsSnapshot
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage
 
@@ -43,6 +44,7 @@ class ApiCore:
         self._server = HttpServer(make_handler(self))
         self._reports: dict[ActorId, tuple[float, MetricsReport]] = {}
         self._expected: set[str] = set()
+        self._exposition = exposition_registry(self._snapshots)
 
     async def start(self) -> int:
         """Open storage (read side) and bind the API port."""
@@ -91,9 +93,12 @@ class ApiCore:
 
     def metrics_text(self) -> str:
         """Every process's latest metrics plus our own, in Prometheus text format."""
+        return render(self._exposition)
+
+    def _snapshots(self) -> list[MetricsSnapshot]:
         snapshots = [report.snapshot for _, report in self._reports.values()]
         snapshots.append(self.registry.snapshot(str(self.actor_id)))
-        return render_prometheus(snapshots)
+        return snapshots
 
     async def history(
         self,

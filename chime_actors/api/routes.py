@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
+from chime_actors.api import exposition
 from chime_actors.api.http_server import (
     HttpHandler,
     HttpRequest,
@@ -51,7 +52,7 @@ log = get_logger(__name__)
 
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 100
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_CONTENT_TYPE = exposition.CONTENT_TYPE
 
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _ALLOW = {"Allow": "GET, HEAD"}
