@@ -445,6 +445,8 @@ class ChannelActor:
         result = JoinResult()
         if member.resume_after is not None:
             result = await self._start_replay(member)
+            if self._members.get(member.subscriber.connection_id) is not member:
+                return result  # it left while storage answered
         if member.replay_to is None:
             # Not replaying (a replay reads storage up to at least the newest kept
             # frame: these are all in it). Kept frames first, as far as they go.
@@ -707,8 +709,8 @@ class ChannelActor:
         # Encoded and framed once for every recipient.
         frame = WireFrame.of(server_frames.message(message))
         delivered = 0
-        held_back: list[str] | None = None
-        for connection_id, member in self._live.items():
+        held_back: list[_Member] | None = None
+        for member in self._live.values():
             if seq > member.watermark:
                 # Offer first: if it raises, the watermark still says "not given",
                 # so the resync after the restart gives it again.
@@ -716,15 +718,15 @@ class ChannelActor:
                     member.watermark = seq
                     delivered += 1
                 elif held_back is None:
-                    held_back = [connection_id]
+                    held_back = [member]
                 else:
-                    held_back.append(connection_id)
+                    held_back.append(member)
         self.stats.delivered += delivered
         if held_back is not None:
             # Behind: no more live frames; caught up from storage when its
             # connection has room (``_wake``).
-            for connection_id in held_back:
-                del self._live[connection_id]
+            for member in held_back:
+                self._live.pop(member.subscriber.connection_id, None)
         if self._deferred:
             for member in self._deferred.values():
                 pending = member.pending
