@@ -134,18 +134,22 @@ class FlushQueue:
 
 
 class _Hold:
-    """Why and since when an outbox is held (made only when one is)."""
+    """What a held outbox keeps (made only when one is held)."""
 
-    __slots__ = ("lowest", "progress_at", "room", "wakes")
+    __slots__ = ("backlog_at_start", "progress_at", "room", "taken", "wakes", "written")
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int) -> None:
         # The refused offers' callbacks, each once, in the order they were refused.
         self.wakes: list[Callable[[], None]] = []
         # Resolved on release: what the connection's reader waits for.
         self.room: asyncio.Future[None] | None = None
-        # The smallest backlog seen, and when the client last took some of it.
-        self.lowest: int | None = None
-        self.progress_at = 0.0
+        # Bytes the kernel has taken since the hold began are the socket's
+        # backlog then, plus what was written since, minus its backlog now.
+        self.backlog_at_start = backlog
+        self.written = 0
+        # The most seen taken, and when it last grew (None: not polled yet).
+        self.taken = 0
+        self.progress_at: float | None = None
 
 
 class Outbox:
@@ -268,10 +272,13 @@ class Outbox:
         sink = self._sink
         if self._closer is not None or not sink.is_open():
             return  # closing: a data frame after a close frame breaks the protocol
-        sink.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        sink.write(data)
         self._on_written(len(frames))
         self._backlog = sink.buffered()
-        if self._hold is not None:
+        hold = self._hold
+        if hold is not None:
+            hold.written += len(data)
             if self._backlog <= self._max_bytes // LOW_WATER_DIVISOR:
                 self._release()  # the kernel took it all at once: no need to wait a poll
         elif self._backlog > self._max_bytes:
@@ -286,8 +293,11 @@ class Outbox:
         if self._pending_bytes + backlog <= self._max_bytes // LOW_WATER_DIVISOR:
             self._release()
             return False
-        if hold.lowest is None or backlog < hold.lowest:
-            hold.lowest, hold.progress_at = backlog, now
+        # Progress is bytes taken, not a smaller backlog: replies written
+        # meanwhile (acks of its own sends) must not hide a client that reads.
+        taken = hold.backlog_at_start + hold.written - backlog
+        if hold.progress_at is None or taken > hold.taken:
+            hold.taken, hold.progress_at = taken, now
         elif now - hold.progress_at >= self._stall_s:
             # Nothing taken for that long while data for it waits past the bound:
             # the client does not read. (The wake-ups are dropped: it is closed.)
@@ -329,7 +339,7 @@ class Outbox:
             closer.exception()
 
     def _start_hold(self) -> _Hold:
-        hold = self._hold = _Hold()
+        hold = self._hold = _Hold(self._sink.buffered())
         self._flush_queue.watch(self)
         return hold
 

@@ -198,6 +198,28 @@ def test_a_held_client_that_takes_nothing_for_the_stall_time_overflows() -> None
     asyncio.run(main())
 
 
+def test_a_held_client_that_reads_while_replies_keep_coming_is_not_closed() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        sink, overflows = FakeSink(), list[str]()
+        box = make(sink, FlushQueue(poll_s=0.001, clock=clock), overflows, stall_s=10.0)
+        sink.unread = 900
+        box.offer(b"a", lambda: None)
+        await asyncio.sleep(0)
+        assert not box.offer(b"b" * 200, lambda: None)  # held
+        await asyncio.sleep(0.01)
+        for _ in range(5):
+            # Every few seconds an ack is written and the client takes as much:
+            # the backlog stays the same, but the client reads.
+            clock.now += 6.0
+            box.put(b"k" * 100)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
+        assert overflows == [] and box.held
+
+    asyncio.run(main())
+
+
 def test_the_reader_waits_for_room_until_release_or_close() -> None:
     async def main() -> None:
         sink = FakeSink()
