@@ -14,8 +14,8 @@ takes most of a 5 MB burst off the server's hands, so with the default bound
 only what lands within one loop turn exceeds it; with the small bound the
 backlog in the server is many times the bound for seconds.
 
-(That a client that stops reading is still closed with 1008 is
-tests/e2e/test_slow_consumer.py.)
+A client that stops reading is still closed with 1008: during a live flood,
+tests/e2e/test_slow_consumer.py; during a replay, the last test here.
 """
 
 from __future__ import annotations
@@ -26,12 +26,23 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import websockets
+from websockets.exceptions import ConnectionClosed
 
 from chime_actors.ids import format_message_id
 from tests.e2e.client import Client
-from tests.e2e.conftest import clients, fresh, ping_pong, received, run, seen, send_message
+from tests.e2e.conftest import (
+    clients,
+    fresh,
+    ping_pong,
+    received,
+    run,
+    seen,
+    send_message,
+    wait_until,
+)
 from tests.e2e.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +55,9 @@ SLOW_READERS = 2  # of the readers: on a slow link
 SLOW_RCVBUF = 8192
 SLOW_PACE_S = 0.005  # a frame every 5 ms: ~3 MB/s of these frames
 SMALL_QUEUE_BYTES = 256 * 1024
+STALL_MS = 2000
+# Twice the burst: well past what the kernel's socket buffer (up to 4 MB) takes.
+STALLED_REPLAY = 2 * BURST
 READ_TIMEOUT_S = 90.0
 SCENARIO_TIMEOUT_S = 240.0
 
@@ -56,6 +70,14 @@ def queue_server(
     small = request.param == "small-queue"
     overrides = {"chat.send_queue_bytes": SMALL_QUEUE_BYTES} if small else {}
     with running_server(tmp_path_factory.mktemp("flow"), overrides=overrides) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def stall_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A small ``chat.send_queue_bytes`` and a short ``chat.send_stall_ms``."""
+    overrides = {"chat.send_queue_bytes": SMALL_QUEUE_BYTES, "chat.send_stall_ms": STALL_MS}
+    with running_server(tmp_path_factory.mktemp("stall"), overrides=overrides) as srv:
         yield srv
 
 
@@ -185,5 +207,46 @@ def test_a_pipelined_burst_larger_than_the_send_queue_reaches_every_reader(
             assert ids == sorted(ids) and len(set(ids)) == BURST
             for client in [*readers, sender]:
                 await complete_and_alive(client, channel, ids)
+
+    run(scenario(), timeout=SCENARIO_TIMEOUT_S)
+
+
+def test_a_client_that_stops_reading_during_a_replay_is_still_closed(
+    stall_server: ServerProcess,
+) -> None:
+    """Flow control is not a way to hold the server's memory: 1008 still comes."""
+
+    async def scenario() -> None:
+        channel = fresh("stall")
+        async with clients(stall_server) as cs:
+            alice = await cs.connect("alice", [channel])
+            for k in range(STALLED_REPLAY):
+                await send_message(alice, channel, CONTENT, f"s-{k}")
+            resume = {channel: format_message_id(0)}
+            async with slow_link_client(stall_server, "mallory", channel, resume) as mallory:
+                # Mallory reads nothing more: the replay stalls past the bound.
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: any(
+                        line.get("message") == "slow consumer closed"
+                        for line in stall_server.log_lines()
+                    ),
+                    30,
+                    0.1,
+                    "slow consumer closed",
+                )
+                replayed = 0
+                code = None
+                try:
+                    async with asyncio.timeout(30):
+                        while True:
+                            frame = orjson.loads(await mallory.ws.recv())
+                            replayed += frame["type"] == "message"
+                except ConnectionClosed as exc:
+                    code = exc.rcvd.code if exc.rcvd is not None else None
+                assert code in (1008, None), code  # None: dropped, it could not take the close
+                assert replayed < STALLED_REPLAY
+            # Everyone else is served as before.
+            await ping_pong(alice)
 
     run(scenario(), timeout=SCENARIO_TIMEOUT_S)
