@@ -96,6 +96,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
         "max_resume_messages": 1000,
         "send_queue_frames": 10000,
         "send_queue_bytes": 4194304,
+        "send_stall_ms": 10000,
         "ack_timeout_ms": 5000,
         "max_connections": 50000,
         "allowed_origins": [],
@@ -238,12 +239,14 @@ class ChatConfig:
             ``resume_failed`` and the client pages history.
         send_queue_bytes: bound of what waits in the server for one client:
             frames queued plus bytes written but not yet taken by its TCP
-            connection. A client that reads so slowly that more than this waits
-            for it is closed with 1008 (policy violation) rather than let it grow
-            the server's memory or slow its channel's other subscribers.
-        send_queue_frames: the same bound in frames queued within one event-loop
-            turn (a burst). Generous, because one persister batch (a burst of
-            acks and messages) lands at once.
+            connection. Past it the server holds back (flow control): live
+            channel messages stop going to that client and it is caught up from
+            storage once it has taken most of what waits, and its requests are
+            not read meanwhile. A client that reads is never closed for a burst.
+        send_queue_frames: the same bound in channel message frames queued
+            within one event-loop turn (a burst); past it they are held back too.
+        send_stall_ms: a client held back that takes nothing at all for this
+            long does not read: it is closed with 1008 (slow consumer).
         ack_timeout_ms: how long a gateway waits for the persister's confirmation
             before answering ``unavailable`` to the sender.
         max_connections: open WebSocket connections per server; past it an
@@ -263,6 +266,7 @@ class ChatConfig:
     max_resume_messages: int = 1000
     send_queue_frames: int = 10000
     send_queue_bytes: int = 4 * 1024 * 1024
+    send_stall_ms: int = 10000
     ack_timeout_ms: int = 5000
     max_connections: int = 50000
     allowed_origins: tuple[str, ...] = ()
@@ -859,6 +863,7 @@ def _build_chat(s: _Section) -> ChatConfig:
         max_resume_messages=s.integer("max_resume_messages", low=0),
         send_queue_frames=s.integer("send_queue_frames", low=1),
         send_queue_bytes=s.integer("send_queue_bytes", low=1024),
+        send_stall_ms=s.integer("send_stall_ms", low=1),
         ack_timeout_ms=s.integer("ack_timeout_ms", low=1),
         max_connections=s.integer("max_connections", low=1),
         allowed_origins=tuple(_origin(s, o) for o in s.text_list("allowed_origins")),

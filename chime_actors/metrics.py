@@ -237,6 +237,10 @@ GAP_FILLS = CounterSpec(
     "chime_gap_fills_total",
     "Messages a gateway read from storage because they did not arrive live (lost or late).",
 )
+CAUGHT_UP = CounterSpec(
+    "chime_caught_up_total",
+    "Messages given from storage to subscribers whose live delivery was held back.",
+)
 
 
 # --- snapshots ----------------------------------------------------------------------
@@ -475,6 +479,7 @@ class ChimeMetrics:
     persist_latency: Histogram
     persist_batches: Counter
     gap_fills: Counter
+    caught_up: Counter
     connects_refused: Counter
     lane_batches: Counter
     lane_bytes: Counter
@@ -494,6 +499,7 @@ class ChimeMetrics:
             persist_latency=registry.histogram(PERSIST_LATENCY),
             persist_batches=registry.counter(PERSIST_BATCHES),
             gap_fills=registry.counter(GAP_FILLS),
+            caught_up=registry.counter(CAUGHT_UP),
             connects_refused=registry.counter(CONNECTS_REFUSED),
             lane_batches=registry.counter(LANE_BATCHES),
             lane_bytes=registry.counter(LANE_BYTES),

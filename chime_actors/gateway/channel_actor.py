@@ -13,6 +13,17 @@ never interleave wrongly:
   delivering, or the mailbox overflowed): they are read from storage and
   delivered first. No gaps, no duplicates.
 
+Flow control (PROTOCOL.md: a client that reads is never closed for a burst or a
+replay). A connection refuses a live frame when too much already waits for its
+client (``gateway/outbox.py``). That member then leaves live delivery and is
+*behind*: it keeps its watermark (the last id it was given), gets nothing live,
+and when its connection has room again (the ``on_room`` callback of the refused
+offer) it is caught up from storage, a page of ``CATCH_UP_PAGE`` ids at a time,
+for as long as the connection takes them; once it reaches the newest id
+delivered here it rejoins live delivery. A resume replay is the same catch-up,
+from the resume point, followed by ``resumed``. The channel never waits for one
+client, and what it holds for a member behind is one page, whatever the lag.
+
 Failure policy (``local_supervisor``):
 
 ========================  ==============================================================
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -48,8 +60,15 @@ from chime_actors.storage.store import MessageStore
 log = get_logger(__name__)
 
 MAILBOX_SIZE = 10_000
-# Live frames kept for one subscriber between its deferred join and activation.
+# Live frames kept for one subscriber between its deferred join and activation;
+# past it, the activation reads them from storage instead.
 MAX_PENDING = 10_000
+# Ids read from storage at once by a replay or a catch-up (of ~16 KB messages: 1 MB).
+CATCH_UP_PAGE = 64
+# Ids one catch-up covers before the actor's other mail is handled (fairness).
+CATCH_UP_TURN = 512
+# A catch-up that storage failed is tried again after this.
+CATCH_UP_RETRY_S = 0.5
 DEFAULT_POLICY = RestartPolicy()
 GAP_FILL_LIMIT = 10_000
 # With several hosts, how long a message waits behind a hole in the ids (see
@@ -70,7 +89,15 @@ class Subscriber(Protocol):
         ...
 
     def push(self, frame: str | WireFrame) -> None:
-        """Queue a text frame for the client; never blocks."""
+        """Queue a text frame for the client (a marker: never refused); never blocks."""
+        ...
+
+    def offer(self, frame: WireFrame, on_room: Callable[[], None]) -> bool:
+        """Queue a message frame unless the client is held back; never blocks.
+
+        False: not queued, and ``on_room`` will be called when the client has
+        room (unless the connection closes first, and then it leaves).
+        """
         ...
 
     def abort(self, code: int, reason: str) -> None:
@@ -80,7 +107,11 @@ class Subscriber(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class JoinResult:
-    """How a join went: ``replayed`` messages, or why resume failed."""
+    """How a join went: ``replayed`` messages, or why resume failed.
+
+    ``replayed`` counts what was queued before the join returned: all of the
+    replay unless the connection held it back (the rest follows, then ``resumed``).
+    """
 
     replayed: int = 0
     resume_failed: str | None = None
@@ -131,6 +162,11 @@ class InjectFault:
 
 
 @dataclass(frozen=True, slots=True)
+class Kick:
+    """Members are ready to be caught up (their connections have room)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CatchUp:
     """Read storage beyond the last delivered id and deliver what is there.
 
@@ -140,16 +176,30 @@ class CatchUp:
     """
 
 
-ChannelMail = Join | Activate | Leave | Publish | InjectFault | CatchUp
+ChannelMail = Join | Activate | Leave | Publish | InjectFault | CatchUp | Kick
+
+
+def _ignore() -> None:
+    pass
 
 
 @dataclass(slots=True)
 class _Member:
     subscriber: Subscriber
+    # The highest id given to it (while behind: where its catch-up goes on from).
     watermark: int = 0
     resume_after: str | None = None
-    # While deferred: live frames kept for it, (seq, frame), oldest first.
+    # Registered, not activated: nothing is given to it yet.
+    deferred: bool = False
+    # While deferred: live frames kept for it, (seq, frame), oldest first; None
+    # when there were too many (the activation reads storage instead).
     pending: list[tuple[int, WireFrame]] | None = None
+    # While replaying a resume: the id after which ``resumed`` is sent, and the
+    # number of messages replayed so far.
+    replay_to: int | None = None
+    replayed: int = 0
+    # Given to its connection with every offer: "room again, catch me up".
+    wake: Callable[[], None] = _ignore
 
 
 @dataclass(slots=True)
@@ -158,6 +208,7 @@ class ChannelStats:
 
     delivered: int = 0
     gap_filled: int = 0
+    caught_up: int = 0
     restarts: int = 0
     dropped_mail: int = 0
 
@@ -184,7 +235,14 @@ class ChannelActor:
         self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
         self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(MAILBOX_SIZE)
+        # Every member; of them, those given live messages, those not activated
+        # yet, and those behind whose connection has room (to catch up next).
+        # A member in none of the last three is behind, waiting for room.
         self._members: dict[str, _Member] = {}
+        self._live: dict[str, _Member] = {}
+        self._deferred: dict[str, _Member] = {}
+        self._ready: dict[str, None] = {}
+        self._kicked = False
         # Highest id delivered live in this process; None until the first join reads
         # the baseline from storage.
         self._last_seq: int | None = None
@@ -224,7 +282,7 @@ class ChannelActor:
         the mail still goes through the mailbox so an idle actor stops.
         """
         if isinstance(mail, Leave):
-            self._members.pop(mail.connection_id, None)
+            self._forget(mail.connection_id)
         try:
             self._mailbox.put_nowait(mail)
         except asyncio.QueueFull:
@@ -273,6 +331,8 @@ class ChannelActor:
             mail = await self._mailbox.get()
             try:
                 await self._handle(mail)
+                if self._ready:
+                    await self._catch_up_ready()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -291,13 +351,18 @@ class ChannelActor:
                 mail.done.set_result(result)
         elif isinstance(mail, Activate):
             member = self._members.get(mail.connection_id)
-            result = JoinResult() if member is None else await self._activate(member)
+            if member is not None and member.deferred:
+                result = await self._activate(member)
+            else:
+                result = JoinResult()  # gone, or activated already
             if not mail.done.done():
                 mail.done.set_result(result)
         elif isinstance(mail, CatchUp):
             await self._resync()
+        elif isinstance(mail, Kick):
+            self._kicked = False  # the ready members are caught up after this mail
         elif isinstance(mail, Leave):
-            self._members.pop(mail.connection_id, None)
+            self._forget(mail.connection_id)
         else:
             raise RuntimeError(f"injected fault in channel {self.channel_id}")
 
@@ -317,11 +382,18 @@ class ChannelActor:
             log.error("channel actor escalates: closing subscribers", channelId=self.channel_id)
             for member in list(self._members.values()):
                 member.subscriber.abort(1011, f"channel failed (correlation {correlation})")
-            self._members.clear()
+            for connection_id in list(self._members):
+                self._forget(connection_id)
             self._stop_idle()
             return False
         self.stats.restarts += 1
         await self._resync()
+        # A catch-up the failure interrupted would wait for a wake-up that may
+        # never come: every member behind tries again.
+        for connection_id, member in self._members.items():
+            if not member.deferred and connection_id not in self._live:
+                self._ready[connection_id] = None
+        self._kick()
         return True
 
     def _stop_idle(self) -> None:
@@ -353,65 +425,176 @@ class ChannelActor:
             # Without a baseline we still deliver live messages; only gap
             # detection waits until storage answers.
             baseline = self._last_seq or 0
+        connection_id = subscriber.connection_id
+        self._forget(connection_id)  # a second join of one connection starts afresh
         member = _Member(subscriber, watermark=baseline, resume_after=resume_after)
-        self._members[subscriber.connection_id] = member
+        member.wake = functools.partial(self._wake, connection_id)
+        self._members[connection_id] = member
         if deferred:
+            member.deferred = True
             member.pending = []
+            self._deferred[connection_id] = member
             return JoinResult()
         return await self._activate(member)
 
     async def _activate(self, member: _Member) -> JoinResult:
         """Replay after ``member.resume_after`` (if any), then what was kept, then live."""
-        try:
-            result = await self._replay(member)
-        finally:
-            pending, member.pending = member.pending, None
+        member.deferred = False
+        self._deferred.pop(member.subscriber.connection_id, None)
+        pending, member.pending = member.pending, None
+        result = JoinResult()
+        if member.resume_after is not None:
+            result = await self._start_replay(member)
+            if self._members.get(member.subscriber.connection_id) is not member:
+                return result  # it left while storage answered
+        if member.replay_to is None:
+            # Not replaying (a replay reads storage up to at least the newest kept
+            # frame: these are all in it). Kept frames first, as far as they go.
             for seq, frame in pending or ():
-                if seq > member.watermark:
-                    member.subscriber.push(frame)
-                    member.watermark = seq
+                if seq <= member.watermark:
+                    continue
+                if not member.subscriber.offer(frame, member.wake):
+                    # Held back: the rest comes from storage once it has room.
+                    return result
+                member.watermark = seq
+                self.stats.delivered += 1
+        await self._catch_up(member)
+        if member.replayed and result.resume_failed is None:
+            result = JoinResult(replayed=member.replayed)
         return result
 
-    async def _replay(self, member: _Member) -> JoinResult:
+    async def _start_replay(self, member: _Member) -> JoinResult:
+        """Check a resume and set ``member`` up to replay it (``_catch_up`` gives it)."""
         subscriber, resume_after = member.subscriber, member.resume_after
-        if resume_after is None:
-            return JoinResult()
+        assert resume_after is not None
+        member.resume_after = None
+        after = parse_message_id(resume_after)
         try:
-            page = await self._store.history(
-                self.channel_id, after=resume_after, limit=self._max_resume + 1
+            head = await self._store.last_seq(self.channel_id)
+            too_many = head - after > self._max_resume and await self._more_than(
+                after, head, self._max_resume
             )
         except StoreError:
             subscriber.push(server_frames.resume_failed(self.channel_id, "unavailable"))
             return JoinResult(resume_failed="unavailable")
-        if len(page.messages) > self._max_resume:
+        if too_many:
             # The client pages history instead; live delivery starts after the
             # newest stored message, which that history already holds, so nothing
             # reaches it twice (stored but not yet delivered here included).
-            member.watermark = max(member.watermark, await self._stored_head(member))
+            member.watermark = max(member.watermark, head)
             subscriber.push(server_frames.resume_failed(self.channel_id, "too_many"))
             return JoinResult(resume_failed="too_many")
-        for message in page.messages:
-            subscriber.push(server_frames.message(message))
-        # The client now has everything up to the last replayed id, or up to
-        # ``resume_after`` when nothing was newer: live messages this gateway has
-        # not seen yet may be at or below it.
-        if page.messages:
-            given = page.messages[-1].seq
-        else:
-            # ...but never beyond what is stored: a resume point past the channel's
-            # head (a client of a wiped or other server) must not make us skip the
-            # next live messages as "already given".
-            given = min(parse_message_id(resume_after), await self._stored_head(member))
-        member.watermark = max(member.watermark, given)
-        subscriber.push(server_frames.resumed(self.channel_id, len(page.messages)))
-        return JoinResult(replayed=len(page.messages))
+        # Replay what is stored after the resume point, up to the head: live
+        # messages this gateway has not seen yet may be at or below it. A resume
+        # point past the head (a client of a wiped or other server) must not make
+        # us skip the next live messages as "already given".
+        member.watermark = min(after, head)
+        member.replay_to = head
+        member.replayed = 0
+        return JoinResult()
 
-    async def _stored_head(self, member: _Member) -> int:
-        """The channel's highest stored id; ``member``'s watermark if storage is down."""
-        try:
-            return await self._store.last_seq(self.channel_id)
-        except StoreError:
-            return member.watermark
+    async def _more_than(self, after: int, head: int, limit: int) -> bool:
+        """True if more than ``limit`` messages are stored in ``(after, head]``.
+
+        Counted a page at a time: ids of deleted messages stay taken, so the
+        span of ids alone may overstate it.
+        """
+        count = 0
+        while after < head:
+            up_to = min(head, after + CATCH_UP_PAGE)
+            page = await self._store.messages_range(
+                self.channel_id, after_seq=after, up_to_seq=up_to
+            )
+            count += len(page)
+            if count > limit:
+                return True
+            after = up_to
+        return False
+
+    # --- catching a member up (flow control) --------------------------------------
+
+    def _forget(self, connection_id: str) -> None:
+        self._members.pop(connection_id, None)
+        self._live.pop(connection_id, None)
+        self._deferred.pop(connection_id, None)
+        self._ready.pop(connection_id, None)
+
+    def _wake(self, connection_id: str) -> None:
+        """A connection has room again (its outbox calls this; same loop)."""
+        member = self._members.get(connection_id)
+        if member is None or member.deferred or connection_id in self._live:
+            return  # gone, or a stale wake-up of an earlier membership
+        self._ready[connection_id] = None
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make sure the ready members are caught up soon.
+
+        Without room in the mailbox the Kick is dropped, but then mail is
+        waiting, and ready members are caught up after every mail.
+        """
+        if self._ready and not self._kicked and not self._stopped:
+            self._kicked = self.tell(Kick())
+
+    async def _catch_up_ready(self) -> None:
+        ready, self._ready = self._ready, {}
+        for connection_id in ready:
+            member = self._members.get(connection_id)
+            if member is not None and not member.deferred and connection_id not in self._live:
+                await self._catch_up(member)
+
+    async def _catch_up(self, member: _Member) -> None:
+        """Give ``member`` what it is behind from storage, as far as its connection
+        takes it; then ``resumed`` if it was replaying, and live delivery.
+
+        It stops when the connection refuses a frame (its ``wake`` brings it back
+        here), after ``CATCH_UP_TURN`` ids (it is ready again: other mail first),
+        or when storage fails (tried again after ``CATCH_UP_RETRY_S``).
+        """
+        subscriber = member.subscriber
+        connection_id = subscriber.connection_id
+        budget = CATCH_UP_TURN
+        while self._members.get(connection_id) is member:
+            replay_to = member.replay_to
+            # Up to the newest id delivered live here (no Publish is handled
+            # meanwhile: the actor does one thing at a time), or the replay's end.
+            target = replay_to if replay_to is not None else self._last_seq or 0
+            if member.watermark >= target:
+                if replay_to is not None:
+                    subscriber.push(server_frames.resumed(self.channel_id, member.replayed))
+                    member.replay_to = None
+                    continue
+                self._live[connection_id] = member
+                return
+            if budget <= 0:
+                self._ready[connection_id] = None
+                self._kick()
+                return
+            after = member.watermark
+            up_to = min(target, after + CATCH_UP_PAGE)
+            budget -= up_to - after
+            try:
+                page = await self._store.messages_range(
+                    self.channel_id, after_seq=after, up_to_seq=up_to
+                )
+            except StoreError as exc:
+                log.warning("catch-up failed", channelId=self.channel_id, error=str(exc))
+                asyncio.get_running_loop().call_later(CATCH_UP_RETRY_S, member.wake)
+                return
+            if self._members.get(connection_id) is not member:
+                return  # it left while storage answered
+            for message in page:
+                if message.seq <= member.watermark:
+                    continue
+                if not subscriber.offer(WireFrame.of(server_frames.message(message)), member.wake):
+                    return  # held back again: its connection wakes it when it has room
+                member.watermark = message.seq
+                if replay_to is not None:
+                    member.replayed += 1
+                else:
+                    self.stats.caught_up += 1
+            # Every id of the page was given or is deleted.
+            member.watermark = up_to
 
     async def _publish(self, messages: tuple[ChimeMessage, ...]) -> None:
         for message in messages:
@@ -525,16 +708,32 @@ class ChannelActor:
     def _deliver(self, message: ChimeMessage, seq: int) -> None:
         # Encoded and framed once for every recipient.
         frame = WireFrame.of(server_frames.message(message))
-        for member in self._members.values():
-            if member.pending is not None:
-                if len(member.pending) < MAX_PENDING:
-                    member.pending.append((seq, frame))
-                else:  # a replay that long: let the client resume instead
-                    member.subscriber.abort(1013, "too much arrived while resuming; resume again")
-            elif seq > member.watermark:
-                # Push first: if it raises, the watermark still says "not given",
+        delivered = 0
+        held_back: list[_Member] | None = None
+        for member in self._live.values():
+            if seq > member.watermark:
+                # Offer first: if it raises, the watermark still says "not given",
                 # so the resync after the restart gives it again.
-                member.subscriber.push(frame)
-                member.watermark = seq
-                self.stats.delivered += 1
+                if member.subscriber.offer(frame, member.wake):
+                    member.watermark = seq
+                    delivered += 1
+                elif held_back is None:
+                    held_back = [member]
+                else:
+                    held_back.append(member)
+        self.stats.delivered += delivered
+        if held_back is not None:
+            # Behind: no more live frames; caught up from storage when its
+            # connection has room (``_wake``).
+            for member in held_back:
+                self._live.pop(member.subscriber.connection_id, None)
+        if self._deferred:
+            for member in self._deferred.values():
+                pending = member.pending
+                if pending is None:
+                    continue
+                if len(pending) < MAX_PENDING:
+                    pending.append((seq, frame))
+                else:  # a long wait: the activation reads them from storage instead
+                    member.pending = None
         self._last_seq = seq

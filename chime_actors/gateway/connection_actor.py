@@ -8,6 +8,12 @@ loop are written to the socket in one write, already framed, and never wait on
 the client, so fan-out never waits on one slow client either. An idle
 connection's outbox holds nothing.
 
+Flow control (``gateway/outbox.py``): past ``chat.send_queue_bytes`` waiting for
+the client, channel messages offered to it are refused (each channel catches it
+up from storage once it has room), and its requests are not read until it has
+taken what waits, so a burst or a replay of any size reaches a client that
+reads, in bounded memory.
+
 Failure policy (``local_supervisor``):
 
 ============================  =========================================================
@@ -15,8 +21,8 @@ handling a frame raises       logged with a correlation id, the client gets
                               ``internal`` naming it; the actor goes on with its
                               state (subscriptions) intact: a restart of the handler
 > 5 failures in 10 s          escalate: close 1011; the client resumes on reconnect
-outbound bounds exceeded      the client is not reading: close 1008 "slow consumer"
-                              (memory stays bounded; neighbours are unaffected)
+held back, nothing taken      the client is not reading: close 1008 "slow consumer"
+for ``chat.send_stall_ms``    (memory stays bounded; neighbours are unaffected)
 the socket breaks             leave every channel; owed acks are dropped with it
 the token's exp passes        ``unauthorized`` "token expired", close 4001 (a
                               ``refresh`` before then moves the deadline)
@@ -226,6 +232,7 @@ class ConnectionActor:
             services.flush_queue,
             max_frames=chat.send_queue_frames,
             max_bytes=chat.send_queue_bytes,
+            stall_s=chat.send_stall_ms / 1000,
             on_written=services.metrics.messages_out.add,
             on_overflow=self._slow_consumer,
         )
@@ -250,12 +257,22 @@ class ConnectionActor:
     def push(self, frame: str | WireFrame) -> None:
         """Queue a frame for the client without waiting (written when this loop turn ends).
 
-        A ``WireFrame`` is already framed (a broadcast, encoded once for all its
-        recipients); a ``str`` is framed here.
+        Never refused: for replies and markers, which exist nowhere else. A
+        ``WireFrame`` is already framed; a ``str`` is framed here.
         """
         if self._closing:
             return
         self._outbox.put(frame.data if isinstance(frame, WireFrame) else text_frame(frame.encode()))
+
+    def offer(self, frame: WireFrame, on_room: Callable[[], None]) -> bool:
+        """Queue a channel message unless the client is held back (flow control).
+
+        False: not queued; ``on_room`` is called once the client has room (never
+        once the connection is closing: it leaves its channels then).
+        """
+        if self._closing:
+            return False
+        return self._outbox.offer(frame.data, on_room)
 
     def _slow_consumer(self) -> None:
         log.warning("slow consumer closed", connectionId=self._id)
@@ -302,6 +319,10 @@ class ConnectionActor:
                 if self._closing:
                     break
                 await self._receive(frame)
+                if self._outbox.over_bound:
+                    # Replies past the bound: read no more requests until the
+                    # client has taken them (it is closed if it takes nothing).
+                    await self._outbox.wait_room()
         except ConnectionClosed:
             pass
         finally:

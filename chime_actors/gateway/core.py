@@ -108,6 +108,7 @@ class GatewayCore:
         self._channels: dict[str, ChannelActor] = {}
         self._channel_stats = ChannelStats()
         self._gap_fills_reported = 0
+        self._caught_up_reported = 0
         self._connections: set[ConnectionActor] = set()
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -338,9 +339,12 @@ class GatewayCore:
         queue_depth = self.metrics.queue_depth
         queue_depth.labels(queue="persist_link").set(sum(link.pending for link in self._links))
         queue_depth.labels(queue="channels").set(len(self._channels))
-        gap_filled = self._channel_stats.gap_filled
-        self.metrics.gap_fills.inc(gap_filled - self._gap_fills_reported)
-        self._gap_fills_reported = gap_filled
+        queue_depth.labels(queue="held_connections").set(self.flush_queue.held)
+        stats = self._channel_stats
+        self.metrics.gap_fills.inc(stats.gap_filled - self._gap_fills_reported)
+        self._gap_fills_reported = stats.gap_filled
+        self.metrics.caught_up.inc(stats.caught_up - self._caught_up_reported)
+        self._caught_up_reported = stats.caught_up
 
     async def _drain(self, reply_to: Any) -> None:
         """Stop accepting, settle owed acks, close every client with 1001."""

@@ -1,17 +1,19 @@
 """A client that stops reading is closed (1008); nobody else notices.
 
-The flood is paced (``FLOOD_RATE``), as a chat is: a client is closed when more
-than ``chat.send_queue_bytes`` wait for it in the server, and a reader that keeps
-up takes each delivery batch as it comes.
+The flood is paced (``FLOOD_RATE``), as a chat is. Past ``chat.send_queue_bytes``
+waiting for a client the server holds back (flow control,
+tests/e2e/test_flow_control.py); a client held back that takes nothing for
+``chat.send_stall_ms`` does not read, and is closed.
 
 One subscriber of a channel stops reading (its socket receive buffer made small,
 its WebSocket read queue tiny, so TCP pushes back on the server at once) while a
 sender floods the channel. The other subscribers must keep receiving every
 message, in order, with bounded latency; the server must close the slow one with
 1008 once more than ``chat.send_queue_bytes`` (small here) wait for it in the
-server, written but not taken by the kernel (the close frame cannot reach a
-client that does not read, so the server drops its TCP connection shortly
-after), and the server's memory must not grow with the backlog.
+server, written but not taken by the kernel, and it takes nothing for
+``chat.send_stall_ms`` (the close frame cannot reach a client that does not
+read, so the server drops its TCP connection shortly after), and the server's
+memory must not grow with the backlog.
 """
 
 from __future__ import annotations

@@ -44,13 +44,23 @@ def msgs(first: int, last: int) -> tuple[ChimeMessage, ...]:
 
 
 class FakeSubscriber:
-    """A connection as the channel sees it: records frames and aborts."""
+    """A connection as the channel sees it: records frames and aborts.
 
-    def __init__(self, connection_id: str, *, failing_pushes: int = 0) -> None:
+    ``room`` plays flow control: how many more message frames its client takes
+    before offers are refused (None: no limit); ``make_room`` gives it more and
+    wakes the channels it refused, as an outbox does.
+    """
+
+    def __init__(
+        self, connection_id: str, *, failing_pushes: int = 0, room: int | None = None
+    ) -> None:
         self._connection_id = connection_id
         self.frames: list[dict[str, Any]] = []
         self.aborted: list[tuple[int, str]] = []
         self.failing_pushes = failing_pushes
+        self.room = room
+        self.refused = 0
+        self.wakes: list[Callable[[], None]] = []
 
     @property
     def connection_id(self) -> str:
@@ -61,6 +71,23 @@ class FakeSubscriber:
             self.failing_pushes -= 1
             raise RuntimeError("push failed")
         self.frames.append(json.loads(frame if isinstance(frame, str) else frame.text))
+
+    def offer(self, frame: WireFrame, on_room: Callable[[], None]) -> bool:
+        if self.room is not None:
+            if self.room <= 0 or self.wakes:
+                self.refused += 1
+                if on_room not in self.wakes:
+                    self.wakes.append(on_room)
+                return False
+            self.room -= 1
+        self.push(frame)
+        return True
+
+    def make_room(self, frames: int | None) -> None:
+        self.room = frames
+        wakes, self.wakes = self.wakes, []
+        for wake in wakes:
+            wake()
 
     def abort(self, code: int, reason: str) -> None:
         self.aborted.append((code, reason))
@@ -440,9 +467,9 @@ def test_store_bug_during_gap_fill_restarts_and_resyncs() -> None:
 def test_join_that_raises_tells_the_joiner() -> None:
     async def scenario(h: Harness) -> None:
         await h.stored(msgs(1, 2))
-        h.store.crash.add("history")
+        h.store.crash.add("messages_range")  # the replay's read
         sub = FakeSubscriber("c1")
-        with pytest.raises(RuntimeError, match="history bug"):
+        with pytest.raises(RuntimeError, match="messages_range bug"):
             await h.actor.join(sub, format_message_id(1))
         assert h.actor.stats.restarts == 1
         assert not h.actor.stopped
@@ -605,3 +632,148 @@ def test_a_deferred_plain_subscriber_receives_what_arrived_before_activation() -
         assert sub.seqs == [1]
 
     run(scenario)
+
+
+# --- flow control: a member whose connection holds back catches up from storage ------
+
+
+def test_a_member_held_back_catches_up_from_storage_in_order_then_goes_live() -> None:
+    async def scenario(h: Harness) -> None:
+        a, b = FakeSubscriber("a"), FakeSubscriber("b", room=2)
+        await h.actor.join(a, None)
+        await h.actor.join(b, None)
+        await h.stored(msgs(1, 7))
+        h.actor.tell(Publish(msgs(1, 6)))
+        await h.barrier()
+        assert a.seqs == [1, 2, 3, 4, 5, 6]
+        assert b.seqs == [1, 2]  # 3 was refused: b is behind, nothing live for it
+        assert b.refused == 1
+        h.actor.tell(Publish((msg(7),)))
+        await h.barrier()
+        assert a.seqs[-1] == 7
+        assert b.seqs == [1, 2] and b.refused == 1  # not even offered
+        b.make_room(3)  # its client took some: 3, 4, 5 from storage, then held again
+        await wait_until(lambda: b.refused == 2)
+        assert b.seqs == [1, 2, 3, 4, 5]
+        b.make_room(None)
+        await wait_until(lambda: b.seqs == [1, 2, 3, 4, 5, 6, 7])
+        await h.stored([msg(8)])
+        h.actor.tell(Publish((msg(8),)))  # live again
+        await wait_until(lambda: b.seqs[-1] == 8)
+        assert a.seqs == b.seqs == list(range(1, 9))
+        assert h.actor.stats.caught_up == 5
+
+    run(scenario)
+
+
+def test_a_resume_replay_is_paced_by_the_connection_then_resumed_then_live() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 10))
+        sub = FakeSubscriber("c1", room=3)
+        result = await h.actor.join(sub, format_message_id(0))
+        assert result == JoinResult(replayed=3)  # what went before the join returned
+        assert sub.types == ["message"] * 3
+        await h.stored([msg(11)])
+        h.actor.tell(Publish((msg(11),)))  # newer than the replay: after ``resumed``
+        await h.barrier()
+        assert sub.seqs == [1, 2, 3]
+        sub.make_room(None)
+        await wait_until(lambda: len(sub.frames) == 12)
+        assert sub.seqs == list(range(1, 12))
+        assert sub.frames[10] == {"type": "resumed", "channelId": CHANNEL, "count": 10}
+        await h.stored([msg(12)])
+        h.actor.tell(Publish((msg(12),)))
+        await wait_until(lambda: sub.seqs[-1] == 12)
+        assert sub.seqs == list(range(1, 13))
+
+    run(scenario)
+
+
+def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(channel_actor_module, "CATCH_UP_PAGE", 2)
+    monkeypatch.setattr(channel_actor_module, "CATCH_UP_TURN", 4)
+
+    async def scenario(h: Harness) -> None:
+        a, b = FakeSubscriber("a"), FakeSubscriber("b", room=0)
+        await h.actor.join(a, None)
+        await h.actor.join(b, None)
+        await h.stored(msgs(1, 20))
+        h.actor.tell(Publish(msgs(1, 20)))
+        await h.barrier()
+        b.make_room(None)
+        # Four ids per turn of the actor; live messages keep coming meanwhile.
+        for seq in range(21, 25):
+            await h.stored([msg(seq)])
+            h.actor.tell(Publish((msg(seq),)))
+        await wait_until(lambda: len(b.seqs) == 24)
+        assert a.seqs == b.seqs == list(range(1, 25))
+
+    run(scenario)
+
+
+def test_a_member_behind_that_leaves_is_not_caught_up() -> None:
+    async def scenario(h: Harness) -> None:
+        a, b = FakeSubscriber("a"), FakeSubscriber("b", room=0)
+        await h.actor.join(a, None)
+        await h.actor.join(b, None)
+        await h.stored(msgs(1, 3))
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.barrier()
+        h.actor.tell(Leave("b"))
+        b.make_room(None)  # a late wake-up of a member that is gone
+        await h.barrier()
+        assert a.seqs == [1, 2, 3]
+        assert b.seqs == []
+
+    run(scenario)
+
+
+def test_a_catch_up_that_storage_fails_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channel_actor_module, "CATCH_UP_RETRY_S", 0.01)
+
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1", room=1)
+        await h.actor.join(sub, None)
+        await h.stored(msgs(1, 3))
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.barrier()
+        assert sub.seqs == [1]
+        h.store.fail_next(1)
+        sub.make_room(None)
+        await wait_until(lambda: sub.seqs == [1, 2, 3])
+
+    run(scenario)
+
+
+def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_storage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(channel_actor_module, "MAX_PENDING", 2)
+
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None, deferred=True)  # baseline 0
+        await h.stored(msgs(1, 5))
+        h.actor.tell(Publish(msgs(1, 5)))
+        await h.barrier()
+        assert sub.frames == []
+        await h.actor.activate("c1")
+        assert sub.seqs == [1, 2, 3, 4, 5]
+        assert sub.aborted == []  # it was never the client's fault
+
+    run(scenario)
+
+
+def test_resume_limit_counts_stored_messages_not_ids() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored(msgs(1, 5))
+        for seq in (2, 3):
+            await h.store.delete(CHANNEL, format_message_id(seq))
+        sub = FakeSubscriber("c1")
+        # Five ids after the resume point, but only three messages: within the limit.
+        assert await h.actor.join(sub, format_message_id(0)) == JoinResult(replayed=3)
+        assert sub.seqs == [1, 4, 5]
+
+    run(scenario, max_resume=3)

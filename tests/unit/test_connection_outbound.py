@@ -176,6 +176,7 @@ def run(
     *,
     frames: int = 10_000,
     max_bytes: int = 4 * 1024 * 1024,
+    stall_ms: int = 60_000,
     handshake_timeout_ms: int = 60_000,
 ) -> None:
     async def main() -> None:
@@ -184,6 +185,7 @@ def run(
             config.chat,
             send_queue_frames=frames,
             send_queue_bytes=max_bytes,
+            send_stall_ms=stall_ms,
             handshake_timeout_ms=handshake_timeout_ms,
         )
         services = FakeServices(dataclasses.replace(config, chat=chat))
@@ -240,54 +242,118 @@ def test_a_long_frame_uses_the_extended_length() -> None:
     run(scenario)
 
 
-def test_too_many_frames_in_one_turn_closes_1008_then_drops_the_transport(
+def test_a_burst_past_the_frame_bound_is_held_back_not_closed() -> None:
+    async def scenario(h: Harness) -> None:
+        woken: list[str] = []
+        offered = [
+            h.actor.offer(WireFrame.of(f"m{i}"), lambda: woken.append("room")) for i in range(4)
+        ]
+        assert offered == [True, True, True, False]  # the fourth waits for the next turn
+        h.actor.push("a reply")  # replies are never refused
+        await h.settle()
+        assert h.ws.sent == ["m0", "m1", "m2", "a reply"]
+        assert woken == ["room"]  # the kernel took it all: the channel may go on
+        assert h.ws.closes == []
+
+    run(scenario, frames=3)
+
+
+def test_a_client_that_does_not_read_is_closed_1008_once_it_stalls_past_the_bound(
     monkeypatch: Any,
 ) -> None:
     monkeypatch.setattr(connection_actor_module, "ABORT_GRACE_S", 0.05)
 
     async def scenario(h: Harness) -> None:
-        h.actor.push("written")
-        await h.settle()
-        for i in range(3):
-            h.actor.push(f"q{i}")
-        assert h.ws.closes == []
-        h.actor.push("one too many")
-        h.actor.push("after the abort")  # ignored
-        await h.settle()
-        assert h.ws.sent == ["written"]  # the three queued ones were dropped
-        assert h.ws.closes == [(1008, "slow consumer: send queue full")]
-        assert h.services.value("chime_errors_total", "slow_consumer") == 1
-        await asyncio.sleep(0.1)
-        assert h.ws.transport.aborted
-
-    run(scenario, frames=3)
-
-
-def test_a_client_that_does_not_read_is_closed_1008_at_the_byte_bound() -> None:
-    async def scenario(h: Harness) -> None:
         h.ws.transport.unread = 900  # the client stopped reading
-        h.actor.push("x" * 10)
+        assert h.actor.offer(WireFrame.of("x" * 10), lambda: None)
         await h.settle()  # written; the outbox now knows 900 bytes wait unread
-        h.actor.push("y" * 100)  # 900 + 102 <= 1,024: queued
-        await h.settle()
-        assert h.ws.closes == []
-        h.actor.push("z" * 200)  # 900 + 202 > 1,024 would wait in the server
+        assert h.actor.offer(WireFrame.of("y" * 100), lambda: None)  # 900 + 102 <= 1,024
+        assert not h.actor.offer(WireFrame.of("z" * 200), lambda: None)  # held back
         await h.settle()
         assert h.ws.sent == ["x" * 10, "y" * 100]
+        assert h.ws.closes == []  # not yet: a client may be slow and still read
+        async with asyncio.timeout(TIMEOUT):
+            while not h.ws.closes:  # it takes nothing for send_stall_ms
+                await asyncio.sleep(0.01)
         assert h.ws.closes == [(1008, "slow consumer: send queue full")]
+        assert h.services.value("chime_errors_total", "slow_consumer") == 1
+        async with asyncio.timeout(TIMEOUT):
+            while not h.ws.transport.aborted:  # nor the close frame: dropped
+                await asyncio.sleep(0.01)
 
-    run(scenario, max_bytes=1024)
+    run(scenario, max_bytes=1024, stall_ms=50)
 
 
-def test_a_write_that_fills_the_buffer_past_the_bound_closes_1008() -> None:
+def test_a_held_client_that_reads_is_released_not_closed() -> None:
     async def scenario(h: Harness) -> None:
+        woken: list[str] = []
         h.ws.transport.unread = 2000  # what the last write left unread
-        h.actor.push("a")  # the outbox has not seen the buffer yet: written
+        assert h.actor.offer(WireFrame.of("a"), lambda: woken.append("room"))
         await h.settle()
         assert h.ws.sent == ["a"]
-        assert h.ws.closes == [(1008, "slow consumer: send queue full")]
+        assert not h.actor.offer(WireFrame.of("b"), lambda: woken.append("room"))
+        h.ws.transport.unread = 100  # it reads: below the low-water mark
+        async with asyncio.timeout(TIMEOUT):
+            while not woken:
+                await asyncio.sleep(0.01)
+        assert h.actor.offer(WireFrame.of("b"), lambda: None)
+        await h.settle()
+        assert h.ws.sent == ["a", "b"]
+        assert h.ws.closes == []
 
-    run(scenario, max_bytes=1024)
+    run(scenario, max_bytes=1024, stall_ms=60_000)
+
+
+class Requests(FakeServices):
+    """Serves history pages: a reply that can exceed the bound."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.pages = 0
+
+    async def history(
+        self,
+        channel_id: str,
+        *,
+        before: str | None,
+        after: str | None,
+        limit: int,
+        thread_id: str | None,
+    ) -> HistoryPage:
+        self.pages += 1
+        return HistoryPage((), has_more=False)
+
+
+def test_past_the_bound_the_client_s_requests_wait_until_it_takes_the_replies() -> None:
+    async def main() -> None:
+        config = load_config(env={})
+        chat = dataclasses.replace(config.chat, send_queue_bytes=1024)
+        services = Requests(dataclasses.replace(config, chat=chat))
+        ws = FakeWebSocket()
+        actor = ConnectionActor(cast(ServerConnection, ws), services)
+        runner = asyncio.get_running_loop().create_task(actor.run())
+        ws.receive('{"type": "connect", "channels": [], "userId": "alice"}')
+        async with asyncio.timeout(TIMEOUT):
+            while not ws.sent:
+                await asyncio.sleep(0.01)
+        ws.transport.unread = 5000  # "connected" and more wait unread: it stopped reading
+        for i in range(3):
+            ws.receive(f'{{"type": "history", "channelId": "general", "requestId": "r{i}"}}')
+        async with asyncio.timeout(TIMEOUT):
+            while services.pages < 1:
+                await asyncio.sleep(0.01)
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert services.pages == 1  # the next requests are not read
+        ws.transport.unread = 0  # it read them
+        async with asyncio.timeout(TIMEOUT):
+            while services.pages < 3:
+                await asyncio.sleep(0.01)
+        assert ws.closes == []
+        ws.peer_closes()
+        await asyncio.wait_for(runner, TIMEOUT)
+
+    asyncio.run(main())
 
 
 def test_close_after_queued_writes_the_queued_frames_first() -> None:

@@ -45,6 +45,7 @@ DOCUMENTED = {
     "chime_persist_latency_seconds": ("histogram", ()),
     "chime_persist_batches_total": ("counter", ()),
     "chime_gap_fills_total": ("counter", ()),
+    "chime_caught_up_total": ("counter", ()),
     "chime_connects_refused_total": ("counter", ("status",)),
     "chime_lane_batches_total": ("counter", ("direction",)),
     "chime_lane_bytes_total": ("counter", ("direction",)),
