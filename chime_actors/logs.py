@@ -109,6 +109,23 @@ def configure_logging(
     root = _fresh_root()
     root.addHandler(handler)
     root.setLevel(_LEVELS[config.level])
+    websockets_server = logging.getLogger("websockets.server")
+    if not any(isinstance(f, _PerConnectionAtDebug) for f in websockets_server.filters):
+        websockets_server.addFilter(_PerConnectionAtDebug())
+
+
+class _PerConnectionAtDebug(logging.Filter):
+    """websockets logs "connection open" / "connection closed" at INFO, two lines
+    per client: at thousands of connects a second that is most of the log. They
+    become DEBUG lines, kept only when the level is debug."""
+
+    _LINES = frozenset({"connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.msg in self._LINES:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
 
 
 def _fresh_root() -> logging.Logger:

@@ -228,3 +228,18 @@ def test_default_stream_is_stderr_at_call_time(capsys: pytest.CaptureFixture[str
 
 def test_wrapped_logger_is_exposed() -> None:
     assert get_logger("chime_actors.x").logger is logging.getLogger("chime_actors.x")
+
+
+@pytest.mark.parametrize(("level", "kept"), [(LogLevel.INFO, False), (LogLevel.DEBUG, True)])
+def test_websockets_per_connection_lines_are_debug(level: LogLevel, kept: bool) -> None:
+    stream = io.StringIO()
+    configure_logging(
+        LoggingConfig(level=level, format=LogFormat.JSON), process_name="p", stream=stream
+    )
+    server_log = logging.getLogger("websockets.server")
+    server_log.info("connection open")
+    server_log.info("connection closed")
+    server_log.info("server listening on %s", "127.0.0.1:1")  # not per connection: stays
+    got = [(line["level"], line["message"]) for line in lines(stream)]
+    per_connection = [("debug", "connection open"), ("debug", "connection closed")]
+    assert got == [*(per_connection if kept else []), ("info", "server listening on 127.0.0.1:1")]
