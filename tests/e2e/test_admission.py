@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -72,3 +73,24 @@ def test_connect_rate_per_address_gets_429(server: ServerProcess) -> None:
     assert 429 in statuses
     assert set(statuses) <= {101, 429}
     assert statuses.count(101) <= CONNECTS_PER_10S
+
+
+def test_a_full_server_answers_503(tmp_path_factory: pytest.TempPathFactory) -> None:
+    overrides = {"chat.max_connections": 2}
+    with running_server(tmp_path_factory.mktemp("full"), overrides, workers=1) as full:
+
+        async def scenario() -> tuple[int, int]:
+            held = [await websockets.connect(full.url, open_timeout=10) for _ in range(2)]
+            try:
+                refused = await status_of(full)
+            finally:
+                for ws in held:
+                    await ws.close()
+            # Room again once they are gone (the gateway counts open connections).
+            for _ in range(100):
+                if (after := await status_of(full)) == 101:
+                    break
+                await asyncio.sleep(0.05)
+            return refused, after
+
+        assert run(scenario()) == (503, 101)
