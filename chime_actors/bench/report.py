@@ -109,6 +109,17 @@ class Results:
                 "send_to_deliver": summarize(*(c.delivery_us for c in self.checks)).to_ms(),
                 "send_to_ack": summarize(*(s.ack_us for s in self.sends)).to_ms(),
             }
+            # What the peers' harness reports too (shared/peers): CPU of every
+            # server process during the run, per message stored and per delivery.
+            cpu_s = memory.get("server_cpu_s")
+            acked = out["sends"]["acked"]
+            out["cpu"] = {
+                "server_cpu_s": cpu_s,
+                "us_per_message": _round(cpu_s / acked * 1e6) if cpu_s and acked else None,
+                "us_per_delivery": (
+                    _round(cpu_s / delivered * 1e6) if cpu_s and delivered else None
+                ),
+            }
             out["completeness"] = {
                 "expected": completeness.expected,
                 "received": completeness.received,
@@ -277,6 +288,14 @@ def format_table(summary: dict[str, Any]) -> str:
         )
         for name, key in (("send→deliver", "send_to_deliver"), ("send→ack", "send_to_ack")):
             rows.append((name, _latency(summary["latency"][key])))
+        cpu = summary["cpu"]
+        if cpu["us_per_message"] is not None:
+            rows.append(
+                (
+                    "server CPU per",
+                    f"message {cpu['us_per_message']} µs, delivery {cpu['us_per_delivery']} µs",
+                )
+            )
         c = summary["completeness"]
         rows.append(
             (

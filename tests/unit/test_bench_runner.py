@@ -129,3 +129,21 @@ def test_idle_scenario_reports_no_sends() -> None:
     assert "sends" not in summary and summary["result"] == "OK"
     assert summary["memory"]["rss_per_connection_kib"] == 20.0
     assert summary["memory"]["pss_per_connection_kib"] == 15.0
+
+
+def test_server_cpu_is_reported_per_message_and_per_delivery() -> None:
+    results = results_with(Completeness(expected=6, received=6))
+    results.acked["run-0"] = 3
+    results.memory = {
+        "before": {"rss_kib": 1000, "pss_kib": 800, "cpu_s": 10.0, "processes": []},
+        "end": {"rss_kib": 1040, "pss_kib": 830, "cpu_s": 10.5, "processes": []},
+    }
+    summary = results.summary()
+    acked, delivered = summary["sends"]["acked"], summary["deliveries"]["delivered"]
+    assert acked and delivered
+    assert summary["cpu"] == {
+        "server_cpu_s": 0.5,
+        "us_per_message": round(0.5 / acked * 1e6, 1),
+        "us_per_delivery": round(0.5 / delivered * 1e6, 1),
+    }
+    assert "server CPU per" in format_table(summary)
