@@ -1,10 +1,17 @@
-"""Chime's configuration: one validated, immutable ``Config`` built once at start-up.
+"""Chime's configuration: one declarative schema, one validated, immutable ``Config``.
 
-``load_config`` builds it from layers, each overriding the previous one key by key
-(a mapping merges into a mapping; anything else replaces the value):
+The schema is the classes below: frozen msgspec Structs whose fields carry the
+types, the bounds (``msgspec.Meta``) and the defaults. Those field defaults are
+the only copy of Chime's defaults: ``config/default.yaml`` spells the same tree
+with comments for operators, and a unit test checks that it equals
+``default_tree()`` key by key, so the file cannot drift from the code.
 
-1. the embedded defaults, ``DEFAULTS`` (``config/default.yaml`` is the same tree
-   with comments, and a unit test keeps the two identical);
+``load_config`` merges the layers into one plain tree, each overriding the
+previous one key by key (a mapping merges into a mapping; anything else replaces
+the value), and converts that tree with ``msgspec.convert``; a key no layer sets
+takes its field's default:
+
+1. the schema's defaults;
 2. the YAML file given with ``--config``;
 3. the seed's ``credentials.toml`` given with ``--credentials`` (mapping below);
 4. environment variables ``CHIME_<SECTION>_<KEY>`` (below), so secrets need not
@@ -15,10 +22,21 @@ The result is checked once: an unknown key, a wrong type or a value out of range
 raises ``ConfigError`` naming the dotted key (``chat.port``), and the CLI turns that
 into one line and exit status 2. Nothing reads configuration from globals later:
 the ``Config`` is passed down, and pickled as-is to the process actors (every
-class here is a frozen, slotted dataclass or an enum).
+class here is a frozen, slotted Struct or an enum).
+
+Why msgspec rather than pydantic-settings: what pydantic-settings adds over a
+validator is its environment source, and that source cannot do what Chime's
+variables promise. It splits names on a delimiter, so with ``_`` as delimiter
+``CHIME_CHAT_MAX_FRAME_BYTES`` and ``CHIME_BUS_REDIS_TEST_PORT`` are ambiguous
+(keys contain ``_``); it parses complex values as JSON, not YAML; and it cannot
+ignore ``CHIME_HOME`` while refusing the typo ``CHIME_CHAT_PROT``. The layers
+would stay ours either way, leaving validation, which msgspec does with
+immutable, slotted, picklable Structs (what the process actors are sent), typed
+so mypy checks every use, errors carrying the path of the bad key, and one small
+dependency instead of pydantic's core.
 
 Environment variables: the part after ``CHIME_`` is lower-cased and matched
-against the known keys, longest first, so ``CHIME_BUS_REDIS_PASSWORD`` is
+against the schema's keys, longest first, so ``CHIME_BUS_REDIS_PASSWORD`` is
 ``bus.redis.password``, ``CHIME_BUS_REDIS_TEST_PORT`` is ``bus.redis_test.port``
 and ``CHIME_CHAT_MAX_FRAME_BYTES`` is ``chat.max_frame_bytes``. String keys (hosts,
 passwords, paths) take the text verbatim, an empty variable meaning null where null
@@ -28,7 +46,10 @@ A variable whose first word is no section or top-level key (``CHIME_HOME``) is n
 configuration and is ignored; one that starts with a section but names no key in
 it (``CHIME_CHAT_PROT``) is a ``ConfigError``.
 
-Two rules tie keys together:
+Beyond the types, a few spellings are accepted: enum values in any case
+(``DEBUG``, ``local_quorum``), an empty string for null where null is allowed
+(TOML has no null), and ``workers: auto`` for the number of cores. The rules that
+tie keys together, or that a type cannot say, are checked after conversion:
 
 - ``auth.mode: insecure`` trusts whatever ``userId`` a client claims, so it only
   serves loopback: ``chat.host`` and ``api.host`` must then be ``127.0.0.1``,
@@ -36,31 +57,35 @@ Two rules tie keys together:
   bound to 127.0.0.1"). Binding ``0.0.0.0`` needs ``auth.mode: jwt``.
 - ``auth.mode: jwt`` needs ``auth.jwt.secret``, at least as many bytes as the
   digest of the strongest algorithm listed (32 for HS256, 48 for HS384, 64 for
-  HS512: RFC 7518 section 3.2, and what PyJWT warns about below that).
+  HS512: RFC 7518 section 3.2, and what PyJWT warns about below that); RS256 and
+  ES256 need exactly one of ``public_key_file`` or ``jwks_file``, an existing file;
+  HS* and RS256/ES256 never share one list.
 - ``testing.fault_injection`` lets any client crash actors on purpose, so it
   needs ``auth.mode: insecure`` (which itself means loopback only).
+- ``storage.cassandra.consistency: ANY`` is refused; ``chat.allowed_origins`` are
+  browser origins (``https://host[:port]``) or ``*``.
 """
 
 from __future__ import annotations
 
-import copy
 import enum
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
+import msgspec
 import yaml
+from msgspec import Meta
+from msgspec.structs import replace
 
 from chime_actors.errors import ConfigError
 
 __all__ = [
-    "DEFAULTS",
     "ApiConfig",
     "AuthConfig",
     "AuthMode",
@@ -69,6 +94,7 @@ __all__ = [
     "CassandraConfig",
     "ChatConfig",
     "Config",
+    "Consistency",
     "JwtConfig",
     "LimitsConfig",
     "LogFormat",
@@ -79,133 +105,78 @@ __all__ = [
     "SqliteSynchronous",
     "StorageBackend",
     "StorageConfig",
+    "TestingConfig",
+    "default_tree",
     "durability_warnings",
     "load_config",
 ]
 
-# The embedded defaults. config/default.yaml must stay identical (tests/unit/test_config.py).
-DEFAULTS: Final[Mapping[str, Any]] = {
-    "chat": {
-        "host": "127.0.0.1",
-        "port": 3143,
-        "handshake_timeout_ms": 10000,
-        "heartbeat_ms": 25000,
-        "max_channels_per_connection": 128,
-        "max_content_chars": 4000,
-        "max_frame_bytes": 65536,
-        "max_resume_messages": 1000,
-        "send_queue_frames": 10000,
-        "send_queue_bytes": 4194304,
-        "send_stall_ms": 10000,
-        "ack_timeout_ms": 5000,
-        "max_connections": 50000,
-        "allowed_origins": [],
-    },
-    "api": {"host": "127.0.0.1", "port": 3142},
-    "workers": "auto",
-    "persisters": 2,
-    "auth": {
-        "mode": "insecure",
-        "jwt": {
-            "secret": None,
-            "algorithms": ["HS256"],
-            "audience": None,
-            "issuer": None,
-            "leeway_s": 10,
-            "public_key_file": None,
-            "jwks_file": None,
-        },
-    },
-    "storage": {
-        "backend": "sqlite",
-        "create_schema_on_start": True,
-        "sqlite": {"path": "./data/chime.db", "synchronous": "full"},
-        "cassandra": {
-            "hosts": ["127.0.0.1"],
-            "port": 9042,
-            "keyspace": "chime",
-            "local_dc": None,
-            "username": None,
-            "password": None,
-            "replication_factor": 1,
-            "consistency": "LOCAL_QUORUM",
-            "protocol_version": None,
-        },
-    },
-    "bus": {
-        "backend": "local",
-        "redis": {"host": "127.0.0.1", "port": 6379, "username": None, "password": None, "db": 0},
-        "redis_test": None,
-    },
-    "limits": {"messages_per_10s": 50, "connects_per_ip_per_10s": 200},
-    "logging": {"level": "info", "format": "json"},
-    "data_dir": "./data",
-    "admin_port": 0,
-    "testing": {"fault_injection": False},
-}
-
 # Keys whose values never leave the process unmasked (to_display_dict, logs).
 _SECRET_KEYS: Final = frozenset({"secret", "password"})
 _MASK: Final = "***"
-
-# Sections whose default is null but whose keys are known (for env vars and overrides).
-_OPTIONAL_SECTIONS: Final[Mapping[str, Mapping[str, Any]]] = {
-    "bus.redis_test": DEFAULTS["bus"]["redis"],
-}
-
 _HMAC_MIN_SECRET_BYTES: Final[Mapping[str, int]] = {"HS256": 32, "HS384": 48, "HS512": 64}
-# Verified with auth.jwt.public_key_file or auth.jwt.jwks_file (PEM or JWK public keys).
-_ASYMMETRIC_ALGORITHMS: Final = ("RS256", "ES256")
-_CONSISTENCY_LEVELS: Final = frozenset(
-    {
-        "ANY",
-        "ONE",
-        "TWO",
-        "THREE",
-        "QUORUM",
-        "ALL",
-        "LOCAL_QUORUM",
-        "EACH_QUORUM",
-        "LOCAL_ONE",
-    }
-)
-_KEYSPACE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 _ENV_PREFIX: Final = "CHIME_"
-_MAX_PORT: Final = 65535
+_AUTO: Final = "auto"
 
 
-class AuthMode(enum.StrEnum):
+# --- the schema: types, bounds and the defaults -------------------------------------
+
+
+class _Choice(enum.StrEnum):
+    """An enum whose values are accepted in any case (``DEBUG`` is ``debug``)."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            for member in cls:
+                if member.value.casefold() == value.casefold():
+                    return member
+        return None
+
+
+class AuthMode(_Choice):
     """How a connection proves who it is (PROTOCOL.md, Handshake)."""
 
     INSECURE = "insecure"
     JWT = "jwt"
 
 
-class SqliteSynchronous(enum.Enum):
+class SqliteSynchronous(_Choice):
     """``storage.sqlite.synchronous``."""
 
     FULL = "full"
     NORMAL = "normal"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StorageBackend(enum.StrEnum):
+class StorageBackend(_Choice):
     """Where messages are stored."""
 
     SQLITE = "sqlite"
     CASSANDRA = "cassandra"
 
 
-class BusBackend(enum.StrEnum):
+class Consistency(_Choice):
+    """A Cassandra consistency level, by the driver's name (``ANY`` is refused)."""
+
+    ANY = "ANY"
+    ONE = "ONE"
+    TWO = "TWO"
+    THREE = "THREE"
+    QUORUM = "QUORUM"
+    ALL = "ALL"
+    LOCAL_QUORUM = "LOCAL_QUORUM"
+    EACH_QUORUM = "EACH_QUORUM"
+    LOCAL_ONE = "LOCAL_ONE"
+
+
+class BusBackend(_Choice):
     """How messages reach the gateways: within this server, or across servers via Redis."""
 
     LOCAL = "local"
     REDIS = "redis"
 
 
-class LogLevel(enum.StrEnum):
+class LogLevel(_Choice):
     """The root logger's threshold."""
 
     DEBUG = "debug"
@@ -215,15 +186,30 @@ class LogLevel(enum.StrEnum):
     CRITICAL = "critical"
 
 
-class LogFormat(enum.StrEnum):
+class LogFormat(_Choice):
     """``json``: one object per line, for machines; ``pretty``: one-liners for people."""
 
     JSON = "json"
     PRETTY = "pretty"
 
 
-@dataclass(frozen=True, slots=True)
-class ChatConfig:
+_Text = Annotated[str, Meta(min_length=1)]
+_OptionalText = _Text | None
+_Texts = Annotated[tuple[_Text, ...], Meta(min_length=1)]
+_Port = Annotated[int, Meta(ge=0, le=65535)]  # 0 picks a free port
+_ServicePort = Annotated[int, Meta(ge=1, le=65535)]
+_Positive = Annotated[int, Meta(ge=1)]
+_Count = Annotated[int, Meta(ge=0)]
+_Bytes = Annotated[int, Meta(ge=1024)]
+_JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256"]
+_Keyspace = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$")]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of every section: immutable, and an unknown key is an error."""
+
+
+class ChatConfig(_Section, frozen=True):
     """The chat WebSocket endpoint and its per-connection limits (PROTOCOL.md).
 
     Attributes:
@@ -256,32 +242,30 @@ class ChatConfig:
             header gets HTTP 403.
     """
 
-    host: str
-    port: int
-    handshake_timeout_ms: int = 10000
-    heartbeat_ms: int = 25000
-    max_channels_per_connection: int = 128
-    max_content_chars: int = 4000
-    max_frame_bytes: int = 65536
-    max_resume_messages: int = 1000
-    send_queue_frames: int = 10000
-    send_queue_bytes: int = 4 * 1024 * 1024
-    send_stall_ms: int = 10000
-    ack_timeout_ms: int = 5000
-    max_connections: int = 50000
-    allowed_origins: tuple[str, ...] = ()
+    host: _Text = "127.0.0.1"
+    port: _Port = 3143
+    handshake_timeout_ms: _Positive = 10000
+    heartbeat_ms: _Positive = 25000
+    max_channels_per_connection: _Positive = 128
+    max_content_chars: _Positive = 4000
+    max_frame_bytes: _Bytes = 65536
+    max_resume_messages: _Count = 1000
+    send_queue_frames: _Positive = 10000
+    send_queue_bytes: _Bytes = 4 * 1024 * 1024
+    send_stall_ms: _Positive = 10000
+    ack_timeout_ms: _Positive = 5000
+    max_connections: _Positive = 50000
+    allowed_origins: tuple[_Text, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ApiConfig:
+class ApiConfig(_Section, frozen=True):
     """The HTTP API endpoint (health, metrics, REST history); port 0 picks a free one."""
 
-    host: str
-    port: int
+    host: _Text = "127.0.0.1"
+    port: _Port = 3142
 
 
-@dataclass(frozen=True, slots=True)
-class JwtConfig:
+class JwtConfig(_Section, frozen=True):
     """Token verification for ``auth.mode: jwt`` (and minting, for ``chime token``).
 
     Attributes:
@@ -296,13 +280,13 @@ class JwtConfig:
         jwks_file: a JSON Web Key Set of public keys, chosen by the token's ``kid``.
     """
 
-    secret: str | None
-    algorithms: tuple[str, ...]
-    audience: str | None
-    issuer: str | None
-    leeway_s: int = 10
-    public_key_file: str | None = None
-    jwks_file: str | None = None
+    secret: _OptionalText = None
+    algorithms: Annotated[tuple[_JwtAlgorithm, ...], Meta(min_length=1)] = ("HS256",)
+    audience: _OptionalText = None
+    issuer: _OptionalText = None
+    leeway_s: Annotated[int, Meta(ge=0, le=3600)] = 10
+    public_key_file: _OptionalText = None
+    jwks_file: _OptionalText = None
 
     @property
     def asymmetric(self) -> bool:
@@ -310,16 +294,14 @@ class JwtConfig:
         return self.algorithms[0] not in _HMAC_MIN_SECRET_BYTES
 
 
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
+class AuthConfig(_Section, frozen=True):
     """How clients are identified."""
 
-    mode: AuthMode
-    jwt: JwtConfig
+    mode: AuthMode = AuthMode.INSECURE
+    jwt: JwtConfig = JwtConfig()
 
 
-@dataclass(frozen=True, slots=True)
-class SqliteConfig:
+class SqliteConfig(_Section, frozen=True):
     """The embedded store: one SQLite file (in WAL mode).
 
     Attributes:
@@ -330,12 +312,11 @@ class SqliteConfig:
             power loss or an OS crash (docs/operations.md has what it saves).
     """
 
-    path: str
+    path: _Text = "./data/chime.db"
     synchronous: SqliteSynchronous = SqliteSynchronous.FULL
 
 
-@dataclass(frozen=True, slots=True)
-class CassandraConfig:
+class CassandraConfig(_Section, frozen=True):
     """The production store.
 
     Attributes:
@@ -347,23 +328,22 @@ class CassandraConfig:
         username: with ``password``, for PlainTextAuthProvider; None: no auth.
         password: never displayed.
         replication_factor: used only when the keyspace is created.
-        consistency: a Cassandra consistency level name for reads and writes.
+        consistency: the consistency level of reads and writes.
         protocol_version: pin the native protocol version; None negotiates.
     """
 
-    hosts: tuple[str, ...]
-    port: int
-    keyspace: str
-    local_dc: str | None
-    username: str | None
-    password: str | None
-    replication_factor: int
-    consistency: str = "LOCAL_QUORUM"
-    protocol_version: int | None = None
+    hosts: _Texts = ("127.0.0.1",)
+    port: _ServicePort = 9042
+    keyspace: _Keyspace = "chime"
+    local_dc: _OptionalText = None
+    username: _OptionalText = None
+    password: _OptionalText = None
+    replication_factor: _Positive = 1
+    consistency: Consistency = Consistency.LOCAL_QUORUM
+    protocol_version: _Positive | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StorageConfig:
+class StorageConfig(_Section, frozen=True):
     """Which store is used, and the settings of each.
 
     Attributes:
@@ -372,57 +352,53 @@ class StorageConfig:
             schema is managed with ``chime db init``.
     """
 
-    backend: StorageBackend
-    sqlite: SqliteConfig
-    cassandra: CassandraConfig
+    backend: StorageBackend = StorageBackend.SQLITE
     create_schema_on_start: bool = True
+    sqlite: SqliteConfig = SqliteConfig()
+    cassandra: CassandraConfig = CassandraConfig()
 
 
-@dataclass(frozen=True, slots=True)
-class RedisConfig:
+class RedisConfig(_Section, frozen=True):
     """A Redis server: address, optional ACL user and password, database number."""
 
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    db: int
+    host: _Text = "127.0.0.1"
+    port: _ServicePort = 6379
+    username: _OptionalText = None
+    password: _OptionalText = None
+    db: _Count = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BusConfig:
+class BusConfig(_Section, frozen=True):
     """Which bus is used.
 
     Attributes:
         backend: ``local`` (one server) or ``redis`` (several servers).
         redis: the Redis used when ``backend`` is ``redis``.
         redis_test: a separate Redis for integration tests (the seed's
-            ``[redis.test]``); None when not configured. The server never uses it.
+            ``[redis.test]``; keys it leaves out take ``RedisConfig``'s defaults);
+            None when not configured. The server never uses it.
     """
 
-    backend: BusBackend
-    redis: RedisConfig
+    backend: BusBackend = BusBackend.LOCAL
+    redis: RedisConfig = RedisConfig()
     redis_test: RedisConfig | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
+class LimitsConfig(_Section, frozen=True):
     """Rate limits; 0 means no limit."""
 
-    messages_per_10s: int = 50
-    connects_per_ip_per_10s: int = 200
+    messages_per_10s: _Count = 50
+    connects_per_ip_per_10s: _Count = 200
 
 
-@dataclass(frozen=True, slots=True)
-class LoggingConfig:
+class LoggingConfig(_Section, frozen=True):
     """What each process logs, and how (see chime_actors.logs)."""
 
     level: LogLevel = LogLevel.INFO
     format: LogFormat = LogFormat.JSON
 
 
-@dataclass(frozen=True, slots=True)
-class TestingConfig:
+class TestingConfig(_Section, frozen=True):
     """Switches for the test suite; never turn them on in production.
 
     Attributes:
@@ -433,15 +409,19 @@ class TestingConfig:
     fault_injection: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+def _cores() -> int:
+    """``workers: auto``: one gateway per core of the machine the server runs on."""
+    return os.cpu_count() or 1
+
+
+class Config(_Section, frozen=True):
     """The whole validated configuration of one server.
 
     Attributes:
         chat: the chat WebSocket endpoint and its limits.
         api: the HTTP API endpoint.
-        workers: number of gateway processes (``auto`` in the file is resolved to
-            the number of cores here).
+        workers: number of gateway processes (``auto``, the default, is resolved
+            to the number of cores).
         persisters: size of the persister pool.
         auth: client identification.
         storage: the message store.
@@ -452,19 +432,20 @@ class Config:
             and, by default, the SQLite file.
         admin_port: Thespian's admin TCP port; 0 picks a free one at start, so
             two servers never share an admin.
+        testing: switches for the test suite.
     """
 
-    chat: ChatConfig
-    api: ApiConfig
-    workers: int
-    auth: AuthConfig
-    storage: StorageConfig
-    bus: BusConfig
-    limits: LimitsConfig
-    logging: LoggingConfig
-    persisters: int = 2
-    data_dir: str = "./data"
-    admin_port: int = 0
+    chat: ChatConfig = ChatConfig()
+    api: ApiConfig = ApiConfig()
+    workers: _Positive = msgspec.field(default_factory=_cores)
+    persisters: _Positive = 2
+    auth: AuthConfig = AuthConfig()
+    storage: StorageConfig = StorageConfig()
+    bus: BusConfig = BusConfig()
+    limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    data_dir: _Text = "./data"
+    admin_port: _Port = 0
     testing: TestingConfig = TestingConfig()
 
     @property
@@ -478,8 +459,18 @@ class Config:
         Passwords and the JWT secret show as ``***`` when set and ``None`` when not,
         so ``chime check-config`` tells whether a secret is set without showing it.
         """
-        display: dict[str, Any] = _display(self)
+        display: dict[str, Any] = _plain(msgspec.to_builtins(self), mask=True)
         return display
+
+
+def default_tree() -> dict[str, Any]:
+    """The schema's defaults as the plain tree ``config/default.yaml`` spells out."""
+    tree: dict[str, Any] = _plain(msgspec.to_builtins(Config()), mask=False)
+    tree["workers"] = _AUTO  # the field's default, resolved where the server runs
+    return tree
+
+
+# --- loading ---------------------------------------------------------------------
 
 
 def load_config(
@@ -524,7 +515,7 @@ def load_config(
             has the wrong type or is out of range; ``key`` names the dotted key
             (or the file, when the file itself is the problem).
     """
-    tree: dict[str, Any] = copy.deepcopy(dict(DEFAULTS))
+    tree: dict[str, Any] = {}  # what the layers set; the schema supplies the rest
     if path is not None:
         _merge(tree, _read_yaml(Path(path)), "")
     if credentials is not None:
@@ -536,53 +527,276 @@ def load_config(
         if value is not None:
             _check_known(key)
             _set_dotted(tree, key, value)
-    return _build_config(_Section(tree, ""))
+    _respell(tree, _KEYS)
+    try:
+        config = msgspec.convert(tree, Config)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), tree) from None
+    return _checked(config)
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """Dotted keys set by ``CHIME_*`` variables (rules in the module docstring).
+# --- the known keys, from the schema ----------------------------------------------
 
-    Values stay text (``_EnvText``) until the tree is read, where the key's type
-    decides whether to parse them.
-    """
-    found: dict[str, Any] = {}
-    for var, text in sorted(env.items()):
-        if not var.startswith(_ENV_PREFIX):
-            continue
-        name = var[len(_ENV_PREFIX) :].lower()
-        key = _match_env_name(_KEY_TREE, name, "")
-        if key is None:
-            if any(name == k or name.startswith(k + "_") for k in _KEY_TREE):
-                raise ConfigError(_guess_env_key(name), f"{var} names no configuration key")
-            continue
-        found[key] = _EnvText(text, var)
-    return found
+_Type = msgspec.inspect.Type
+
+
+def _struct_of(kind: _Type) -> msgspec.inspect.StructType | None:
+    """The section a field holds (``RedisConfig | None`` holds one too), or None."""
+    if isinstance(kind, msgspec.inspect.StructType):
+        return kind
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return next((t for t in kind.types if isinstance(t, msgspec.inspect.StructType)), None)
+    return None
+
+
+def _key_tree(struct: msgspec.inspect.StructType) -> dict[str, Any]:
+    """Every key of the schema: a dict per section, the field's type per leaf."""
+    tree: dict[str, Any] = {}
+    for field in struct.fields:
+        section = _struct_of(field.type)
+        tree[field.name] = field.type if section is None else _key_tree(section)
+    return tree
+
+
+_CONFIG_TYPE = msgspec.inspect.type_info(Config)
+assert isinstance(_CONFIG_TYPE, msgspec.inspect.StructType)
+_KEYS: Final = _key_tree(_CONFIG_TYPE)
+
+
+def _leaf(dotted: str) -> _Type | None:
+    node: Any = _KEYS
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return None if isinstance(node, Mapping) else node
+
+
+def _members(kind: _Type) -> tuple[_Type, ...]:
+    return kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
+
+
+def _is_text(kind: _Type) -> bool:
+    """A string key (``str`` or ``str | None``): environment text is taken verbatim."""
+    kinds = [t for t in _members(kind) if not isinstance(t, msgspec.inspect.NoneType)]
+    return all(isinstance(t, msgspec.inspect.StrType) for t in kinds)
+
+
+def _allows_null(kind: _Type) -> bool:
+    return any(isinstance(t, msgspec.inspect.NoneType) for t in _members(kind))
+
+
+def _respell(tree: dict[str, Any], keys: Mapping[str, Any]) -> None:
+    """Turn the spellings the types do not take into ones they do (module docstring)."""
+    for name, value in tree.items():
+        kind = keys.get(name)
+        if isinstance(kind, Mapping):
+            if isinstance(value, dict):
+                _respell(value, kind)
+        elif kind is not None and value == "" and _allows_null(kind):
+            tree[name] = None
+    if keys is _KEYS and isinstance(tree.get("workers"), str):
+        if tree["workers"].casefold() != _AUTO:
+            raise ConfigError(
+                "workers", f'expected "auto" or an integer >= 1, got {tree["workers"]!r}'
+            )
+        del tree["workers"]  # the field's default: the number of cores
+
+
+# --- errors -----------------------------------------------------------------------
+
+_AT: Final = re.compile(r"(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
+_STEP: Final = re.compile(r"\.(\w+)|\[(\d+)\]")
+_UNKNOWN: Final = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+
+
+def _config_error(message: str, tree: Mapping[str, Any]) -> ConfigError:
+    """msgspec's ``Expected `int` >= 1 - at `$.chat.port``` as a ``ConfigError``."""
+    match = _AT.fullmatch(message)
+    assert match is not None  # the pattern matches any text
+    problem = match["problem"]
+    names: list[str] = []
+    value: Any = tree
+    for name, index in _STEP.findall(match["path"] or ""):
+        if name:
+            names.append(name)
+            value = value.get(name) if isinstance(value, Mapping) else None
+        else:
+            value = value[int(index)] if isinstance(value, list | tuple) else None
+    unknown = _UNKNOWN.fullmatch(problem)
+    if unknown is not None:
+        names.append(unknown["name"])
+        problem = "unknown key"
+    key = ".".join(names) or "<top level>"
+    kind = _leaf(key)
+    if isinstance(kind, msgspec.inspect.VarTupleType):
+        kind = kind.item_type
+    if problem.startswith("Invalid enum value") and isinstance(
+        kind, msgspec.inspect.EnumType | msgspec.inspect.LiteralType
+    ):
+        values = (
+            [m.value for m in kind.cls]
+            if isinstance(kind, msgspec.inspect.EnumType)
+            else kind.values
+        )
+        problem = f"{problem}; expected one of {', '.join(map(str, values))}"
+    elif (
+        unknown is None
+        and "got" not in problem
+        and not isinstance(value, Mapping)
+        and not _SECRET_KEYS.intersection(names[-1:])  # never echo a secret
+    ):
+        problem = f"{problem}, got {value!r}"
+    return ConfigError(key, problem[:1].lower() + problem[1:])
+
+
+# --- rules a type cannot say -------------------------------------------------------
+
+
+def _checked(config: Config) -> Config:
+    """The rules between keys (module docstring); origins come back canonical."""
+    algorithms = config.auth.jwt.algorithms
+    if len({a in _HMAC_MIN_SECRET_BYTES for a in algorithms}) > 1:
+        # One key kind per server: an HMAC secret next to public keys invites
+        # algorithm confusion (a token "signed" with the public key as secret).
+        raise ConfigError("auth.jwt.algorithms", "mix HS* with RS256/ES256 in one list: choose one")
+    if config.storage.cassandra.consistency is Consistency.ANY:
+        # ANY is acknowledged once a hint is stored on any node, even one that
+        # holds no replica: an ack would not mean "stored".
+        raise ConfigError(
+            "storage.cassandra.consistency", "ANY cannot back an ack; use LOCAL_QUORUM"
+        )
+    _check_auth(config)
+    origins = tuple(_origin(origin) for origin in config.chat.allowed_origins)
+    if origins != config.chat.allowed_origins:
+        config = replace(config, chat=replace(config.chat, allowed_origins=origins))
+    return config
+
+
+def _origin(origin: str) -> str:
+    """``*`` or a browser origin, ``scheme://host[:port]`` (lower-cased, no path)."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(
+            "chat.allowed_origins", f"{origin!r} is not an origin like https://chat.example.com"
+        )
+    return origin.rstrip("/").lower()
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: we cannot know where it resolves, so refuse it
+
+
+def _check_auth(config: Config) -> None:
+    """The rules between the auth keys, the hosts and fault injection."""
+    if config.testing.fault_injection and config.auth.mode is not AuthMode.INSECURE:
+        # Fault injection lets any client crash actors: tests on loopback only.
+        raise ConfigError(
+            "testing.fault_injection", "only allowed with auth.mode insecure (loopback)"
+        )
+    if config.auth.mode is AuthMode.INSECURE:
+        for key, host in (("chat.host", config.chat.host), ("api.host", config.api.host)):
+            if not _is_loopback(host):
+                raise ConfigError(
+                    key, f"{host!r} is not loopback; auth.mode insecure serves 127.0.0.1 only"
+                )
+        return
+    jwt = config.auth.jwt
+    if jwt.asymmetric:
+        if (jwt.public_key_file is None) == (jwt.jwks_file is None):
+            raise ConfigError(
+                "auth.jwt.public_key_file",
+                f"{', '.join(jwt.algorithms)} needs exactly one of public_key_file or jwks_file",
+            )
+        for key, path in (
+            ("auth.jwt.public_key_file", jwt.public_key_file),
+            ("auth.jwt.jwks_file", jwt.jwks_file),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(key, f"{path}: no such file")
+        return
+    if jwt.secret is None:
+        raise ConfigError(
+            "auth.jwt.secret", "required when auth.mode is jwt (set CHIME_AUTH_JWT_SECRET)"
+        )
+    needed = max(_HMAC_MIN_SECRET_BYTES[algorithm] for algorithm in jwt.algorithms)
+    if len(jwt.secret.encode("utf-8")) < needed:
+        raise ConfigError(
+            "auth.jwt.secret",
+            f"must be at least {needed} bytes for {', '.join(jwt.algorithms)}",
+        )
+
+
+def durability_warnings(config: Config) -> list[str]:
+    """Settings that are valid but weaken what an ack promises (logged at start)."""
+    warnings = []
+    cassandra = config.storage.cassandra
+    if config.storage.backend is StorageBackend.CASSANDRA and cassandra.consistency in (
+        Consistency.ONE,
+        Consistency.LOCAL_ONE,
+    ):
+        warnings.append(
+            f"storage.cassandra.consistency is {cassandra.consistency}: an ack is durable on "
+            "one replica only and a read may miss an acked message; LOCAL_QUORUM is safe"
+        )
+    return warnings
+
+
+def _plain(value: Any, *, mask: bool) -> Any:
+    """``to_builtins`` output as YAML's data: lists for tuples, secrets masked if asked."""
+    if isinstance(value, tuple | list):
+        return [_plain(item, mask=mask) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        name: _MASK
+        if mask and name in _SECRET_KEYS and item is not None
+        else _plain(item, mask=mask)
+        for name, item in value.items()
+    }
 
 
 # --- layers ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _EnvText:
-    """A value read from an environment variable, still text (typed when read)."""
-
-    text: str
-    var: str
-
-
-def _key_tree() -> dict[str, Any]:
-    """DEFAULTS with the known keys of optional (null-by-default) sections filled in."""
-    tree: dict[str, Any] = copy.deepcopy(dict(DEFAULTS))
-    for dotted, shape in _OPTIONAL_SECTIONS.items():
-        *parents, last = dotted.split(".")
-        node = tree
-        for part in parents:
-            node = node[part]
-        node[last] = copy.deepcopy(dict(shape))
-    return tree
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Dotted keys set by ``CHIME_*`` variables, typed as the module docstring says."""
+    found: dict[str, Any] = {}
+    for var, text in sorted(env.items()):
+        if not var.startswith(_ENV_PREFIX):
+            continue
+        name = var[len(_ENV_PREFIX) :].lower()
+        key = _match_env_name(_KEYS, name, "")
+        if key is None:
+            if any(name == k or name.startswith(k + "_") for k in _KEYS):
+                raise ConfigError(_guess_env_key(name), f"{var} names no configuration key")
+            continue
+        kind = _leaf(key)
+        assert kind is not None  # _match_env_name found a leaf
+        found[key] = _env_value(key, var, text, kind)
+    return found
 
 
-_KEY_TREE: Final = _key_tree()
+def _env_value(key: str, var: str, text: str, kind: _Type) -> Any:
+    if _is_text(kind):
+        return text  # "" is null where null is allowed (_respell)
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"{var}: not a YAML value") from exc
+    if isinstance(kind, msgspec.inspect.VarTupleType):
+        if value is None:
+            return []
+        if isinstance(value, str):  # "a, b"
+            return [part.strip() for part in value.split(",")]
+    return value
 
 
 def _match_env_name(tree: Mapping[str, Any], name: str, prefix: str) -> str | None:
@@ -599,7 +813,7 @@ def _match_env_name(tree: Mapping[str, Any], name: str, prefix: str) -> str | No
 
 def _guess_env_key(name: str) -> str:
     """Best dotted spelling of an unknown variable: known sections, then the rest."""
-    node: Mapping[str, Any] = _KEY_TREE
+    node: Mapping[str, Any] = _KEYS
     parts: list[str] = []
     while True:
         for key in sorted(node, key=len, reverse=True):
@@ -613,7 +827,7 @@ def _guess_env_key(name: str) -> str:
 
 
 def _check_known(dotted: str) -> None:
-    node: Any = _KEY_TREE
+    node: Any = _KEYS
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
             raise ConfigError(dotted, "unknown key")
@@ -727,370 +941,3 @@ def _flatten_credentials(
         yield f"{prefix}{name}", scalars
         tables = {k: v for k, v in value.items() if isinstance(v, Mapping)}
         yield from _flatten_credentials(tables, f"{prefix}{name}.")
-
-
-# --- typed reading and validation ---------------------------------------------------
-
-_E = TypeVar("_E", bound=enum.Enum)
-_T = TypeVar("_T")
-_MISSING: Final = object()
-
-
-class _Section:
-    """One mapping of the merged tree, read key by key with types checked.
-
-    Every read records the key; ``finish`` then reports any key nobody read, which
-    is how unknown keys are found wherever they sit.
-    """
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if not isinstance(raw, Mapping):
-            raise ConfigError(path or "<top level>", "expected a mapping")
-        self._raw: Mapping[str, Any] = raw
-        self._path = path
-        self._read: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def _get(self, name: str) -> Any:
-        self._read.add(name)
-        value = self._raw.get(name, _MISSING)
-        if value is _MISSING:
-            raise ConfigError(self.key(name), "missing")
-        return value
-
-    def scalar(self, name: str) -> Any:
-        """The value, with environment text parsed as a YAML scalar."""
-        value = self._get(name)
-        if isinstance(value, _EnvText):
-            try:
-                return yaml.safe_load(value.text) if value.text else None
-            except yaml.YAMLError as exc:
-                raise ConfigError(self.key(name), f"{value.var}: not a YAML value") from exc
-        return value
-
-    def section(self, name: str) -> _Section:
-        return _Section(self._get(name), self.key(name))
-
-    def optional_section(self, name: str, defaults: Mapping[str, Any]) -> _Section | None:
-        value = self._get(name)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise ConfigError(self.key(name), "expected a mapping or null")
-        merged = copy.deepcopy(dict(defaults))
-        _merge(merged, value, self.key(name) + ".")
-        return _Section(merged, self.key(name))
-
-    def integer(self, name: str, *, low: int = 0, high: int | None = None) -> int:
-        value = self.scalar(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(self.key(name), f"expected an integer, got {value!r}")
-        if value < low or (high is not None and value > high):
-            bounds = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ConfigError(self.key(name), f"must be {bounds}, got {value}")
-        return value
-
-    def optional_integer(self, name: str, *, low: int = 0) -> int | None:
-        if self.scalar(name) is None:
-            return None
-        return self.integer(name, low=low)
-
-    def port(self, name: str, *, low: int = 0) -> int:
-        return self.integer(name, low=low, high=_MAX_PORT)
-
-    def text(self, name: str) -> str:
-        value = self._get(name)
-        if isinstance(value, _EnvText):
-            value = value.text
-        if not isinstance(value, str) or not value:
-            raise ConfigError(self.key(name), f"expected a non-empty string, got {value!r}")
-        return value
-
-    def optional_text(self, name: str) -> str | None:
-        value = self._get(name)
-        if value is None or value == "" or (isinstance(value, _EnvText) and not value.text):
-            return None
-        return self.text(name)
-
-    def text_tuple(self, name: str) -> tuple[str, ...]:
-        value = self.scalar(name)
-        if isinstance(value, str):  # "a,b" from an environment variable
-            value = [part.strip() for part in value.split(",")]
-        if not isinstance(value, list | tuple) or not value:
-            raise ConfigError(self.key(name), f"expected a non-empty list, got {value!r}")
-        if not all(isinstance(item, str) and item for item in value):
-            raise ConfigError(self.key(name), "every item must be a non-empty string")
-        return tuple(value)
-
-    def text_list(self, name: str) -> tuple[str, ...]:
-        """Like ``text_tuple``, but an empty list (or empty env text) is allowed."""
-        value = self.scalar(name)
-        if value is None or value == "" or value == []:
-            return ()
-        return self.text_tuple(name)
-
-    def choice(self, name: str, kind: type[_E]) -> _E:
-        value = self.scalar(name)
-        for member in kind:
-            if isinstance(value, str) and member.value == value.lower():
-                return member
-        allowed = ", ".join(str(member.value) for member in kind)
-        raise ConfigError(self.key(name), f"expected one of {allowed}, got {value!r}")
-
-    def finish(self) -> None:
-        for name in self._raw:
-            if name not in self._read:
-                raise ConfigError(self.key(str(name)), "unknown key")
-
-
-def _read(section: _Section, build: Callable[[_Section], _T]) -> _T:
-    value = build(section)
-    section.finish()
-    return value
-
-
-def _build_chat(s: _Section) -> ChatConfig:
-    return ChatConfig(
-        host=s.text("host"),
-        port=s.port("port"),
-        handshake_timeout_ms=s.integer("handshake_timeout_ms", low=1),
-        heartbeat_ms=s.integer("heartbeat_ms", low=1),
-        max_channels_per_connection=s.integer("max_channels_per_connection", low=1),
-        max_content_chars=s.integer("max_content_chars", low=1),
-        max_frame_bytes=s.integer("max_frame_bytes", low=1024),
-        max_resume_messages=s.integer("max_resume_messages", low=0),
-        send_queue_frames=s.integer("send_queue_frames", low=1),
-        send_queue_bytes=s.integer("send_queue_bytes", low=1024),
-        send_stall_ms=s.integer("send_stall_ms", low=1),
-        ack_timeout_ms=s.integer("ack_timeout_ms", low=1),
-        max_connections=s.integer("max_connections", low=1),
-        allowed_origins=tuple(_origin(s, o) for o in s.text_list("allowed_origins")),
-    )
-
-
-def _origin(s: _Section, origin: str) -> str:
-    """``*`` or a browser origin, ``scheme://host[:port]`` (lower-cased, no path)."""
-    if origin == "*":
-        return origin
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError(
-            s.key("allowed_origins"), f"{origin!r} is not an origin like https://chat.example.com"
-        )
-    return origin.rstrip("/").lower()
-
-
-def _build_api(s: _Section) -> ApiConfig:
-    return ApiConfig(host=s.text("host"), port=s.port("port"))
-
-
-def _build_jwt(s: _Section) -> JwtConfig:
-    algorithms = s.text_tuple("algorithms")
-    for algorithm in algorithms:
-        if algorithm not in _HMAC_MIN_SECRET_BYTES and algorithm not in _ASYMMETRIC_ALGORITHMS:
-            allowed = ", ".join([*_HMAC_MIN_SECRET_BYTES, *_ASYMMETRIC_ALGORITHMS])
-            raise ConfigError(s.key("algorithms"), f"{algorithm!r} is not one of {allowed}")
-    hmac_family = {a in _HMAC_MIN_SECRET_BYTES for a in algorithms}
-    if len(hmac_family) > 1:
-        # One key kind per server: an HMAC secret next to public keys invites
-        # algorithm confusion (a token "signed" with the public key as secret).
-        raise ConfigError(s.key("algorithms"), "mix HS* with RS256/ES256 in one list: choose one")
-    return JwtConfig(
-        secret=s.optional_text("secret"),
-        public_key_file=s.optional_text("public_key_file"),
-        jwks_file=s.optional_text("jwks_file"),
-        algorithms=algorithms,
-        audience=s.optional_text("audience"),
-        issuer=s.optional_text("issuer"),
-        leeway_s=s.integer("leeway_s", high=3600),
-    )
-
-
-def _build_auth(s: _Section) -> AuthConfig:
-    return AuthConfig(mode=s.choice("mode", AuthMode), jwt=_read(s.section("jwt"), _build_jwt))
-
-
-def _build_cassandra(s: _Section) -> CassandraConfig:
-    keyspace = s.text("keyspace")
-    if not _KEYSPACE_RE.fullmatch(keyspace):
-        raise ConfigError(s.key("keyspace"), "must be a letter then letters, digits or _ (<= 48)")
-    consistency = s.text("consistency").upper()
-    if consistency not in _CONSISTENCY_LEVELS:
-        allowed = ", ".join(sorted(_CONSISTENCY_LEVELS))
-        raise ConfigError(s.key("consistency"), f"expected one of {allowed}")
-    if consistency == "ANY":
-        # ANY is acknowledged once a hint is stored on any node, even one that
-        # holds no replica: an ack would not mean "stored".
-        raise ConfigError(s.key("consistency"), "ANY cannot back an ack; use LOCAL_QUORUM")
-    return CassandraConfig(
-        hosts=s.text_tuple("hosts"),
-        port=s.port("port", low=1),
-        keyspace=keyspace,
-        local_dc=s.optional_text("local_dc"),
-        username=s.optional_text("username"),
-        password=s.optional_text("password"),
-        replication_factor=s.integer("replication_factor", low=1),
-        consistency=consistency,
-        protocol_version=s.optional_integer("protocol_version", low=1),
-    )
-
-
-def _build_storage(s: _Section) -> StorageConfig:
-    return StorageConfig(
-        backend=s.choice("backend", StorageBackend),
-        create_schema_on_start=_boolean(s, "create_schema_on_start"),
-        sqlite=_read(
-            s.section("sqlite"),
-            lambda q: SqliteConfig(
-                path=q.text("path"), synchronous=q.choice("synchronous", SqliteSynchronous)
-            ),
-        ),
-        cassandra=_read(s.section("cassandra"), _build_cassandra),
-    )
-
-
-def _build_redis(s: _Section) -> RedisConfig:
-    return RedisConfig(
-        host=s.text("host"),
-        port=s.port("port", low=1),
-        username=s.optional_text("username"),
-        password=s.optional_text("password"),
-        db=s.integer("db"),
-    )
-
-
-def _build_bus(s: _Section) -> BusConfig:
-    backend = s.choice("backend", BusBackend)
-    redis = _read(s.section("redis"), _build_redis)
-    test_section = s.optional_section("redis_test", DEFAULTS["bus"]["redis"])
-    redis_test = None if test_section is None else _read(test_section, _build_redis)
-    return BusConfig(backend=backend, redis=redis, redis_test=redis_test)
-
-
-def _build_limits(s: _Section) -> LimitsConfig:
-    return LimitsConfig(
-        messages_per_10s=s.integer("messages_per_10s"),
-        connects_per_ip_per_10s=s.integer("connects_per_ip_per_10s"),
-    )
-
-
-def _build_logging(s: _Section) -> LoggingConfig:
-    return LoggingConfig(level=s.choice("level", LogLevel), format=s.choice("format", LogFormat))
-
-
-def _boolean(s: _Section, name: str) -> bool:
-    value = s.scalar(name)
-    if not isinstance(value, bool):
-        raise ConfigError(s.key(name), "must be true or false")
-    return value
-
-
-def _build_testing(s: _Section) -> TestingConfig:
-    return TestingConfig(fault_injection=_boolean(s, "fault_injection"))
-
-
-def _workers(s: _Section) -> int:
-    value = s.scalar("workers")
-    if isinstance(value, str) and value.lower() == "auto":
-        return os.cpu_count() or 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("workers", f'expected "auto" or an integer >= 1, got {value!r}')
-    return value
-
-
-def _build_config(s: _Section) -> Config:
-    config = Config(
-        chat=_read(s.section("chat"), _build_chat),
-        api=_read(s.section("api"), _build_api),
-        workers=_workers(s),
-        persisters=s.integer("persisters", low=1),
-        auth=_read(s.section("auth"), _build_auth),
-        storage=_read(s.section("storage"), _build_storage),
-        bus=_read(s.section("bus"), _build_bus),
-        limits=_read(s.section("limits"), _build_limits),
-        logging=_read(s.section("logging"), _build_logging),
-        data_dir=s.text("data_dir"),
-        admin_port=s.port("admin_port"),
-        testing=_read(s.section("testing"), _build_testing),
-    )
-    s.finish()
-    _check_auth(config)
-    return config
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: we cannot know where it resolves, so refuse it
-
-
-def _check_auth(config: Config) -> None:
-    """The rules between keys (module docstring)."""
-    if config.testing.fault_injection and config.auth.mode is not AuthMode.INSECURE:
-        # Fault injection lets any client crash actors: tests on loopback only.
-        raise ConfigError(
-            "testing.fault_injection", "only allowed with auth.mode insecure (loopback)"
-        )
-    if config.auth.mode is AuthMode.INSECURE:
-        for key, host in (("chat.host", config.chat.host), ("api.host", config.api.host)):
-            if not _is_loopback(host):
-                raise ConfigError(
-                    key, f"{host!r} is not loopback; auth.mode insecure serves 127.0.0.1 only"
-                )
-        return
-    jwt = config.auth.jwt
-    if jwt.asymmetric:
-        if (jwt.public_key_file is None) == (jwt.jwks_file is None):
-            raise ConfigError(
-                "auth.jwt.public_key_file",
-                f"{', '.join(jwt.algorithms)} needs exactly one of public_key_file or jwks_file",
-            )
-        for key, path in (
-            ("auth.jwt.public_key_file", jwt.public_key_file),
-            ("auth.jwt.jwks_file", jwt.jwks_file),
-        ):
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(key, f"{path}: no such file")
-        return
-    if jwt.secret is None:
-        raise ConfigError(
-            "auth.jwt.secret", "required when auth.mode is jwt (set CHIME_AUTH_JWT_SECRET)"
-        )
-    needed = max(_HMAC_MIN_SECRET_BYTES[algorithm] for algorithm in jwt.algorithms)
-    if len(jwt.secret.encode("utf-8")) < needed:
-        raise ConfigError(
-            "auth.jwt.secret",
-            f"must be at least {needed} bytes for {', '.join(jwt.algorithms)}",
-        )
-
-
-def durability_warnings(config: Config) -> list[str]:
-    """Settings that are valid but weaken what an ack promises (logged at start)."""
-    warnings = []
-    cassandra = config.storage.cassandra
-    if config.storage.backend is StorageBackend.CASSANDRA and cassandra.consistency in (
-        "ONE",
-        "LOCAL_ONE",
-    ):
-        warnings.append(
-            f"storage.cassandra.consistency is {cassandra.consistency}: an ack is durable on "
-            "one replica only and a read may miss an acked message; LOCAL_QUORUM is safe"
-        )
-    return warnings
-
-
-def _display(value: Any, name: str = "") -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _display(getattr(value, f.name), f.name) for f in fields(value)}
-    if name in _SECRET_KEYS and value is not None:
-        return _MASK
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_display(item) for item in value]
-    return value

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from chime_actors.config import Config, load_config
+from chime_actors.config import ChatConfig, Config, load_config
 from chime_actors.errors import ChimeError, ConfigError
 
 EXIT_OK = 0
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ports-file", help='write {"chat": N, "api": M} here once ready')
 
     client = commands.add_parser("client", help="an interactive terminal client")
-    client.add_argument("--url", default="ws://127.0.0.1:3143/")
+    chat = ChatConfig()  # the default chat endpoint, from the configuration schema
+    client.add_argument("--url", default=f"ws://{chat.host}:{chat.port}/")
     client.add_argument("--user", help="user id (insecure mode) ")
     client.add_argument("--channel", default="general")
     client.add_argument("--token", help="a JWT (jwt mode)")

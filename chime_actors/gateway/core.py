@@ -21,11 +21,11 @@ import contextlib
 import socket
 import time
 from collections import defaultdict
-from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import websockets
+from msgspec.structs import replace
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 

@@ -11,7 +11,7 @@ The actor that owns a WebSocket feeds every frame it reads into a
 
 Example (the shape of an actor's read loop)::
 
-    proto = ConnectionProtocol(limits=limits, heartbeat_ms=25000)
+    proto = ConnectionProtocol(limits=limits, heartbeat_ms=chat.heartbeat_ms)
     async for text in websocket:
         for output in proto.receive_text(text):
             match output:
@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from chime_actors.config import ChatConfig
 from chime_actors.errors import ProtocolError
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.codes import CloseCode, ErrorCode
@@ -63,7 +64,8 @@ from chime_actors.protocol.events import (
 )
 from chime_actors.protocol.frames import DEFAULT_LIMITS, Limits, parse_binary, parse_frame
 
-DEFAULT_HEARTBEAT_MS = 25000
+DEFAULT_HEARTBEAT_MS = ChatConfig().heartbeat_ms
+"""``chat.heartbeat_ms``'s default, from the configuration schema."""
 
 # RFC 6455 5.5.1: a close frame's payload is at most 125 bytes, 2 of them the code.
 _MAX_CLOSE_REASON_BYTES = 123

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import orjson
 
+from chime_actors.config import ChatConfig
 from chime_actors.errors import ProtocolError
 from chime_actors.ids import is_message_id
 from chime_actors.protocol.codes import ErrorCode
@@ -58,10 +59,17 @@ MAX_EMOJI_CHARS = 64
 # How much of an offending client value an error message quotes.
 _QUOTE_CHARS = 40
 
+# The bounds that are configuration keys (chat.*) default to the schema's values.
+_CHAT = ChatConfig()
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Configurable bounds a frame must respect (``chat.*`` in the config).
+    """Bounds a frame must respect.
+
+    The ones named like ``chat.*`` keys take their defaults from the configuration
+    schema (``ChatConfig``) and the gateway passes the configured values; the
+    others are PROTOCOL.md's fixed bounds.
 
     Attributes:
         max_content_chars: longest message content, in code points (``too_large`` past it).
@@ -75,17 +83,17 @@ class Limits:
             first; :mod:`connection` checks again so the core is safe alone).
     """
 
-    max_content_chars: int = 4000
-    max_channels_per_connection: int = 128
+    max_content_chars: int = _CHAT.max_content_chars
+    max_channels_per_connection: int = _CHAT.max_channels_per_connection
     max_metadata_keys: int = 16
     max_metadata_value_chars: int = 256
     history_max_limit: int = 100
     history_default_limit: int = 50
-    max_frame_bytes: int = 65536
+    max_frame_bytes: int = _CHAT.max_frame_bytes
 
 
 DEFAULT_LIMITS = Limits()
-"""PROTOCOL.md's defaults."""
+"""PROTOCOL.md's bounds with the configuration's defaults."""
 
 
 def parse_binary() -> NoReturn:

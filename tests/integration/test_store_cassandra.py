@@ -14,7 +14,6 @@ Skipped when CHIME_SERVICES_JSON is unset.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import socket
 import threading
@@ -23,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec.structs
 import pytest
 
 from chime_actors.config import CassandraConfig, StorageBackend, load_config
@@ -379,7 +379,7 @@ def test_a_closed_port_is_unavailable_quickly(cassandra_config: CassandraConfig)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nobody listens here once it is closed
-    config = dataclasses.replace(cassandra_config, port=port)
+    config = msgspec.structs.replace(cassandra_config, port=port)
     threads_before = set(threading.enumerate())
 
     async def main() -> None:
@@ -434,7 +434,7 @@ def test_protocol_v3_leaves_absent_columns_out(
 ) -> None:
     # Protocol v3 (Cassandra 2.1) has no UNSET_VALUE: the store builds INSERTs
     # naming only the present columns. Cassandra 5 still speaks v3.
-    config = dataclasses.replace(clean_keyspace, protocol_version=3)
+    config = msgspec.structs.replace(clean_keyspace, protocol_version=3)
     full = make_message(
         2,
         thread_id=mid(1),

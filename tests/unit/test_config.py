@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -12,22 +11,23 @@ import pytest
 import yaml
 
 from chime_actors.config import (
-    DEFAULTS,
     AuthMode,
     BusBackend,
-    CassandraConfig,
-    ChatConfig,
-    Config,
+    Consistency,
     LimitsConfig,
     LogFormat,
     LoggingConfig,
     LogLevel,
     RedisConfig,
+    SqliteSynchronous,
     StorageBackend,
+    default_tree,
     durability_warnings,
     load_config,
 )
 from chime_actors.errors import ConfigError
+from chime_actors.protocol.connection import DEFAULT_HEARTBEAT_MS
+from chime_actors.protocol.frames import DEFAULT_LIMITS
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s" * 32
@@ -83,29 +83,32 @@ def test_protocol_limits_have_their_documented_defaults() -> None:
     assert chat.ack_timeout_ms == 5000
 
 
-def test_default_yaml_is_identical_to_the_embedded_defaults() -> None:
+def test_default_yaml_spells_every_key_and_default_of_the_schema() -> None:
     shipped = yaml.safe_load((REPO / "config" / "default.yaml").read_text(encoding="utf-8"))
-    assert shipped == DEFAULTS
+    assert shipped == default_tree()
+
+
+def test_default_tree_is_what_a_config_without_layers_holds() -> None:
+    # default_tree() is read off the schema; loading it back changes nothing, so
+    # the schema's field defaults are the only copy of the numbers.
+    config = load_config(env={})
+    tree = default_tree()
+    assert tree.pop("workers") == "auto"
+    shown = config.to_display_dict()
+    assert shown.pop("workers") == (os.cpu_count() or 1)
+    assert shown == tree
 
 
 def test_default_yaml_loaded_as_a_config_file_changes_nothing() -> None:
     assert load_config(REPO / "config" / "default.yaml", env={}) == load_config(env={})
 
 
-def test_dataclass_defaults_agree_with_the_embedded_defaults() -> None:
-    chat = ChatConfig(host="h", port=1)
-    for field in dataclasses.fields(ChatConfig):
-        if field.default is not dataclasses.MISSING:
-            value = getattr(chat, field.name)
-            value = list(value) if isinstance(value, tuple) else value  # YAML has lists
-            assert value == DEFAULTS["chat"][field.name], field.name
-    cassandra_defaults = DEFAULTS["storage"]["cassandra"]
-    for field in dataclasses.fields(CassandraConfig):
-        if field.default is not dataclasses.MISSING:
-            assert field.default == cassandra_defaults[field.name], field.name
-    assert LimitsConfig() == LimitsConfig(**DEFAULTS["limits"])
-    for name in ("persisters", "data_dir", "admin_port"):
-        assert Config.__dataclass_fields__[name].default == DEFAULTS[name]
+def test_protocol_limits_take_their_defaults_from_the_schema() -> None:
+    chat = load_config(env={}).chat
+    assert DEFAULT_LIMITS.max_content_chars == chat.max_content_chars
+    assert DEFAULT_LIMITS.max_channels_per_connection == chat.max_channels_per_connection
+    assert DEFAULT_LIMITS.max_frame_bytes == chat.max_frame_bytes
+    assert chat.heartbeat_ms == DEFAULT_HEARTBEAT_MS
 
 
 def test_production_example_is_valid_with_its_secret_from_the_environment() -> None:
@@ -217,6 +220,36 @@ def test_overrides_win_over_everything_and_none_is_skipped(tmp_path: Path) -> No
 
 def test_workers_auto_in_any_case_resolves_to_the_core_count() -> None:
     assert load_config(env={"CHIME_WORKERS": "AUTO"}).workers == (os.cpu_count() or 1)
+
+
+def test_choices_take_any_case(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "storage: {sqlite: {synchronous: NORMAL}, cassandra: {consistency: local_one}}"
+    )
+    config = load_config(path, env={"CHIME_BUS_BACKEND": "Redis"})
+    assert config.storage.sqlite.synchronous is SqliteSynchronous.NORMAL
+    assert config.storage.cassandra.consistency is Consistency.LOCAL_ONE
+    assert config.bus.backend is BusBackend.REDIS
+
+
+def test_an_empty_string_is_null_where_null_is_allowed(tmp_path: Path) -> None:
+    # TOML has no null: a seed writes password = "" for "no password".
+    credentials = write(tmp_path, '[redis]\npassword = ""\nusername = ""\n', "c.toml")
+    redis = load_config(env={}, credentials=credentials).bus.redis
+    assert (redis.username, redis.password) == (None, None)
+    assert config_error(path=write(tmp_path, "api: {host: ''}")).key == "api.host"
+
+
+def test_a_bad_choice_lists_the_allowed_values(tmp_path: Path) -> None:
+    error = config_error(path=write(tmp_path, "logging: {level: loud}"))
+    assert error.problem.endswith("expected one of debug, info, warning, error, critical")
+
+
+def test_a_bad_value_is_quoted_but_a_secret_never_is(tmp_path: Path) -> None:
+    assert "70000" in config_error(path=write(tmp_path, "chat: {port: 70000}")).problem
+    error = config_error(path=write(tmp_path, "auth: {jwt: {secret: [hunter2]}}"))
+    assert error.key == "auth.jwt.secret"
+    assert "hunter2" not in str(error)
 
 
 # --- credentials.toml --------------------------------------------------------------
@@ -492,7 +525,7 @@ def test_config_pickles_and_is_frozen(tmp_path: Path) -> None:
     copy = pickle.loads(pickle.dumps(config))
     assert copy == config
     assert copy.auth.mode is AuthMode.INSECURE
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         config.chat.port = 1  # type: ignore[misc]
     assert not hasattr(config.chat, "__dict__")  # slotted
 

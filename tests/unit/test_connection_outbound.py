@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
+import msgspec.structs
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
@@ -181,14 +182,14 @@ def run(
 ) -> None:
     async def main() -> None:
         config = load_config(env={})
-        chat = dataclasses.replace(
+        chat = msgspec.structs.replace(
             config.chat,
             send_queue_frames=frames,
             send_queue_bytes=max_bytes,
             send_stall_ms=stall_ms,
             handshake_timeout_ms=handshake_timeout_ms,
         )
-        services = FakeServices(dataclasses.replace(config, chat=chat))
+        services = FakeServices(msgspec.structs.replace(config, chat=chat))
         ws = FakeWebSocket()
         actor = ConnectionActor(cast(ServerConnection, ws), services)
         runner = asyncio.get_running_loop().create_task(actor.run())
@@ -327,8 +328,8 @@ class Requests(FakeServices):
 def test_past_the_bound_the_client_s_requests_wait_until_it_takes_the_replies() -> None:
     async def main() -> None:
         config = load_config(env={})
-        chat = dataclasses.replace(config.chat, send_queue_bytes=1024)
-        services = Requests(dataclasses.replace(config, chat=chat))
+        chat = msgspec.structs.replace(config.chat, send_queue_bytes=1024)
+        services = Requests(msgspec.structs.replace(config, chat=chat))
         ws = FakeWebSocket()
         actor = ConnectionActor(cast(ServerConnection, ws), services)
         runner = asyncio.get_running_loop().create_task(actor.run())
@@ -477,8 +478,8 @@ def test_a_connect_racing_the_handshake_timeout_leaves_no_memberships() -> None:
 
     async def main() -> None:
         config = load_config(env={})
-        chat = dataclasses.replace(config.chat, handshake_timeout_ms=50)
-        services = SlowJoins(dataclasses.replace(config, chat=chat))
+        chat = msgspec.structs.replace(config.chat, handshake_timeout_ms=50)
+        services = SlowJoins(msgspec.structs.replace(config, chat=chat))
         ws = FakeWebSocket()
         actor = ConnectionActor(cast(ServerConnection, ws), services)
         runner = asyncio.get_running_loop().create_task(actor.run())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import resource
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from chime_actors.config import load_config
 from chime_actors.open_files import RESERVE_FDS, needed_fds, raise_open_file_limit
