@@ -187,10 +187,12 @@ class LogLevel(_Choice):
 
 
 class LogFormat(_Choice):
-    """``json``: one object per line, for machines; ``pretty``: one-liners for people."""
+    """``json``: one object per line, for machines; ``pretty``: one-liners for people;
+    ``auto``: pretty when the log goes to a terminal, json otherwise."""
 
     JSON = "json"
     PRETTY = "pretty"
+    AUTO = "auto"
 
 
 _Text = Annotated[str, Meta(min_length=1)]
@@ -395,7 +397,7 @@ class LoggingConfig(_Section, frozen=True):
     """What each process logs, and how (see chime_actors.logs)."""
 
     level: LogLevel = LogLevel.INFO
-    format: LogFormat = LogFormat.JSON
+    format: LogFormat = LogFormat.AUTO
 
 
 class TestingConfig(_Section, frozen=True):

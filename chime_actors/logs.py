@@ -100,11 +100,12 @@ def configure_logging(
         stream: where lines go; None means ``sys.stderr`` as it is at call time.
     """
     formatter: logging.Formatter
-    if config.format is LogFormat.JSON:
-        formatter = JsonFormatter(process_name)
-    else:
-        formatter = PrettyFormatter(process_name)
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    target = sys.stderr if stream is None else stream
+    pretty = config.format is LogFormat.PRETTY or (
+        config.format is LogFormat.AUTO and _is_terminal(target)
+    )
+    formatter = PrettyFormatter(process_name) if pretty else JsonFormatter(process_name)
+    handler = logging.StreamHandler(target)
     handler.setFormatter(formatter)
     root = _fresh_root()
     root.addHandler(handler)
@@ -112,6 +113,13 @@ def configure_logging(
     websockets_server = logging.getLogger("websockets.server")
     if not any(isinstance(f, _PerConnectionAtDebug) for f in websockets_server.filters):
         websockets_server.addFilter(_PerConnectionAtDebug())
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a real file
+        return False
 
 
 class _PerConnectionAtDebug(logging.Filter):

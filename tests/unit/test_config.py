@@ -64,7 +64,7 @@ def test_defaults_are_the_embedded_default_of_operations_md() -> None:
     assert config.bus.backend is BusBackend.LOCAL
     assert config.bus.redis_test is None
     assert config.limits == LimitsConfig(messages_per_10s=50, connects_per_ip_per_10s=200)
-    assert config.logging == LoggingConfig(level=LogLevel.INFO, format=LogFormat.JSON)
+    assert config.logging == LoggingConfig(level=LogLevel.INFO, format=LogFormat.AUTO)
     assert config.data_dir == "./data"
     assert config.admin_port == 0
     assert config.thespian_log_path == Path("data/thespian.log")

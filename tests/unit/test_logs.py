@@ -243,3 +243,21 @@ def test_websockets_per_connection_lines_are_debug(level: LogLevel, kept: bool) 
     got = [(line["level"], line["message"]) for line in lines(stream)]
     per_connection = [("debug", "connection open"), ("debug", "connection closed")]
     assert got == [*(per_connection if kept else []), ("info", "server listening on 127.0.0.1:1")]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "json_lines"), [(io.StringIO(), True), (_Terminal(), False)])
+def test_auto_format_is_pretty_on_a_terminal_and_json_otherwise(
+    stream: io.StringIO, json_lines: bool
+) -> None:
+    configure_logging(
+        LoggingConfig(level=LogLevel.INFO, format=LogFormat.AUTO), process_name="p", stream=stream
+    )
+    get_logger("t").info("hello", userId="alice")
+    line = stream.getvalue().strip()
+    assert line.startswith("{") is json_lines
+    assert "hello" in line and "alice" in line
