@@ -157,6 +157,10 @@ class LaneServer:
             pass  # the peer went away (it died, or was replaced)
         except ActorError as exc:
             log.warning("lane closed", reason=str(exc))
+        except Exception:
+            # A frame an authenticated peer sent that does not unpickle: a bug on
+            # one side. Close this lane; the peer reconnects on its next send.
+            log.exception("lane frame could not be read; lane closed")
         finally:
             self._connections.pop(task, None)
             writer.close()
