@@ -33,7 +33,9 @@ Thespian keeps the control plane (creation, supervision, ``Configure``,
   producer (the persister's writer) wait until the reader catches up.
 * **Failure.** A peer that dies closes its socket: what was queued for it is
   dropped, as Thespian drops sends to a dead address; the owners of that data
-  already handle it (``PersistLink.rewire`` resends in-flight records).
+  already handle it (``PersistLink.rewire`` resends in-flight records). A lane
+  that broke is replaced on the next post, so a peer that is still alive is
+  reached again at once.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class LaneServer:
             log.warning("lane closed", reason=str(exc))
         except Exception:
             # A frame an authenticated peer sent that does not unpickle: a bug on
-            # one side. Close this lane; the peer reconnects on its next send.
+            # one side. Close this lane; the peer's next send opens a new one.
             log.exception("lane frame could not be read; lane closed")
         finally:
             self._connections.pop(task, None)
@@ -189,8 +191,16 @@ class LaneServer:
 class Lane:
     """This process's connection to one peer; batches what one loop turn posts."""
 
-    def __init__(self, path: str, my_address: Any, key: bytes, stats: LaneStats) -> None:
+    def __init__(
+        self,
+        path: str,
+        my_address: Any,
+        key: bytes,
+        stats: LaneStats,
+        on_closed: Callable[[Lane], None] = lambda lane: None,
+    ) -> None:
         self.path = path
+        self._on_closed = on_closed
         self._my_address = my_address
         self._key = key
         self._stats = stats
@@ -238,6 +248,8 @@ class Lane:
 
     def close(self) -> None:
         """Drop the connection and whatever was queued."""
+        if self._failed:
+            return
         self._failed = True
         self._stats.dropped += len(self._pending)
         self._pending.clear()
@@ -247,6 +259,7 @@ class Lane:
             self._watch.cancel()
         if self._writer is not None:
             self._writer.close()
+        self._on_closed(self)
 
     async def _connect(self) -> None:
         try:
@@ -305,7 +318,7 @@ class Router:
         """New wiring: ``{address_key(address): socket path}`` of every peer with a lane."""
         self._paths = dict(lanes)
         for key in [k for k, lane in self._lanes.items() if self._paths.get(k) != lane.path]:
-            self._lanes.pop(key).close()  # that peer was replaced or is gone
+            self._lanes[key].close()  # that peer was replaced or is gone (forgets itself)
 
     def post(self, address: Any, message: Any) -> None:
         """Send ``message`` to the actor at ``address`` (None: dropped)."""
@@ -318,8 +331,17 @@ class Router:
             if path is None:
                 self._fallback(address, message)
                 return
-            lane = self._lanes[key] = Lane(path, self._my_address, self._key, self.stats)
+            lane = Lane(path, self._my_address, self._key, self.stats, self._forget_lane)
+            self._lanes[key] = lane
         lane.send(message)
+
+    def _forget_lane(self, lane: Lane) -> None:
+        # A closed lane is replaced on the next post: if the peer still listens
+        # (the lane broke for another reason) that reconnects; if it is dead, the
+        # connect fails at once and the message is dropped until the new wiring.
+        for key, known in list(self._lanes.items()):
+            if known is lane:
+                del self._lanes[key]
 
     async def wait_writable(self) -> None:
         """Wait (bounded) until no lane is congested: a producer's backpressure."""
@@ -336,6 +358,6 @@ class Router:
 
     def close(self) -> None:
         """Close every lane (the process is stopping)."""
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):
             lane.close()
         self._lanes.clear()
