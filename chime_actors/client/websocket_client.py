@@ -364,6 +364,7 @@ class ChimeClient:
         wanted = list(dict.fromkeys(channels))
         if not self._state.subscribe(wanted):
             return None
+        self._wake.set()
         answer = await self._wait(
             self._add_waiter(_channels_outcome(Subscribed, wanted), survives_reconnect=False),
             timeout,
@@ -379,6 +380,7 @@ class ChimeClient:
         leaving = list(dict.fromkeys(channels))
         if not self._state.unsubscribe(leaving):
             return None
+        self._wake.set()
         answer = await self._wait(
             self._add_waiter(_channels_outcome(Unsubscribed, leaving), survives_reconnect=False),
             timeout,
@@ -617,6 +619,9 @@ class ChimeClient:
             return None, str(exc), True
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             return None, str(exc) or type(exc).__name__, False
+        except Exception as exc:  # a library failure we did not foresee: still retry
+            log.debug("chime client: connect failed", exc_info=True)
+            return None, f"{type(exc).__name__}: {exc}", False
         self._ws = ws
         writer: asyncio.Task[None] | None = None
         reason = "closed"
