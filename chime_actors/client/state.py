@@ -41,6 +41,7 @@ from chime_actors.errors import NotConnected, TooManyPending
 
 MAX_PENDING_SENDS = 1000
 MAX_GAP_BUFFER = 10_000
+MAX_OUTGOING = 10_000  # frames queued for one connection's writer
 GAP_PAGE = 100  # history's largest page (PROTOCOL.md: limit 1..100)
 
 Frame = dict[str, Any]
@@ -232,9 +233,12 @@ class ClientState:
 
         Raises:
             NotConnected: no connection is open; requests are not kept for later.
+            TooManyPending: ``MAX_OUTGOING`` frames wait to be written already.
         """
         if not self._open:
             raise NotConnected("not connected: the request was not sent")
+        if len(self._outgoing) >= MAX_OUTGOING:
+            raise TooManyPending(f"{len(self._outgoing)} frames are waiting to be written")
         self._outgoing.append(frame)
 
     def subscribe(self, channels: Iterable[str]) -> bool:

@@ -167,6 +167,9 @@ def test_acks_lost_with_the_connection_are_resent_and_stored_once(
             watcher = ChimeClient(server.url, user_id="watcher", channels=[channel], options=FAST)
             async with recorders(sender, watcher) as (s, w):
                 await sender.send(channel, "before")
+                # Nothing in flight to the sender when replies start to be dropped
+                # (half a frame dropped would break the stream, not lose an ack).
+                await apoll(lambda: s.ids(channel) == [1], WAIT_S, "the sender's own copy")
                 proxy.drop_replies = True
                 sent = [sender.send_nowait(channel, f"lost ack {n}") for n in range(3)]
                 # Stored (the watcher has them) though the sender heard nothing.

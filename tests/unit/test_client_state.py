@@ -19,7 +19,7 @@ from chime_actors.client.events import (
     Subscribed,
     UnknownFrame,
 )
-from chime_actors.client.state import ClientState, is_newer
+from chime_actors.client.state import MAX_OUTGOING, ClientState, is_newer
 from chime_actors.errors import NotConnected, TooManyPending
 
 
@@ -376,3 +376,13 @@ def test_ack_event_carries_the_stored_id() -> None:
     state.send("a", "hi")
     (event,) = feed(state, ack("c1", 1))
     assert event == Ack("c1", "a", mid(1), "t")
+
+
+def test_frames_waiting_to_be_written_are_bounded() -> None:
+    state = open_state("a")
+    for _ in range(MAX_OUTGOING):
+        state.request({"type": "typing", "channelId": "a"})
+    with pytest.raises(TooManyPending):
+        state.request({"type": "typing", "channelId": "a"})
+    state.take_outgoing()
+    state.request({"type": "typing", "channelId": "a"})
