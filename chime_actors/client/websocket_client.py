@@ -101,6 +101,17 @@ class ClientOptions:
     max_frame_bytes: int = 8 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """How one connection (or attempt) ended."""
+
+    close_code: int | None
+    reason: str
+    # Fatal: another attempt would be refused the same way; ``error_code`` says why.
+    fatal: bool = False
+    error_code: str | None = None
+
+
 @dataclass(slots=True)
 class _Waiter:
     outcome: Outcome
@@ -583,15 +594,15 @@ class ChimeClient:
         failure: ClientClosed | None = None
         try:
             while True:
-                code, reason, fatal = await self._serve_one()
+                ended = await self._serve_one()
+                code, reason = ended.close_code, ended.reason
                 for event in self._state.connection_lost():
                     await self._deliver(event)
                 self._fail_waiters(ConnectionLost(f"connection lost: {reason}"), all_of_them=False)
-                delay = None if fatal else self._reconnector.next_delay()
+                delay = None if ended.fatal else self._reconnector.next_delay()
                 if delay is None:
                     failure = ConnectFailed(
-                        f"gave up connecting to {self._url}: {reason}",
-                        code="unauthorized" if code == CLOSE_UNAUTHORIZED else None,
+                        f"gave up connecting to {self._url}: {reason}", code=ended.error_code
                     )
                     log.info("chime client gives up: %s", reason)
                     await self._deliver(Disconnected(code, reason, None, final=True))
@@ -602,8 +613,8 @@ class ChimeClient:
         finally:
             self._finish(failure or ClientClosed("the client was closed"))
 
-    async def _serve_one(self) -> tuple[int | None, str, bool]:
-        """One connection from open to close: returns (close code, reason, fatal)."""
+    async def _serve_one(self) -> _Ended:
+        """One connection from open to close."""
         opts = self._options
         try:
             ws = await connect(
@@ -614,22 +625,31 @@ class ChimeClient:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            return None, f"HTTP {status}", status in FATAL_HTTP_STATUSES
+            return _Ended(None, f"HTTP {status}", fatal=status in FATAL_HTTP_STATUSES)
         except InvalidURI as exc:
-            return None, str(exc), True
+            return _Ended(None, str(exc), fatal=True)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return None, str(exc) or type(exc).__name__, False
+            return _Ended(None, str(exc) or type(exc).__name__)
         except Exception as exc:  # a library failure we did not foresee: still retry
             log.debug("chime client: connect failed", exc_info=True)
-            return None, f"{type(exc).__name__}: {exc}", False
+            return _Ended(None, f"{type(exc).__name__}: {exc}")
         self._ws = ws
         writer: asyncio.Task[None] | None = None
         reason = "closed"
+        refused: Error | None = None
         try:
             await ws.send(_dumps(self._state.connect_frame()))
             async with asyncio.timeout(opts.handshake_timeout_s):
-                while not self._state.is_open:
-                    await self._handle(await ws.recv())
+                while not self._state.is_open and refused is None:
+                    events = await self._handle(await ws.recv())
+                    # A connect refused as malformed (say, an invalid userId) would
+                    # be refused again: give up rather than retry forever.
+                    refused = next(
+                        (e for e in events if isinstance(e, Error) and e.code == "bad_request"),
+                        None,
+                    )
+            if refused is not None:
+                return _Ended(None, refused.message, fatal=True, error_code=refused.code)
             self._reconnector.opened()
             writer = asyncio.get_running_loop().create_task(self._write_loop(ws))
             self._wake.set()
@@ -651,7 +671,9 @@ class ChimeClient:
             reason = ws.close_reason
         elif code is not None:
             reason = f"closed with {code}"
-        return code, reason, code == CLOSE_UNAUTHORIZED
+        if code == CLOSE_UNAUTHORIZED:
+            return _Ended(code, reason, fatal=True, error_code="unauthorized")
+        return _Ended(code, reason)
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         """Write what the state queues, whenever it is woken."""
@@ -662,7 +684,7 @@ class ChimeClient:
                 for frame in self._state.take_outgoing():
                     await ws.send(_dumps(frame))
 
-    async def _handle(self, raw: str | bytes) -> None:
+    async def _handle(self, raw: str | bytes) -> list[Event]:
         try:
             frame = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -674,6 +696,7 @@ class ChimeClient:
             self._wake.set()  # the state may have queued frames (resends, gap pages)
         for event in events:
             await self._deliver(event)
+        return events
 
     async def _deliver(self, event: Event) -> None:
         if isinstance(event, Connected) and self._first is not None and not self._first.done():

@@ -27,11 +27,13 @@ from chime_actors.client import (
     ConnectFailed,
     Disconnected,
     Event,
+    GapFilled,
     Message,
     RequestFailed,
     Resumed,
+    ResumeFailed,
 )
-from tests.e2e.conftest import fresh, run
+from tests.e2e.conftest import TIGHT_MAX_RESUME, fresh, run
 from tests.e2e.load import apoll, kill_leftovers, rest_history
 from tests.e2e.server_process import ServerProcess, running_server
 from tests.e2e.tcp_proxy import TcpProxy
@@ -275,5 +277,48 @@ def test_a_token_connects_and_a_refused_one_is_not_retried(jwt_server: ServerPro
         # (which would raise ConnectFailed without a code).
         assert caught.value.code == "unauthorized"
         assert refused.closed
+
+    run(scenario())
+
+
+def test_a_gap_too_large_to_replay_is_paged_from_history(tight_server: ServerProcess) -> None:
+    """Past ``chat.max_resume_messages`` the server answers ``resume_failed``; the
+    client pages the gap from history itself, then delivers the live messages:
+    every id once, in order."""
+    channel = fresh("gap")
+    missed = TIGHT_MAX_RESUME * 3
+
+    async def scenario() -> None:
+        proxy = await TcpProxy(tight_server.chat_port).start()
+        try:
+            sender = ChimeClient(tight_server.url, user_id="s", channels=[channel], options=FAST)
+            watcher = ChimeClient(proxy.url, user_id="w", channels=[channel], options=FAST)
+            async with recorders(sender, watcher) as (_, w):
+                await sender.send(channel, "first")
+                await apoll(lambda: w.ids(channel) == [1], WAIT_S, "the first message")
+                proxy.hold()
+                for n in range(missed):
+                    await sender.send(channel, f"missed {n}")
+                proxy.release()
+                await apoll(lambda: w.of(GapFilled), WAIT_S, "the gap to be paged")
+                assert w.of(ResumeFailed)[-1].reason == "too_many"
+                assert w.of(GapFilled)[-1] == GapFilled(channel, missed, complete=True)
+                await sender.send(channel, "live")
+                await apoll(lambda: len(w.ids(channel)) >= missed + 2, WAIT_S, "the live one")
+                assert w.ids(channel) == list(range(1, missed + 3))
+        finally:
+            await proxy.close()
+
+    run(scenario())
+
+
+def test_a_malformed_connect_is_refused_at_once(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = ChimeClient(server.url, user_id="not a valid id!", channels=["general"])
+        with pytest.raises(ConnectFailed) as caught:
+            await client.connect()
+        # Refused, not retried until the connect timeout (that has no code).
+        assert caught.value.code == "bad_request"
+        assert client.closed
 
     run(scenario())
