@@ -280,11 +280,16 @@ class ChatSession:
                 self._on_connected(event)
                 return view.notice("reconnected") if event.reconnect else None
             case Disconnected(code=_, reason=reason, retry_in_s=retry, final=final):
+                was_connected = self._connection == "connected"
                 if final:
                     self._connection = "disconnected"
                     return view.error_line(f"connection closed for good: {reason}")
-                self._connection = "reconnecting…"
-                return view.notice(f"connection lost ({reason}); retrying in {retry or 0:.1f} s")
+                # One line when the connection goes; failed attempts after it only
+                # update the status bar.
+                self._connection = f"reconnecting (next try in {retry or 0:.1f} s)…"
+                if was_connected:
+                    return view.notice(f"connection lost ({reason}); reconnecting")
+                return None
             case Subscribed(channels):
                 return view.notice("joined " + ", ".join(f"#{c}" for c in channels))
             case Unsubscribed(channels):
@@ -317,7 +322,5 @@ class ChatSession:
         if first:
             channels = ", ".join(f"#{c}" for c in event.channels) or "none"
             self._screen().show(
-                view.notice(
-                    f"connected as {event.user_id}; channels: {channels}; /help lists commands"
-                )
+                view.notice(f"connected as {event.user_id} to {channels}; /help lists commands")
             )
