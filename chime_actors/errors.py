@@ -12,7 +12,15 @@
     │   └── MessageNotFound         the message id is unknown
     ├── BusError                    the bus (local or Redis) failed
     │   └── BusUnavailable
-    └── ActorError                  a process actor failed or did not answer in time
+    ├── ActorError                  a process actor failed or did not answer in time
+    └── ClientError                 chime_actors.client: the client library failed
+        ├── ClientClosed            the client was closed, or gave up reconnecting
+        │   └── ConnectFailed       it could not connect (refused, unauthorized, timed out)
+        ├── NotConnected            a request that needs an open connection, made without one
+        ├── ConnectionLost          the connection dropped before the request was answered
+        ├── RequestTimeout          no answer within the request's timeout
+        ├── TooManyPending          the bounded queue of unacked sends or requests is full
+        └── RequestFailed           the server answered with an ``error`` frame (``code``)
 
 Library exceptions (sqlite3, redis, cassandra, websockets) are translated where they
 enter our code and chained: ``raise StoreUnavailable(...) from exc``.
@@ -85,3 +93,51 @@ class BusUnavailable(BusError):
 
 class ActorError(ChimeError):
     """A process actor failed or did not answer in time."""
+
+
+class ClientError(ChimeError):
+    """The client library (``chime_actors.client``) could not do what was asked."""
+
+
+class ClientClosed(ClientError):
+    """The client is closed (by ``close()``, a refused connect, or out of retries)."""
+
+
+class ConnectFailed(ClientClosed):
+    """The client could not connect; ``code`` is the wire error code when the server said why."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotConnected(ClientError):
+    """The request needs an open connection and there is none right now."""
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped before the request was answered; it may be retried."""
+
+
+class RequestTimeout(ClientError):
+    """No answer arrived within the request's timeout."""
+
+
+class TooManyPending(ClientError):
+    """The bounded queue of unacked sends (or of open requests) is full."""
+
+
+class RequestFailed(ClientError):
+    """The server answered a request with an ``error`` frame.
+
+    Attributes:
+        code: the wire error code (``bad_request``, ``unavailable`` ...).
+        message: the server's human text.
+        retry_after_ms: with ``rate_limited``, when to try again.
+    """
+
+    def __init__(self, code: str, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms

@@ -35,9 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = commands.add_parser("client", help="an interactive terminal client")
     chat = ChatConfig()  # the default chat endpoint, from the configuration schema
-    client.add_argument("--url", default=f"ws://{chat.host}:{chat.port}/")
-    client.add_argument("--user", help="user id (insecure mode) ")
-    client.add_argument("--channel", default="general")
+    client.add_argument(
+        "--url", default=f"ws://{chat.host}:{chat.port}/", help="the chat WebSocket"
+    )
+    client.add_argument("--user", help="user id (insecure mode)")
+    client.add_argument(
+        "--channel",
+        default="general",
+        help="channels to join, comma-separated (you write to the first)",
+    )
     client.add_argument("--token", help="a JWT (jwt mode)")
 
     token = commands.add_parser("token", help="mint a JWT with the configured secret")
