@@ -213,8 +213,10 @@ function wire(c) {
         `Connection lost; reconnecting in ${Math.ceil(delayMs / 1000)} s (attempt ${attempt})…`);
     } else if (state === "reconnecting") setConnection("reconnecting", "Reconnecting…");
     else if (state === "closed" && reason && reason !== "closed by the client") {
-      setConnection("closed", `Disconnected: ${reason}`);
-      if (session?.token) showLogin(`The server refused the token: ${reason}`);
+      // Only a refused token (close 4001) ends the client: ask for another one.
+      sessionStorage.removeItem(SESSION_KEY);
+      client = null;
+      showLogin(`The server refused the sign-in: ${reason}`);
     }
   });
   c.on("connected", ({ frame }) => {

@@ -92,9 +92,9 @@ class Message:
 class Page:
     """The chat page in one browser window."""
 
-    def __init__(self, driver: Any, server: ServerProcess) -> None:
+    def __init__(self, driver: Any, api: str) -> None:
         self.driver = driver
-        self.server = server
+        self.api = api
 
     # --- navigation ---------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class Page:
             query["user"] = user
         if channels is not None:
             query["channels"] = ",".join(channels)
-        self.driver.get(f"{self.server.api}/{'?' + urlencode(query) if query else ''}")
+        self.driver.get(f"{self.api}/{'?' + urlencode(query) if query else ''}")
         self.wait(lambda: self.connection_state() != "", "the page's script to run")
         return self
 
@@ -221,8 +221,10 @@ class Page:
 
 
 @contextlib.contextmanager
-def browsers(server: ServerProcess) -> Iterator[Callable[..., Page]]:
-    """``with browsers(server) as open_window: page = open_window()`` (desktop size).
+def browsers(api: str) -> Iterator[Callable[..., Page]]:
+    """``with browsers(server.api) as open_window: page = open_window()`` (desktop size).
+
+    ``api`` is the base URL the page is loaded from.
 
     Every window opened is quit on the way out, so no chromium or chromedriver
     process outlives the test.
@@ -260,7 +262,7 @@ def browsers(server: ServerProcess) -> Iterator[Callable[..., Page]]:
                 "mobile": size[0] < 600,
             },
         )
-        return Page(driver, server)
+        return Page(driver, api)
 
     try:
         yield open_window
