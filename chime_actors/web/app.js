@@ -271,8 +271,8 @@ function wire(c) {
     if (!view) return;
     send.error = error.message;
     const el = findPending(send.clientMsgId);
+    // Kept in the view (not in the client): the writer sees what was not sent.
     if (el) setStatus(el, "failed", `Not sent: ${error.message}`);
-    view.pending.delete(send.clientMsgId);
   });
   c.on("joined", ({ channels: added }) => {
     for (const id of added) channelView(id);
@@ -406,6 +406,16 @@ function renderChannelList() {
     items.push(li);
   }
   ui.channelList.replaceChildren(...items);
+  // On a phone the list is behind a button: the button carries the total.
+  const total = [...channels.values()].reduce((sum, view) => sum + view.unread, 0);
+  ui.toggle.replaceChildren("Channels");
+  if (total > 0) {
+    const badge = document.createElement("span");
+    badge.className = "unread";
+    badge.textContent = String(total);
+    badge.setAttribute("aria-label", `${total} unread`);
+    ui.toggle.append(" ", badge);
+  }
 }
 
 function showChannel(id) {

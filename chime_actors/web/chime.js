@@ -311,7 +311,8 @@ export class ChimeClient {
     this._attempt = 0;
     const joined = new Set(frame.channels ?? []);
     this.channels = this.channels.filter((c) => joined.has(c));
-    this._startHeartbeat(Math.max(1000, Math.min(frame.heartbeatMs || 0, this.options.heartbeatMs)));
+    const { heartbeatMs } = this.options;
+    this._startHeartbeat(Math.max(1000, Math.min(frame.heartbeatMs || heartbeatMs, heartbeatMs)));
     this._setState("open");
     this._emit("connected", { frame });
     // Channels resumed by the server need nothing more; the others are caught

@@ -232,6 +232,33 @@ def test_edits_deletes_reactions_typing_presence_and_unread_are_shown() -> None:
         assert page.browser_errors() == []
 
 
+def test_unavailable_sends_are_retried_and_refused_ones_marked() -> None:
+    """``unavailable`` (not stored) makes the page send again with the same
+    clientMsgId; a refusal for good marks the message "Not sent" with the reason."""
+    chat = FakeChat(history={"general": []})
+    with fake_servers(chat) as api, browsers(api) as open_window:
+        page = open_window().open("alice", ["general"])
+        page.wait_connected()
+        page.type_and_enter("try again")
+        _, send = chat.next_frame("send")
+        unavailable = {"code": "unavailable", "message": "storage unavailable"}
+        chat.push({"type": "error", "clientMsgId": send["clientMsgId"], **unavailable})
+        _, again = chat.next_frame("send")
+        assert again["clientMsgId"] == send["clientMsgId"]
+        chat.push(
+            {
+                "type": "error",
+                "code": "forbidden",
+                "message": "this channel is not granted",
+                "clientMsgId": send["clientMsgId"],
+            }
+        )
+        page.wait(lambda: page.messages()[-1].status == "failed", "the refusal to show")
+        status = page.driver.find_element("css selector", "#messages li .status").text
+        assert status == "Not sent: this channel is not granted"
+        assert page.element("chat-error").text == ""
+
+
 def test_reconnect_resumes_from_the_last_id_and_resends_unacked() -> None:
     """After a drop the page's connect carries ``resume`` with the last id seen of
     each channel, and it resends its unacked send with the same clientMsgId;
