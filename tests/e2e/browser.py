@@ -174,7 +174,8 @@ class Page:
             )
         except TimeoutException:
             raise AssertionError(
-                f"timed out waiting for {what}; the page shows {self.contents()} "
+                f"timed out waiting for {what}; the page shows "
+                f"{[(m.content, m.status) for m in self.messages()]} "
                 f"(connection: {self.connection_state()!r})"
             ) from None
         return value

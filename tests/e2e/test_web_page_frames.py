@@ -296,3 +296,31 @@ def test_reconnect_resumes_from_the_last_id_and_resends_unacked() -> None:
         shown = page.wait_contents(["one", "two", "not acked yet"])
         assert [m.message_id for m in shown] == [mid(1), mid(2), mid(3)]
         assert page.browser_errors() == []
+
+
+def test_an_unacked_send_survives_a_reload() -> None:
+    """A send still pending when the page reloads is shown pending again and sent
+    again with the same clientMsgId by the reloaded page (kept in sessionStorage)."""
+    chat = FakeChat(history={"general": []})
+    with fake_servers(chat) as api, browsers(api) as open_window:
+        page = open_window().open("alice", ["general"])
+        page.wait_connected()
+        page.type_and_enter("across the reload")
+        _, send = chat.next_frame("send")
+        page.reload()
+        page.wait(
+            lambda: (
+                [(m.content, m.status) for m in page.messages()]
+                == [("across the reload", "pending")]
+            ),
+            "the pending send to be shown after the reload",
+        )
+        number, connect_frame = chat.next_frame("connect")
+        assert number == 2 and connect_frame["userId"] == "alice"
+        _, resent = chat.next_frame("send")
+        assert resent["clientMsgId"] == send["clientMsgId"]
+        stored = chime_message(1, "alice", "across the reload", clientMsgId=send["clientMsgId"])
+        chat.push({"type": "message", "message": stored})
+        ack = {"clientMsgId": send["clientMsgId"], "channelId": "general", "messageId": mid(1)}
+        chat.push({"type": "ack", "createdAt": stored["createdAt"], **ack})
+        assert [m.message_id for m in page.wait_contents(["across the reload"])] == [mid(1)]
