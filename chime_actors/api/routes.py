@@ -5,8 +5,10 @@
 ``GET /readyz``                            200 or 503 ``{"ready": bool, "checks": {...}}``
 ``GET /metrics``                           Prometheus text format 0.0.4
 ``GET /v1/channels/{channelId}/messages``  ``{"messages": [...], "hasMore": bool}``
-``GET /``, ``/static/...``, ``/v1/client-config``  the web chat page (see ``api.web``)
 =========================================  =======================================
+
+``/``, ``/static/...`` and ``/v1/client-config`` are the web chat page's
+(``api.web.WebClient``, tried before these routes when given).
 
 ``HEAD`` is accepted wherever ``GET`` is. History takes the query parameters
 ``before``, ``after``, ``threadId`` (message ids) and ``limit`` (1..100, default

@@ -50,7 +50,9 @@ return Array.from(document.querySelectorAll('#messages > li.message')).map((li) 
 
 def _find(names: tuple[str, ...], env: str) -> str | None:
     if os.environ.get(env):
-        return os.environ[env]
+        # An explicit path that is not there counts as missing, never as "look elsewhere".
+        path = os.environ[env]
+        return path if os.access(path, os.X_OK) else None
     for name in names:
         if found := shutil.which(name):
             return found
