@@ -190,7 +190,10 @@ def _serve(
             apiPort=reply.api_port,
             workers=config.workers,
             storage=str(config.storage.backend),
-            hint=f"try: chime client --url {chat_url} --user alice --channel general",
+            hint=(
+                f"open {api_url} in a browser, or try: "
+                f"chime client --url {chat_url} --user alice --channel general"
+            ),
         )
         if ports_file:
             _write_ports_file(Path(ports_file), reply.chat_port, reply.api_port)

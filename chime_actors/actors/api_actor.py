@@ -14,4 +14,6 @@ class ApiActor(LoopActor):
     """Thin Thespian shell around an ``ApiCore``."""
 
     def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
-        return ApiCore(configure.actor_id, configure.config, configure.api_port)
+        return ApiCore(
+            configure.actor_id, configure.config, configure.api_port, configure.chat_port
+        )

@@ -16,6 +16,7 @@ from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, 
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.routes import Readiness, make_handler
+from chime_actors.api.web import ClientConfig, WebClient
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
 from chime_actors.errors import ProtocolError, StoreError
@@ -33,7 +34,17 @@ PING_TIMEOUT_S = 2.0
 class ApiCore:
     """Serves the HTTP API; implements ``routes.ApiBackend``."""
 
-    def __init__(self, actor_id: ActorId, config: Config, api_port: int) -> None:
+    def __init__(
+        self, actor_id: ActorId, config: Config, api_port: int, chat_port: int = 0
+    ) -> None:
+        """Prepare the API; nothing listens until :meth:`start`.
+
+        Args:
+            actor_id: who we are.
+            config: the server's configuration.
+            api_port: the port to bind (0: ``api.port``; on a restart, the first one's).
+            chat_port: the chat port actually bound (0: ``chat.port``), for the web page.
+        """
         self.actor_id = actor_id
         self._config = config
         self._port = api_port or config.api.port
@@ -41,7 +52,14 @@ class ApiCore:
         self.metrics = ChimeMetrics.register(self.registry)
         self._store = make_store(config)
         self._auth = Authenticator(config.auth)
-        self._server = HttpServer(make_handler(self))
+        web = WebClient(
+            ClientConfig(
+                auth_mode=config.auth.mode.value,
+                chat_port=chat_port or config.chat.port,
+                max_content_chars=config.chat.max_content_chars,
+            )
+        )
+        self._server = HttpServer(make_handler(self, web))
         self._reports: dict[ActorId, tuple[float, MetricsReport]] = {}
         self._expected: set[str] = set()
         self._exposition = exposition_registry(self._snapshots)

@@ -7,6 +7,9 @@
 ``GET /v1/channels/{channelId}/messages``  ``{"messages": [...], "hasMore": bool}``
 =========================================  =======================================
 
+``/``, ``/static/...`` and ``/v1/client-config`` are the web chat page's
+(``api.web.WebClient``, tried before these routes when given).
+
 ``HEAD`` is accepted wherever ``GET`` is. History takes the query parameters
 ``before``, ``after``, ``threadId`` (message ids) and ``limit`` (1..100, default
 50); an empty value counts as absent, so ``?before=&limit=`` is the default
@@ -34,6 +37,7 @@ from chime_actors.api.http_server import (
     json_response,
     text_response,
 )
+from chime_actors.api.web import WebClient
 from chime_actors.errors import ChimeError, ProtocolError, StoreUnavailable
 from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
@@ -114,11 +118,12 @@ class ApiBackend(Protocol):
         ...
 
 
-def make_handler(backend: ApiBackend) -> HttpHandler:
+def make_handler(backend: ApiBackend, web: WebClient | None = None) -> HttpHandler:
     """Return the HTTP handler serving Chime's API from ``backend``.
 
     Args:
         backend: where readiness, metrics and history come from.
+        web: the web chat page's routes, tried first; None serves no page.
 
     Returns:
         A handler for :class:`chime_actors.api.http_server.HttpServer`.
@@ -127,6 +132,8 @@ def make_handler(backend: ApiBackend) -> HttpHandler:
     async def handle(request: HttpRequest) -> HttpResponse:
         # Split the raw path before decoding so "%2F" inside a channel id stays
         # part of that segment instead of adding one.
+        if web is not None and (page := web.handle(request)) is not None:
+            return page
         segments = request.path.split("/")[1:]
         if segments in (["healthz"], ["readyz"], ["metrics"]):
             if request.method not in _READ_METHODS:

@@ -1,0 +1,366 @@
+"""The web chat page in a real browser (headless Chromium driven by Selenium).
+
+Each test runs the page that a real ``chime serve`` serves at ``/`` and uses it
+as a person would: the labelled message box, Enter to send, reload, buttons. The
+Python side talks to the same server over the WebSocket and REST, so the page is
+checked against what the server stored, not against itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.e2e.browser import PHONE, Page, browsers, gateways_serving, require_chromium
+from tests.e2e.conftest import fresh, http_get
+from tests.e2e.load import RESTART_TIMEOUT_S, alive, server_pids
+from tests.e2e.server_process import ServerProcess, running_server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> None:
+    """Fail (CI) or skip (elsewhere) before any server starts if there is no browser."""
+    require_chromium()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("web")) as srv:
+        yield srv
+
+
+class ChatSocket:
+    """A plain WebSocket client (Python's ``websockets``) on the same server."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+
+    def expect(self, kind: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+        while True:
+            frame: dict[str, Any] = orjson.loads(self.ws.recv(timeout))
+            self.frames.append(frame)
+            if frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items()):
+                return frame
+            assert frame.get("type") != "error", frame
+
+    def send(self, channel: str, content: str) -> dict[str, Any]:
+        client_msg_id = f"py-{uuid.uuid4().hex[:12]}"
+        frame = {"type": "send", "channelId": channel, "content": content}
+        self.ws.send(orjson.dumps({**frame, "clientMsgId": client_msg_id}).decode())
+        return self.expect("ack", clientMsgId=client_msg_id)
+
+    def received(self, content: str, timeout: float = 10) -> dict[str, Any]:
+        for frame in self.frames:
+            if frame.get("type") == "message" and frame["message"]["content"] == content:
+                message: dict[str, Any] = frame["message"]
+                return message
+        frame = self.expect("message", timeout)
+        while frame["message"]["content"] != content:
+            frame = self.expect("message", timeout)
+        message = frame["message"]
+        return message
+
+
+@contextlib.contextmanager
+def chat_socket(server: ServerProcess, user: str, channels: list[str]) -> Iterator[ChatSocket]:
+    """A connected ``ChatSocket`` as ``user`` in ``channels``, closed on the way out."""
+    with connect(server.url, open_timeout=10, close_timeout=5) as ws:
+        client = ChatSocket(ws)
+        ws.send(orjson.dumps({"type": "connect", "userId": user, "channels": channels}).decode())
+        client.expect("connected")
+        yield client
+
+
+def stored(server: ServerProcess, channel: str) -> list[dict[str, Any]]:
+    """Every message of ``channel`` in REST history, oldest first."""
+    messages: list[dict[str, Any]] = []
+    before = ""
+    while True:
+        status, body = http_get(
+            f"{server.api}/v1/channels/{channel}/messages?limit=100&before={before}"
+        )
+        assert status == 200, body
+        messages[:0] = body["messages"]
+        if not body["hasMore"]:
+            return messages
+        before = body["messages"][0]["messageId"]
+
+
+def files_released(pid: int) -> bool:
+    """True once every thread of process ``pid`` has exited, and so closed its files.
+
+    The leader turns zombie (and its own ``/proc/PID/fd`` empties) as soon as it
+    dies; the sockets it shares with its other threads close with the last thread.
+    """
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return threads == [str(pid)] and not alive(pid)
+
+
+def assert_shown_once_in_order(page: Page, server: ServerProcess, channel: str) -> None:
+    """The page shows exactly the channel's stored messages: same ids, in order, once."""
+    ids = [m.message_id for m in page.messages()]
+    assert ids == [m["messageId"] for m in stored(server, channel)], ids
+
+
+def test_page_is_served_with_its_security_headers(server: ServerProcess) -> None:
+    """``/`` serves the page (strict CSP, no-cache), and the page loads with no
+    console error, so its CSP admits everything it really uses."""
+    status, body = http_get(f"{server.api}/")
+    assert status == 200 and "<title>Chime</title>" in body
+    with browsers(server.api) as open_window:
+        page = open_window().open("alice", [fresh()])
+        page.wait_connected()
+        assert page.browser_errors() == []
+
+
+def test_two_windows_chat(server: ServerProcess) -> None:
+    """Alice (opened by URL) and Bob (through the login form) chat in two windows:
+    each message is shown stored to its sender once acked, live to the other,
+    with its author and time; Shift+Enter is a new line, not a send."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    with browsers(server.api) as open_window:
+        alice = open_window().open("alice", [channel])
+        bob = open_window().open()
+        # Bob logs in by keyboard: the form's fields, then Enter.
+        bob.element("user-input").send_keys("bob")
+        channels_box = bob.element("channels-input")
+        channels_box.clear()
+        channels_box.send_keys(channel + Keys.ENTER)
+        alice.wait_connected()
+        bob.wait_connected()
+        assert bob.channel_names() == [channel]
+
+        sent = alice.send("hello bob")
+        assert sent.user == "alice" and sent.time and sent.datetime.endswith("Z")
+        got = bob.wait_contents(["hello bob"])[0]
+        assert got.message_id == sent.message_id and got.user == "alice" and got.time
+
+        box = bob.composer()
+        box.send_keys("hi alice,")
+        box.send_keys(Keys.SHIFT, Keys.ENTER)
+        box.send_keys("two lines")
+        assert bob.contents() == ["hello bob"]  # Shift+Enter did not send
+        box.send_keys(Keys.ENTER)
+        alice.wait_contents(["hello bob", "hi alice,\ntwo lines"])
+        bob.wait_contents(["hello bob", "hi alice,\ntwo lines"])
+        assert_shown_once_in_order(alice, server, channel)
+        assert_shown_once_in_order(bob, server, channel)
+        assert alice.browser_errors() == [] and bob.browser_errors() == []
+        # This server refuses presence requests ("not supported yet"): the page shows
+        # no error for that; the reply came before the acks that followed it.
+        assert alice.element("chat-error").text == "" == bob.element("chat-error").text
+
+
+def test_reload_resumes_with_history_and_no_duplicates(server: ServerProcess) -> None:
+    """Bob reloads: the page comes back as Bob in the same channels, shows the
+    earlier messages from history once each, and goes on receiving live ones."""
+    channel = fresh("web")
+    with browsers(server.api) as open_window:
+        alice = open_window().open("alice", [channel])
+        bob = open_window().open("bob", [channel])
+        alice.wait_connected()
+        bob.wait_connected()
+        for text in ("one", "two", "three"):
+            alice.send(text)
+        bob.wait_contents(["one", "two", "three"])
+
+        bob.reload()
+        bob.wait_connected()
+        assert bob.driver.current_url.rstrip("/") == server.api  # no parameters left
+        assert bob.channel_names() == [channel]
+        bob.wait_contents(["one", "two", "three"], "the earlier messages after the reload")
+        alice.send("four")
+        bob.wait_contents(["one", "two", "three", "four"])
+        bob.send("five from bob")
+        alice.wait_contents(["one", "two", "three", "four", "five from bob"])
+        assert_shown_once_in_order(bob, server, channel)
+        assert bob.messages()[-1].user == "bob"
+
+
+def test_message_from_a_websocket_client_appears_in_the_page(server: ServerProcess) -> None:
+    """A message sent by a Python WebSocket client shows up live in the page, with
+    its author; and the page's message reaches the Python client."""
+    channel = fresh("web")
+    with browsers(server.api) as open_window:
+        page = open_window().open("alice", [channel])
+        page.wait_connected()
+        with chat_socket(server, "carol", [channel]) as carol:
+            ack = carol.send(channel, "hello from python")
+            shown = page.wait_contents(["hello from python"])[0]
+            assert shown.message_id == ack["messageId"] and shown.user == "carol"
+            sent = page.send("hello carol")
+            message = carol.received("hello carol")
+            assert message["userId"] == "alice" and message["messageId"] == sent.message_id
+
+
+def test_scrolling_back_pages_older_history(server: ServerProcess) -> None:
+    """120 stored messages: the page opens on the newest and pages older ones in
+    as the reader scrolls to the top, until the channel's start; each once, in order."""
+    channel = fresh("web")
+    with chat_socket(server, "dave", [channel]) as writer:
+        for n in range(120):
+            writer.send(channel, f"m{n}")
+    with browsers(server.api) as open_window:
+        page = open_window().open("alice", [channel])
+        page.wait_connected()
+        newest = page.wait(lambda: len(page.messages()) >= 50 and page.messages(), "a page")
+        assert [m.content for m in newest] == [f"m{n}" for n in range(70, 120)]
+
+        def scrolled_to_start() -> bool:
+            page.driver.execute_script("document.getElementById('scroller').scrollTop = 0")
+            return page.element("history-start").is_displayed()
+
+        page.wait(scrolled_to_start, "scrolling back to reach the channel's start")
+        page.wait_contents([f"m{n}" for n in range(120)])
+        assert_shown_once_in_order(page, server, channel)
+
+
+def test_join_and_leave_channels_on_a_phone(server: ServerProcess) -> None:
+    """On a phone-sized viewport the channel list is a panel behind a button; a
+    channel joined there shows its history, and a channel left is gone from the list."""
+    first, second = fresh("web"), fresh("web")
+    with chat_socket(server, "erin", [second]) as writer:
+        writer.send(second, "already here")
+    with browsers(server.api) as open_window:
+        page = open_window(PHONE).open("alice", [first])
+        page.wait_connected()
+        toggle = page.element("channels-toggle")
+        assert toggle.is_displayed() and not page.element("join-input").is_displayed()
+        toggle.click()
+        page.wait(lambda: page.element("join-input").is_displayed(), "the channel panel")
+        page.element("join-input").send_keys(second + "\n")
+        page.wait(lambda: page.channel_names() == [first, second], "the joined channel")
+        page.wait_contents(["already here"], "the joined channel's history")
+        page.send("now me too")
+        toggle.click()
+        page.driver.find_element("css selector", f'button[aria-label="Leave {first}"]').click()
+        page.wait(lambda: page.channel_names() == [second], "the left channel to go")
+
+
+def test_gateway_restart_is_survived(tmp_path: Path) -> None:
+    """SIGKILL the gateway the page is connected to, with a message of the page
+    still unacked: the supervisor restarts it, the page reconnects, resumes (a
+    message sent while it was away appears, nothing twice) and resends the unacked
+    message with its clientMsgId, which is then shown stored, and stored once."""
+    channel = fresh("web")
+    with (
+        running_server(tmp_path / "server", workers=2) as server,
+        browsers(server.api) as open_window,
+    ):
+        page = open_window().open("alice", [channel])
+        page.wait_connected()
+        page.send("before the fault")
+        serving = page.wait(lambda: gateways_serving(server), "the page's gateway")
+        assert len(serving) == 1, serving
+        title = serving.pop()
+        (pid,) = server_pids(server, title)
+
+        # Stopped, the gateway cannot answer: the message stays pending, for sure.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert gateways_serving(server) == {title}
+            page.type_and_enter("sent while the gateway hangs")
+            pending = page.wait(
+                lambda: next((m for m in page.messages() if m.status == "pending"), None),
+                "the unacked message to show as pending",
+            )
+            assert pending.content == "sent while the gateway hangs" and pending.client_msg_id
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        # Until its last thread is gone its listening socket may still take (and
+        # drop) a connect.
+        page.wait(lambda: files_released(pid), f"{title} {pid} to close its sockets")
+        # Sent while the page is away or just back (the reconnect is quick, so which
+        # is a race): either way the page must show it exactly once. The pending
+        # message can only be stored through a new connection (its gateway is dead).
+        with chat_socket(server, "bob", [channel]) as other:
+            other.send(channel, "sent by bob meanwhile")
+        page.wait_connected()
+        # Bob's message and the resend race each other to storage: either order is right.
+        expected = {"before the fault", "sent by bob meanwhile", "sent while the gateway hangs"}
+        shown = page.wait(
+            lambda: (
+                (messages := page.messages())
+                and len(messages) == len(expected)
+                and {m.content for m in messages} == expected
+                and all(m.status == "stored" for m in messages)
+                and messages
+            ),
+            "the page to show all three messages stored",
+        )
+        page.wait(
+            lambda: [p for p in server_pids(server, title) if p != pid],
+            f"a new {title!r}",
+            timeout=RESTART_TIMEOUT_S,
+        )
+        history = stored(server, channel)
+        assert [m["content"] for m in history] == [m.content for m in shown]
+        resent = [m for m in history if m["clientMsgId"] == pending.client_msg_id]
+        assert len(resent) == 1, history
+        assert_shown_once_in_order(page, server, channel)
+
+
+JWT_SECRET = "web-e2e-secret-" + "x" * 32
+
+
+def jwt_token(sub: str, **claims: Any) -> str:
+    body = {"sub": sub, "exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(body, JWT_SECRET, algorithm="HS256")
+
+
+def test_jwt_mode_signs_in_with_a_pasted_token(tmp_path: Path) -> None:
+    """In jwt mode the page asks for a token instead of a name; with it the page
+    reads REST history (Bearer) and chats as the token's subject; the token does
+    not stay in the address bar; a refused token brings the form back with why."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    overrides = {"auth.mode": "jwt", "auth.jwt.secret": JWT_SECRET}
+    with running_server(tmp_path / "jwt", overrides) as server:
+        with connect(server.url, open_timeout=10, close_timeout=5) as ws:
+            writer = ChatSocket(ws)
+            frame = {"type": "connect", "channels": [channel], "token": jwt_token("bob")}
+            ws.send(orjson.dumps(frame).decode())
+            writer.expect("connected")
+            writer.send(channel, "stored before alice came")
+        with browsers(server.api) as open_window:
+            page = open_window().open()
+            assert not page.element("user-input").is_displayed()
+            page.element("token-input").send_keys(jwt_token("alice", channels=[channel]))
+            channels_box = page.element("channels-input")
+            channels_box.clear()
+            channels_box.send_keys(channel + Keys.ENTER)
+            page.wait_connected()
+            page.wait_contents(["stored before alice came"], "history read with the token")
+            assert page.send("signed in by token").user == "alice"
+
+            other = open_window().open(token=jwt_token("carol"), channels=[channel])
+            other.wait_connected()
+            assert "token" not in other.driver.current_url
+            other.wait_contents(["stored before alice came", "signed in by token"])
+
+            refused = open_window().open(token="not-a-jwt", channels=[channel])
+            refused.wait(
+                lambda: refused.element("login-error").text.startswith("The server refused"),
+                "the refused token to be reported",
+            )
+            assert refused.element("token-input").is_displayed()
