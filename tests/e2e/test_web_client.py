@@ -251,8 +251,30 @@ def test_join_and_leave_channels_on_a_phone(server: ServerProcess) -> None:
         page.wait(lambda: page.channel_names() == [first, second], "the joined channel")
         page.wait_contents(["already here"], "the joined channel's history")
         page.send("now me too")
-        toggle.click()
-        page.driver.find_element("css selector", f'button[aria-label="Leave {first}"]').click()
+        # The panel may have closed itself after the join (phone layout): open it
+        # again only if it is closed, then wait until the button can be clicked.
+        if not page.element("join-input").is_displayed():
+            toggle.click()
+        page.wait(lambda: page.element("join-input").is_displayed(), "the channel panel again")
+
+        def leave_button() -> Any:
+            return page.driver.find_element("css selector", f'button[aria-label="Leave {first}"]')
+
+        from selenium.common.exceptions import (
+            ElementClickInterceptedException,
+            ElementNotInteractableException,
+        )
+
+        def click_leave() -> bool:
+            # The panel slides in: until it is in place the button is not
+            # interactable yet, so the click is retried until it lands.
+            try:
+                leave_button().click()
+            except (ElementNotInteractableException, ElementClickInterceptedException):
+                return False
+            return True
+
+        page.wait(click_leave, "the leave button to take the click")
         page.wait(lambda: page.channel_names() == [second], "the left channel to go")
 
 
