@@ -63,7 +63,7 @@ from chime_actors.records import (
     SendRecord,
 )
 from chime_actors.storage.factory import make_store
-from chime_actors.storage.store import HistoryPage
+from chime_actors.storage.store import HistoryPage, annotated_history
 
 log = get_logger(__name__)
 
@@ -274,9 +274,9 @@ class GatewayCore:
         limit: int,
         thread_id: str | None,
     ) -> HistoryPage:
-        """Read a page of stored messages."""
-        return await self._store.history(
-            channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+        """Read a page of stored messages, with their reactions and reply counts."""
+        return await annotated_history(
+            self._store, channel_id, before=before, after=after, limit=limit, thread_id=thread_id
         )
 
     # --- internals ----------------------------------------------------------------

@@ -28,8 +28,9 @@ Shared conventions of every implementation:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from chime_actors.errors import MessageNotFound
@@ -71,10 +72,16 @@ class HistoryPage:
         messages: oldest first.
         has_more: True when more matching messages exist in the paging direction
             (older ones for a newest-first page, newer ones for an ``after`` page).
+        reactions: the page's reactions (``MessageStore.reactions``); empty as a
+            store returns the page, filled by :func:`annotated_history`.
+        reply_counts: the replies of the page's thread roots
+            (``MessageStore.reply_counts``); likewise.
     """
 
     messages: tuple[ChimeMessage, ...]
     has_more: bool
+    reactions: ReactionMap = field(default_factory=dict)
+    reply_counts: ReplyCounts = field(default_factory=dict)
 
 
 class MessageStore(Protocol):
@@ -217,6 +224,32 @@ class MessageStore(Protocol):
 
 
 # --- helpers shared by the implementations ----------------------------------
+
+
+async def annotated_history(
+    store: MessageStore,
+    channel_id: str,
+    *,
+    before: str | None,
+    after: str | None,
+    limit: int,
+    thread_id: str | None,
+) -> HistoryPage:
+    """A page of history with its messages' reactions and reply counts.
+
+    What history answers (WebSocket and REST): three reads, the last two
+    together once the page's ids are known.
+    """
+    page = await store.history(
+        channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+    )
+    if not page.messages:
+        return page
+    ids = [message.message_id for message in page.messages]
+    reactions, reply_counts = await asyncio.gather(
+        store.reactions(channel_id, ids), store.reply_counts(channel_id, ids)
+    )
+    return replace(page, reactions=reactions, reply_counts=reply_counts)
 
 
 def check_history_args(before: str | None, after: str | None, limit: int) -> tuple[int, int | None]:
