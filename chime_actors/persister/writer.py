@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
 from chime_actors.logs import get_logger
@@ -235,7 +235,8 @@ class PersistWriter:
         outcomes of those that did not (or had nothing to change)."""
         changes = [(o, r) for o, r in records if isinstance(r, ChangeRecord)]
         if not changes:
-            return [(o, r) for o, r in records if isinstance(r, SendRecord)], {}
+            # The usual write: sends only, planned as they came.
+            return cast(list[tuple[int, SendRecord | ChangeDraft]], list(records)), {}
         checked = await check_changes(self._store, changes)
         entries: list[tuple[int, SendRecord | ChangeDraft]] = []
         settled: dict[tuple[int, int], SendOutcome] = {}
