@@ -8,6 +8,7 @@ Mappings are kept as tuples of pairs so a record is immutable all the way down.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,9 @@ Metadata = tuple[tuple[str, str], ...]
 # "unavailable" always means "not stored". The wire never shows it: clients see
 # the null they sent (``ChimeMessage.wire_client_msg_id``).
 SERVER_CLIENT_MSG_ID_PREFIX = "~chime:"
+
+#: ``PersistBatch.gateway_index`` of the API process's records (gateways are 1..N).
+API_ORIGIN = 0
 
 
 def server_client_msg_id() -> str:
@@ -84,6 +88,55 @@ class ChimeMessage:
         }
 
 
+class ChangeKind(enum.Enum):
+    """What a ``MessageChange`` does to the message it names."""
+
+    EDIT = "edit"
+    DELETE = "delete"
+    REACTION_ADD = "reaction_add"
+    REACTION_REMOVE = "reaction_remove"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    """An edit, delete or reaction of a stored message, at a position of its own.
+
+    A change takes the next id of its channel's order, like a message, so the
+    machinery that gives a channel's messages to every subscriber in order,
+    once (gap fills, catch-ups, resume replays, the Redis bus) gives its
+    changes the same way: a client that resumes after an edit learns of it.
+    Stored next to the messages but never returned as one (docs/architecture.md).
+
+    Attributes:
+        channel_id: the channel.
+        event_id: the change's own position, formatted like a message id.
+        kind: edit, delete, reaction added or removed.
+        message_id: the message changed.
+        user_id: who changed it (the author, for edits and deletes).
+        at: when, in the wire's timestamp format.
+        emoji: the reaction (reactions only).
+        message: the message as edited, ``edited_at`` set (edits only).
+    """
+
+    channel_id: str
+    event_id: str
+    kind: ChangeKind
+    message_id: str
+    user_id: str
+    at: str
+    emoji: str | None = None
+    message: ChimeMessage | None = None
+
+    @property
+    def seq(self) -> int:
+        """The change's position in its channel (shared with the messages)."""
+        return parse_message_id(self.event_id)
+
+
+ChannelEvent = ChimeMessage | MessageChange
+"""What takes a position in a channel's order: a message or a change of one."""
+
+
 # --- gateway -> persister -------------------------------------------------------
 
 
@@ -105,12 +158,51 @@ class SendRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """A request to change a stored message, not yet checked or sequenced.
+
+    The persister that owns the channel checks it against storage (the message
+    exists; edits and deletes are the author's), numbers it and stores it with
+    the channel's sends, so changes and messages of a channel share one order.
+
+    Attributes:
+        token: the requester's handle for the pending answer (as ``SendRecord``).
+        channel_id: the channel.
+        message_id: the message to change.
+        user_id: who asks.
+        kind: what to do.
+        content: the new content (edits only).
+        emoji: the reaction (reactions only).
+        retried: sent again after the persister it first went to died: a delete
+            of a message that is gone by now is then answered as done (the first
+            attempt may have deleted it).
+    """
+
+    token: int
+    channel_id: str
+    message_id: str
+    user_id: str
+    kind: ChangeKind
+    content: str | None = None
+    emoji: str | None = None
+    retried: bool = False
+
+
+PersistRecord = SendRecord | ChangeRecord
+"""What a ``PersistBatch`` carries."""
+
+
+@dataclass(frozen=True, slots=True)
 class PersistBatch:
-    """Records for one persister from one gateway, sent as one Thespian message."""
+    """Records for one persister from one gateway (or the API), sent as one message.
+
+    ``gateway_index`` tells the senders apart (tokens are unique per sender):
+    gateways are 1..N, the API process is ``API_ORIGIN``.
+    """
 
     batch_id: int
     gateway_index: int
-    records: tuple[SendRecord, ...]
+    records: tuple[PersistRecord, ...]
 
     def __repr__(self) -> str:
         # Short on purpose: Thespian formats every message it sends or receives
@@ -125,10 +217,14 @@ class PersistBatch:
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What became of one ``SendRecord``.
+    """What became of one ``SendRecord`` or ``ChangeRecord``.
 
-    Exactly one of ``message`` (stored: the ack) or ``error_code`` is set.
-    ``duplicate`` is True when an earlier send with the same client id won.
+    For a send, exactly one of ``message`` (stored: the ack) or ``error_code``
+    is set; ``duplicate`` is True when an earlier send with the same client id
+    won. For a change, ``error_code`` is set when it was refused or failed
+    (``forbidden``, ``not_found``, ``unavailable``); otherwise it is done, and
+    ``change`` is the stored change, or None when there was nothing to change
+    (a reaction already there, or already gone).
     """
 
     token: int
@@ -136,6 +232,7 @@ class SendOutcome:
     error_code: str | None = None
     error_message: str = ""
     duplicate: bool = False
+    change: MessageChange | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +248,9 @@ class PersistResult:
 
 @dataclass(frozen=True, slots=True)
 class Deliveries:
-    """Newly durable messages, in sequence order per channel, for one gateway."""
+    """Newly durable messages and changes, in sequence order per channel, for one gateway."""
 
-    messages: tuple[ChimeMessage, ...] = field(default_factory=tuple)
+    messages: tuple[ChannelEvent, ...] = field(default_factory=tuple)
 
     def __repr__(self) -> str:
         return f"Deliveries({len(self.messages)} messages)"  # see PersistBatch.__repr__

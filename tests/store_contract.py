@@ -23,7 +23,7 @@ import pytest
 
 from chime_actors.errors import MessageNotFound, StoreError, StoreUnavailable
 from chime_actors.ids import format_message_id
-from chime_actors.records import ChimeMessage, Metadata
+from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange, Metadata
 from chime_actors.storage.store import MessageStore, ReactionMap
 
 StoreFactory = Callable[[], MessageStore]
@@ -67,14 +67,48 @@ def make_message(
     )
 
 
+def edit(seq: int, message: ChimeMessage, content: str) -> MessageChange:
+    """An edit of ``message`` by its author, at position ``seq``."""
+    at = created_at(seq)
+    edited = dataclasses.replace(message, content=content, edited_at=at)
+    return MessageChange(
+        message.channel_id,
+        mid(seq),
+        ChangeKind.EDIT,
+        message.message_id,
+        message.user_id,
+        at,
+        message=edited,
+    )
+
+
+def delete(seq: int, target: int, *, user: str = "alice", channel: str = CHANNEL) -> MessageChange:
+    """A delete of message ``target`` at position ``seq``."""
+    return MessageChange(channel, mid(seq), ChangeKind.DELETE, mid(target), user, created_at(seq))
+
+
+def react(
+    seq: int,
+    target: int,
+    emoji: str,
+    user: str,
+    *,
+    add: bool = True,
+    channel: str = CHANNEL,
+) -> MessageChange:
+    """A reaction added (or removed) on message ``target`` at position ``seq``."""
+    kind = ChangeKind.REACTION_ADD if add else ChangeKind.REACTION_REMOVE
+    return MessageChange(channel, mid(seq), kind, mid(target), user, created_at(seq), emoji=emoji)
+
+
 def batch(first: int, last: int, *, channel: str = CHANNEL) -> list[ChimeMessage]:
     """Messages ``first..last`` (inclusive) of a channel."""
     return [make_message(seq, channel=channel) for seq in range(first, last + 1)]
 
 
-def seqs(messages: tuple[ChimeMessage, ...]) -> list[int]:
-    """The sequence numbers of ``messages``, in their order."""
-    return [message.seq for message in messages]
+def seqs(events: tuple[ChannelEvent, ...]) -> list[int]:
+    """The sequence numbers of ``events``, in their order."""
+    return [event.seq for event in events]
 
 
 def run_with_store(make_store: StoreFactory, scenario: Scenario) -> None:
@@ -121,7 +155,7 @@ class StoreContract:
             ):
                 assert page.messages == ()
                 assert page.has_more is False
-            assert await store.messages_range(CHANNEL, after_seq=0, up_to_seq=10) == ()
+            assert await store.events_range(CHANNEL, after_seq=0, up_to_seq=10) == ()
             assert dict(await store.reactions(CHANNEL, [mid(1)])) == {}
             assert await store.read_marker(CHANNEL, "alice") is None
             with pytest.raises(MessageNotFound):
@@ -179,7 +213,7 @@ class StoreContract:
             page = await store.history("random")
             assert seqs(page.messages) == [1, 2]
             assert {m.channel_id for m in page.messages} == {"random"}
-            await store.delete("random", mid(1))
+            await store.append([delete(3, 1, channel="random")])
             assert (await store.get_message(CHANNEL, mid(1))).channel_id == CHANNEL
 
         run_with_store(make_store, scenario)
@@ -273,10 +307,9 @@ class StoreContract:
             await store.append(
                 [make_message(1, client_msg_id="c-1"), make_message(2, client_msg_id="c-2")]
             )
-            await store.delete(CHANNEL, mid(1))
-            await store.edit(CHANNEL, mid(2), "edited", created_at(9))
+            await store.append([delete(3, 1), edit(4, make_message(2), "edited")])
             state = await store.load_channel_state(CHANNEL, dedupe_since="")
-            assert state.last_seq == 2
+            assert state.last_seq == 4
             assert state.client_ids[("alice", "c-1")].message_id == mid(1)
             assert state.client_ids[("alice", "c-2")].content == "edited"
 
@@ -415,10 +448,9 @@ class StoreContract:
     def test_deleted_messages_are_never_returned(self, make_store: StoreFactory) -> None:
         async def scenario(store: MessageStore) -> None:
             await store.append([*batch(1, 3), make_message(4, thread_id=mid(1))])
-            await store.delete(CHANNEL, mid(2))
-            await store.delete(CHANNEL, mid(4))
+            await store.append([delete(5, 2), delete(6, 4)])
             page = await store.history(CHANNEL, limit=2)
-            # has_more does not count deleted rows either.
+            # has_more counts neither deleted rows nor the changes' rows.
             assert (seqs(page.messages), page.has_more) == ([1, 3], False)
             page = await store.history(CHANNEL, after=mid(0), limit=1)
             assert (seqs(page.messages), page.has_more) == ([1], True)
@@ -427,29 +459,53 @@ class StoreContract:
             page = await store.history(CHANNEL, before=mid(3), limit=5)
             assert seqs(page.messages) == [1]
             assert seqs((await store.history(CHANNEL, thread_id=mid(1))).messages) == [1]
-            assert seqs(await store.messages_range(CHANNEL, after_seq=0, up_to_seq=4)) == [1, 3]
-            with pytest.raises(MessageNotFound):
-                await store.get_message(CHANNEL, mid(2))
-            # The number stays taken: ids remain contiguous.
-            assert await store.last_seq(CHANNEL) == 4
+            assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=4)) == [1, 3]
+            assert await store.events_range(CHANNEL, after_seq=4, up_to_seq=6) == (
+                delete(5, 2),
+                delete(6, 4),
+            )
+            for seq in (2, 5):  # neither a deleted message nor a change is a message
+                with pytest.raises(MessageNotFound):
+                    await store.get_message(CHANNEL, mid(seq))
+            # The numbers stay taken: ids remain contiguous.
+            assert await store.last_seq(CHANNEL) == 6
             if self.atomic_append:
-                with pytest.raises(StoreError):
-                    await store.append([make_message(4)])
+                for taken in (make_message(4), make_message(6)):
+                    with pytest.raises(StoreError):
+                        await store.append([taken])
 
         run_with_store(make_store, scenario)
 
-    def test_delete_unknown_or_twice_is_not_found(self, make_store: StoreFactory) -> None:
+    def test_changes_of_messages_that_are_not_live_change_nothing(
+        self, make_store: StoreFactory
+    ) -> None:
         async def scenario(store: MessageStore) -> None:
             await store.append(batch(1, 1))
+            # Unknown targets (one far above the head) and another channel's.
+            ghost = make_message(9)
+            await store.append(
+                [
+                    edit(2, ghost, "x"),
+                    delete(3, 9),
+                    react(4, 9, "👍", "bob"),
+                    delete(5, 1, channel="random"),
+                ]
+            )
+            assert await store.last_seq(CHANNEL) == 4  # no row appeared at 9
+            assert await store.get_message(CHANNEL, mid(1)) == make_message(1)
+            assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=9)) == [
+                1,
+                2,
+                3,
+                4,
+            ]
+            assert await store.last_seq("random") == 5
+            await store.append([delete(6, 1)])
+            await store.append([edit(7, make_message(1), "too late"), react(8, 1, "👍", "bob")])
             with pytest.raises(MessageNotFound):
-                await store.delete(CHANNEL, mid(2))
-            with pytest.raises(MessageNotFound):
-                await store.delete("random", mid(1))
-            with pytest.raises(MessageNotFound):
-                await store.delete(CHANNEL, "garbage")
-            await store.delete(CHANNEL, mid(1))
-            with pytest.raises(MessageNotFound):
-                await store.delete(CHANNEL, mid(1))
+                await store.get_message(CHANNEL, mid(1))
+            assert (await store.history(CHANNEL)).messages == ()
+            assert _plain(await store.reactions(CHANNEL, [mid(1)])) == {}
 
         run_with_store(make_store, scenario)
 
@@ -458,46 +514,79 @@ class StoreContract:
     def test_edits_are_visible_everywhere(self, make_store: StoreFactory) -> None:
         async def scenario(store: MessageStore) -> None:
             await store.append(batch(1, 2))
-            edited = await store.edit(CHANNEL, mid(1), "first edit", created_at(10))
-            assert (edited.content, edited.edited_at) == ("first edit", created_at(10))
-            edited = await store.edit(CHANNEL, mid(1), "second edit", created_at(11))
+            first = edit(3, make_message(1), "first edit")
+            second = edit(4, make_message(1), "second edit")
+            await store.append([first])
+            await store.append([second])
             expected = dataclasses.replace(
-                make_message(1), content="second edit", edited_at=created_at(11)
+                make_message(1), content="second edit", edited_at=created_at(4)
             )
-            assert edited == expected
             assert await store.get_message(CHANNEL, mid(1)) == expected
             assert (await store.history(CHANNEL)).messages[0] == expected
-            assert (await store.messages_range(CHANNEL, after_seq=0, up_to_seq=1)) == (expected,)
+            got = await store.events_range(CHANNEL, after_seq=0, up_to_seq=4)
+            assert got == (expected, make_message(2), first, second)
             untouched = await store.get_message(CHANNEL, mid(2))
             assert (untouched.content, untouched.edited_at) == ("message 2", None)
 
         run_with_store(make_store, scenario)
 
-    def test_edit_unknown_or_deleted_is_not_found(self, make_store: StoreFactory) -> None:
+    def test_every_kind_of_change_round_trips(self, make_store: StoreFactory) -> None:
+        reply = make_message(
+            2,
+            user="bob",
+            thread_id=mid(1),
+            client_msg_id="c-2",
+            metadata=(("k", "v"),),
+            channel_name="General",
+        )
+        changes = [
+            edit(3, reply, "edited 👋"),
+            react(4, 1, "🎉", "carol"),
+            react(5, 1, "🎉", "carol", add=False),
+            delete(6, 2, user="bob"),
+        ]
+
         async def scenario(store: MessageStore) -> None:
-            await store.append(batch(1, 1))
-            with pytest.raises(MessageNotFound):
-                await store.edit(CHANNEL, mid(2), "x", created_at(5))
-            with pytest.raises(MessageNotFound):
-                await store.edit(CHANNEL, "bad id", "x", created_at(5))
-            await store.delete(CHANNEL, mid(1))
-            with pytest.raises(MessageNotFound):
-                await store.edit(CHANNEL, mid(1), "x", created_at(5))
+            await store.append([make_message(1), reply])
+            await store.append(changes)
+            assert await store.events_range(CHANNEL, after_seq=2, up_to_seq=6) == tuple(changes)
+            # A thread page shows its live replies, never the rows of changes.
+            page = await store.history(CHANNEL, thread_id=mid(1))
+            assert seqs(page.messages) == [1]
+
+        run_with_store(make_store, scenario)
+
+    def test_changes_of_one_batch_apply_in_order(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 2))
+            await store.append(
+                [
+                    react(3, 1, "👍", "bob"),
+                    react(4, 1, "👍", "bob", add=False),
+                    react(5, 1, "🎉", "bob"),
+                    edit(6, make_message(2), "edited"),
+                    delete(7, 2),
+                ]
+            )
+            assert _plain(await store.reactions(CHANNEL, [mid(1)])) == {mid(1): {"🎉": ("bob",)}}
+            assert seqs((await store.history(CHANNEL)).messages) == [1]
 
         run_with_store(make_store, scenario)
 
     # --- gap filling ------------------------------------------------------------
 
-    def test_messages_range(self, make_store: StoreFactory) -> None:
+    def test_events_range(self, make_store: StoreFactory) -> None:
         async def scenario(store: MessageStore) -> None:
             await store.append(batch(1, 6))
-            got = await store.messages_range(CHANNEL, after_seq=2, up_to_seq=4)
+            got = await store.events_range(CHANNEL, after_seq=2, up_to_seq=4)
             assert got == tuple(batch(3, 4))
-            assert seqs(await store.messages_range(CHANNEL, after_seq=0, up_to_seq=1)) == [1]
-            assert seqs(await store.messages_range(CHANNEL, after_seq=5, up_to_seq=9)) == [6]
-            assert await store.messages_range(CHANNEL, after_seq=6, up_to_seq=9) == ()
-            assert await store.messages_range(CHANNEL, after_seq=4, up_to_seq=4) == ()
-            assert await store.messages_range("random", after_seq=0, up_to_seq=9) == ()
+            assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=1)) == [1]
+            assert seqs(await store.events_range(CHANNEL, after_seq=5, up_to_seq=9)) == [6]
+            assert await store.events_range(CHANNEL, after_seq=6, up_to_seq=9) == ()
+            assert await store.events_range(CHANNEL, after_seq=4, up_to_seq=4) == ()
+            assert await store.events_range("random", after_seq=0, up_to_seq=9) == ()
+            await store.append([react(7, 6, "👍", "bob"), make_message(8)])
+            assert seqs(await store.events_range(CHANNEL, after_seq=5, up_to_seq=9)) == [6, 7, 8]
 
         run_with_store(make_store, scenario)
 
@@ -506,12 +595,16 @@ class StoreContract:
     def test_reactions(self, make_store: StoreFactory) -> None:
         async def scenario(store: MessageStore) -> None:
             await store.append(batch(1, 3) + batch(1, 1, channel="random"))
-            await store.set_reaction(CHANNEL, mid(1), "👍", "carol", True)
-            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", True)
-            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", True)  # idempotent
-            await store.set_reaction(CHANNEL, mid(1), "🎉", "bob", True)
-            await store.set_reaction(CHANNEL, mid(2), "👍", "bob", True)
-            await store.set_reaction("random", mid(1), "👍", "zed", True)
+            await store.append(
+                [
+                    react(4, 1, "👍", "carol"),
+                    react(5, 1, "👍", "alice"),
+                    react(6, 1, "👍", "alice"),  # idempotent
+                    react(7, 1, "🎉", "bob"),
+                    react(8, 2, "👍", "bob"),
+                    react(2, 1, "👍", "zed", channel="random"),
+                ]
+            )
             got = await store.reactions(CHANNEL, [mid(1), mid(2), mid(3), mid(9)])
             assert _plain(got) == {
                 mid(1): {"🎉": ("bob",), "👍": ("alice", "carol")},
@@ -521,10 +614,14 @@ class StoreContract:
             assert _plain(await store.reactions(CHANNEL, [mid(2)])) == {mid(2): {"👍": ("bob",)}}
             assert _plain(await store.reactions(CHANNEL, [])) == {}
 
-            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", False)
-            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", False)  # idempotent
-            await store.set_reaction(CHANNEL, mid(2), "👍", "bob", False)
-            await store.set_reaction(CHANNEL, mid(3), "👀", "nobody", False)  # never added
+            await store.append(
+                [
+                    react(9, 1, "👍", "alice", add=False),
+                    react(10, 1, "👍", "alice", add=False),  # idempotent
+                    react(11, 2, "👍", "bob", add=False),
+                    react(12, 3, "👀", "nobody", add=False),  # never added
+                ]
+            )
             assert _plain(await store.reactions(CHANNEL, [mid(1), mid(2), mid(3)])) == {
                 mid(1): {"🎉": ("bob",), "👍": ("carol",)},
             }
@@ -532,17 +629,11 @@ class StoreContract:
 
         run_with_store(make_store, scenario)
 
-    def test_reactions_need_a_live_message(self, make_store: StoreFactory) -> None:
+    def test_a_delete_drops_the_reactions(self, make_store: StoreFactory) -> None:
         async def scenario(store: MessageStore) -> None:
             await store.append(batch(1, 1))
-            with pytest.raises(MessageNotFound):
-                await store.set_reaction(CHANNEL, mid(2), "👍", "alice", True)
-            with pytest.raises(MessageNotFound):
-                await store.set_reaction(CHANNEL, "nope", "👍", "alice", True)
-            await store.set_reaction(CHANNEL, mid(1), "👍", "alice", True)
-            await store.delete(CHANNEL, mid(1))
-            with pytest.raises(MessageNotFound):
-                await store.set_reaction(CHANNEL, mid(1), "👍", "bob", True)
+            await store.append([react(2, 1, "👍", "alice")])
+            await store.append([delete(3, 1)])
             assert _plain(await store.reactions(CHANNEL, [mid(1)])) == {}
 
         run_with_store(make_store, scenario)
@@ -551,10 +642,36 @@ class StoreContract:
         # More ids than one SQL statement may bind.
         async def scenario(store: MessageStore) -> None:
             await store.append(batch(1, 1200))
-            for seq in (1, 600, 1200):
-                await store.set_reaction(CHANNEL, mid(seq), "👍", "alice", True)
+            await store.append(
+                [react(1200 + i, seq, "👍", "alice") for i, seq in enumerate((1, 600, 1200), 1)]
+            )
             got = await store.reactions(CHANNEL, [mid(seq) for seq in range(1, 1201)])
             assert sorted(got) == [mid(1), mid(600), mid(1200)]
+
+        run_with_store(make_store, scenario)
+
+    # --- threads ----------------------------------------------------------------
+
+    def test_reply_counts(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(
+                [
+                    make_message(1),
+                    make_message(2, thread_id=mid(1)),
+                    make_message(3, thread_id=mid(1)),
+                    make_message(4, thread_id=mid(1)),
+                    make_message(5, thread_id=mid(5)),  # names itself: no reply
+                    make_message(6, thread_id=mid(5)),
+                    make_message(7, thread_id=mid(1), channel="random"),
+                ]
+            )
+            await store.append([delete(7, 3), edit(8, make_message(4, thread_id=mid(1)), "e")])
+            ids = [mid(seq) for seq in range(1, 9)]
+            assert dict(await store.reply_counts(CHANNEL, ids)) == {mid(1): 2, mid(5): 1}
+            assert dict(await store.reply_counts(CHANNEL, [])) == {}
+            assert dict(await store.reply_counts("random", [mid(1)])) == {mid(1): 1}
+            many = [mid(seq) for seq in range(1, 700)]  # more than one statement binds
+            assert dict(await store.reply_counts(CHANNEL, many)) == {mid(1): 2, mid(5): 1}
 
         run_with_store(make_store, scenario)
 

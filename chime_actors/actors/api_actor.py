@@ -15,5 +15,9 @@ class ApiActor(LoopActor):
 
     def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
         return ApiCore(
-            configure.actor_id, configure.config, configure.api_port, configure.chat_port
+            configure.actor_id,
+            configure.config,
+            configure.api_port,
+            configure.chat_port,
+            post=router.post,
         )

@@ -1,15 +1,22 @@
-"""The API process's core: health, readiness, metrics and REST history over HTTP.
+"""The API process's core: health, readiness, metrics and REST over HTTP.
 
 Every other process actor sends a ``MetricsReport`` here once a second; the latest
 report of each is both its metrics and its heartbeat: ``/readyz`` is ready only
 when every expected actor reported within ``STALE_AFTER_S`` and storage answers.
+
+REST reads go to storage directly. REST changes (edits, deletes, reactions) go
+where the WebSocket's go: a ``ChangeRecord`` to the persister that owns the
+channel, on a ``PersistLink`` of the API's own (origin ``API_ORIGIN``), so they
+are checked, numbered, stored and delivered to every subscriber exactly as if
+they came from a gateway. Messages in: ``Wiring`` (the persisters, re-pointed
+after a restart like a gateway's links) and ``PersistResult``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, Wiring
@@ -20,22 +27,36 @@ from chime_actors.api.web import ClientConfig, WebClient
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
 from chime_actors.errors import ProtocolError, StoreError
+from chime_actors.gateway.persist_link import PersistLink, next_token
+from chime_actors.gateway.rate_limit import KeyedBuckets
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry, MetricsSnapshot
+from chime_actors.persister.sequencer import owner_index
+from chime_actors.protocol.codes import ErrorCode
+from chime_actors.protocol.frames import is_user_id
+from chime_actors.records import API_ORIGIN, ChangeKind, ChangeRecord, PersistResult, SendOutcome
 from chime_actors.storage.factory import make_store
-from chime_actors.storage.store import HistoryPage
+from chime_actors.storage.store import HistoryPage, annotated_history
 
 log = get_logger(__name__)
 
 STALE_AFTER_S = 3.0
 PING_TIMEOUT_S = 2.0
+# How often links fail what waited too long (as a gateway's).
+MAINTENANCE_INTERVAL_S = 0.5
 
 
 class ApiCore:
     """Serves the HTTP API; implements ``routes.ApiBackend``."""
 
     def __init__(
-        self, actor_id: ActorId, config: Config, api_port: int, chat_port: int = 0
+        self,
+        actor_id: ActorId,
+        config: Config,
+        api_port: int,
+        chat_port: int = 0,
+        *,
+        post: Callable[[Any, Any], None] | None = None,
     ) -> None:
         """Prepare the API; nothing listens until :meth:`start`.
 
@@ -44,6 +65,8 @@ class ApiCore:
             config: the server's configuration.
             api_port: the port to bind (0: ``api.port``; on a restart, the first one's).
             chat_port: the chat port actually bound (0: ``chat.port``), for the web page.
+            post: how to send to other actors (the router of its ``LoopActor``);
+                without it (a core on its own, in tests) REST changes are unavailable.
         """
         self.actor_id = actor_id
         self._config = config
@@ -63,17 +86,34 @@ class ApiCore:
         self._reports: dict[ActorId, tuple[float, MetricsReport]] = {}
         self._expected: set[str] = set()
         self._exposition = exposition_registry(self._snapshots)
+        # Without ``post`` (a core on its own, in tests) changes are unavailable.
+        self._links: list[PersistLink] = []
+        if post is not None:
+            timeout_s = config.chat.ack_timeout_ms / 1000
+            self._links = [
+                PersistLink(API_ORIGIN, post, ack_timeout_s=timeout_s)
+                for _ in range(config.persisters)
+            ]
+        # limits.messages_per_10s per user, as a gateway counts them.
+        self._rate = KeyedBuckets(config.limits.messages_per_10s, time.monotonic)
+        self._maintenance: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Open storage (read side) and bind the API port."""
+        """Open storage and bind the API port."""
         await self._store.open()
         await self._server.start(self._config.api.host, self._port)
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
         return self._server.port
 
     def handle(self, message: Any, sender: Any) -> None:
-        """Thespian messages, on the loop thread."""
+        """Thespian (and lane) messages, on the loop thread."""
         if isinstance(message, MetricsReport):
             self._reports[message.actor_id] = (time.monotonic(), message)
+        elif isinstance(message, PersistResult):
+            for link in self._links:
+                if link.owns(message.batch_id):
+                    link.on_result(message)
+                    break
         elif isinstance(message, RestartNotice):
             self.metrics.actor_restarts.labels(kind=message.actor_id.kind.value).inc()
         elif isinstance(message, Wiring):
@@ -82,11 +122,23 @@ class ApiCore:
             if self._config.bus.backend is BusBackend.REDIS:
                 expected.add("redis-bridge")
             self._expected = expected
+            for link, address in zip(self._links, message.persisters, strict=False):
+                link.rewire(address)
 
     async def stop(self) -> None:
         """Close the server and storage."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         await self._server.close()
+        for link in self._links:
+            link.fail_all("api stopped")
         await self._store.close()
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            for link in self._links:
+                link.expire()
 
     # --- ApiBackend -------------------------------------------------------------------
 
@@ -127,10 +179,62 @@ class ApiCore:
         limit: int,
         thread_id: str | None,
     ) -> HistoryPage:
-        """A page of stored messages (REST)."""
-        return await self._store.history(
-            channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+        """A page of stored messages, with reactions and reply counts (REST)."""
+        return await annotated_history(
+            self._store, channel_id, before=before, after=after, limit=limit, thread_id=thread_id
         )
+
+    @property
+    def max_content_chars(self) -> int:
+        """``chat.max_content_chars``."""
+        return self._config.chat.max_content_chars
+
+    def writer(self, headers: Mapping[str, str], channel_id: str) -> str:
+        """The user of a change: the Bearer token's, or (insecure) ``X-Chime-User``."""
+        if self._auth.mode is AuthMode.INSECURE:
+            user_id = headers.get("x-chime-user", "")
+            if not is_user_id(user_id):
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    "an X-Chime-User header (1-64 of A-Z a-z 0-9 _ . @ : -) names the user",
+                )
+            return user_id
+        token = bearer_token(headers)
+        if token is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "a Bearer token is required")
+        identity = self._auth.verify(token)
+        if not identity.may_access(channel_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "this token does not grant the channel")
+        return identity.user_id
+
+    def take_rate(self, user_id: str) -> float | None:
+        """One change of ``user_id`` against ``limits.messages_per_10s``."""
+        return self._rate.take(user_id)
+
+    async def change(
+        self,
+        channel_id: str,
+        message_id: str,
+        user_id: str,
+        kind: ChangeKind,
+        *,
+        content: str | None = None,
+        emoji: str | None = None,
+    ) -> SendOutcome:
+        """A change, through the channel's persister (see the module docstring)."""
+        record = ChangeRecord(
+            token=next_token(),
+            channel_id=channel_id,
+            message_id=message_id,
+            user_id=user_id,
+            kind=kind,
+            content=content,
+            emoji=emoji,
+        )
+        if not self._links:
+            return SendOutcome(record.token, error_code=ErrorCode.UNAVAILABLE)
+        link = self._links[owner_index(channel_id, len(self._links))]
+        return await link.submit(record)
 
     def authorize(self, headers: Mapping[str, str], channel_id: str) -> str | None:
         """Insecure mode allows everyone; jwt mode needs a valid Bearer token

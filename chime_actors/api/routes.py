@@ -1,11 +1,15 @@
-"""The HTTP API's routes: health, readiness, metrics and REST history.
+"""The HTTP API's routes: health, readiness, metrics, REST history and changes.
 
-=========================================  =======================================
-``GET /healthz``                           200 ``{"status": "ok"}`` while the process runs
-``GET /readyz``                            200 or 503 ``{"ready": bool, "checks": {...}}``
-``GET /metrics``                           Prometheus text format 0.0.4
-``GET /v1/channels/{channelId}/messages``  ``{"messages": [...], "hasMore": bool}``
-=========================================  =======================================
+===================================================  =============================================
+``GET /healthz``                                     200 ``{"status": "ok"}`` while the process runs
+``GET /readyz``                                      200 or 503 ``{"ready": bool, "checks": {...}}``
+``GET /metrics``                                     Prometheus text format 0.0.4
+``GET /v1/channels/{c}/messages``                    ``{"messages": [...], "hasMore": bool}``
+``PATCH /v1/channels/{c}/messages/{m}``              edit ``{"content"}``: 200, the edited message
+``DELETE /v1/channels/{c}/messages/{m}``             delete: 204
+``PUT /v1/channels/{c}/messages/{m}/reactions/{e}``  add the reaction ``e`` (percent-encoded): 204
+``DELETE`` the same                                  remove it: 204
+===================================================  =============================================
 
 ``/``, ``/static/...`` and ``/v1/client-config`` are the web chat page's
 (``api.web.WebClient``, tried before these routes when given).
@@ -14,7 +18,12 @@
 ``before``, ``after``, ``threadId`` (message ids) and ``limit`` (1..100, default
 50); an empty value counts as absent, so ``?before=&limit=`` is the default
 query. Unknown parameters are ignored. Only ``/v1/`` routes are authorized:
-probes and the Prometheus scraper carry no tokens.
+probes and the Prometheus scraper carry no tokens. The changes are the
+WebSocket's ``edit``, ``delete`` and ``react`` with the same rules and codes
+(author only: 403 ``forbidden``; unknown message: 404 ``not_found``; over
+``limits.messages_per_10s``: 429 ``rate_limited`` with ``Retry-After``); they
+need a user: the Bearer token's, or in insecure mode the ``X-Chime-User``
+header (401 ``unauthorized`` without one).
 
 The routes hold no state and do no I/O of their own: everything goes through an
 :class:`ApiBackend`, so they are tested with a small fake.
@@ -22,11 +31,14 @@ The routes hold no state and do no I/O of their own: everything goes through an
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
+
+import orjson
 
 from chime_actors.api import exposition
 from chime_actors.api.http_server import (
@@ -41,6 +53,9 @@ from chime_actors.api.web import WebClient
 from chime_actors.errors import ChimeError, ProtocolError, StoreUnavailable
 from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
+from chime_actors.protocol import server_frames
+from chime_actors.protocol.frames import MAX_EMOJI_CHARS
+from chime_actors.records import ChangeKind, SendOutcome
 from chime_actors.storage.store import HistoryPage
 
 __all__ = [
@@ -59,7 +74,6 @@ MAX_HISTORY_LIMIT = 100
 METRICS_CONTENT_TYPE = exposition.CONTENT_TYPE
 
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
-_ALLOW = {"Allow": "GET, HEAD"}
 _READ_METHODS = ("GET", "HEAD")
 # Status for each error code ``ApiBackend.authorize`` may return.
 _AUTH_STATUS = {"unauthorized": 401, "forbidden": 403}
@@ -117,6 +131,45 @@ class ApiBackend(Protocol):
         """
         ...
 
+    @property
+    def max_content_chars(self) -> int:
+        """``chat.max_content_chars``: the longest content an edit may carry."""
+        ...
+
+    def writer(self, headers: Mapping[str, str], channel_id: str) -> str:
+        """The user a change of ``channel_id`` is made as.
+
+        Raises:
+            ProtocolError: ``unauthorized`` (no user, or a token refused) or
+                ``forbidden`` (the token does not grant the channel).
+        """
+        ...
+
+    def take_rate(self, user_id: str) -> float | None:
+        """Count one change of ``user_id`` against ``limits.messages_per_10s``.
+
+        Returns:
+            None when it may go on, else the seconds until it may.
+        """
+        ...
+
+    async def change(
+        self,
+        channel_id: str,
+        message_id: str,
+        user_id: str,
+        kind: ChangeKind,
+        *,
+        content: str | None = None,
+        emoji: str | None = None,
+    ) -> SendOutcome:
+        """Hand a change to the channel's persister and wait for its outcome.
+
+        The outcome's ``error_code`` (``forbidden``, ``not_found``,
+        ``unavailable``) says why it was not made; never raises for those.
+        """
+        ...
+
 
 def make_handler(backend: ApiBackend, web: WebClient | None = None) -> HttpHandler:
     """Return the HTTP handler serving Chime's API from ``backend``.
@@ -143,17 +196,30 @@ def make_handler(backend: ApiBackend, web: WebClient | None = None) -> HttpHandl
             if segments == ["readyz"]:
                 return await _readyz(backend)
             return text_response(backend.metrics_text(), content_type=METRICS_CONTENT_TYPE)
-        if len(segments) == 4 and segments[:2] == ["v1", "channels"] and segments[3] == "messages":
-            if request.method not in _READ_METHODS:
-                return _method_not_allowed(request)
-            return await _history(backend, request, segments[2])
+        if len(segments) >= 4 and segments[:2] == ["v1", "channels"] and segments[3] == "messages":
+            if len(segments) == 4:
+                if request.method not in _READ_METHODS:
+                    return _method_not_allowed(request)
+                return await _history(backend, request, segments[2])
+            if len(segments) == 5:
+                if request.method not in ("PATCH", "DELETE"):
+                    return _method_not_allowed(request, "PATCH, DELETE")
+                return await _message_change(backend, request, segments[2], segments[4], None)
+            if len(segments) == 7 and segments[5] == "reactions":
+                if request.method not in ("PUT", "DELETE"):
+                    return _method_not_allowed(request, "PUT, DELETE")
+                return await _message_change(
+                    backend, request, segments[2], segments[4], segments[6]
+                )
         return error_response(404, f"no route for {request.path}", code="not_found")
 
     return handle
 
 
-def _method_not_allowed(request: HttpRequest) -> HttpResponse:
-    return error_response(405, f"{request.method} is not allowed on {request.path}", headers=_ALLOW)
+def _method_not_allowed(request: HttpRequest, allow: str = "GET, HEAD") -> HttpResponse:
+    return error_response(
+        405, f"{request.method} is not allowed on {request.path}", headers={"Allow": allow}
+    )
 
 
 async def _readyz(backend: ApiBackend) -> HttpResponse:
@@ -199,9 +265,110 @@ async def _history(backend: ApiBackend, request: HttpRequest, raw_channel: str) 
             code="unavailable",
             headers={"Retry-After": "1"},
         )
-    return json_response(
-        {"messages": [message.to_wire() for message in page.messages], "hasMore": page.has_more}
+    messages = [
+        server_frames.history_message(message, page.reactions, page.reply_counts)
+        for message in page.messages
+    ]
+    return json_response({"messages": messages, "hasMore": page.has_more})
+
+
+async def _message_change(
+    backend: ApiBackend,
+    request: HttpRequest,
+    raw_channel: str,
+    raw_message: str,
+    raw_emoji: str | None,
+) -> HttpResponse:
+    """PATCH/DELETE a message, PUT/DELETE a reaction: the WebSocket's twins."""
+    try:
+        channel_id = _channel_id(raw_channel)
+        message_id = unquote(raw_message)
+        if not is_message_id(message_id):
+            raise _bad_request("messageId is not a message id")
+        emoji = None if raw_emoji is None else _emoji(raw_emoji)
+        user_id = backend.writer(request.headers, channel_id)
+        content = None
+        if raw_emoji is None and request.method == "PATCH":
+            content = _edit_content(request.body, backend.max_content_chars)
+    except ProtocolError as exc:
+        return _protocol_error(exc)
+    wait_s = backend.take_rate(user_id)
+    if wait_s is not None:
+        return error_response(
+            429,
+            "over limits.messages_per_10s; try again later",
+            code="rate_limited",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            retryAfterMs=max(1, math.ceil(wait_s * 1000)),
+        )
+    if emoji is not None:
+        added = request.method == "PUT"
+        kind = ChangeKind.REACTION_ADD if added else ChangeKind.REACTION_REMOVE
+    else:
+        kind = ChangeKind.EDIT if content is not None else ChangeKind.DELETE
+    outcome = await backend.change(
+        channel_id, message_id, user_id, kind, content=content, emoji=emoji
     )
+    if outcome.error_code is not None:
+        code = outcome.error_code
+        headers = {"Retry-After": "1"} if code == "unavailable" else None
+        # Messages of this layer's own (never the store's: they name hosts).
+        message = _CHANGE_REFUSALS.get(code, "the change could not be made")
+        return error_response(_STATUS.get(code, 500), message, code=code, headers=headers)
+    if kind is ChangeKind.EDIT:
+        assert outcome.change is not None and outcome.change.message is not None
+        return json_response(outcome.change.message.to_wire())
+    return HttpResponse(204)
+
+
+_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "too_large": 413,
+    "rate_limited": 429,
+    "unavailable": 503,
+}
+_CHANGE_REFUSALS = {
+    "forbidden": "only the author may edit or delete a message",
+    "not_found": "no such message",
+    "unavailable": "storage is unavailable; try again",
+}
+
+
+def _protocol_error(exc: ProtocolError) -> HttpResponse:
+    status = _STATUS.get(exc.code, 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return error_response(status, exc.message, code=exc.code, headers=headers)
+
+
+def _emoji(raw: str) -> str:
+    try:
+        emoji = unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise _bad_request("the emoji is not valid UTF-8") from exc
+    if not emoji.strip() or len(emoji) > MAX_EMOJI_CHARS:
+        raise _bad_request(f"the emoji must be 1-{MAX_EMOJI_CHARS} characters, not blank")
+    return emoji
+
+
+def _edit_content(body: bytes, max_chars: int) -> str:
+    """The ``content`` of an edit's JSON body, checked as the WebSocket checks it."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _bad_request("the body must be a JSON object") from exc
+    if not isinstance(data, dict):
+        raise _bad_request("the body must be a JSON object")
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise _bad_request("'content' must be a string")
+    if len(content) > max_chars:
+        raise ProtocolError("too_large", f"'content' is longer than {max_chars} characters")
+    if not content.strip():
+        raise _bad_request("'content' must not be blank")
+    return content
 
 
 def _bad_request(message: str) -> ProtocolError:

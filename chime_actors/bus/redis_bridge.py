@@ -38,7 +38,7 @@ from chime_actors.config import Config, RedisConfig
 from chime_actors.errors import BusError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
-from chime_actors.records import ChimeMessage, Deliveries
+from chime_actors.records import ChannelEvent, Deliveries
 
 log = get_logger(__name__)
 
@@ -158,7 +158,7 @@ class RedisBridgeCore:
         try:
             while True:
                 batch = await self._publish_queue.get()
-                by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)
+                by_channel: dict[str, list[ChannelEvent]] = defaultdict(list)
                 for message in batch.messages:
                     by_channel[message.channel_id].append(message)
                 while True:
@@ -233,7 +233,7 @@ class RedisBridgeCore:
             if gone:
                 await pubsub.unsubscribe(*(topic_for(c) for c in gone))
                 subscribed -= gone
-            batch: list[ChimeMessage] = []
+            batch: list[ChannelEvent] = []
             message = await pubsub.get_message(timeout=POLL_S)
             while message is not None:
                 if message.get("type") == "message":
@@ -244,7 +244,7 @@ class RedisBridgeCore:
             if batch:
                 self._send_to_gateways(Deliveries(tuple(batch)))
 
-    def _collect(self, message: dict[str, Any], batch: list[ChimeMessage]) -> None:
+    def _collect(self, message: dict[str, Any], batch: list[ChannelEvent]) -> None:
         try:
             channel_of(message["channel"])
             origin, messages = decode_publication(message["data"])

@@ -2,9 +2,14 @@
 
 It is the channel's local fan-out point: it receives the channel's durable
 messages (in id order, from the channel's sequencer) and hands each, encoded once,
-to every local subscriber. Because it handles its mailbox one message at a time,
-a join with ``resume`` (replay from storage, then live) and live publishes can
-never interleave wrongly:
+to every local subscriber. Changes of messages (edits, deletes, reactions:
+``MessageChange``) have ids of their own in the same order and travel the same
+way, so everything below holds for them too: a subscriber gets a channel's
+messages and changes in one order, each once, live or replayed.
+
+Because it handles its mailbox one message at a time, a join with ``resume``
+(replay from storage, then live) and live publishes can never interleave
+wrongly:
 
 * a subscriber's *watermark* is the highest id it has been given; live messages at
   or below it are skipped, so a message that is both replayed and live arrives once;
@@ -54,7 +59,7 @@ from chime_actors.ids import parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.wire_frames import WireFrame
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChannelEvent
 from chime_actors.storage.store import MessageStore
 
 log = get_logger(__name__)
@@ -151,9 +156,9 @@ class Leave:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Durable messages of this channel, ascending ids."""
+    """Durable events (messages and changes) of this channel, ascending ids."""
 
-    messages: tuple[ChimeMessage, ...]
+    messages: tuple[ChannelEvent, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +252,7 @@ class ChannelActor:
         # the baseline from storage.
         self._last_seq: int | None = None
         # Messages that arrived ahead of a hole, by id (see _release_held).
-        self._held: dict[int, ChimeMessage] = {}
+        self._held: dict[int, ChannelEvent] = {}
         self._held_since: float | None = None
         self._retry_scheduled = False
         self._clock = clock
@@ -502,9 +507,7 @@ class ChannelActor:
         count = 0
         while after < head:
             up_to = min(head, after + CATCH_UP_PAGE)
-            page = await self._store.messages_range(
-                self.channel_id, after_seq=after, up_to_seq=up_to
-            )
+            page = await self._store.events_range(self.channel_id, after_seq=after, up_to_seq=up_to)
             count += len(page)
             if count > limit:
                 return True
@@ -574,7 +577,7 @@ class ChannelActor:
             up_to = min(target, after + CATCH_UP_PAGE)
             budget -= up_to - after
             try:
-                page = await self._store.messages_range(
+                page = await self._store.events_range(
                     self.channel_id, after_seq=after, up_to_seq=up_to
                 )
             except StoreError as exc:
@@ -586,7 +589,9 @@ class ChannelActor:
             for message in page:
                 if message.seq <= member.watermark:
                     continue
-                if not subscriber.offer(WireFrame.of(server_frames.message(message)), member.wake):
+                if not subscriber.offer(
+                    WireFrame.of(server_frames.channel_event(message)), member.wake
+                ):
                     return  # held back again: its connection wakes it when it has room
                 member.watermark = message.seq
                 if replay_to is not None:
@@ -596,7 +601,7 @@ class ChannelActor:
             # Every id of the page was given or is deleted.
             member.watermark = up_to
 
-    async def _publish(self, messages: tuple[ChimeMessage, ...]) -> None:
+    async def _publish(self, messages: tuple[ChannelEvent, ...]) -> None:
         for message in messages:
             seq = message.seq
             if self._last_seq is None:
@@ -673,7 +678,7 @@ class ChannelActor:
         if up_to_seq <= start:
             return True
         try:
-            missing = await self._store.messages_range(
+            missing = await self._store.events_range(
                 self.channel_id, after_seq=start, up_to_seq=up_to_seq
             )
         except StoreError as exc:
@@ -705,9 +710,9 @@ class ChannelActor:
             await self._fill_gap(latest)
         await self._release_held()
 
-    def _deliver(self, message: ChimeMessage, seq: int) -> None:
+    def _deliver(self, message: ChannelEvent, seq: int) -> None:
         # Encoded and framed once for every recipient.
-        frame = WireFrame.of(server_frames.message(message))
+        frame = WireFrame.of(server_frames.channel_event(message))
         delivered = 0
         held_back: list[_Member] | None = None
         for member in self._live.values():

@@ -67,9 +67,11 @@ from chime_actors.protocol.connection import (
 )
 from chime_actors.protocol.events import (
     Connect,
+    Delete,
     Edit,
     History,
     React,
+    ReactionOp,
     Refresh,
     Send,
     Subscribe,
@@ -79,6 +81,8 @@ from chime_actors.protocol.events import (
 from chime_actors.protocol.frames import Limits, is_user_id
 from chime_actors.protocol.wire_frames import WireFrame, text_frame
 from chime_actors.records import (
+    ChangeKind,
+    ChangeRecord,
     SendOutcome,
     SendRecord,
     format_timestamp,
@@ -106,8 +110,8 @@ class GatewayServices(Protocol):
     flush_queue: FlushQueue
     message_rate: MessageRate
 
-    def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
-        """Hand a send to the channel's persister; resolves with its outcome."""
+    def submit_send(self, record: SendRecord | ChangeRecord) -> asyncio.Future[SendOutcome]:
+        """Hand a send (or a change) to the channel's persister; resolves with its outcome."""
         ...
 
     async def join_channel(
@@ -145,7 +149,7 @@ class GatewayServices(Protocol):
         limit: int,
         thread_id: str | None,
     ) -> HistoryPage:
-        """Read a page of stored messages."""
+        """Read a page of stored messages (with reactions and reply counts)."""
         ...
 
 
@@ -438,8 +442,8 @@ class ConnectionActor:
             return
         handler = self._HANDLERS.get(type(event))
         if handler is None:
-            # Edits, reactions, presence ... arrive with later issues; until then a
-            # clear answer instead of silence.
+            # Presence, typing and read markers arrive with later issues; until
+            # then a clear answer instead of silence.
             error = ProtocolError(
                 ErrorCode.BAD_REQUEST,
                 f"{type(event).__name__.lower()} is not supported by this server yet",
@@ -671,6 +675,48 @@ class ConnectionActor:
         code = outcome.error_code or ErrorCode.UNAVAILABLE
         self._send_error(code, outcome.error_message or code, client_msg_id=client_msg_id)
 
+    async def _change(self, event: Edit | Delete | React) -> None:
+        """An edit, delete or reaction: to the channel's persister, which checks it.
+
+        Any channel the token grants may be changed, subscribed or not (as
+        history may be read). The requester's confirmation is the change's
+        own frame with its ``requestId``, once it is stored; subscribers get
+        the frame from the channel, in the channel's order.
+        """
+        if not self._identity.may_access(event.channel_id):
+            self._send_error(
+                ErrorCode.FORBIDDEN,
+                f"the token does not grant {event.channel_id}",
+                request_id=event.request_id,
+            )
+            return
+        record = change_record(event, next_token(), self._proto.user_id or "")
+        self._owed_acks += 1
+        future = self._services.submit_send(record)
+        future.add_done_callback(functools.partial(self._on_change_done, event, record))
+
+    def _on_change_done(
+        self,
+        event: Edit | Delete | React,
+        record: ChangeRecord,
+        future: asyncio.Future[SendOutcome],
+    ) -> None:
+        self._owed_acks -= 1
+        outcome = future.result()
+        if outcome.error_code is not None:
+            self._send_error(
+                outcome.error_code,
+                outcome.error_message or outcome.error_code,
+                request_id=event.request_id,
+            )
+            return
+        if outcome.change is not None:
+            self.push(server_frames.change(outcome.change, event.request_id))
+        else:
+            # Nothing to change (a reaction already there, or already gone): done
+            # all the same, with no position of its own.
+            self.push(unchanged_frame(record, event.request_id))
+
     async def _history(self, event: History) -> None:
         if not self._identity.may_access(event.channel_id):
             self._send_error(
@@ -696,7 +742,14 @@ class ConnectionActor:
             )
             return
         self.push(
-            server_frames.history(event.request_id, event.channel_id, page.messages, page.has_more)
+            server_frames.history(
+                event.request_id,
+                event.channel_id,
+                page.messages,
+                page.has_more,
+                page.reactions,
+                page.reply_counts,
+            )
         )
 
     _HANDLERS: ClassVar[dict[type, Callable[[ConnectionActor, object], Awaitable[None]]]] = {
@@ -706,4 +759,46 @@ class ConnectionActor:
         Send: _send,  # type: ignore[dict-item]
         History: _history,  # type: ignore[dict-item]
         Refresh: _refresh,  # type: ignore[dict-item]
+        Edit: _change,  # type: ignore[dict-item]
+        Delete: _change,  # type: ignore[dict-item]
+        React: _change,  # type: ignore[dict-item]
     }
+
+
+def change_record(event: Edit | Delete | React, token: int, user_id: str) -> ChangeRecord:
+    """The ``ChangeRecord`` of a client's edit, delete or react frame."""
+    if isinstance(event, Edit):
+        kind, content, emoji = ChangeKind.EDIT, event.content, None
+    elif isinstance(event, Delete):
+        kind, content, emoji = ChangeKind.DELETE, None, None
+    else:
+        added = event.op is ReactionOp.ADD
+        kind = ChangeKind.REACTION_ADD if added else ChangeKind.REACTION_REMOVE
+        content, emoji = None, event.emoji
+    return ChangeRecord(
+        token=token,
+        channel_id=event.channel_id,
+        message_id=event.message_id,
+        user_id=user_id,
+        kind=kind,
+        content=content,
+        emoji=emoji,
+    )
+
+
+def unchanged_frame(record: ChangeRecord, request_id: str | None) -> str:
+    """The confirmation of a change that had nothing to change (no ``eventId``)."""
+    if record.kind is ChangeKind.DELETE:
+        return server_frames.message_deleted(
+            record.channel_id, record.message_id, request_id=request_id
+        )
+    assert record.emoji is not None  # edits always change something
+    op = ReactionOp.ADD if record.kind is ChangeKind.REACTION_ADD else ReactionOp.REMOVE
+    return server_frames.reaction(
+        record.channel_id,
+        record.message_id,
+        record.emoji,
+        record.user_id,
+        op,
+        request_id=request_id,
+    )

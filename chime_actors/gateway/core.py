@@ -54,9 +54,16 @@ from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.sequencer import owner_index
-from chime_actors.records import ChimeMessage, Deliveries, PersistResult, SendOutcome, SendRecord
+from chime_actors.records import (
+    ChangeRecord,
+    ChannelEvent,
+    Deliveries,
+    PersistResult,
+    SendOutcome,
+    SendRecord,
+)
 from chime_actors.storage.factory import make_store
-from chime_actors.storage.store import HistoryPage
+from chime_actors.storage.store import HistoryPage, annotated_history
 
 log = get_logger(__name__)
 
@@ -210,8 +217,8 @@ class GatewayCore:
 
     # --- GatewayServices (for ConnectionActor) ------------------------------------
 
-    def submit_send(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
-        """Route a send to the persister that sequences its channel."""
+    def submit_send(self, record: SendRecord | ChangeRecord) -> asyncio.Future[SendOutcome]:
+        """Route a send (or a change) to the persister that sequences its channel."""
         link = self._links[owner_index(record.channel_id, len(self._links))]
         return link.submit(record)
 
@@ -267,9 +274,9 @@ class GatewayCore:
         limit: int,
         thread_id: str | None,
     ) -> HistoryPage:
-        """Read a page of stored messages."""
-        return await self._store.history(
-            channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+        """Read a page of stored messages, with their reactions and reply counts."""
+        return await annotated_history(
+            self._store, channel_id, before=before, after=after, limit=limit, thread_id=thread_id
         )
 
     # --- internals ----------------------------------------------------------------
@@ -321,8 +328,8 @@ class GatewayCore:
         if self._redis_bridge is not None:
             self._post(self._redis_bridge, message)
 
-    def _on_deliveries(self, messages: tuple[ChimeMessage, ...]) -> None:
-        by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)
+    def _on_deliveries(self, messages: tuple[ChannelEvent, ...]) -> None:
+        by_channel: dict[str, list[ChannelEvent]] = defaultdict(list)
         for message in messages:
             if message.channel_id in self._channels:
                 by_channel[message.channel_id].append(message)

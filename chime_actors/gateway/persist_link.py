@@ -28,7 +28,12 @@ link never relies on Thespian to absorb load. Instead:
   one the gateway made: ``records.server_client_msg_id``), so all of them are
   sent again to the new persister, whose idempotency check (reloaded from
   storage) acks the stored ones with their original id and stores the rest:
-  exactly once, and ``unavailable`` is never a guess.
+  exactly once, and ``unavailable`` is never a guess. Changes (``ChangeRecord``:
+  edits, deletes, reactions) are sent again as well, marked ``retried``: the
+  new persister checks them against storage as it finds it, so a reaction
+  already there is not added twice and a delete that already landed is
+  answered as done; an edit that already landed lands a second time (same
+  content, one more ``message_edited``).
 """
 
 from __future__ import annotations
@@ -38,10 +43,16 @@ import collections
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from chime_actors.records import PersistBatch, PersistResult, SendOutcome, SendRecord
+from chime_actors.records import (
+    ChangeRecord,
+    PersistBatch,
+    PersistRecord,
+    PersistResult,
+    SendOutcome,
+)
 
 Post = Callable[[Any, Any], None]
 
@@ -52,23 +63,23 @@ _batch_ids = itertools.count(1)
 
 
 def next_token() -> int:
-    """A gateway-unique token for a ``SendRecord``."""
+    """A gateway-unique token for a ``PersistRecord``."""
     return next(_tokens)
 
 
 @dataclass(slots=True)
 class _InFlight:
     address: Any
-    entries: tuple[tuple[float, SendRecord], ...]  # (submitted at, record)
+    entries: tuple[tuple[float, PersistRecord], ...]  # (submitted at, record)
     sent_at: float
 
     @property
-    def records(self) -> tuple[SendRecord, ...]:
+    def records(self) -> tuple[PersistRecord, ...]:
         return tuple(record for _, record in self.entries)
 
 
 class PersistLink:
-    """Carries ``SendRecord``s to one persister and resolves their futures."""
+    """Carries ``PersistRecord``s to one persister and resolves their futures."""
 
     def __init__(
         self,
@@ -92,7 +103,7 @@ class PersistLink:
         self._clock = clock
         self.address: Any = None
         # (submitted at, record), oldest first.
-        self._buffer: collections.deque[tuple[float, SendRecord]] = collections.deque()
+        self._buffer: collections.deque[tuple[float, PersistRecord]] = collections.deque()
         self._futures: dict[int, asyncio.Future[SendOutcome]] = {}
         self._in_flight: dict[int, _InFlight] = {}
         self._flush_scheduled = False
@@ -102,7 +113,7 @@ class PersistLink:
         """Records buffered or in flight (queue depth for metrics)."""
         return len(self._futures)
 
-    def submit(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
+    def submit(self, record: PersistRecord) -> asyncio.Future[SendOutcome]:
         """Queue ``record``; the future resolves with its outcome (never raises)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SendOutcome] = loop.create_future()
@@ -147,13 +158,18 @@ class PersistLink:
             return
         old = self.address
         self.address = address
-        retry: list[tuple[float, SendRecord]] = []
+        retry: list[tuple[float, PersistRecord]] = []
         for batch_id, flight in list(self._in_flight.items()):
             if flight.address != old:
                 continue
             del self._in_flight[batch_id]
             for entry in flight.entries:
-                if entry[1].client_msg_id:
+                record = entry[1]
+                if isinstance(record, ChangeRecord):
+                    # Safe to repeat (see ChangeRecord.retried): an edit lands
+                    # again, a reaction already there is not added twice.
+                    retry.append((entry[0], replace(record, retried=True)))
+                elif record.client_msg_id:
                     retry.append(entry)
                 else:
                     # Not from a gateway (those always carry a key): cannot be
@@ -187,7 +203,7 @@ class PersistLink:
         self._fail(tuple(record for _, record in self._buffer), why)
         self._buffer.clear()
 
-    def _fail(self, records: tuple[SendRecord, ...], why: str) -> None:
+    def _fail(self, records: tuple[PersistRecord, ...], why: str) -> None:
         for record in records:
             future = self._futures.pop(record.token, None)
             if future is not None and not future.done():

@@ -4,7 +4,9 @@ A channel is owned by exactly one persister (``owner_index``), and that persiste
 ``Sequencer`` is the channel's only sequencer on the host. It numbers messages
 ``last_seq + 1, + 2 ...``; ``plan`` hands out numbers for a batch, and the caller
 then either ``commit``s (the store wrote the batch) or ``rollback``s (it did not),
-which gives the numbers back so ids stay contiguous.
+which gives the numbers back so ids stay contiguous. Changes of messages
+(edits, deletes, reactions), once checked (``persister.changes``), are numbered
+in the same sequence: a channel's order is its messages and their changes.
 
 Idempotency: a send whose ``(userId, clientMsgId)`` was stored in the channel in
 the last ``dedupe_ttl_s`` seconds is answered with the first message and stores
@@ -37,9 +39,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from chime_actors.ids import format_message_id
+from chime_actors.persister.changes import ChangeDraft
 from chime_actors.records import (
     SERVER_CLIENT_MSG_ID_PREFIX,
+    ChangeKind,
+    ChangeRecord,
+    ChannelEvent,
     ChimeMessage,
+    MessageChange,
     SendRecord,
     format_timestamp,
 )
@@ -73,6 +80,25 @@ def entry_bytes(key: DedupeKey, message: ChimeMessage) -> int:
         + len(key[1])
         + len(message.message_id)
         + len(message.created_at)
+    )
+
+
+def _numbered(draft: ChangeDraft, event_id: str, at: str) -> MessageChange:
+    """The change ``draft`` asks for, at ``event_id``, made at ``at``."""
+    record = draft.record
+    edited = None
+    if record.kind is ChangeKind.EDIT:
+        assert record.content is not None  # the gateway sends it with every edit
+        edited = replace(draft.target, content=record.content, edited_at=at)
+    return MessageChange(
+        channel_id=record.channel_id,
+        event_id=event_id,
+        kind=record.kind,
+        message_id=record.message_id,
+        user_id=record.user_id,
+        at=at,
+        emoji=record.emoji,
+        message=edited,
     )
 
 
@@ -112,16 +138,39 @@ class Duplicate:
 
 
 @dataclass(frozen=True, slots=True)
+class Changed:
+    """A checked change that got an id of its own; stored by the caller."""
+
+    origin: int
+    record: ChangeRecord
+    change: MessageChange
+
+
+PlanItem = Assigned | Duplicate | Changed
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Ids handed out for one write. Pass it back to ``commit`` or ``rollback``."""
 
-    items: tuple[Assigned | Duplicate, ...]
+    items: tuple[PlanItem, ...]
     previous_last_seq: Mapping[str, int]
 
     @property
     def new_messages(self) -> tuple[ChimeMessage, ...]:
         """The messages to store, in id order per channel."""
         return tuple(item.message for item in self.items if isinstance(item, Assigned))
+
+    @property
+    def new_events(self) -> tuple[ChannelEvent, ...]:
+        """The messages and changes to store (and deliver), in id order per channel."""
+        events: list[ChannelEvent] = []
+        for item in self.items:
+            if isinstance(item, Assigned):
+                events.append(item.message)
+            elif isinstance(item, Changed):
+                events.append(item.change)
+        return tuple(events)
 
 
 class Sequencer:
@@ -195,19 +244,28 @@ class Sequencer:
         for channel_id in [c for c in self._channels if c not in keep]:
             self.forget(channel_id)
 
-    def plan(self, records: Sequence[tuple[int, SendRecord]]) -> Plan:
+    def plan(self, records: Sequence[tuple[int, SendRecord | ChangeDraft]]) -> Plan:
         """Give each ``(origin_gateway, record)`` an id or recognise it as a repeat.
 
-        Every channel of ``records`` must be loaded.
+        A send gets a message id (or is a repeat); a checked change
+        (``ChangeDraft``) gets an id of its own in the same sequence. Every
+        channel of ``records`` must be loaded.
         """
         now = self._clock()
         created_at = format_timestamp(now)
         previous: dict[str, int] = {}
         pending: dict[tuple[str, DedupeKey], ChimeMessage] = {}
-        items: list[Assigned | Duplicate] = []
-        for origin, record in records:
-            state = self._channels[record.channel_id]
-            self._channels.move_to_end(record.channel_id)
+        items: list[PlanItem] = []
+        for origin, entry in records:
+            state = self._channels[entry.channel_id]
+            self._channels.move_to_end(entry.channel_id)
+            if isinstance(entry, ChangeDraft):
+                previous.setdefault(entry.channel_id, state.last_seq)
+                state.last_seq += 1
+                change = _numbered(entry, format_message_id(state.last_seq), created_at)
+                items.append(Changed(origin, entry.record, change))
+                continue
+            record = entry
             self._expire(state, now.timestamp())
             key: DedupeKey | None = (
                 (record.user_id, record.client_msg_id) if record.client_msg_id else None
@@ -242,9 +300,9 @@ class Sequencer:
         """The plan's messages are stored: remember their client ids."""
         expires = self._clock().timestamp() + self._ttl
         for item in plan.items:
-            cmid = item.record.client_msg_id
-            if not isinstance(item, Assigned) or not cmid:
+            if not isinstance(item, Assigned) or not item.record.client_msg_id:
                 continue
+            cmid = item.record.client_msg_id
             if cmid.startswith(SERVER_CLIENT_MSG_ID_PREFIX):
                 continue  # looked up only by a restarted persister, from the store
             state = self._channels[item.message.channel_id]

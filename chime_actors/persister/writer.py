@@ -8,6 +8,11 @@ After the write:
 * each origin gateway gets one ``PersistResult`` (its acks, or ``unavailable``), and
 * every gateway gets one ``Deliveries`` with all new messages, in id order.
 
+Changes of messages (``ChangeRecord``: edits, deletes, reactions) come in the same
+batches and go the same way: checked against storage (``persister.changes``),
+numbered in the channel's sequence, stored in the same group commit, answered
+in the ``PersistResult`` and delivered in the ``Deliveries``.
+
 Only durable messages are ever delivered or acked (PROTOCOL.md: ack = durable).
 """
 
@@ -19,16 +24,19 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
+from chime_actors.persister.changes import ChangeDraft, check_changes
 from chime_actors.persister.redis_ids import Claim, RedisIds
-from chime_actors.persister.sequencer import Assigned, Duplicate, Plan, Sequencer
+from chime_actors.persister.sequencer import Assigned, Changed, Duplicate, Plan, Sequencer
 from chime_actors.records import (
+    ChangeRecord,
     Deliveries,
     PersistBatch,
+    PersistRecord,
     PersistResult,
     SendOutcome,
     SendRecord,
@@ -163,21 +171,24 @@ class PersistWriter:
             for batch, reply_to in taken:
                 self._post(reply_to, _fail_all(batch, "storage unavailable"))
             return
-        settled: dict[tuple[int, int], SendOutcome] = {}
+        # Changes are checked against storage before anything is numbered, so a
+        # refused one takes no id (persister/changes.py).
+        entries, settled = await self._check_changes(records)
         if self._ids is None:
-            plan = self._sequencer.plan(records)
+            plan = self._sequencer.plan(entries)
         else:
             try:
-                plan, settled = await self._plan_shared(records)
+                plan, shared = await self._plan_shared(entries)
+                settled.update(shared)
             except (BusUnavailable, StoreError) as exc:
                 log.warning("redis or storage unavailable while sequencing", error=str(exc))
                 for batch, reply_to in taken:
                     self._post(reply_to, _fail_all(batch, "bus unavailable"))
                 return
         stored = True
-        if plan.new_messages:
+        if plan.new_events:
             try:
-                await self._store.append(plan.new_messages)
+                await self._store.append(plan.new_events)
             except StoreError as exc:
                 stored = False
                 self._sequencer.rollback(plan)
@@ -202,8 +213,8 @@ class PersistWriter:
         if self._ids is not None and not stored:
             await self._settle_claims(plan, stored)
         self._answer(taken, plan, stored, settled)
-        if stored and plan.new_messages:
-            deliveries = Deliveries(plan.new_messages)
+        if stored and plan.new_events:
+            deliveries = Deliveries(plan.new_events)
             for gateway in self._gateways:
                 self._post(gateway, deliveries)
             if self._redis_bridge is not None:
@@ -217,8 +228,31 @@ class PersistWriter:
         self._metrics.persist_latency.observe(time.perf_counter() - started)
         self._metrics.persist_batches.inc()
 
+    async def _check_changes(
+        self, records: Sequence[tuple[int, PersistRecord]]
+    ) -> tuple[list[tuple[int, SendRecord | ChangeDraft]], dict[tuple[int, int], SendOutcome]]:
+        """The records to plan (changes that passed their checks as drafts), and the
+        outcomes of those that did not (or had nothing to change)."""
+        changes = [(o, r) for o, r in records if isinstance(r, ChangeRecord)]
+        if not changes:
+            # The usual write: sends only, planned as they came.
+            return cast(list[tuple[int, SendRecord | ChangeDraft]], list(records)), {}
+        checked = await check_changes(self._store, changes)
+        entries: list[tuple[int, SendRecord | ChangeDraft]] = []
+        settled: dict[tuple[int, int], SendOutcome] = {}
+        for origin, record in records:
+            if isinstance(record, SendRecord):
+                entries.append((origin, record))
+                continue
+            answer = checked[(origin, record.token)]
+            if isinstance(answer, ChangeDraft):
+                entries.append((origin, answer))
+            else:
+                settled[(origin, record.token)] = answer
+        return entries, settled
+
     async def _plan_shared(
-        self, records: Sequence[tuple[int, SendRecord]]
+        self, records: Sequence[tuple[int, SendRecord | ChangeDraft]]
     ) -> tuple[Plan, dict[tuple[int, int], SendOutcome]]:
         """Plan with ids and idempotency shared by every host (``bus.backend: redis``).
 
@@ -265,13 +299,18 @@ class PersistWriter:
             if (i.origin, i.record.token) in settled
         }
         for origin, record in records:
+            if not isinstance(record, SendRecord):
+                continue
             shared = by_client_id.get((record.channel_id, record.user_id, record.client_msg_id))
             if shared is not None and (origin, record.token) not in settled:
                 settled[(origin, record.token)] = replace(shared, token=record.token)
         counts: dict[str, int] = {}
-        for item in fresh:
-            if (item.origin, item.record.token) not in settled:
-                counts[item.record.channel_id] = counts.get(item.record.channel_id, 0) + 1
+        for planned in dry.items:
+            # Changes take ids from the shared sequence too.
+            if isinstance(planned, Duplicate) or (planned.origin, planned.record.token) in settled:
+                continue
+            channel_id = planned.record.channel_id
+            counts[channel_id] = counts.get(channel_id, 0) + 1
         # The floors: what this persister knows storage holds (read when it loaded
         # the channel, advanced by its own writes), so a counter Redis set back
         # never hands out a stored id. No storage read on this path.
@@ -372,6 +411,17 @@ class PersistWriter:
                     outcomes.append(early)
                     continue
                 item = by_token[(batch.gateway_index, record.token)]
+                if isinstance(item, Changed):
+                    outcomes.append(
+                        SendOutcome(record.token, change=item.change)
+                        if stored
+                        else SendOutcome(
+                            record.token,
+                            error_code="unavailable",
+                            error_message="storage unavailable",
+                        )
+                    )
+                    continue
                 ok = stored or (isinstance(item, Duplicate) and not item.in_plan)
                 if not ok:
                     outcomes.append(

@@ -383,7 +383,7 @@ def _error(code: ErrorCode, message: str, event: ClientEvent) -> list[Output]:
     match event:
         case Send():
             client_msg_id = event.client_msg_id
-        case History() | Edit() | Delete() | PresenceQuery():
+        case History() | Edit() | Delete() | React() | PresenceQuery():
             request_id = event.request_id
     frame = server_frames.error(code, message, request_id=request_id, client_msg_id=client_msg_id)
     return [Reply(frame)]

@@ -149,12 +149,17 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class React:
-    """``react``: add or remove an emoji reaction on a message."""
+    """``react``: add or remove an emoji reaction on a message.
+
+    ``request_id`` is optional (PROTOCOL.md names none for ``react``); when
+    given it is echoed in the confirmation or the error.
+    """
 
     channel_id: str
     message_id: str
     emoji: str
     op: ReactionOp
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,7 +324,13 @@ class _FrameReader:
             reaction_op = ReactionOp(op)
         except ValueError:
             self.fail(ErrorCode.BAD_REQUEST, f"'op' must be 'add' or 'remove', not {_quote(op)}")
-        return React(channel_id=channel_id, message_id=message_id, emoji=emoji, op=reaction_op)
+        return React(
+            channel_id=channel_id,
+            message_id=message_id,
+            emoji=emoji,
+            op=reaction_op,
+            request_id=self._request_id_field(),
+        )
 
     def _presence(self) -> PresenceQuery:
         return PresenceQuery(

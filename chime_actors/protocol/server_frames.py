@@ -15,7 +15,13 @@ import orjson
 
 from chime_actors.errors import ProtocolError
 from chime_actors.protocol.events import PresenceStatus, ReactionOp
-from chime_actors.records import ChimeMessage, wire_client_msg_id
+from chime_actors.records import (
+    ChangeKind,
+    ChannelEvent,
+    ChimeMessage,
+    MessageChange,
+    wire_client_msg_id,
+)
 
 Reactions = Mapping[str, Sequence[str]]
 """Emoji -> user ids who reacted with it, as history messages carry them."""
@@ -72,28 +78,94 @@ def message(msg: ChimeMessage) -> str:
     return _encode({"type": "message", "message": msg.to_wire()})
 
 
-def message_edited(msg: ChimeMessage) -> str:
-    """A message's new content, with ``editedAt`` set."""
-    return _encode({"type": "message_edited", "message": msg.to_wire()})
+def message_edited(
+    msg: ChimeMessage, *, event_id: str | None = None, request_id: str | None = None
+) -> str:
+    """A message's new content, with ``editedAt`` set.
 
-
-def message_deleted(channel_id: str, message_id: str) -> str:
-    """A message was deleted."""
-    return _encode({"type": "message_deleted", "channelId": channel_id, "messageId": message_id})
-
-
-def reaction(channel_id: str, message_id: str, emoji: str, user_id: str, op: ReactionOp) -> str:
-    """A user added or removed a reaction."""
+    Args:
+        msg: the message as edited.
+        event_id: the edit's own position in the channel (a resume point).
+        request_id: echoed to the editor, whose confirmation this is.
+    """
     return _encode(
-        {
-            "type": "reaction",
-            "channelId": channel_id,
-            "messageId": message_id,
-            "emoji": emoji,
-            "userId": user_id,
-            "op": op.value,
-        }
+        _change_frame("message_edited", request_id, event_id, {"message": msg.to_wire()})
     )
+
+
+def message_deleted(
+    channel_id: str,
+    message_id: str,
+    *,
+    event_id: str | None = None,
+    request_id: str | None = None,
+) -> str:
+    """A message was deleted (``event_id`` and ``request_id`` as in ``message_edited``)."""
+    fields = {"channelId": channel_id, "messageId": message_id}
+    return _encode(_change_frame("message_deleted", request_id, event_id, fields))
+
+
+def reaction(
+    channel_id: str,
+    message_id: str,
+    emoji: str,
+    user_id: str,
+    op: ReactionOp,
+    *,
+    event_id: str | None = None,
+    request_id: str | None = None,
+) -> str:
+    """A user added or removed a reaction (``event_id``, ``request_id`` as above)."""
+    fields = {
+        "channelId": channel_id,
+        "messageId": message_id,
+        "emoji": emoji,
+        "userId": user_id,
+        "op": op.value,
+    }
+    return _encode(_change_frame("reaction", request_id, event_id, fields))
+
+
+def change(event: MessageChange, request_id: str | None = None) -> str:
+    """The frame of a stored change: ``message_edited``, ``message_deleted`` or ``reaction``."""
+    event_id = event.event_id
+    if event.kind is ChangeKind.EDIT:
+        assert event.message is not None  # every edit carries the edited message
+        return message_edited(event.message, event_id=event_id, request_id=request_id)
+    if event.kind is ChangeKind.DELETE:
+        return message_deleted(
+            event.channel_id, event.message_id, event_id=event_id, request_id=request_id
+        )
+    assert event.emoji is not None  # every reaction names its emoji
+    op = ReactionOp.ADD if event.kind is ChangeKind.REACTION_ADD else ReactionOp.REMOVE
+    return reaction(
+        event.channel_id,
+        event.message_id,
+        event.emoji,
+        event.user_id,
+        op,
+        event_id=event_id,
+        request_id=request_id,
+    )
+
+
+def channel_event(event: ChannelEvent) -> str:
+    """What a subscriber gets for an event of its channel: ``message`` or a change's frame."""
+    if isinstance(event, MessageChange):
+        return change(event)
+    return message(event)
+
+
+def _change_frame(
+    kind: str, request_id: str | None, event_id: str | None, fields: dict[str, Any]
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": kind}
+    if request_id is not None:
+        frame["requestId"] = request_id
+    frame.update(fields)
+    if event_id is not None:
+        frame["eventId"] = event_id
+    return frame
 
 
 def subscribed(channels: Sequence[str]) -> str:
@@ -106,12 +178,30 @@ def unsubscribed(channels: Sequence[str]) -> str:
     return _encode({"type": "unsubscribed", "channels": list(channels)})
 
 
+def history_message(
+    msg: ChimeMessage,
+    reactions: Mapping[str, Reactions] | None = None,
+    reply_counts: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """A ChimeMessage as history returns it (WebSocket and REST alike).
+
+    It adds ``reactions`` (emoji -> user ids, ``{}`` without any) and
+    ``replyCount`` (the live replies of the thread it roots, 0 without any).
+    """
+    wire = msg.to_wire()
+    by_emoji = (reactions or {}).get(msg.message_id, {})
+    wire["reactions"] = {emoji: list(users) for emoji, users in by_emoji.items()}
+    wire["replyCount"] = (reply_counts or {}).get(msg.message_id, 0)
+    return wire
+
+
 def history(
     request_id: str | None,
     channel_id: str,
     messages: Sequence[ChimeMessage],
     has_more: bool,
     reactions: Mapping[str, Reactions] | None = None,
+    reply_counts: Mapping[str, int] | None = None,
 ) -> str:
     """Reply to ``history``: messages oldest first.
 
@@ -120,17 +210,10 @@ def history(
         channel_id: the channel read.
         messages: the page, oldest first.
         has_more: whether older (or newer, for ``after``) messages remain.
-        reactions: reactions per messageId; every message carries a
-            ``reactions`` object, empty when it has none.
+        reactions: reactions per messageId (see ``history_message``).
+        reply_counts: replies per messageId of a thread root (see ``history_message``).
     """
-    reactions = reactions or {}
-    wire_messages = []
-    for msg in messages:
-        wire = msg.to_wire()
-        wire["reactions"] = {
-            emoji: list(users) for emoji, users in reactions.get(msg.message_id, {}).items()
-        }
-        wire_messages.append(wire)
+    wire_messages = [history_message(msg, reactions, reply_counts) for msg in messages]
     frame: dict[str, Any] = {"type": "history"}
     if request_id is not None:
         frame["requestId"] = request_id

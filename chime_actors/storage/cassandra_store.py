@@ -2,7 +2,7 @@
 
 Schema (created by ``init_schema``, every statement ``IF NOT EXISTS``)::
 
-    messages          ((channel_id, bucket), seq DESC)   the channel's messages
+    messages          ((channel_id, bucket), seq DESC)   the channel's messages and changes
     thread_messages   ((channel_id, thread_id), seq DESC) copies of thread replies
     channel_heads     (channel_id)                        highest stored seq
     message_counters  (channel_id)                        counter: messages appended
@@ -67,10 +67,17 @@ page lies inside one bucket (a page never reads more partitions than it spans);
 the newest page reads the head, then the head's bucket and a probe of the next
 bucket together (two); a forward page reads from the cursor's bucket upwards.
 
-Edits and deletes update the message row in place (and its copy in
-``thread_messages``) after reading it to check it exists and is live. They are
-issued by the channel's owner, so the read-then-write does not race in practice;
-a concurrent edit and delete may leave an edited row that is deleted, which
+Changes (edits, deletes, reactions: ``MessageChange``) have numbers of their
+own in the channel's order, so they are rows of ``messages`` too: flagged
+``deleted`` (every reader of messages skips them, a server of an older version
+included) and marked with their ``kind`` and ``target`` (the message changed);
+``events_range`` returns them. Ids thus stay contiguous in ``messages``, which
+the bucket probes rely on. ``append`` stores a change's row and applies it: an
+edit updates the message row in place (and its copy in ``thread_messages``), a
+delete flags it, a reaction is a row of ``reactions``. The changes of one
+message are applied one after another, in order (a reaction added and removed
+in one batch must end removed); those of different messages concurrently. A
+concurrent edit and delete may leave an edited row that is deleted, which
 readers never show.
 
 Driver usage: every statement is prepared; those that can be repeated safely are
@@ -127,13 +134,16 @@ from chime_actors.config import CassandraConfig
 from chime_actors.errors import StoreError, StoreUnavailable
 from chime_actors.ids import format_message_id, parse_message_id
 from chime_actors.logs import get_logger
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
     HistoryPage,
     MessageStore,
     ReactionMap,
+    ReplyCounts,
+    change_from_row,
+    change_row,
     check_history_args,
     not_found,
     seq_of,
@@ -186,10 +196,29 @@ _SELECT_COLUMNS = (
     "seq, user_id, content, created_at, edited_at, metadata, thread_id, client_msg_id,"
     " channel_name, deleted"
 )
+# ``messages`` also has the columns of a change's row (null on a message).
+_MESSAGE_COLUMNS = f"{_SELECT_COLUMNS}, kind, target"
 
 # Optional columns of an INSERT: bound as UNSET_VALUE when absent (protocol v4+),
 # left out of the statement with protocol v3.
-_OPTIONAL_COLUMNS = ("edited_at", "metadata", "thread_id", "client_msg_id", "channel_name")
+_OPTIONAL_COLUMNS = (
+    "edited_at",
+    "metadata",
+    "thread_id",
+    "client_msg_id",
+    "channel_name",
+    "deleted",
+    "kind",
+    "target",
+)
+# A row to insert: a message, or a change's row (``change_row``) with its change.
+_NewRow = tuple[ChimeMessage, MessageChange | None]
+
+# Columns only ``messages`` has, added to a keyspace made by an older version.
+_CHANGE_COLUMNS = (("kind", "text"), ("target", "bigint"))
+_THREAD_OPTIONAL_COLUMNS = tuple(
+    c for c in _OPTIONAL_COLUMNS if c not in ("thread_id", "deleted", "kind", "target")
+)
 
 
 def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, str], ...]:
@@ -216,6 +245,8 @@ def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, s
                 channel_id    text,
                 bucket        bigint,{message_columns}
                 thread_id     text,
+                kind          text,
+                target        bigint,
                 PRIMARY KEY ((channel_id, bucket), seq)
             ) WITH CLUSTERING ORDER BY (seq DESC)""",
         ),
@@ -429,6 +460,21 @@ class CassandraStore:
             if table is not None and keyspace_meta is not None and table in keyspace_meta.tables:
                 continue
             await self._execute("init_schema", cql, timeout_s=_SCHEMA_TIMEOUT_S)
+        await self._add_change_columns(cluster)
+
+    async def _add_change_columns(self, cluster: Cluster) -> None:
+        """Give a ``messages`` table made by an older version the columns of changes."""
+        keyspace_meta = cluster.metadata.keyspaces.get(self._ks)
+        table_meta = keyspace_meta.tables.get("messages") if keyspace_meta is not None else None
+        if table_meta is None:
+            return  # just created with them (the driver's metadata may lag)
+        missing = [(name, kind) for name, kind in _CHANGE_COLUMNS if name not in table_meta.columns]
+        for name, kind in missing:
+            await self._execute(
+                "init_schema",
+                f"ALTER TABLE {self._ks}.messages ADD {name} {kind}",
+                timeout_s=_SCHEMA_TIMEOUT_S,
+            )
 
     async def ping(self) -> None:
         """Read the coordinator's version; ``StoreUnavailable`` if nobody answers."""
@@ -457,35 +503,42 @@ class CassandraStore:
                 client_ids[key] = message
         return ChannelState(last_seq=last_seq, client_ids=client_ids)
 
-    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+    async def append(self, events: Sequence[ChannelEvent]) -> None:
         """See ``MessageStore.append``, and the module docstring for what differs.
 
-        Messages of one ``(channel, bucket)`` partition go in UNLOGGED batches
-        (atomic and isolated within the partition) of bounded size; the batches,
-        thread copies and client ids are written concurrently; it returns once
-        they are durable, and the channel heads and counters are advanced in the
-        background (``close`` waits for them).
+        Rows of one ``(channel, bucket)`` partition (messages and changes) go in
+        UNLOGGED batches (atomic and isolated within the partition) of bounded
+        size; the batches, thread copies, client ids and the changes' effects
+        are written concurrently (the effects on one message in order); it
+        returns once they are durable, and the channel heads and counters are
+        advanced in the background (``close`` waits for them).
 
         Raises:
             StoreError: a seq appears twice in the batch; nothing was written.
             StoreUnavailable: Cassandra failed; some partitions may be stored.
         """
-        if not messages:
+        if not events:
             return
-        by_channel: dict[str, list[ChimeMessage]] = defaultdict(list)
-        for message in messages:
-            by_channel[message.channel_id].append(message)
-        for channel_id, channel_messages in by_channel.items():
-            taken = [m.seq for m in channel_messages]
+        by_channel: dict[str, list[ChannelEvent]] = defaultdict(list)
+        for event in events:
+            by_channel[event.channel_id].append(event)
+        for channel_id, channel_events in by_channel.items():
+            taken = [e.seq for e in channel_events]
             if len(set(taken)) != len(taken):
                 raise StoreError(f"append: a sequence number repeats in channel {channel_id!r}")
 
-        by_message_partition: dict[tuple[str, int], list[ChimeMessage]] = defaultdict(list)
-        by_thread_partition: dict[tuple[str, str], list[ChimeMessage]] = defaultdict(list)
-        for message in messages:
-            by_message_partition[(message.channel_id, self._bucket(message.seq))].append(message)
-            if message.thread_id is not None:
-                by_thread_partition[(message.channel_id, message.thread_id)].append(message)
+        by_message_partition: dict[tuple[str, int], list[_NewRow]] = defaultdict(list)
+        by_thread_partition: dict[tuple[str, str], list[_NewRow]] = defaultdict(list)
+        changes: list[MessageChange] = []
+        for event in events:
+            partition = (event.channel_id, self._bucket(event.seq))
+            if isinstance(event, MessageChange):
+                changes.append(event)
+                by_message_partition[partition].append((change_row(event), event))
+                continue
+            by_message_partition[partition].append((event, None))
+            if event.thread_id is not None:
+                by_thread_partition[(event.channel_id, event.thread_id)].append((event, None))
 
         writes: list[Awaitable[None]] = []
         for (_, bucket), group in by_message_partition.items():
@@ -494,10 +547,16 @@ class CassandraStore:
         for _, group in by_thread_partition.items():
             for chunk in _chunks(group):
                 writes.append(self._write_chunk("thread_messages", chunk, bucket=None))
-        for channel_id, channel_messages in by_channel.items():
-            with_client_id = [m for m in channel_messages if m.client_msg_id is not None]
+        for channel_id, channel_events in by_channel.items():
+            with_client_id = [
+                (m, None)
+                for m in channel_events
+                if isinstance(m, ChimeMessage) and m.client_msg_id is not None
+            ]
             for chunk in _chunks(with_client_id):
-                writes.append(self._write_client_ids(channel_id, chunk))
+                writes.append(self._write_client_ids(channel_id, [m for m, _ in chunk]))
+        if changes:
+            writes.append(self._apply_changes(changes))
         await _gather_all(writes)
         # Every row is durable: the append is done, and the sender's ack need
         # not wait for the heads and counters, which follow in the background.
@@ -511,7 +570,60 @@ class CassandraStore:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _after_append(self, by_channel: Mapping[str, Sequence[ChimeMessage]]) -> None:
+    async def _apply_changes(self, changes: Sequence[MessageChange]) -> None:
+        """Apply stored changes: one message's in order, different messages' concurrently."""
+        by_target: dict[tuple[str, str], list[MessageChange]] = defaultdict(list)
+        for change in changes:
+            by_target[(change.channel_id, change.message_id)].append(change)
+        await _gather_all(self._apply_in_order(group) for group in by_target.values())
+
+    async def _apply_in_order(self, changes: Sequence[MessageChange]) -> None:
+        for change in changes:
+            await self._apply(change)
+
+    async def _apply(self, change: MessageChange) -> None:
+        """Apply one change to its message, if that is live.
+
+        The row is read first: an UPDATE of a row that is not there would
+        create one (Cassandra upserts), a ghost message at a number of its own.
+        """
+        channel_id, seq = change.channel_id, parse_message_id(change.message_id)
+        row = await self._get_row("append", channel_id, seq)
+        if row is None or row.deleted:
+            return
+        bucket = self._bucket(seq)
+        updates: list[Awaitable[list[Any]]] = []
+        if change.kind is ChangeKind.EDIT:
+            assert change.message is not None
+            content = change.message.content
+            updates.append(
+                self._run("append", "messages_edit", (content, change.at, channel_id, bucket, seq))
+            )
+            if row.thread_id is not None:
+                updates.append(
+                    self._run(
+                        "append",
+                        "thread_edit",
+                        (content, change.at, channel_id, row.thread_id, seq),
+                    )
+                )
+        elif change.kind is ChangeKind.DELETE:
+            updates.append(self._run("append", "messages_delete", (channel_id, bucket, seq)))
+            # Nobody can read or add them any more.
+            updates.append(
+                self._run("append", "reactions_of_message_delete", (channel_id, bucket, seq))
+            )
+            if row.thread_id is not None:
+                updates.append(
+                    self._run("append", "thread_delete", (channel_id, row.thread_id, seq))
+                )
+        else:
+            key = (channel_id, bucket, seq, change.emoji, change.user_id)
+            added = change.kind is ChangeKind.REACTION_ADD
+            updates.append(self._run("append", "reaction_add" if added else "reaction_remove", key))
+        await _gather_all(updates)
+
+    async def _after_append(self, by_channel: Mapping[str, Sequence[ChannelEvent]]) -> None:
         """Advance the channel heads and counters of a stored append (background)."""
         # One round trip for all channels (one after another, a write over 100
         # channels spent ~0.4 s here).
@@ -519,14 +631,19 @@ class CassandraStore:
             self._run(
                 "append",
                 "head_set",
-                (max(m.seq for m in group), max(m.seq for m in group), channel_id),
+                (max(e.seq for e in group), max(e.seq for e in group), channel_id),
             )
             for channel_id, group in by_channel.items()
         )
+        counts = {
+            channel_id: sum(1 for e in group if isinstance(e, ChimeMessage))
+            for channel_id, group in by_channel.items()
+        }
         counters = asyncio.gather(
             *(
-                self._add_to_counter(channel_id, len(group))
-                for channel_id, group in by_channel.items()
+                self._add_to_counter(channel_id, count)
+                for channel_id, count in counts.items()
+                if count
             )
         )
         try:
@@ -577,9 +694,7 @@ class CassandraStore:
                 channel_id, thread_id, after_seq, before_seq, forward=forward, want=want
             )
         elif forward:
-            rows = await self._walk_up(
-                "history", channel_id, after_seq, before_seq, want=want, live_only=True
-            )
+            rows = await self._walk_up("history", channel_id, after_seq, before_seq, want=want)
         else:
             rows = await self._walk_down(channel_id, after_seq, before_seq, want=want)
         page = [_to_message(channel_id, row) for row in rows[:limit]]
@@ -595,79 +710,18 @@ class CassandraStore:
             raise not_found(channel_id, message_id)
         return _to_message(channel_id, row)
 
-    async def messages_range(
+    async def events_range(
         self, channel_id: str, *, after_seq: int, up_to_seq: int
-    ) -> tuple[ChimeMessage, ...]:
-        """See ``MessageStore.messages_range``."""
+    ) -> tuple[ChannelEvent, ...]:
+        """See ``MessageStore.events_range``."""
         if up_to_seq <= after_seq:
             return ()
         rows = await self._walk_up(
-            "messages_range", channel_id, after_seq, up_to_seq + 1, want=None, live_only=True
+            "events_range", channel_id, after_seq, up_to_seq + 1, want=None, events=True
         )
-        return tuple(_to_message(channel_id, row) for row in rows)
+        return tuple(_to_event(channel_id, row) for row in rows)
 
-    # --- edits, deletes, reactions, read markers --------------------------------
-
-    async def edit(
-        self, channel_id: str, message_id: str, content: str, edited_at: str
-    ) -> ChimeMessage:
-        """See ``MessageStore.edit``: updates the row (and its thread copy) in place."""
-        seq = seq_of(channel_id, message_id)
-        row = await self._get_row("edit", channel_id, seq)
-        if row is None or row.deleted:
-            raise not_found(channel_id, message_id)
-        updates = [
-            self._run(
-                "edit", "messages_edit", (content, edited_at, channel_id, self._bucket(seq), seq)
-            )
-        ]
-        if row.thread_id is not None:
-            updates.append(
-                self._run(
-                    "edit", "thread_edit", (content, edited_at, channel_id, row.thread_id, seq)
-                )
-            )
-        await _gather_all(updates)
-        message = _to_message(channel_id, row)
-        return ChimeMessage(
-            channel_id=message.channel_id,
-            message_id=message.message_id,
-            user_id=message.user_id,
-            content=content,
-            created_at=message.created_at,
-            edited_at=edited_at,
-            metadata=message.metadata,
-            thread_id=message.thread_id,
-            client_msg_id=message.client_msg_id,
-            channel_name=message.channel_name,
-        )
-
-    async def delete(self, channel_id: str, message_id: str) -> None:
-        """See ``MessageStore.delete``: flags the row (no tombstone), drops its reactions."""
-        seq = seq_of(channel_id, message_id)
-        row = await self._get_row("delete", channel_id, seq)
-        if row is None or row.deleted:
-            raise not_found(channel_id, message_id)
-        bucket = self._bucket(seq)
-        updates = [
-            self._run("delete", "messages_delete", (channel_id, bucket, seq)),
-            # Nobody can read or add them any more.
-            self._run("delete", "reactions_of_message_delete", (channel_id, bucket, seq)),
-        ]
-        if row.thread_id is not None:
-            updates.append(self._run("delete", "thread_delete", (channel_id, row.thread_id, seq)))
-        await _gather_all(updates)
-
-    async def set_reaction(
-        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
-    ) -> None:
-        """See ``MessageStore.set_reaction``."""
-        seq = seq_of(channel_id, message_id)
-        row = await self._get_row("set_reaction", channel_id, seq)
-        if row is None or row.deleted:
-            raise not_found(channel_id, message_id)
-        key = (channel_id, self._bucket(seq), seq, emoji, user_id)
-        await self._run("set_reaction", "reaction_add" if present else "reaction_remove", key)
+    # --- reactions, threads, read markers --------------------------------------
 
     async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
         """See ``MessageStore.reactions``: one range read per bucket of the ids."""
@@ -697,6 +751,27 @@ class CassandraStore:
             message_id: {emoji: tuple(sorted(found[message_id][emoji])) for emoji in sorted(emojis)}
             for message_id, emojis in sorted(found.items())
         }
+
+    async def reply_counts(self, channel_id: str, message_ids: Sequence[str]) -> ReplyCounts:
+        """See ``MessageStore.reply_counts``: the threads' partitions, ``_IN_CHUNK`` at a time.
+
+        Reads every reply of those threads (threads are short in practice, see
+        the module docstring); one round trip for a page of history.
+        """
+        roots = sorted(set(message_ids))
+        pages = await asyncio.gather(
+            *(
+                self._run("reply_counts", "thread_rows_in", (channel_id, roots[i : i + _IN_CHUNK]))
+                for i in range(0, len(roots), _IN_CHUNK)
+            )
+        )
+        counts: dict[str, int] = {}
+        for rows in pages:
+            for row in rows:
+                # A root that names itself as its thread is not its own reply.
+                if not row.deleted and format_message_id(int(row.seq)) != row.thread_id:
+                    counts[row.thread_id] = counts.get(row.thread_id, 0) + 1
+        return counts
 
     async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
         """See ``MessageStore.set_read_marker``.
@@ -804,7 +879,6 @@ class CassandraStore:
             hi,
             forward=False,
             want=want,
-            live_only=True,
         )
 
     async def _continue_down(
@@ -832,12 +906,13 @@ class CassandraStore:
         before_seq: int | None,
         *,
         want: int | None,
-        live_only: bool,
+        events: bool = False,
     ) -> list[Any]:
-        """Rows with ``after_seq < seq < before_seq``, oldest first, at most ``want``.
+        """Live rows with ``after_seq < seq < before_seq``, oldest first, at most ``want``.
 
-        Stops at the first bucket with no row in range: ids are contiguous and
-        deleted rows stay, so an empty bucket means the channel ends there.
+        With ``events`` the rows of changes too. Stops at the first bucket with
+        no row in range: ids are contiguous and deleted rows (and changes) stay,
+        so an empty bucket means the channel ends there.
         """
         last_bucket = None if before_seq is None else self._bucket(before_seq - 1)
         if before_seq is not None and before_seq - 1 <= after_seq:
@@ -854,7 +929,7 @@ class CassandraStore:
                 hi,
                 forward=True,
                 want=None if want is None else want - len(rows),
-                live_only=live_only,
+                events=events,
             )
             rows += found
             if not any_rows:
@@ -882,7 +957,6 @@ class CassandraStore:
             hi,
             forward=forward,
             want=want,
-            live_only=True,
         )
         try:
             root_seq: int | None = parse_message_id(thread_id)
@@ -909,13 +983,14 @@ class CassandraStore:
         *,
         forward: bool,
         want: int | None,
-        live_only: bool,
+        events: bool = False,
     ) -> tuple[list[Any], bool]:
         """Rows of one partition with ``lo < seq < hi`` in order, at most ``want``.
 
-        Deleted rows are skipped when ``live_only``, so a query may come back
-        short and be followed by another starting after its last row. Returns
-        the rows and whether the partition had any row in range at all.
+        Deleted rows are skipped (those of changes too unless ``events``), so a
+        query may come back short and be followed by another starting after its
+        last row. Returns the rows and whether the partition had any row in
+        range at all.
         """
         rows: list[Any] = []
         any_rows = False
@@ -923,7 +998,7 @@ class CassandraStore:
             ask = _SCAN_CHUNK if want is None else want - len(rows)
             got = await self._run(operation, statement, (*key, lo, hi, ask))
             any_rows = any_rows or bool(got)
-            rows += [row for row in got if not (live_only and row.deleted)]
+            rows += [row for row in got if not row.deleted or (events and row.kind is not None)]
             if len(got) < ask:
                 break
             if forward:
@@ -953,10 +1028,10 @@ class CassandraStore:
     # --- writes ----------------------------------------------------------------
 
     async def _write_chunk(
-        self, table: str, chunk: Sequence[ChimeMessage], *, bucket: int | None
+        self, table: str, chunk: Sequence[_NewRow], *, bucket: int | None
     ) -> None:
-        """Insert messages of one partition: one statement, or one UNLOGGED batch."""
-        bound = [await self._bind_insert(table, message, bucket) for message in chunk]
+        """Insert rows of one partition: one statement, or one UNLOGGED batch."""
+        bound = [await self._bind_insert(table, row, change, bucket) for row, change in chunk]
         if len(bound) == 1:
             await self._execute("append", bound[0])
             return
@@ -982,8 +1057,14 @@ class CassandraStore:
         batch.is_idempotent = True
         await self._execute("append", batch)
 
-    async def _bind_insert(self, table: str, message: ChimeMessage, bucket: int | None) -> Any:
-        """A bound INSERT of ``message`` into ``messages`` or ``thread_messages``."""
+    async def _bind_insert(
+        self, table: str, message: ChimeMessage, change: MessageChange | None, bucket: int | None
+    ) -> Any:
+        """A bound INSERT of ``message`` into ``messages`` or ``thread_messages``.
+
+        With ``change``, ``message`` is the change's row (``change_row``): it is
+        flagged deleted and marked with the change's kind and target.
+        """
         key: tuple[Any, ...]
         if table == "messages":
             key = (message.channel_id, bucket)
@@ -996,9 +1077,14 @@ class CassandraStore:
             "thread_id": message.thread_id if table == "messages" else None,
             "client_msg_id": message.client_msg_id,
             "channel_name": message.channel_name,
+            "deleted": None if change is None else True,
+            "kind": None if change is None else change.kind.value,
+            "target": None if change is None else parse_message_id(change.message_id),
         }
         if table == "thread_messages":
-            del optional["thread_id"]  # the partition key there
+            # The partition key there, and columns only ``messages`` has.
+            for name in ("thread_id", "deleted", "kind", "target"):
+                del optional[name]
         version = self._protocol_version()
         if version is None or version >= 4:
             statement = self._stmt("append", f"{table}_insert")
@@ -1075,23 +1161,26 @@ class CassandraStore:
         session = self._require_session("prepare")
         ks = self._ks
         select = f"SELECT {_SELECT_COLUMNS} FROM {ks}"
+        select_messages = f"SELECT {_MESSAGE_COLUMNS} FROM {ks}"
         range_where = "seq > ? AND seq < ?"
         texts = {
             "ping": "SELECT release_version FROM system.local",
             "messages_insert": _insert_cql(ks, "messages", _OPTIONAL_COLUMNS),
-            "thread_messages_insert": _insert_cql(
-                ks, "thread_messages", [c for c in _OPTIONAL_COLUMNS if c != "thread_id"]
-            ),
-            "messages_desc": f"{select}.messages WHERE channel_id = ? AND bucket = ?"
+            "thread_messages_insert": _insert_cql(ks, "thread_messages", _THREAD_OPTIONAL_COLUMNS),
+            "messages_desc": f"{select_messages}.messages WHERE channel_id = ? AND bucket = ?"
             f" AND {range_where} LIMIT ?",
-            "messages_asc": f"{select}.messages WHERE channel_id = ? AND bucket = ?"
+            "messages_asc": f"{select_messages}.messages WHERE channel_id = ? AND bucket = ?"
             f" AND {range_where} ORDER BY seq ASC LIMIT ?",
             "thread_desc": f"{select}.thread_messages WHERE channel_id = ? AND thread_id = ?"
             f" AND {range_where} LIMIT ?",
             "thread_asc": f"{select}.thread_messages WHERE channel_id = ? AND thread_id = ?"
             f" AND {range_where} ORDER BY seq ASC LIMIT ?",
-            "messages_get": f"{select}.messages WHERE channel_id = ? AND bucket = ? AND seq = ?",
-            "messages_in": f"{select}.messages WHERE channel_id = ? AND bucket = ? AND seq IN ?",
+            "messages_get": f"{select_messages}.messages"
+            " WHERE channel_id = ? AND bucket = ? AND seq = ?",
+            "messages_in": f"{select_messages}.messages"
+            " WHERE channel_id = ? AND bucket = ? AND seq IN ?",
+            "thread_rows_in": f"SELECT thread_id, seq, deleted FROM {ks}.thread_messages"
+            " WHERE channel_id = ? AND thread_id IN ?",
             "messages_probe": f"SELECT seq FROM {ks}.messages"
             " WHERE channel_id = ? AND bucket = ? LIMIT 1",
             "messages_edit": f"UPDATE {ks}.messages SET content = ?, edited_at = ?"
@@ -1259,22 +1348,30 @@ def _to_message(channel_id: str, row: Any) -> ChimeMessage:
     )
 
 
+def _to_event(channel_id: str, row: Any) -> ChannelEvent:
+    """A row of ``messages``: a message, or a change (``kind`` set)."""
+    message = _to_message(channel_id, row)
+    if row.kind is None:
+        return message
+    return change_from_row(message, row.kind, int(row.target))
+
+
 def _estimated_bytes(message: ChimeMessage) -> int:
     size = _ROW_OVERHEAD_BYTES + len(message.content.encode("utf-8"))
     return size + sum(len(k) + len(v) for k, v in message.metadata)
 
 
-def _chunks(messages: Sequence[ChimeMessage]) -> list[list[ChimeMessage]]:
-    """Split one partition's messages into batches of bounded size and count."""
-    chunks: list[list[ChimeMessage]] = []
-    current: list[ChimeMessage] = []
+def _chunks(rows: Sequence[_NewRow]) -> list[list[_NewRow]]:
+    """Split one partition's rows into batches of bounded size and count."""
+    chunks: list[list[_NewRow]] = []
+    current: list[_NewRow] = []
     size = 0
-    for message in messages:
-        cost = _estimated_bytes(message)
+    for row in rows:
+        cost = _estimated_bytes(row[0])
         if current and (size + cost > _MAX_BATCH_BYTES or len(current) >= _MAX_BATCH_STATEMENTS):
             chunks.append(current)
             current, size = [], 0
-        current.append(message)
+        current.append(row)
         size += cost
     if current:
         chunks.append(current)

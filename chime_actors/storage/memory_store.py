@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from chime_actors.errors import StoreError, StoreUnavailable
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
     HistoryPage,
     MessageStore,
     ReactionMap,
+    ReplyCounts,
     check_history_args,
     not_found,
     seq_of,
@@ -31,10 +32,20 @@ from chime_actors.storage.store import (
 class _Channel:
     """One channel's rows: the mutable insides the store never hands out."""
 
-    __slots__ = ("client_ids", "count", "deleted", "messages", "reactions", "read_markers")
+    __slots__ = (
+        "changes",
+        "client_ids",
+        "count",
+        "deleted",
+        "messages",
+        "reactions",
+        "read_markers",
+    )
 
     def __init__(self) -> None:
         self.messages: dict[int, ChimeMessage] = {}
+        # Changes at their own numbers (never messages: every seq is in one dict).
+        self.changes: dict[int, MessageChange] = {}
         self.deleted: set[int] = set()
         # (user, client_msg_id) -> seq of the send that holds the key.
         self.client_ids: dict[ClientKey, int] = {}
@@ -111,27 +122,32 @@ class MemoryStore:
             for key, seq in channel.client_ids.items()
             if channel.messages[seq].created_at >= dedupe_since
         }
-        return ChannelState(last_seq=max(channel.messages, default=0), client_ids=client_ids)
+        return ChannelState(last_seq=_last(channel), client_ids=client_ids)
 
-    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+    async def append(self, events: Sequence[ChannelEvent]) -> None:
         """See ``MessageStore.append``."""
         self._check("append")
         # Validate the whole batch before touching anything: all or nothing.
         seen: set[tuple[str, int]] = set()
-        for message in messages:
-            key = (message.channel_id, message.seq)
-            if key in seen or message.seq in self._channel(message.channel_id).messages:
+        for event in events:
+            key = (event.channel_id, event.seq)
+            stored = self._channel(event.channel_id)
+            if key in seen or event.seq in stored.messages or event.seq in stored.changes:
                 raise StoreError(
-                    f"message {message.message_id} already stored in channel "
-                    f"{message.channel_id!r}: two sequencers for one channel?"
+                    f"id {event.seq} already stored in channel "
+                    f"{event.channel_id!r}: two sequencers for one channel?"
                 )
             seen.add(key)
-        for message in messages:
-            channel = self._channels.setdefault(message.channel_id, _Channel())
-            channel.messages[message.seq] = message
+        for event in events:
+            channel = self._channels.setdefault(event.channel_id, _Channel())
+            if isinstance(event, MessageChange):
+                channel.changes[event.seq] = event
+                _apply(channel, event)
+                continue
+            channel.messages[event.seq] = event
             channel.count += 1
-            if message.client_msg_id is not None:
-                channel.client_ids[(message.user_id, message.client_msg_id)] = message.seq
+            if event.client_msg_id is not None:
+                channel.client_ids[(event.user_id, event.client_msg_id)] = event.seq
 
     async def history(
         self,
@@ -171,64 +187,24 @@ class MemoryStore:
             raise not_found(channel_id, message_id)
         return message
 
-    async def messages_range(
+    async def events_range(
         self, channel_id: str, *, after_seq: int, up_to_seq: int
-    ) -> tuple[ChimeMessage, ...]:
-        """See ``MessageStore.messages_range``."""
-        self._check("messages_range")
+    ) -> tuple[ChannelEvent, ...]:
+        """See ``MessageStore.events_range``."""
+        self._check("events_range")
         channel = self._channel(channel_id)
-        return tuple(
+        events: list[ChannelEvent] = [
             message
-            for seq, message in sorted(channel.messages.items())
+            for seq, message in channel.messages.items()
             if after_seq < seq <= up_to_seq and seq not in channel.deleted
-        )
+        ]
+        events += [c for seq, c in channel.changes.items() if after_seq < seq <= up_to_seq]
+        return tuple(sorted(events, key=lambda event: event.seq))
 
     async def last_seq(self, channel_id: str) -> int:
         """See ``MessageStore.last_seq``."""
         self._check("last_seq")
-        return max(self._channel(channel_id).messages, default=0)
-
-    async def edit(
-        self, channel_id: str, message_id: str, content: str, edited_at: str
-    ) -> ChimeMessage:
-        """See ``MessageStore.edit``."""
-        self._check("edit")
-        seq = seq_of(channel_id, message_id)
-        channel = self._channel(channel_id)
-        message = channel.live(seq)
-        if message is None:
-            raise not_found(channel_id, message_id)
-        edited = dataclasses.replace(message, content=content, edited_at=edited_at)
-        channel.messages[seq] = edited
-        return edited
-
-    async def delete(self, channel_id: str, message_id: str) -> None:
-        """See ``MessageStore.delete``."""
-        self._check("delete")
-        seq = seq_of(channel_id, message_id)
-        channel = self._channel(channel_id)
-        if channel.live(seq) is None:
-            raise not_found(channel_id, message_id)
-        channel.deleted.add(seq)
-        channel.reactions.pop(message_id, None)
-
-    async def set_reaction(
-        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
-    ) -> None:
-        """See ``MessageStore.set_reaction``."""
-        self._check("set_reaction")
-        channel = self._channel(channel_id)
-        if channel.live(seq_of(channel_id, message_id)) is None:
-            raise not_found(channel_id, message_id)
-        by_emoji = channel.reactions.setdefault(message_id, {})
-        if present:
-            by_emoji.setdefault(emoji, set()).add(user_id)
-            return
-        users = by_emoji.get(emoji)
-        if users is not None:
-            users.discard(user_id)
-            if not users:
-                del by_emoji[emoji]
+        return _last(self._channel(channel_id))
 
     async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
         """See ``MessageStore.reactions``."""
@@ -242,6 +218,18 @@ class MemoryStore:
                     emoji: tuple(sorted(users)) for emoji, users in sorted(by_emoji.items())
                 }
         return result
+
+    async def reply_counts(self, channel_id: str, message_ids: Sequence[str]) -> ReplyCounts:
+        """See ``MessageStore.reply_counts``."""
+        self._check("reply_counts")
+        channel = self._channel(channel_id)
+        roots = set(message_ids)
+        counts: dict[str, int] = {}
+        for seq, message in channel.messages.items():
+            root = message.thread_id
+            if root in roots and root != message.message_id and seq not in channel.deleted:
+                counts[root] = counts.get(root, 0) + 1
+        return counts
 
     async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
         """See ``MessageStore.set_read_marker``."""
@@ -262,6 +250,38 @@ class MemoryStore:
     def message_count(self, channel_id: str) -> int:
         """The channel's appended-message counter (``message_counters`` in SQL)."""
         return self._channel(channel_id).count
+
+
+def _last(channel: _Channel) -> int:
+    return max(max(channel.messages, default=0), max(channel.changes, default=0))
+
+
+def _apply(channel: _Channel, change: MessageChange) -> None:
+    """Apply a stored change to its message (nothing if that is not live)."""
+    seq = seq_of(change.channel_id, change.message_id)
+    message = channel.live(seq)
+    if message is None:
+        return
+    if change.kind is ChangeKind.EDIT:
+        assert change.message is not None
+        channel.messages[seq] = dataclasses.replace(
+            message, content=change.message.content, edited_at=change.at
+        )
+        return
+    if change.kind is ChangeKind.DELETE:
+        channel.deleted.add(seq)
+        channel.reactions.pop(change.message_id, None)
+        return
+    assert change.emoji is not None
+    by_emoji = channel.reactions.setdefault(change.message_id, {})
+    if change.kind is ChangeKind.REACTION_ADD:
+        by_emoji.setdefault(change.emoji, set()).add(change.user_id)
+        return
+    users = by_emoji.get(change.emoji)
+    if users is not None:
+        users.discard(change.user_id)
+        if not users:
+            del by_emoji[change.emoji]
 
 
 if TYPE_CHECKING:

@@ -38,14 +38,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from chime_actors.errors import StoreError, StoreUnavailable
-from chime_actors.ids import format_message_id, parse_message_id
-from chime_actors.records import ChimeMessage
+from chime_actors.ids import parse_message_id
+from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
     HistoryPage,
     MessageStore,
     ReactionMap,
+    ReplyCounts,
+    change_from_row,
+    change_row,
     check_history_args,
     not_found,
     seq_of,
@@ -75,6 +78,8 @@ _SCHEMA = (
         client_msg_id TEXT,
         channel_name  TEXT,
         deleted       INTEGER NOT NULL DEFAULT 0,
+        kind          TEXT,
+        target_seq    INTEGER,
         PRIMARY KEY (channel_id, seq)
     ) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS messages_by_thread
@@ -109,11 +114,21 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
+# Columns a file made before changes had positions lacks (``_migrate`` adds them).
+# ``kind`` is NULL on a message; on a change (always ``deleted = 1``, so no
+# reader of messages returns it) it is the ``ChangeKind`` and ``target_seq``
+# the message it changes.
+_ADDED_COLUMNS = (("kind", "TEXT"), ("target_seq", "INTEGER"))
+
 _COLUMNS = (
     "channel_id, message_id, user_id, content, created_at, edited_at, "
     "metadata, thread_id, client_msg_id, channel_name"
 )
 _M_COLUMNS = ", ".join(f"m.{column.strip()}" for column in _COLUMNS.split(","))
+# What events_range reads: a message's columns, then kind and target_seq.
+_EVENT_COLUMNS = f"{_COLUMNS}, kind, target_seq"
+# A row events_range returns: a live message or any change.
+_IS_EVENT = "(deleted = 0 OR kind IS NOT NULL)"
 
 _Row = tuple[str, str, str, str, str, str | None, str, str | None, str | None, str | None]
 
@@ -200,12 +215,12 @@ class SqliteStore:
             partial(_load_channel_state, channel_id=channel_id, dedupe_since=dedupe_since),
         )
 
-    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+    async def append(self, events: Sequence[ChannelEvent]) -> None:
         """See ``MessageStore.append``."""
-        if not messages:
+        if not events:
             return
-        batch = tuple(messages)
-        await self._call("append", partial(_append, messages=batch), write=True)
+        batch = tuple(events)
+        await self._call("append", partial(_append, events=batch), write=True)
 
     async def last_seq(self, channel_id: str) -> int:
         """See ``MessageStore.last_seq``."""
@@ -247,59 +262,16 @@ class SqliteStore:
             raise not_found(channel_id, message_id)
         return message
 
-    async def messages_range(
+    async def events_range(
         self, channel_id: str, *, after_seq: int, up_to_seq: int
-    ) -> tuple[ChimeMessage, ...]:
-        """See ``MessageStore.messages_range``."""
+    ) -> tuple[ChannelEvent, ...]:
+        """See ``MessageStore.events_range``."""
         return await self._call(
-            "messages_range",
-            partial(_messages_range, channel_id=channel_id, after_seq=after_seq, up_to=up_to_seq),
+            "events_range",
+            partial(_events_range, channel_id=channel_id, after_seq=after_seq, up_to=up_to_seq),
         )
 
-    # --- edits, deletes, reactions, read markers --------------------------------
-
-    async def edit(
-        self, channel_id: str, message_id: str, content: str, edited_at: str
-    ) -> ChimeMessage:
-        """See ``MessageStore.edit``."""
-        seq = seq_of(channel_id, message_id)
-        message = await self._call(
-            "edit",
-            partial(_edit, channel_id=channel_id, seq=seq, content=content, edited_at=edited_at),
-            write=True,
-        )
-        if message is None:
-            raise not_found(channel_id, message_id)
-        return message
-
-    async def delete(self, channel_id: str, message_id: str) -> None:
-        """See ``MessageStore.delete``."""
-        seq = seq_of(channel_id, message_id)
-        deleted = await self._call(
-            "delete", partial(_delete, channel_id=channel_id, seq=seq), write=True
-        )
-        if not deleted:
-            raise not_found(channel_id, message_id)
-
-    async def set_reaction(
-        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
-    ) -> None:
-        """See ``MessageStore.set_reaction``."""
-        seq = seq_of(channel_id, message_id)
-        found = await self._call(
-            "set_reaction",
-            partial(
-                _set_reaction,
-                channel_id=channel_id,
-                seq=seq,
-                emoji=emoji,
-                user_id=user_id,
-                present=present,
-            ),
-            write=True,
-        )
-        if not found:
-            raise not_found(channel_id, message_id)
+    # --- reactions, threads, read markers ---------------------------------------
 
     async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
         """See ``MessageStore.reactions``."""
@@ -308,6 +280,15 @@ class SqliteStore:
             return {}
         return await self._call(
             "reactions", partial(_reactions, channel_id=channel_id, message_ids=ids)
+        )
+
+    async def reply_counts(self, channel_id: str, message_ids: Sequence[str]) -> ReplyCounts:
+        """See ``MessageStore.reply_counts``."""
+        ids = tuple(sorted(set(message_ids)))
+        if not ids:
+            return {}
+        return await self._call(
+            "reply_counts", partial(_reply_counts, channel_id=channel_id, message_ids=ids)
         )
 
     async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
@@ -420,6 +401,7 @@ class SqliteStore:
             with _write(conn, threading.Event()):
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -471,6 +453,15 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("COMMIT")
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a file made by an older version lacks (in the schema's transaction)."""
+    present = {str(row[1]) for row in conn.execute("PRAGMA table_info(messages)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            # Fixed names from _ADDED_COLUMNS, never client data.
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
+
+
 def _to_message(row: _Row) -> ChimeMessage:
     metadata: dict[str, str] = json.loads(row[6])
     return ChimeMessage(
@@ -519,7 +510,9 @@ def _load_channel_state(
     return ChannelState(last_seq=last, client_ids=client_ids)
 
 
-def _append(conn: sqlite3.Connection, *, messages: tuple[ChimeMessage, ...]) -> None:
+def _append(conn: sqlite3.Connection, *, events: tuple[ChannelEvent, ...]) -> None:
+    messages = [e for e in events if isinstance(e, ChimeMessage)]
+    changes = [e for e in events if isinstance(e, MessageChange)]
     counts: dict[str, int] = {}
     for message in messages:
         counts[message.channel_id] = counts.get(message.channel_id, 0) + 1
@@ -527,23 +520,12 @@ def _append(conn: sqlite3.Connection, *, messages: tuple[ChimeMessage, ...]) -> 
     # whole batch rolls back. Overwriting would hide two live sequencers.
     conn.executemany(
         "INSERT INTO messages (channel_id, seq, message_id, user_id, content, created_at,"
-        " edited_at, metadata, thread_id, client_msg_id, channel_name, deleted)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-        [
-            (
-                m.channel_id,
-                m.seq,
-                m.message_id,
-                m.user_id,
-                m.content,
-                m.created_at,
-                m.edited_at,
-                json.dumps(dict(m.metadata), ensure_ascii=False, separators=(",", ":")),
-                m.thread_id,
-                m.client_msg_id,
-                m.channel_name,
-            )
-            for m in messages
+        " edited_at, metadata, thread_id, client_msg_id, channel_name, deleted, kind, target_seq)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(*_row_values(m), 0, None, None) for m in messages]
+        + [
+            (*_row_values(change_row(c)), 1, c.kind.value, parse_message_id(c.message_id))
+            for c in changes
         ],
     )
     # The sequencer already decided these are new sends; a key seen before
@@ -564,6 +546,67 @@ def _append(conn: sqlite3.Connection, *, messages: tuple[ChimeMessage, ...]) -> 
         " ON CONFLICT (channel_id) DO UPDATE SET count = count + excluded.count",
         list(counts.items()),
     )
+    # In batch order: an edit and then a delete of one message end deleted.
+    for change in changes:
+        _apply(conn, change)
+
+
+def _row_values(m: ChimeMessage) -> tuple[object, ...]:
+    return (
+        m.channel_id,
+        m.seq,
+        m.message_id,
+        m.user_id,
+        m.content,
+        m.created_at,
+        m.edited_at,
+        json.dumps(dict(m.metadata), ensure_ascii=False, separators=(",", ":")),
+        m.thread_id,
+        m.client_msg_id,
+        m.channel_name,
+    )
+
+
+def _apply(conn: sqlite3.Connection, change: MessageChange) -> None:
+    """Apply a stored change to its message (nothing if that is not live)."""
+    channel_id, seq = change.channel_id, parse_message_id(change.message_id)
+    if change.kind is ChangeKind.EDIT:
+        assert change.message is not None
+        conn.execute(
+            "UPDATE messages SET content = ?, edited_at = ?"
+            " WHERE channel_id = ? AND seq = ? AND deleted = 0",
+            (change.message.content, change.at, channel_id, seq),
+        )
+    elif change.kind is ChangeKind.DELETE:
+        conn.execute(
+            "UPDATE messages SET deleted = 1 WHERE channel_id = ? AND seq = ? AND deleted = 0",
+            (channel_id, seq),
+        )
+        # Nobody can read or add them any more.
+        conn.execute(
+            "DELETE FROM reactions WHERE channel_id = ? AND message_id = ?",
+            (channel_id, change.message_id),
+        )
+    else:
+        live = conn.execute(
+            "SELECT 1 FROM messages WHERE channel_id = ? AND seq = ? AND deleted = 0",
+            (channel_id, seq),
+        ).fetchone()
+        if live is None:
+            return
+        params = (channel_id, change.message_id, change.emoji, change.user_id)
+        if change.kind is ChangeKind.REACTION_ADD:
+            conn.execute(
+                "INSERT INTO reactions (channel_id, message_id, emoji, user_id)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                params,
+            )
+        else:
+            conn.execute(
+                "DELETE FROM reactions"
+                " WHERE channel_id = ? AND message_id = ? AND emoji = ? AND user_id = ?",
+                params,
+            )
 
 
 def _history(
@@ -622,75 +665,20 @@ def _get_live(conn: sqlite3.Connection, *, channel_id: str, seq: int) -> ChimeMe
     return None if row is None else _to_message(row)
 
 
-def _messages_range(
+def _events_range(
     conn: sqlite3.Connection, *, channel_id: str, after_seq: int, up_to: int
-) -> tuple[ChimeMessage, ...]:
+) -> tuple[ChannelEvent, ...]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM messages"
-        " WHERE channel_id = ? AND seq > ? AND seq <= ? AND deleted = 0 ORDER BY seq",
+        f"SELECT {_EVENT_COLUMNS} FROM messages"
+        f" WHERE channel_id = ? AND seq > ? AND seq <= ? AND {_IS_EVENT} ORDER BY seq",
         (channel_id, after_seq, up_to),
     ).fetchall()
-    return tuple(_to_message(row) for row in rows)
-
-
-def _edit(
-    conn: sqlite3.Connection, *, channel_id: str, seq: int, content: str, edited_at: str
-) -> ChimeMessage | None:
-    cursor = conn.execute(
-        "UPDATE messages SET content = ?, edited_at = ?"
-        " WHERE channel_id = ? AND seq = ? AND deleted = 0",
-        (content, edited_at, channel_id, seq),
-    )
-    if cursor.rowcount == 0:
-        return None
-    return _get_live(conn, channel_id=channel_id, seq=seq)
-
-
-def _delete(conn: sqlite3.Connection, *, channel_id: str, seq: int) -> bool:
-    cursor = conn.execute(
-        "UPDATE messages SET deleted = 1 WHERE channel_id = ? AND seq = ? AND deleted = 0",
-        (channel_id, seq),
-    )
-    if cursor.rowcount == 0:
-        return False
-    # Nobody can read or add them any more.
-    conn.execute(
-        "DELETE FROM reactions WHERE channel_id = ? AND message_id = ?",
-        (channel_id, format_message_id(seq)),
-    )
-    return True
-
-
-def _set_reaction(
-    conn: sqlite3.Connection,
-    *,
-    channel_id: str,
-    seq: int,
-    emoji: str,
-    user_id: str,
-    present: bool,
-) -> bool:
-    message_id = format_message_id(seq)
-    live = conn.execute(
-        "SELECT 1 FROM messages WHERE channel_id = ? AND seq = ? AND deleted = 0",
-        (channel_id, seq),
-    ).fetchone()
-    if live is None:
-        return False
-    params = (channel_id, message_id, emoji, user_id)
-    if present:
-        conn.execute(
-            "INSERT INTO reactions (channel_id, message_id, emoji, user_id)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            params,
-        )
-    else:
-        conn.execute(
-            "DELETE FROM reactions"
-            " WHERE channel_id = ? AND message_id = ? AND emoji = ? AND user_id = ?",
-            params,
-        )
-    return True
+    events: list[ChannelEvent] = []
+    for row in rows:
+        message = _to_message(row[:10])
+        kind, target_seq = row[10], row[11]
+        events.append(message if kind is None else change_from_row(message, kind, target_seq))
+    return tuple(events)
 
 
 def _reactions(
@@ -714,6 +702,24 @@ def _reactions(
         message_id: {emoji: tuple(users) for emoji, users in by_emoji.items()}
         for message_id, by_emoji in result.items()
     }
+
+
+def _reply_counts(
+    conn: sqlite3.Connection, *, channel_id: str, message_ids: tuple[str, ...]
+) -> ReplyCounts:
+    counts: dict[str, int] = {}
+    for start in range(0, len(message_ids), _MAX_PARAMS):
+        chunk = message_ids[start : start + _MAX_PARAMS]
+        placeholders = ", ".join("?" * len(chunk))
+        # The thread index answers this; a root naming itself is not its reply.
+        rows = conn.execute(
+            "SELECT thread_id, COUNT(*) FROM messages"
+            f" WHERE channel_id = ? AND thread_id IN ({placeholders}) AND deleted = 0"
+            " AND message_id != thread_id GROUP BY thread_id",
+            (channel_id, *chunk),
+        ).fetchall()
+        counts.update((str(thread_id), int(count)) for thread_id, count in rows)
+    return counts
 
 
 def _set_read_marker(

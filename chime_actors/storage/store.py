@@ -13,28 +13,38 @@ timed out, ``MessageNotFound`` for an unknown or deleted message.
 
 Shared conventions of every implementation:
 
+* A channel's order holds messages and *changes* of them (``MessageChange``:
+  edits, deletes, reactions added or removed), numbered by the same sequencer:
+  every number is one or the other. ``append`` stores both; a change is stored
+  at its own number (a row like a message's, flagged deleted and marked with its
+  kind, so no reader of messages ever returns it) and applied to the message it
+  names in the same call.
 * Deleted messages keep their sequence number (ids stay contiguous) but are never
-  returned by ``history``, ``get_message`` or ``messages_range``.
+  returned by ``history``, ``get_message`` or ``events_range``.
 * Edits overwrite ``content`` and ``edited_at``; readers always see the last edit.
 * ``message_counters`` counts appended messages per channel (for stats); deletes
-  do not decrement it.
+  and changes do not change it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from chime_actors.errors import MessageNotFound
-from chime_actors.ids import parse_message_id
-from chime_actors.records import ChimeMessage
+from chime_actors.ids import format_message_id, parse_message_id
+from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 
 #: Key of a send in the idempotency window: ``(user_id, client_msg_id)``.
 ClientKey = tuple[str, str]
 
 #: ``reactions()`` result: message id -> emoji -> user ids (sorted).
 ReactionMap = Mapping[str, Mapping[str, tuple[str, ...]]]
+
+#: ``reply_counts()`` result: message id -> live replies in its thread (> 0).
+ReplyCounts = Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +72,16 @@ class HistoryPage:
         messages: oldest first.
         has_more: True when more matching messages exist in the paging direction
             (older ones for a newest-first page, newer ones for an ``after`` page).
+        reactions: the page's reactions (``MessageStore.reactions``); empty as a
+            store returns the page, filled by :func:`annotated_history`.
+        reply_counts: the replies of the page's thread roots
+            (``MessageStore.reply_counts``); likewise.
     """
 
     messages: tuple[ChimeMessage, ...]
     has_more: bool
+    reactions: ReactionMap = field(default_factory=dict)
+    reply_counts: ReplyCounts = field(default_factory=dict)
 
 
 class MessageStore(Protocol):
@@ -103,12 +119,19 @@ class MessageStore(Protocol):
                 order).
         """
 
-    async def append(self, messages: Sequence[ChimeMessage]) -> None:
-        """Store a batch atomically: every message or none of them.
+    async def append(self, events: Sequence[ChannelEvent]) -> None:
+        """Store a batch of messages and changes atomically: all of them or none.
 
         Also records the idempotency row of each message that has a
         ``client_msg_id`` (a newer send with the same key replaces an older one)
         and adds to the channel's message counter. The batch may span channels.
+
+        Each ``MessageChange`` is stored at its ``event_id`` and applied, in batch
+        order, to the message it names: an edit replaces ``content`` and
+        ``edited_at``, a delete flags the message and drops its reactions, a
+        reaction is added or removed (idempotently). Whether the change is
+        allowed is the caller's (the persister's) business; a change of a
+        message that is not live is stored and changes nothing.
 
         Raises:
             StoreError: a sequence number is already taken (two sequencers for
@@ -156,43 +179,21 @@ class MessageStore(Protocol):
             MessageNotFound: unknown, malformed or deleted id.
         """
 
-    async def messages_range(
+    async def events_range(
         self, channel_id: str, *, after_seq: int, up_to_seq: int
-    ) -> tuple[ChimeMessage, ...]:
-        """Return messages with ``after_seq < seq <= up_to_seq``, ascending.
+    ) -> tuple[ChannelEvent, ...]:
+        """Return the events with ``after_seq < seq <= up_to_seq``, ascending.
 
-        Gateways use it to fill a gap in a live stream. Deleted messages are left
-        out, so a sequence number missing from the result means "deleted".
+        Events are the live messages and every change. Gateways use it to fill
+        a gap in a live stream, to catch a subscriber up and to replay a
+        resume. Deleted messages are left out, so a sequence number missing
+        from the result means "deleted".
         """
 
     async def last_seq(self, channel_id: str) -> int:
-        """Return the highest stored sequence number of the channel, 0 if none."""
+        """Return the highest stored sequence number of the channel, 0 if none.
 
-    async def edit(
-        self, channel_id: str, message_id: str, content: str, edited_at: str
-    ) -> ChimeMessage:
-        """Replace a message's content, stamp ``edited_at`` and return the result.
-
-        Authorization (author only) is the caller's job.
-
-        Raises:
-            MessageNotFound: unknown or deleted message.
-        """
-
-    async def delete(self, channel_id: str, message_id: str) -> None:
-        """Mark a message deleted; its sequence number stays taken.
-
-        Raises:
-            MessageNotFound: unknown or already deleted message.
-        """
-
-    async def set_reaction(
-        self, channel_id: str, message_id: str, emoji: str, user_id: str, present: bool
-    ) -> None:
-        """Add (``present``) or remove a user's reaction; both are idempotent.
-
-        Raises:
-            MessageNotFound: unknown or deleted message.
+        Changes count: their numbers are the channel's too.
         """
 
     async def reactions(self, channel_id: str, message_ids: Sequence[str]) -> ReactionMap:
@@ -202,6 +203,13 @@ class MessageStore(Protocol):
         path), so history callers fetch them with this call for the page's ids.
         Messages without reactions are absent from the result; emojis and user
         ids are sorted by code point so every implementation answers the same.
+        """
+
+    async def reply_counts(self, channel_id: str, message_ids: Sequence[str]) -> ReplyCounts:
+        """Return how many live replies the threads rooted at ``message_ids`` have.
+
+        A reply is a live message whose ``thread_id`` is the root's id (a root
+        that names itself is not its own reply). Ids without replies are absent.
         """
 
     async def set_read_marker(self, channel_id: str, user_id: str, message_id: str) -> None:
@@ -216,6 +224,32 @@ class MessageStore(Protocol):
 
 
 # --- helpers shared by the implementations ----------------------------------
+
+
+async def annotated_history(
+    store: MessageStore,
+    channel_id: str,
+    *,
+    before: str | None,
+    after: str | None,
+    limit: int,
+    thread_id: str | None,
+) -> HistoryPage:
+    """A page of history with its messages' reactions and reply counts.
+
+    What history answers (WebSocket and REST): three reads, the last two
+    together once the page's ids are known.
+    """
+    page = await store.history(
+        channel_id, before=before, after=after, limit=limit, thread_id=thread_id
+    )
+    if not page.messages:
+        return page
+    ids = [message.message_id for message in page.messages]
+    reactions, reply_counts = await asyncio.gather(
+        store.reactions(channel_id, ids), store.reply_counts(channel_id, ids)
+    )
+    return replace(page, reactions=reactions, reply_counts=reply_counts)
 
 
 def check_history_args(before: str | None, after: str | None, limit: int) -> tuple[int, int | None]:
@@ -248,3 +282,69 @@ def seq_of(channel_id: str, message_id: str) -> int:
 def not_found(channel_id: str, message_id: str) -> MessageNotFound:
     """The ``MessageNotFound`` every implementation raises, with one wording."""
     return MessageNotFound(f"no message {message_id!r} in channel {channel_id!r}")
+
+
+def change_row(change: MessageChange) -> ChimeMessage:
+    """The stored row of a change, in a message's columns, at the change's number.
+
+    An edit's row is the message as edited (so a replay carries the whole of
+    it); a delete's or a reaction's holds who and when, and a reaction's
+    ``content`` is its emoji. ``edited_at`` is always the change's time.
+    """
+    if change.kind is ChangeKind.EDIT:
+        assert change.message is not None  # every edit carries the edited message
+        return ChimeMessage(
+            channel_id=change.channel_id,
+            message_id=change.event_id,
+            user_id=change.message.user_id,
+            content=change.message.content,
+            created_at=change.message.created_at,
+            edited_at=change.at,
+            metadata=change.message.metadata,
+            thread_id=change.message.thread_id,
+            client_msg_id=change.message.client_msg_id,
+            channel_name=change.message.channel_name,
+        )
+    return ChimeMessage(
+        channel_id=change.channel_id,
+        message_id=change.event_id,
+        user_id=change.user_id,
+        content=change.emoji or "",
+        created_at=change.at,
+        edited_at=change.at,
+    )
+
+
+def change_from_row(row: ChimeMessage, kind: str, target_seq: int) -> MessageChange:
+    """The ``MessageChange`` a row made by ``change_row`` holds.
+
+    Raises:
+        ValueError: ``kind`` is not a ``ChangeKind`` value.
+    """
+    change_kind = ChangeKind(kind)
+    target = format_message_id(target_seq)
+    at = row.edited_at or row.created_at
+    if change_kind is ChangeKind.EDIT:
+        edited = ChimeMessage(
+            channel_id=row.channel_id,
+            message_id=target,
+            user_id=row.user_id,
+            content=row.content,
+            created_at=row.created_at,
+            edited_at=at,
+            metadata=row.metadata,
+            thread_id=row.thread_id,
+            client_msg_id=row.client_msg_id,
+            channel_name=row.channel_name,
+        )
+        return MessageChange(
+            row.channel_id, row.message_id, change_kind, target, row.user_id, at, message=edited
+        )
+    emoji = (
+        row.content
+        if change_kind in (ChangeKind.REACTION_ADD, ChangeKind.REACTION_REMOVE)
+        else None
+    )
+    return MessageChange(
+        row.channel_id, row.message_id, change_kind, target, row.user_id, at, emoji=emoji
+    )

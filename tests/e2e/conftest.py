@@ -212,6 +212,29 @@ def http_get(url: str, timeout: float = 10) -> tuple[int, Any]:
     return status, json.loads(text) if "json" in ctype else text
 
 
+def http_request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    timeout: float = 10,
+) -> tuple[int, Any]:
+    """Send a request (``body`` as JSON when given); returns (status, parsed JSON or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+    text = raw.decode()
+    return status, json.loads(text) if "json" in ctype and text else text
+
+
 def wait_until(
     check: Callable[[], T], timeout: float = 15, interval: float = 0.1, what: str = ""
 ) -> T:

@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -228,3 +229,61 @@ def test_a_bad_refresh_is_refused_and_the_connection_goes_on(
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_changes_in_a_channel_the_token_does_not_grant_are_forbidden(
+    server: ServerProcess,
+) -> None:
+    """WebSocket and REST alike: a grant is needed to react, edit or delete."""
+    channel = f"secret-{uuid.uuid4().hex[:8]}"
+    limited = token("bob", channels=["general"])
+
+    async def scenario() -> str:
+        alice = await Client.connect(server.url)
+        await alice.send({"type": "connect", "channels": [channel], "token": token()})
+        await alice.expect("connected")
+        await alice.send({"type": "send", "channelId": channel, "content": "for alice only"})
+        message_id = str((await alice.expect("ack"))["messageId"])
+        bob = await Client.connect(server.url)
+        await bob.send({"type": "connect", "channels": ["general"], "token": limited})
+        await bob.expect("connected")
+        for frame in (
+            {"type": "react", "emoji": "👍", "op": "add"},
+            {"type": "edit", "content": "x"},
+            {"type": "delete"},
+        ):
+            await bob.send(
+                {**frame, "requestId": "r1", "channelId": channel, "messageId": message_id}
+            )
+            refused = await bob.expect("error")
+            assert (refused["code"], refused["requestId"]) == ("forbidden", "r1")
+        await alice.send({"type": "ping"})
+        await alice.expect("pong")
+        assert not [f for f in alice.frames if f["type"] in ("reaction", "message_deleted")]
+        await alice.close()
+        await bob.close()
+        return message_id
+
+    message_id = asyncio.run(scenario())
+    path = f"{server.api}/v1/channels/{channel}/messages/{message_id}"
+    cases = [
+        ("PUT", f"{path}/reactions/x", {"Authorization": f"Bearer {limited}"}, 403, "forbidden"),
+        ("DELETE", path, {"Authorization": f"Bearer {limited}"}, 403, "forbidden"),
+        # Granted every channel, but not the author.
+        ("DELETE", path, {"Authorization": f"Bearer {token('bob')}"}, 403, "forbidden"),
+        # jwt mode ignores X-Chime-User: no token, no user.
+        ("DELETE", path, {"X-Chime-User": "alice"}, 401, "unauthorized"),
+        ("PUT", f"{path}/reactions/x", {"Authorization": "Bearer garbage"}, 401, "unauthorized"),
+    ]
+    for method, url, headers, status, code in cases:
+        request = urllib.request.Request(url, method=method, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        with refused.value as error:
+            assert error.code == status, (method, url, headers)
+            assert json.loads(error.read())["error"]["code"] == code
+    request = urllib.request.Request(
+        f"{path}/reactions/x", method="PUT", headers={"Authorization": f"Bearer {token('bob')}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204  # granted: anyone may react

@@ -41,6 +41,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from tests.e2e.client import Client
 from tests.e2e.load import (
     OVERRIDES,
     RESTART_TIMEOUT_S,
@@ -743,5 +744,106 @@ def test_unavailable_means_not_stored_without_a_client_msg_id(tmp_path: Path) ->
             assert acked <= set(contents), "an acked message is missing"
             wrongly = sorted(refused & set(contents))
             assert not wrongly, f"answered 'unavailable' yet stored: {wrongly[:5]}"
+
+        asyncio.run(scenario())
+
+
+def test_changes_in_flight_to_a_killed_persister_are_settled(tmp_path: Path) -> None:
+    """SIGKILL the persister of a channel while a client streams reactions, several
+    in flight at once. Every request is answered (its confirmation, or
+    ``unavailable``: not made) within the ack timeout's reach; the reactions left
+    are the ones the last confirmation of each says; a watcher gets each change
+    once, in order, and ends with what history shows."""
+    channel = channel_owned_by(1, "faults-changes")
+    emojis = [f"e{i}" for i in range(12)]
+    requests = 360
+    window = 8
+
+    with chime_server(tmp_path) as server:
+
+        async def scenario() -> None:
+            alice = await Client.connect(server.url, "alice", [channel])
+            watcher = await Client.connect(server.url, "watcher", [channel])
+            bob = await Client.connect(server.url, "bob", [channel])
+            try:
+                await alice.send({"type": "send", "channelId": channel, "content": "react"})
+                target = (await alice.expect("ack"))["messageId"]
+                answers: dict[str, dict[str, Any]] = {}
+                pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+                async def read_answers() -> None:
+                    while True:
+                        frame = await bob.recv(timeout=60)
+                        future = pending.pop(str(frame.get("requestId")), None)
+                        if future is not None:
+                            future.set_result(frame)
+
+                reader = asyncio.get_running_loop().create_task(read_answers())
+                slots = asyncio.Semaphore(window)
+                wanted: dict[str, str] = {}  # emoji -> op of its last confirmed request
+
+                async def react(n: int) -> None:
+                    emoji = emojis[n % len(emojis)]
+                    op = "add" if (n // len(emojis)) % 2 == 0 else "remove"
+                    request_id = f"r{n}"
+                    pending[request_id] = asyncio.get_running_loop().create_future()
+                    await bob.send(
+                        {
+                            "type": "react",
+                            "requestId": request_id,
+                            "channelId": channel,
+                            "messageId": target,
+                            "emoji": emoji,
+                            "op": op,
+                        }
+                    )
+                    answers[request_id] = await asyncio.wait_for(pending[request_id], 30)
+                    slots.release()
+
+                async def stream() -> None:
+                    tasks = []
+                    for n in range(requests):
+                        await slots.acquire()
+                        tasks.append(asyncio.get_running_loop().create_task(react(n)))
+                        await asyncio.sleep(0.005)
+                    await asyncio.gather(*tasks)
+
+                streaming = asyncio.get_running_loop().create_task(stream())
+                await apoll(lambda: len(answers) >= requests // 4, 30, "a quarter answered")
+                await kill_and_wait_restart(server, "persister 1")
+                await asyncio.wait_for(streaming, 120)
+                reader.cancel()
+                for n in range(requests):
+                    answer = answers[f"r{n}"]
+                    if answer["type"] == "error":
+                        assert answer["code"] == "unavailable", answer
+                        continue
+                    assert answer["type"] == "reaction", answer
+                    wanted[answer["emoji"]] = answer["op"]
+                (stored,) = rest_history(server, channel)
+                reactions = stored["reactions"]
+                expected = {e: ["bob"] for e, op in wanted.items() if op == "add"}
+                assert reactions == expected
+
+                def watched() -> dict[str, list[str]] | None:
+                    frames = [f for f in watcher.frames if f.get("type") == "reaction"]
+                    ids = [f["eventId"] for f in frames]
+                    assert ids == sorted(set(ids)), "each change once, in order"
+                    state: dict[str, list[str]] = {}
+                    for f in frames:
+                        if f["op"] == "add":
+                            state[f["emoji"]] = ["bob"]
+                        else:
+                            state.pop(f["emoji"], None)
+                    return state if state == expected else None
+
+                async def watch() -> None:
+                    while watched() is None:
+                        await watcher.recv(timeout=30)
+
+                await asyncio.wait_for(watch(), 60)
+            finally:
+                for client in (alice, watcher, bob):
+                    await client.close()
 
         asyncio.run(scenario())

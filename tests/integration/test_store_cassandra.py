@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import msgspec.structs
@@ -36,8 +37,11 @@ from tests.store_contract import (
     StoreFactory,
     batch,
     created_at,
+    delete,
+    edit,
     make_message,
     mid,
+    react,
     seqs,
 )
 
@@ -157,8 +161,7 @@ def test_paging_across_bucket_boundaries(clean_keyspace: CassandraConfig, raw_se
         await store.append(batch(1, 35))
         assert await store.last_seq(CHANNEL) == 35
         # Deleted rows right at the boundaries must not end a walk early.
-        for seq in (19, 20, 21):
-            await store.delete(CHANNEL, mid(seq))
+        await store.append([delete(36 + i, seq) for i, seq in enumerate((19, 20, 21))])
         live = [s for s in range(1, 36) if s not in (19, 20, 21)]
 
         page = await store.history(CHANNEL, limit=8)
@@ -192,19 +195,42 @@ def test_paging_across_bucket_boundaries(clean_keyspace: CassandraConfig, raw_se
             cursor = page.messages[-1].message_id
         assert forward == live
 
-        got = await store.messages_range(CHANNEL, after_seq=5, up_to_seq=32)
+        got = await store.events_range(CHANNEL, after_seq=5, up_to_seq=32)
         assert seqs(got) == [s for s in live if 5 < s <= 32]
 
-        for seq in (9, 10, 30):
-            await store.set_reaction(CHANNEL, mid(seq), "👍", "alice", True)
+        await store.append([react(39 + i, seq, "👍", "alice") for i, seq in enumerate((9, 10, 30))])
         reactions = await store.reactions(CHANNEL, [mid(s) for s in range(1, 36)])
         assert sorted(reactions) == [mid(9), mid(10), mid(30)]
+        assert await store.last_seq(CHANNEL) == 41
 
     run(clean_keyspace, scenario)
     rows = raw_session.execute(
         f"SELECT DISTINCT channel_id, bucket FROM {clean_keyspace.keyspace}.messages"
     )
-    assert sorted(row.bucket for row in rows if row.channel_id == CHANNEL) == [0, 1, 2, 3]
+    assert sorted(row.bucket for row in rows if row.channel_id == CHANNEL) == [0, 1, 2, 3, 4]
+
+
+def test_buckets_holding_only_changes_do_not_end_the_channel(
+    clean_keyspace: CassandraConfig,
+) -> None:
+    # Buckets of 10: messages 1-5, then reactions 6-25 (buckets 1 and most of 2
+    # hold no message), then messages 26-28.
+    async def scenario(store: CassandraStore) -> None:
+        await store.append(batch(1, 5))
+        await store.append([react(seq, 1, f"e{seq}", "bob") for seq in range(6, 26)])
+        await store.append(batch(26, 28))
+        assert await store.last_seq(CHANNEL) == 28
+        page = await store.history(CHANNEL, limit=5)
+        assert (seqs(page.messages), page.has_more) == ([4, 5, 26, 27, 28], True)
+        page = await store.history(CHANNEL, after=mid(3), limit=3)
+        assert (seqs(page.messages), page.has_more) == ([4, 5, 26], True)
+        page = await store.history(CHANNEL, before=mid(26), limit=3)
+        assert (seqs(page.messages), page.has_more) == ([3, 4, 5], True)
+        assert seqs(await store.events_range(CHANNEL, after_seq=4, up_to_seq=28)) == list(
+            range(5, 29)
+        )
+
+    run(clean_keyspace, scenario)
 
 
 def test_thread_spanning_buckets(clean_keyspace: CassandraConfig) -> None:
@@ -220,8 +246,7 @@ def test_thread_spanning_buckets(clean_keyspace: CassandraConfig) -> None:
         assert (seqs(page.messages), page.has_more) == ([27, 41], True)
         page = await store.history(CHANNEL, thread_id=root, before=mid(27), limit=2)
         assert (seqs(page.messages), page.has_more) == ([8, 12], True)
-        await store.edit(CHANNEL, mid(12), "edited", created_at(50))
-        await store.delete(CHANNEL, mid(27))
+        await store.append([edit(50, make_message(12, thread_id=root), "edited"), delete(51, 27)])
         page = await store.history(CHANNEL, thread_id=root, after=mid(5))
         assert [m.content for m in page.messages] == ["message 8", "edited", "message 41"]
 
@@ -269,18 +294,18 @@ def test_writes_leave_no_tombstones(clean_keyspace: CassandraConfig, raw_session
     # a null is a tombstone. Tracing the read of the row counts tombstone cells.
     async def scenario(store: CassandraStore) -> None:
         await store.append([make_message(1), make_message(2, thread_id=mid(1))])
-        await store.edit(CHANNEL, mid(2), "edited", created_at(9))
-        await store.delete(CHANNEL, mid(1))
+        await store.append([edit(3, make_message(2, thread_id=mid(1)), "edited"), delete(4, 1)])
+        await store.append([react(5, 2, "👍", "bob"), react(6, 2, "👍", "bob", add=False)])
 
     run(clean_keyspace, scenario, bucket_size=10_000)
     ks = clean_keyspace.keyspace
     row = raw_session.execute(
-        f"SELECT edited_at, metadata, thread_id, client_msg_id, channel_name, deleted"
-        f" FROM {ks}.messages WHERE channel_id = %s AND bucket = 0 AND seq = 1",
+        f"SELECT edited_at, metadata, thread_id, client_msg_id, channel_name, deleted, kind,"
+        f" target FROM {ks}.messages WHERE channel_id = %s AND bucket = 0 AND seq = 1",
         (CHANNEL,),
     ).one()
     assert (row.edited_at, row.metadata, row.thread_id, row.client_msg_id) == (None,) * 4
-    assert (row.channel_name, row.deleted) == (None, True)
+    assert (row.channel_name, row.deleted, row.kind, row.target) == (None, True, None, None)
     # The check can see a tombstone: a null written on purpose, elsewhere.
     raw_session.execute(
         f"INSERT INTO {ks}.messages (channel_id, bucket, seq, user_id, thread_id)"
@@ -315,7 +340,7 @@ def test_counts_appended_messages_per_channel(
     async def scenario(store: CassandraStore) -> None:
         await store.append(batch(1, 3) + batch(1, 2, channel="random"))
         await store.append(batch(4, 5))
-        await store.delete(CHANNEL, mid(1))  # deletes do not uncount
+        await store.append([delete(6, 1)])  # changes neither count nor uncount
 
     run(clean_keyspace, scenario)
     rows = raw_session.execute(
@@ -331,7 +356,7 @@ def test_a_large_append_is_split_and_fully_stored(clean_keyspace: CassandraConfi
         messages = [make_message(s, content=big, client_msg_id=f"c-{s}") for s in range(1, 501)]
         await store.append(messages)
         assert await store.last_seq(CHANNEL) == 500
-        got = await store.messages_range(CHANNEL, after_seq=0, up_to_seq=500)
+        got = await store.events_range(CHANNEL, after_seq=0, up_to_seq=500)
         assert seqs(got) == list(range(1, 501))
         state = await store.load_channel_state(CHANNEL, dedupe_since="")
         assert len(state.client_ids) == 500
@@ -443,10 +468,17 @@ def test_protocol_v3_leaves_absent_columns_out(
         channel_name="General",
     )
 
+    changes = [edit(4, full, "edited"), react(5, 1, "👍", "bob"), delete(6, 3)]
+
     async def scenario(store: CassandraStore) -> None:
         await store.append([make_message(1), full, make_message(3, client_msg_id="c-3")])
+        await store.append(changes)
+        assert await store.events_range(CHANNEL, after_seq=3, up_to_seq=6) == tuple(changes)
+        full_edited = replace(full, content="edited", edited_at=created_at(4))
+        assert await store.get_message(CHANNEL, mid(2)) == full_edited
+        await store.append([edit(7, full, "message 2")])
         assert await store.get_message(CHANNEL, mid(1)) == make_message(1)
-        assert await store.get_message(CHANNEL, mid(2)) == full
+        assert (await store.get_message(CHANNEL, mid(2))).content == full.content
         assert seqs((await store.history(CHANNEL, thread_id=mid(1))).messages) == [1, 2]
         state = await store.load_channel_state(CHANNEL, dedupe_since="")
         assert set(state.client_ids) == {("alice", "c-2"), ("alice", "c-3")}
@@ -457,3 +489,44 @@ def test_protocol_v3_leaves_absent_columns_out(
         _tombstones_read(raw_session, f"{ks}.messages", f"channel_id = '{CHANNEL}' AND bucket = 0")
         == 0
     )
+
+
+def test_a_keyspace_of_an_older_version_gets_the_columns_of_changes(
+    cassandra_config: CassandraConfig, raw_session: Any
+) -> None:
+    # A keyspace made before changes had positions: messages lacks kind and target.
+    # Last in this module: the schema changes reach every driver session's control
+    # connection, whose executor may start a thread while a later test counts them
+    # (test_close_leaves_no_driver_thread).
+    config = msgspec.structs.replace(
+        cassandra_config, keyspace=f"chime_old_{uuid.uuid4().hex[:10]}"
+    )
+    ks = config.keyspace
+    raw_session.execute(
+        f"CREATE KEYSPACE {ks} WITH replication ="
+        " {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        timeout=60,
+    )
+    try:
+        raw_session.execute(
+            f"CREATE TABLE {ks}.messages (channel_id text, bucket bigint, seq bigint,"
+            " user_id text, content text, created_at text, edited_at text, metadata text,"
+            " client_msg_id text, channel_name text, deleted boolean, thread_id text,"
+            " PRIMARY KEY ((channel_id, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)",
+            timeout=60,
+        )
+        raw_session.execute(
+            f"INSERT INTO {ks}.messages (channel_id, bucket, seq, user_id, content, created_at)"
+            " VALUES (%s, 0, 1, 'alice', 'old', %s)",
+            (CHANNEL, created_at(1)),
+        )
+
+        async def scenario(store: CassandraStore) -> None:
+            old = await store.get_message(CHANNEL, mid(1))
+            await store.append([edit(2, old, "new")])
+            assert (await store.get_message(CHANNEL, mid(1))).content == "new"
+            assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=2)) == [1, 2]
+
+        run(config, scenario)
+    finally:
+        raw_session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=60)

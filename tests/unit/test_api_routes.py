@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ import pytest
 
 from chime_actors.api.http_server import HttpRequest, HttpResponse, HttpServer
 from chime_actors.api.routes import METRICS_CONTENT_TYPE, ApiBackend, Readiness, make_handler
-from chime_actors.errors import ActorError, StoreUnavailable
+from chime_actors.errors import ActorError, ProtocolError, StoreUnavailable
 from chime_actors.ids import format_message_id
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChimeMessage, MessageChange, SendOutcome
 from chime_actors.storage.store import HistoryPage
 
 
@@ -69,6 +70,57 @@ class FakeBackend:
         self.seen_headers.append(headers)
         return self.deny
 
+    # --- changes ---------------------------------------------------------------
+
+    max_content_chars: int = 10
+    # What ``change`` answers: an error code, or None (done).
+    refuse: str | None = None
+    wait_s: float | None = None
+    changes: list[ChangeCall] = field(default_factory=list)
+
+    def writer(self, headers: Mapping[str, str], channel_id: str) -> str:
+        self.seen_headers.append(headers)
+        if self.deny is not None:
+            raise ProtocolError(self.deny, "refused")
+        user = headers.get("x-chime-user")
+        if user is None:
+            raise ProtocolError("unauthorized", "who?")
+        return user
+
+    def take_rate(self, user_id: str) -> float | None:
+        return self.wait_s
+
+    async def change(
+        self,
+        channel_id: str,
+        message_id: str,
+        user_id: str,
+        kind: ChangeKind,
+        *,
+        content: str | None = None,
+        emoji: str | None = None,
+    ) -> SendOutcome:
+        self.changes.append(ChangeCall(channel_id, message_id, user_id, kind, content, emoji))
+        if self.refuse is not None:
+            return SendOutcome(1, error_code=self.refuse, error_message="store words: /var/x")
+        edited = None
+        if kind is ChangeKind.EDIT:
+            edited = dataclasses.replace(message(1, channel_id), content=content or "")
+        change = MessageChange(
+            channel_id, ID9, kind, message_id, user_id, "t", emoji=emoji, message=edited
+        )
+        return SendOutcome(1, change=change)
+
+
+@dataclass
+class ChangeCall:
+    channel_id: str
+    message_id: str
+    user_id: str
+    kind: ChangeKind
+    content: str | None
+    emoji: str | None
+
 
 def message(seq: int, channel_id: str = "general") -> ChimeMessage:
     return ChimeMessage(
@@ -82,13 +134,15 @@ def message(seq: int, channel_id: str = "general") -> ChimeMessage:
     )
 
 
-def call(backend: ApiBackend, target: str, method: str = "GET", *headers: str) -> HttpResponse:
+def call(
+    backend: ApiBackend, target: str, method: str = "GET", *headers: str, data: bytes = b""
+) -> HttpResponse:
     path, _, raw_query = target.partition("?")
     query: dict[str, str] = {}
     for key, value in parse_qsl(raw_query, keep_blank_values=True):
         query.setdefault(key, value)  # the first value wins, as the server does
     fields = dict(h.split(": ", 1) for h in ("Host: t", *headers))
-    request = HttpRequest(method, path, query, {k.lower(): v for k, v in fields.items()})
+    request = HttpRequest(method, path, query, {k.lower(): v for k, v in fields.items()}, data)
     handler = make_handler(backend)
 
     async def main() -> HttpResponse:
@@ -138,8 +192,10 @@ def test_history_defaults_and_wire_format() -> None:
     backend = FakeBackend(messages=(message(1), message(2)), has_more=True)
     response = call(backend, "/v1/channels/general/messages")
     assert response.status == 200
+    # Each message as history has it: reactions and the thread's reply count added.
+    extra = {"reactions": {}, "replyCount": 0}
     assert body(response) == {
-        "messages": [message(1).to_wire(), message(2).to_wire()],
+        "messages": [{**message(1).to_wire(), **extra}, {**message(2).to_wire(), **extra}],
         "hasMore": True,
     }
     assert backend.calls == [HistoryCall("general", None, None, 50, None)]
@@ -213,7 +269,15 @@ def test_probes_and_metrics_skip_authorization() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["/", "/healthz/", "/nope", "/v1/channels/c", "/v1/channels/c/messages/x"]
+    "target",
+    [
+        "/",
+        "/healthz/",
+        "/nope",
+        "/v1/channels/c",
+        f"/v1/channels/c/messages/{format_message_id(1)}/nope",
+        f"/v1/channels/c/messages/{format_message_id(1)}/reactions",
+    ],
 )
 def test_unknown_paths_are_404(target: str) -> None:
     response = call(FakeBackend(), target)
@@ -226,6 +290,19 @@ def test_wrong_method_is_405(target: str) -> None:
     response = call(FakeBackend(), target, "POST")
     assert response.status == 405
     assert response.headers["Allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "allow"),
+    [
+        (f"/v1/channels/c/messages/{format_message_id(1)}", "GET", "PATCH, DELETE"),
+        (f"/v1/channels/c/messages/{format_message_id(1)}", "PUT", "PATCH, DELETE"),
+        (f"/v1/channels/c/messages/{format_message_id(1)}/reactions/x", "POST", "PUT, DELETE"),
+    ],
+)
+def test_wrong_method_on_a_message_is_405(target: str, method: str, allow: str) -> None:
+    response = call(FakeBackend(), target, method, "X-Chime-User: alice")
+    assert (response.status, response.headers["Allow"]) == (405, allow)
 
 
 def test_head_is_served_like_get() -> None:
@@ -252,3 +329,87 @@ def test_routes_over_loopback() -> None:
             assert (status, content_type) == (200, METRICS_CONTENT_TYPE)
 
     asyncio.run(main())
+
+
+# --- changes: PATCH / DELETE a message, PUT / DELETE a reaction --------------------------
+
+MSG = f"/v1/channels/general/messages/{format_message_id(1)}"
+
+
+def test_patch_edits_and_answers_the_edited_message() -> None:
+    backend = FakeBackend()
+    response = call(backend, MSG, "PATCH", "X-Chime-User: alice", data=b'{"content": "new"}')
+    assert response.status == 200
+    assert body(response)["content"] == "new"
+    assert backend.changes == [
+        ChangeCall("general", format_message_id(1), "alice", ChangeKind.EDIT, "new", None)
+    ]
+
+
+def test_delete_and_reactions_answer_204() -> None:
+    backend = FakeBackend()
+    assert call(backend, MSG, "DELETE", "X-Chime-User: alice").status == 204
+    # The emoji is one percent-encoded path segment (an encoded "/" stays in it).
+    target = f"{MSG}/reactions/%F0%9F%91%8D%2F"
+    assert call(backend, target, "PUT", "X-Chime-User: bob").status == 204
+    assert call(backend, target, "DELETE", "X-Chime-User: bob").status == 204
+    assert [(c.kind, c.user_id, c.emoji) for c in backend.changes] == [
+        (ChangeKind.DELETE, "alice", None),
+        (ChangeKind.REACTION_ADD, "bob", "👍/"),
+        (ChangeKind.REACTION_REMOVE, "bob", "👍/"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "data", "code"),
+    [
+        ("/v1/channels/general/messages/12", "DELETE", b"", "bad_request"),
+        ("/v1/channels/a%2Fb/messages/" + format_message_id(1), "DELETE", b"", "bad_request"),
+        (MSG, "PATCH", b"", "bad_request"),
+        (MSG, "PATCH", b"[1]", "bad_request"),
+        (MSG, "PATCH", b'{"content": 5}', "bad_request"),
+        (MSG, "PATCH", b'{"content": "  "}', "bad_request"),
+        (MSG, "PATCH", b'{"content": "' + b"x" * 11 + b'"}', "too_large"),
+        (f"{MSG}/reactions/%20", "PUT", b"", "bad_request"),
+        (f"{MSG}/reactions/{'x' * 65}", "PUT", b"", "bad_request"),
+        (f"{MSG}/reactions/%ff", "PUT", b"", "bad_request"),
+    ],
+)
+def test_bad_changes_are_refused_before_reaching_a_persister(
+    target: str, method: str, data: bytes, code: str
+) -> None:
+    backend = FakeBackend()
+    response = call(backend, target, method, "X-Chime-User: alice", data=data)
+    assert response.status == (413 if code == "too_large" else 400)
+    assert body(response)["error"]["code"] == code
+    assert backend.changes == []
+
+
+@pytest.mark.parametrize(("code", "status"), [("unauthorized", 401), ("forbidden", 403)])
+def test_changes_need_a_user_the_channel_grants(code: str, status: int) -> None:
+    backend = FakeBackend(deny=code)
+    response = call(backend, MSG, "DELETE", "X-Chime-User: alice")
+    assert (response.status, body(response)["error"]["code"]) == (status, code)
+    assert ("WWW-Authenticate" in response.headers) is (status == 401)
+    assert backend.changes == []
+    nobody = call(FakeBackend(), MSG, "DELETE")
+    assert (nobody.status, body(nobody)["error"]["code"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("forbidden", 403), ("not_found", 404), ("unavailable", 503)]
+)
+def test_refused_changes_map_to_statuses(code: str, status: int) -> None:
+    response = call(FakeBackend(refuse=code), MSG, "DELETE", "X-Chime-User: bob")
+    assert (response.status, body(response)["error"]["code"]) == (status, code)
+    assert "/var/x" not in response.body.decode()  # the store's words stay in the log
+
+
+def test_changes_over_the_rate_limit_are_429() -> None:
+    backend = FakeBackend(wait_s=1.5)
+    response = call(backend, MSG, "DELETE", "X-Chime-User: alice")
+    assert response.status == 429
+    assert body(response)["error"]["code"] == "rate_limited"
+    assert body(response)["error"]["retryAfterMs"] == 1500
+    assert response.headers["Retry-After"] == "2"
+    assert backend.changes == []

@@ -9,7 +9,7 @@ from chime_actors.bus.codec import (
     topic_for,
 )
 from chime_actors.errors import BusError
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChimeMessage, MessageChange
 
 
 def _message(seq: int, **extra: object) -> ChimeMessage:
@@ -40,9 +40,35 @@ def test_publication_round_trip_keeps_every_field() -> None:
     assert decoded == messages
 
 
+def test_changes_round_trip_among_messages() -> None:
+    edited = _message(1, edited_at="2026-11-27T10:00:05.000Z", thread_id=f"{9:016d}")
+    events = (
+        _message(1),
+        MessageChange(
+            "general", f"{2:016d}", ChangeKind.EDIT, f"{1:016d}", "alice", "t", message=edited
+        ),
+        MessageChange(
+            "general", f"{3:016d}", ChangeKind.REACTION_ADD, f"{1:016d}", "bob", "t", emoji="👍"
+        ),
+        MessageChange(
+            "general", f"{4:016d}", ChangeKind.REACTION_REMOVE, f"{1:016d}", "bob", "t", emoji="👍"
+        ),
+        MessageChange("general", f"{5:016d}", ChangeKind.DELETE, f"{1:016d}", "alice", "t"),
+    )
+    assert decode_publication(encode_publication("host-a", events)) == ("host-a", events)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
+        b'{"origin": "a", "messages": [{"change": "nope", "channelId": "g", "eventId":'
+        b' "0000000000000002", "messageId": "0000000000000001", "userId": "u", "at": "t"}]}',
+        b'{"origin": "a", "messages": [{"change": "reaction_add", "channelId": "g", "eventId":'
+        b' "0000000000000002", "messageId": "0000000000000001", "userId": "u", "at": "t"}]}',
+        b'{"origin": "a", "messages": [{"change": "edit", "channelId": "g", "eventId":'
+        b' "0000000000000002", "messageId": "0000000000000001", "userId": "u", "at": "t"}]}',
+        b'{"origin": "a", "messages": [{"change": "delete", "channelId": "g", "eventId":'
+        b' "2", "messageId": "0000000000000001", "userId": "u", "at": "t"}]}',
         b"not json",
         b"[]",
         b'{"origin": "a"}',

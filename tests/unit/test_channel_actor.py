@@ -22,7 +22,7 @@ from chime_actors.gateway.channel_actor import (
 from chime_actors.gateway.local_supervisor import RestartPolicy
 from chime_actors.ids import format_message_id
 from chime_actors.protocol.wire_frames import WireFrame
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage import HistoryPage, MemoryStore
 
 CHANNEL = "general"
@@ -41,6 +41,18 @@ def msg(seq: int) -> ChimeMessage:
 
 def msgs(first: int, last: int) -> tuple[ChimeMessage, ...]:
     return tuple(msg(seq) for seq in range(first, last + 1))
+
+
+def deleted(seq: int, target: int) -> MessageChange:
+    """A delete of message ``target``, at position ``seq``."""
+    return MessageChange(
+        CHANNEL,
+        format_message_id(seq),
+        ChangeKind.DELETE,
+        format_message_id(target),
+        "alice",
+        "2026-11-27T10:00:01.000Z",
+    )
 
 
 class FakeSubscriber:
@@ -114,11 +126,11 @@ class FaultyStore(MemoryStore):
             self.crash.discard(operation)
             raise RuntimeError(f"{operation} bug")
 
-    async def messages_range(
+    async def events_range(
         self, channel_id: str, *, after_seq: int, up_to_seq: int
-    ) -> tuple[ChimeMessage, ...]:
-        self._maybe_crash("messages_range")
-        return await super().messages_range(channel_id, after_seq=after_seq, up_to_seq=up_to_seq)
+    ) -> tuple[ChannelEvent, ...]:
+        self._maybe_crash("events_range")
+        return await super().events_range(channel_id, after_seq=after_seq, up_to_seq=up_to_seq)
 
     async def history(
         self,
@@ -151,7 +163,7 @@ class Harness:
         self.actor = actor
         self.stopped = stopped
 
-    async def stored(self, messages: Sequence[ChimeMessage]) -> None:
+    async def stored(self, messages: Sequence[ChannelEvent]) -> None:
         await self.store.append(messages)
 
     async def barrier(self) -> None:
@@ -367,7 +379,7 @@ def test_jump_in_ids_is_filled_from_storage() -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None)  # baseline 2
         await h.stored(msgs(3, 6))
-        await h.store.delete(CHANNEL, format_message_id(4))
+        await h.stored([deleted(7, 4)])
         h.actor.tell(Publish((msg(6),)))  # 3..5 never reached this gateway
         h.actor.tell(Publish(msgs(3, 5)))  # late: already filled
         await h.barrier()
@@ -384,7 +396,7 @@ def test_gap_fill_failure_waits_for_storage_instead_of_skipping() -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None)  # baseline 0
         await h.stored(msgs(1, 2))
-        h.store.fail_next(1)  # messages_range
+        h.store.fail_next(1)  # events_range
         h.actor.tell(Publish((msg(2),)))
         await wait_until(lambda: sub.seqs == [1, 2])
 
@@ -455,7 +467,7 @@ def test_store_bug_during_gap_fill_restarts_and_resyncs() -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None)
         await h.stored(msgs(1, 3))
-        h.store.crash.add("messages_range")
+        h.store.crash.add("events_range")
         h.actor.tell(Publish((msg(3),)))
         await h.barrier()
         assert h.actor.stats.restarts == 1
@@ -467,9 +479,9 @@ def test_store_bug_during_gap_fill_restarts_and_resyncs() -> None:
 def test_join_that_raises_tells_the_joiner() -> None:
     async def scenario(h: Harness) -> None:
         await h.stored(msgs(1, 2))
-        h.store.crash.add("messages_range")  # the replay's read
+        h.store.crash.add("events_range")  # the replay's read
         sub = FakeSubscriber("c1")
-        with pytest.raises(RuntimeError, match="messages_range bug"):
+        with pytest.raises(RuntimeError, match="events_range bug"):
             await h.actor.join(sub, format_message_id(1))
         assert h.actor.stats.restarts == 1
         assert not h.actor.stopped
@@ -768,12 +780,73 @@ def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_st
 
 def test_resume_limit_counts_stored_messages_not_ids() -> None:
     async def scenario(h: Harness) -> None:
-        await h.stored(msgs(1, 5))
-        for seq in (2, 3):
-            await h.store.delete(CHANNEL, format_message_id(seq))
+        await h.stored(msgs(1, 7))
+        # Deleted messages keep their ids but are not replayed; the deletes are.
+        await h.stored([deleted(8, 2), deleted(9, 3)])
         sub = FakeSubscriber("c1")
-        # Five ids after the resume point, but only three messages: within the limit.
-        assert await h.actor.join(sub, format_message_id(0)) == JoinResult(replayed=3)
-        assert sub.seqs == [1, 4, 5]
+        # Nine ids after the resume point, but only seven events: within the limit.
+        assert await h.actor.join(sub, format_message_id(0)) == JoinResult(replayed=7)
+        assert sub.seqs == [1, 4, 5, 6, 7]
+        assert [f["eventId"] for f in sub.frames if f["type"] == "message_deleted"] == [
+            format_message_id(8),
+            format_message_id(9),
+        ]
 
-    run(scenario, max_resume=3)
+    run(scenario, max_resume=7)
+
+
+# --- changes (edits, deletes, reactions) --------------------------------------------
+
+
+def edited(seq: int, target: int, content: str) -> MessageChange:
+    """An edit of message ``target``, at position ``seq``."""
+    at = "2026-11-27T10:00:02.000Z"
+    new = ChimeMessage(
+        CHANNEL, format_message_id(target), "alice", content, msg(target).created_at, at
+    )
+    return MessageChange(
+        CHANNEL,
+        format_message_id(seq),
+        ChangeKind.EDIT,
+        format_message_id(target),
+        "alice",
+        at,
+        message=new,
+    )
+
+
+def test_changes_reach_subscribers_in_the_channels_order() -> None:
+    async def scenario(h: Harness) -> None:
+        sub = FakeSubscriber("c1")
+        await h.actor.join(sub, None)
+        events = (msg(1), edited(2, 1, "new"), msg(3), deleted(4, 3))
+        await h.stored(events)
+        # The edit's Publish is lost on the way: it is filled from storage.
+        h.actor.tell(Publish((msg(1),)))
+        h.actor.tell(Publish(events[2:]))
+        await h.barrier()
+        assert sub.types == ["message", "message_edited", "message", "message_deleted"]
+        assert sub.frames[1]["message"]["content"] == "new"
+        event_ids = [f.get("eventId") for f in sub.frames]
+        assert event_ids == [None, format_message_id(2), None, format_message_id(4)]
+
+    run(scenario)
+
+
+def test_a_resume_past_an_edit_and_a_delete_learns_of_both() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.stored([*msgs(1, 3), edited(4, 1, "new"), deleted(5, 2)])
+        sub = FakeSubscriber("c1")
+        # The client had seen everything up to message 3, not the changes.
+        assert await h.actor.join(sub, format_message_id(3)) == JoinResult(replayed=2)
+        assert sub.types == ["message_edited", "message_deleted", "resumed"]
+        assert sub.frames[0]["message"]["messageId"] == format_message_id(1)
+        assert sub.frames[1]["messageId"] == format_message_id(2)
+        assert sub.frames[2]["count"] == 2
+        # From before message 1: the messages as they are now, then the changes.
+        again = FakeSubscriber("c2")
+        await h.actor.join(again, format_message_id(0))
+        assert again.types == ["message", "message", "message_edited", "message_deleted", "resumed"]
+        assert again.frames[0]["message"]["content"] == "new"
+
+    run(scenario)

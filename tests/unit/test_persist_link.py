@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from chime_actors.gateway.persist_link import PersistLink, next_token
 from chime_actors.ids import format_message_id
-from chime_actors.records import ChimeMessage, PersistBatch, PersistResult, SendOutcome, SendRecord
+from chime_actors.records import (
+    ChangeKind,
+    ChangeRecord,
+    ChimeMessage,
+    PersistBatch,
+    PersistResult,
+    SendOutcome,
+    SendRecord,
+)
 
 GATEWAY = 3
 
@@ -314,5 +323,25 @@ def test_by_default_two_batches_fly_and_the_rest_merges_into_the_next() -> None:
         assert [[r.token for r in b.records] for b in posts.batches] == [[1], [2]]
         link.on_result(acked(posts.batches[0]))
         assert [[r.token for r in b.records] for b in posts.batches] == [[1], [2], [3, 4, 5]]
+
+    run(scenario)
+
+
+def test_rewire_retries_in_flight_changes_marked_retried() -> None:
+    """A change may have landed at the old persister: the new one checks it again."""
+
+    async def scenario(link: PersistLink, posts: Posts, clock: FakeClock) -> None:
+        record = ChangeRecord(
+            7, "general", format_message_id(1), "alice", ChangeKind.DELETE, retried=False
+        )
+        future = link.submit(record)
+        await next_iteration()
+        link.rewire(None)
+        link.rewire("persister-2")
+        address, batch = posts.sent[-1]
+        assert address == "persister-2"
+        assert batch.records == (replace(record, retried=True),)
+        link.on_result(PersistResult(batch.batch_id, (SendOutcome(7),)))
+        assert future.result() == SendOutcome(7)
 
     run(scenario)

@@ -12,7 +12,9 @@ from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister import writer as writer_module
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import (
-    ChimeMessage,
+    ChangeKind,
+    ChangeRecord,
+    ChannelEvent,
     Deliveries,
     PersistBatch,
     PersistResult,
@@ -33,7 +35,7 @@ class CountingStore(MemoryStore):
         self.appends: list[int] = []
         self.crash_next = False
 
-    async def append(self, messages: Sequence[ChimeMessage]) -> None:
+    async def append(self, messages: Sequence[ChannelEvent]) -> None:
         if self.crash_next:
             self.crash_next = False
             raise RuntimeError("store bug")
@@ -74,7 +76,29 @@ def rec(token: int, channel: str = "general", client_msg_id: str | None = None) 
     )
 
 
-def batch(batch_id: int, *records: SendRecord, gateway: int = 1) -> PersistBatch:
+def change(
+    token: int,
+    kind: ChangeKind,
+    target: int,
+    *,
+    user: str = "alice",
+    content: str | None = None,
+    emoji: str | None = None,
+    retried: bool = False,
+) -> ChangeRecord:
+    return ChangeRecord(
+        token=token,
+        channel_id="general",
+        message_id=format_message_id(target),
+        user_id=user,
+        kind=kind,
+        content=content,
+        emoji=emoji,
+        retried=retried,
+    )
+
+
+def batch(batch_id: int, *records: SendRecord | ChangeRecord, gateway: int = 1) -> PersistBatch:
     return PersistBatch(batch_id, gateway, records)
 
 
@@ -329,3 +353,152 @@ def test_message_ids_are_the_wire_format() -> None:
 
 def test_stop_without_start_is_a_no_op() -> None:
     run(lambda writer, store, posts: asyncio.sleep(0), start=False)
+
+
+# --- changes (edits, deletes, reactions) ----------------------------------------------
+
+
+def test_changes_are_checked_numbered_stored_and_delivered_with_the_sends() -> None:
+    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
+        writer.submit(batch(1, rec(1), rec(2)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 1)
+        writer.submit(
+            batch(
+                2,
+                change(3, ChangeKind.EDIT, 1, content="edited"),
+                rec(4),
+                change(5, ChangeKind.REACTION_ADD, 2, user="bob", emoji="👍"),
+                change(6, ChangeKind.DELETE, 2),
+            ),
+            "reply",
+        )
+        await wait_until(lambda: len(posts.results("reply")) == 2)
+        outcomes = posts.results("reply")[1].outcomes
+        assert [o.error_code for o in outcomes] == [None] * 4
+        edit, message, reaction, delete = outcomes
+        assert edit.change is not None and edit.change.event_id == format_message_id(3)
+        assert edit.change.message is not None
+        assert (edit.change.message.content, edit.change.message.edited_at) == (
+            "edited",
+            "2026-11-27T10:00:00.000Z",
+        )
+        assert ids([message]) == [4]
+        assert reaction.change is not None and reaction.change.seq == 5
+        assert delete.change is not None and delete.change.seq == 6
+        # One group commit, delivered in the channel's order.
+        assert store.appends == [2, 4]
+        (_, deliveries) = posts.deliveries(GATEWAYS[0])
+        assert [e.seq for e in deliveries.messages] == [3, 4, 5, 6]
+        assert (await store.history("general")).messages[0].content == "edited"
+        assert [m.seq for m in (await store.history("general")).messages] == [1, 4]
+
+    run(scenario)
+
+
+def test_refused_changes_take_no_id() -> None:
+    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
+        writer.submit(batch(1, rec(1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 1)
+        writer.submit(
+            batch(
+                2,
+                change(2, ChangeKind.EDIT, 1, user="mallory", content="mine now"),
+                change(3, ChangeKind.DELETE, 1, user="mallory"),
+                change(4, ChangeKind.EDIT, 9, content="nothing there"),
+                change(5, ChangeKind.REACTION_ADD, 9, emoji="👍"),
+                change(6, ChangeKind.DELETE, 1),
+                change(7, ChangeKind.EDIT, 1, content="after the delete"),
+            ),
+            "reply",
+        )
+        await wait_until(lambda: len(posts.results("reply")) == 2)
+        outcomes = posts.results("reply")[1].outcomes
+        codes = [o.error_code for o in outcomes]
+        assert codes == ["forbidden", "forbidden", "not_found", "not_found", None, "not_found"]
+        assert outcomes[4].change is not None and outcomes[4].change.seq == 2
+        assert await store.last_seq("general") == 2
+        # The refusals are only the requester's business: nothing else is delivered.
+        (_, deliveries) = posts.deliveries(GATEWAYS[0])
+        assert [e.seq for e in deliveries.messages] == [2]
+
+    run(scenario)
+
+
+def test_reactions_are_idempotent() -> None:
+    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
+        writer.submit(batch(1, rec(1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 1)
+        add = ChangeKind.REACTION_ADD
+        remove = ChangeKind.REACTION_REMOVE
+        writer.submit(
+            batch(2, change(2, add, 1, emoji="👍"), change(3, add, 1, emoji="👍")), "reply"
+        )
+        await wait_until(lambda: len(posts.results("reply")) == 2)
+        writer.submit(batch(3, change(4, add, 1, emoji="👍")), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 3)
+        writer.submit(
+            batch(
+                4,
+                change(5, remove, 1, emoji="👍"),
+                change(6, remove, 1, emoji="👍"),
+                change(7, remove, 1, emoji="🎉"),
+            ),
+            "reply",
+        )
+        await wait_until(lambda: len(posts.results("reply")) == 4)
+        done = [o for r in posts.results("reply")[1:] for o in r.outcomes]
+        assert all(o.error_code is None for o in done)
+        # Only the first add and the first remove changed anything.
+        assert [o.change.seq if o.change else None for o in done] == [2, None, None, 3, None, None]
+        assert await store.last_seq("general") == 3
+        assert dict(await store.reactions("general", [format_message_id(1)])) == {}
+
+    run(scenario)
+
+
+def test_a_retried_delete_of_a_message_already_gone_is_done() -> None:
+    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
+        writer.submit(batch(1, rec(1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 1)
+        writer.submit(batch(2, change(2, ChangeKind.DELETE, 1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 2)
+        # The first attempt landed, its answer was lost with its persister.
+        writer.submit(batch(3, change(3, ChangeKind.DELETE, 1, retried=True)), "reply")
+        writer.submit(batch(4, change(4, ChangeKind.DELETE, 1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 4)
+        (retried,) = posts.results("reply")[2].outcomes
+        assert (retried.error_code, retried.change) == (None, None)
+        assert posts.results("reply")[3].outcomes[0].error_code == "not_found"
+        assert await store.last_seq("general") == 2
+
+    run(scenario)
+
+
+def test_a_change_whose_check_cannot_read_storage_is_unavailable() -> None:
+    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
+        writer.submit(batch(1, rec(1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 1)
+        store.fail_next(1)  # the check's read of the message
+        writer.submit(batch(2, change(2, ChangeKind.EDIT, 1, content="x"), rec(3)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 2)
+        edit, send = posts.results("reply")[1].outcomes
+        assert edit.error_code == "unavailable"
+        assert ids([send]) == [2]
+
+    run(scenario)
+
+
+def test_a_failed_write_answers_changes_unavailable_and_gives_their_ids_back() -> None:
+    async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
+        writer.submit(batch(1, rec(1)), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 1)
+        store.crash_next = True
+        writer.submit(batch(2, change(2, ChangeKind.EDIT, 1, content="x")), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 2)
+        assert posts.results("reply")[1].outcomes[0].error_code == "unavailable"
+        writer.submit(batch(3, change(3, ChangeKind.EDIT, 1, content="y")), "reply")
+        await wait_until(lambda: len(posts.results("reply")) == 3)
+        (edit,) = posts.results("reply")[2].outcomes
+        assert edit.change is not None and edit.change.seq == 2
+
+    run(scenario)

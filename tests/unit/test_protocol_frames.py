@@ -461,6 +461,8 @@ def test_delete() -> None:
 def test_react(op: str, expected: ReactionOp) -> None:
     frame = {"type": "react", "channelId": "g", "messageId": M1, "emoji": "👍", "op": op}
     assert parse(frame) == React(channel_id="g", message_id=M1, emoji="👍", op=expected)
+    with_id = parse({**frame, "requestId": "r9"})
+    assert with_id == React("g", M1, "👍", expected, request_id="r9")
 
 
 @pytest.mark.parametrize(

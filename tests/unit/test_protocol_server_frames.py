@@ -10,7 +10,7 @@ from chime_actors.ids import format_message_id
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.events import PresenceStatus, ReactionOp
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChimeMessage, MessageChange
 
 M1 = format_message_id(1)
 M2 = format_message_id(2)
@@ -101,6 +101,40 @@ def test_reaction() -> None:
     }
 
 
+def test_changes_carry_their_event_id_and_the_requesters_request_id() -> None:
+    edited = ChimeMessage("g", M1, "alice", "new", "2026-11-27T10:00:00.000Z", "t2")
+    edit = MessageChange("g", M2, ChangeKind.EDIT, M1, "alice", "t2", message=edited)
+    assert decode(server_frames.change(edit)) == {
+        "type": "message_edited",
+        "message": edited.to_wire(),
+        "eventId": M2,
+    }
+    assert decode(server_frames.change(edit, "r1")) == {
+        "type": "message_edited",
+        "requestId": "r1",
+        "message": edited.to_wire(),
+        "eventId": M2,
+    }
+    delete = MessageChange("g", M2, ChangeKind.DELETE, M1, "alice", "t2")
+    assert decode(server_frames.channel_event(delete)) == {
+        "type": "message_deleted",
+        "channelId": "g",
+        "messageId": M1,
+        "eventId": M2,
+    }
+    removed = MessageChange("g", M2, ChangeKind.REACTION_REMOVE, M1, "bob", "t2", emoji="👍")
+    assert decode(server_frames.channel_event(removed)) == {
+        "type": "reaction",
+        "channelId": "g",
+        "messageId": M1,
+        "emoji": "👍",
+        "userId": "bob",
+        "op": "remove",
+        "eventId": M2,
+    }
+    assert decode(server_frames.channel_event(MSG)) == {"type": "message", "message": MSG.to_wire()}
+
+
 def test_subscribed_and_unsubscribed() -> None:
     assert decode(server_frames.subscribed(("x",))) == {"type": "subscribed", "channels": ["x"]}
     assert decode(server_frames.unsubscribed(["x", "y"])) == {
@@ -123,6 +157,9 @@ def test_history() -> None:
     assert [m["messageId"] for m in frame["messages"]] == [M1, M2]
     assert frame["messages"][0]["reactions"] == {"👍": ["alice", "bob"]}
     assert frame["messages"][1]["reactions"] == {}
+    assert [m["replyCount"] for m in frame["messages"]] == [0, 0]
+    counted = decode(server_frames.history(None, "general", [MSG, second], False, {}, {M1: 3}))
+    assert [m["replyCount"] for m in counted["messages"]] == [3, 0]
 
 
 def test_history_without_request_id_omits_it() -> None:

@@ -9,15 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chime_actors.ids import format_message_id
+from chime_actors.persister.changes import ChangeDraft
 from chime_actors.persister.sequencer import (
     CHANNEL_OVERHEAD_BYTES,
     Assigned,
+    Changed,
     Duplicate,
     Plan,
     Sequencer,
     owner_index,
 )
-from chime_actors.records import ChimeMessage, SendRecord
+from chime_actors.records import ChangeKind, ChangeRecord, ChimeMessage, SendRecord
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 
@@ -348,3 +350,27 @@ def test_the_entry_estimate_is_not_below_what_python_spends() -> None:
     per_entry = (used - start) / n
     estimated = (seq.memory_bytes - CHANNEL_OVERHEAD_BYTES) / n
     assert per_entry <= estimated * 1.25, (per_entry, estimated)
+
+
+# --- changes ------------------------------------------------------------------------
+
+
+def test_changes_take_ids_of_their_own_and_give_them_back() -> None:
+    sequencer = make()
+    target = stored(1)
+    sequencer.load("general", 1, {})
+    edit = ChangeDraft(
+        ChangeRecord(9, "general", target.message_id, "alice", ChangeKind.EDIT, content="new"),
+        target,
+    )
+    plan = sequencer.plan([(1, rec(1)), (1, edit), (1, rec(2))])
+    assert [event.seq for event in plan.new_events] == [2, 3, 4]
+    assert seqs(plan) == [2, 4]
+    changed = plan.items[1]
+    assert isinstance(changed, Changed)
+    assert changed.change.event_id == format_message_id(3)
+    assert changed.change.message == dataclasses.replace(
+        target, content="new", edited_at="2026-11-27T10:00:00.000Z"
+    )
+    sequencer.rollback(plan)
+    assert [event.seq for event in sequencer.plan([(1, edit)]).new_events] == [2]

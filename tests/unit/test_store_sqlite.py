@@ -24,6 +24,8 @@ from store_contract import (
     StoreContract,
     StoreFactory,
     batch,
+    delete,
+    edit,
     make_message,
     mid,
     seqs,
@@ -92,7 +94,7 @@ def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
             assert await reader.last_seq(CHANNEL) == 0
             await writer.append(batch(1, 2))
             assert seqs((await reader.history(CHANNEL)).messages) == [1, 2]
-            await writer.edit(CHANNEL, mid(1), "edited", "2026-11-27T11:00:00.000Z")
+            await writer.append([edit(3, make_message(1), "edited")])
             assert (await reader.get_message(CHANNEL, mid(1))).content == "edited"
             # A second sequencer for the same channel is refused, not merged.
             with pytest.raises(StoreError) as raised:
@@ -138,9 +140,9 @@ def test_counts_appended_messages_per_channel(tmp_path: Path) -> None:
         await store.open()
         await store.append(batch(1, 3) + batch(1, 2, channel="random"))
         await store.append(batch(4, 5))
-        await store.delete(CHANNEL, mid(1))  # deletes do not uncount
+        await store.append([delete(6, 1)])  # changes neither count nor uncount
         with pytest.raises(StoreError):
-            await store.append(batch(5, 6))  # a failed batch counts nothing
+            await store.append(batch(6, 7))  # a failed batch counts nothing
         await store.close()
 
     asyncio.run(main())
@@ -278,3 +280,35 @@ def test_the_default_config_asks_for_full_sync() -> None:
     from chime_actors.config import SqliteSynchronous, load_config
 
     assert load_config(None, env={}).storage.sqlite.synchronous is SqliteSynchronous.FULL
+
+
+def test_a_file_of_an_older_version_gets_the_columns_of_changes(tmp_path: Path) -> None:
+    # A file made before changes had positions: messages lacks kind and target_seq.
+    path = tmp_path / "chime.db"
+    with raw_connection(path) as conn:
+        conn.execute(
+            "CREATE TABLE messages (channel_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " message_id TEXT NOT NULL, user_id TEXT NOT NULL, content TEXT NOT NULL,"
+            " created_at TEXT NOT NULL, edited_at TEXT, metadata TEXT NOT NULL DEFAULT '{}',"
+            " thread_id TEXT, client_msg_id TEXT, channel_name TEXT,"
+            " deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (channel_id, seq)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO messages (channel_id, seq, message_id, user_id, content, created_at)"
+            " VALUES (?, 1, ?, 'alice', 'old', ?)",
+            (CHANNEL, mid(1), "2026-11-27T10:00:01.000Z"),
+        )
+        conn.commit()
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            old = await store.get_message(CHANNEL, mid(1))
+            await store.append([edit(2, old, "new")])
+            assert (await store.get_message(CHANNEL, mid(1))).content == "new"
+            assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=2)) == [1, 2]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
