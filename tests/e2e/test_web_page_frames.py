@@ -1,7 +1,7 @@
-"""The page against a scripted chat server: frames this server does not send yet,
-and the exact frames of a reconnect.
+"""The page against a scripted chat server: every frame the page renders, and the
+exact frames of a reconnect.
 
-A real ``chime serve`` cannot yet send edits, deletes, reactions, typing,
+A real ``chime serve`` sends edits, deletes and reactions, but not yet typing,
 presence or unread counts, and it cannot be made to drop a connection at a
 chosen frame. Here a small WebSocket server of the test's own (PROTOCOL.md's
 frames, scripted) stands in for the chat port, and the page's own files are
