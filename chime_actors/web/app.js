@@ -506,12 +506,54 @@ function messageElement(message, status) {
 
   const extras = document.createElement("p");
   extras.className = "extras";
-  li.append(meta, content, extras);
+  li.append(meta, content, extras, messageActions(li, message));
   fillMessage(li, message);
   if (status === "stored") li.dataset.messageId = message.messageId;
   setStatus(li, status, status === "pending" ? "Sending…" : "");
   if (message.error) setStatus(li, "failed", `Not sent: ${message.error}`);
   return li;
+}
+
+// Actions on a stored message (CSS hides them until it has a messageId): a 👍 for
+// anyone, edit and delete for its author. The server confirms each with the
+// frame every subscriber gets (message_edited, message_deleted, reaction).
+function messageActions(li, message) {
+  const actions = document.createElement("span");
+  actions.className = "actions";
+  const button = (label, text, onClick) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.setAttribute("aria-label", label);
+    b.addEventListener("click", () => {
+      const messageId = li.dataset.messageId;
+      if (messageId && client) onClick(messageId);
+    });
+    actions.append(b);
+  };
+  const channelId = message.channelId;
+  button("React 👍", "👍", (id) => {
+    const mine = (messageReactions(channelId, id)["👍"] ?? []).includes(client.userId);
+    client.react(channelId, id, "👍", mine ? "remove" : "add");
+  });
+  // A pending send has no userId yet: it is always our own.
+  if (message.userId === undefined || message.userId === client?.userId) {
+    button("Edit message", "Edit", (id) => {
+      const current = li.querySelector(".content").textContent;
+      const content = window.prompt("Edit your message", current);
+      if (content !== null && content.trim() && content !== current) {
+        client.edit(channelId, id, content);
+      }
+    });
+    button("Delete message", "Delete", (id) => {
+      if (window.confirm("Delete this message for everyone?")) client.remove(channelId, id);
+    });
+  }
+  return actions;
+}
+
+function messageReactions(channelId, messageId) {
+  return channels.get(channelId)?.messages.get(messageId)?.reactions ?? {};
 }
 
 function fillMessage(li, message) {

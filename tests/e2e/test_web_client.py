@@ -386,3 +386,60 @@ def test_jwt_mode_signs_in_with_a_pasted_token(tmp_path: Path) -> None:
                 "the refused token to be reported",
             )
             assert refused.element("token-input").is_displayed()
+
+
+def test_edit_react_and_delete_from_the_page(server: ServerProcess) -> None:
+    """Bob edits and deletes his message and Alice reacts to it, with the page's
+    buttons; each change reaches the other window as the server broadcasts it."""
+    channel = fresh("web")
+    with browsers(server.api) as open_window:
+        alice = open_window().open("alice", [channel])
+        bob = open_window().open("bob", [channel])
+        alice.wait_connected()
+        bob.wait_connected()
+        bob.send("teh typo")
+        alice.wait_contents(["teh typo"])
+
+        def button(page: Page, label: str) -> Any:
+            return page.driver.find_element("css selector", f'button[aria-label="{label}"]')
+
+        button(bob, "Edit message").click()
+        prompt = bob.wait(lambda: _alert(bob), "the edit prompt")
+        prompt.send_keys("the typo, fixed")
+        prompt.accept()
+        alice.wait_contents(["the typo, fixed"], "the edit to reach alice")
+        assert alice.wait(lambda: "(edited)" in _extras(alice), "the edited mark")
+        assert [
+            b.accessible_name
+            for b in alice.driver.find_elements("css selector", ".message .actions button")
+        ] == ["React 👍"]  # not hers: no edit or delete
+
+        button(alice, "React 👍").click()
+        bob.wait(lambda: "👍 1" in _extras(bob), "alice's reaction at bob")
+        button(alice, "React 👍").click()  # again: taken back
+        bob.wait(lambda: "👍" not in _extras(bob), "the reaction taken back")
+
+        button(bob, "Delete message").click()
+        bob.wait(lambda: _alert(bob), "the delete confirmation").accept()
+        alice.wait(lambda: alice.contents() == [], "the delete to reach alice")
+        assert bob.browser_errors() == [] and alice.browser_errors() == []
+
+
+def _alert(page: Page) -> Any:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        alert = page.driver.switch_to.alert
+        _ = alert.text
+        return alert
+    except NoAlertPresentException:
+        return None
+
+
+def _extras(page: Page) -> str:
+    return str(
+        page.driver.execute_script(
+            "return Array.from(document.querySelectorAll('.message .extras'))"
+            ".map((p) => p.textContent).join(' ')"
+        )
+    )
