@@ -48,6 +48,7 @@ from chime_actors.config import HandlerConfig, HandlerFailure
 from chime_actors.errors import HandlerError, StoreError
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.handlers.api import Reply
+from chime_actors.handlers.checks import content_problem, metadata_problem
 from chime_actors.handlers.metrics import HandlerCounters
 from chime_actors.handlers.registry import channel_matches
 from chime_actors.logs import get_logger
@@ -361,15 +362,18 @@ class AfterStoreWorker:
             raise HandlerError(f"reply to an invalid channel id {channel_id!r}")
         if not isinstance(reply.user_id, str) or not is_user_id(reply.user_id):
             raise HandlerError(f"reply from an invalid user id {reply.user_id!r}")
-        if not isinstance(reply.content, str) or len(reply.content) > self._max_content_chars:
-            raise HandlerError(f"reply content must be text of at most {self._max_content_chars}")
+        problem = content_problem(reply.content, self._max_content_chars) or metadata_problem(
+            reply.metadata
+        )
+        if problem:
+            raise HandlerError(f"reply: {problem}")
         key = f"{self.name}\0{source.channel_id}\0{source.message_id}\0{index}"
         return SendRecord(
             token=next_token(),
             channel_id=channel_id,
             user_id=reply.user_id,
             content=reply.content,
-            metadata=tuple(reply.metadata),
+            metadata=reply.metadata,
             thread_id=reply.thread_id,
             client_msg_id="handler:" + hashlib.sha256(key.encode()).hexdigest()[:40],
         )

@@ -45,6 +45,7 @@ from typing import Any
 from chime_actors.config import Config, HandlerFailure, HandlerStage
 from chime_actors.errors import HandlerError
 from chime_actors.handlers.api import Accept, Draft, Reject, Rewrite, Verdict
+from chime_actors.handlers.checks import content_problem, metadata_problem
 from chime_actors.handlers.metrics import HandlerCounters, HandlerMetrics
 from chime_actors.handlers.registry import LoadedHandler, build_stage
 from chime_actors.logs import get_logger
@@ -286,14 +287,14 @@ class BeforeStore:
 
     def _check_rewrite(self, rewrite: Rewrite) -> str:
         """What is wrong with a rewrite ("" if nothing): the same rules as a client's send."""
-        content = rewrite.content
-        if content is not None:
-            if not isinstance(content, str):
-                return "rewrote content to a non-string"
-            if len(content) > self._max_content_chars:
-                return f"rewrote content past {self._max_content_chars} characters"
-        if rewrite.metadata is not None and not _is_metadata(rewrite.metadata):
-            return "rewrote metadata to something other than (str, str) pairs"
+        if rewrite.content is not None:
+            problem = content_problem(rewrite.content, self._max_content_chars)
+            if problem:
+                return f"rewrote: {problem}"
+        if rewrite.metadata is not None:
+            problem = metadata_problem(rewrite.metadata)
+            if problem:
+                return f"rewrote: {problem}"
         return ""
 
     def _fail(self, run: _Run, bound: _Bound, exc: BaseException) -> None:
@@ -341,16 +342,6 @@ def _draft_of(record: SendRecord) -> Draft:
         content=record.content,
         metadata=record.metadata,
         thread_id=record.thread_id,
-    )
-
-
-def _is_metadata(value: object) -> bool:
-    return isinstance(value, tuple) and all(
-        isinstance(pair, tuple)
-        and len(pair) == 2
-        and isinstance(pair[0], str)
-        and isinstance(pair[1], str)
-        for pair in value
     )
 
 

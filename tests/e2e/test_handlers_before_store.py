@@ -144,3 +144,44 @@ def test_a_hanging_handler_with_on_failure_accept_lets_the_message_through(
             assert ack["messageId"] == "0000000000000001"
 
     run(scenario())
+
+
+def install_package(site: Path) -> None:
+    """A distribution on ``site`` whose metadata announces a chime.handlers entry point."""
+    site.mkdir(parents=True)
+    (site / "acme_quiet.py").write_text(
+        "from chime_actors.handlers import ACCEPT, Handler, Reject\n"
+        "class NoShouting(Handler):\n"
+        "    def before_store(self, draft):\n"
+        "        if draft.content.isupper():\n"
+        "            return Reject('bad_request', 'no shouting, please')\n"
+        "        return ACCEPT\n"
+        "def make(options):\n"
+        "    return NoShouting()\n"
+    )
+    info = site / "acme_quiet-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-quiet\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[chime.handlers]\nno_shouting = acme_quiet:make\n")
+
+
+def test_a_handler_installed_with_an_entry_point_is_picked_up(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    install_package(site)
+    handlers = [{"name": "quiet", "use": "no_shouting", "stage": "before_store"}]
+    with running_server(
+        tmp_path / "server",
+        overrides={"handlers": handlers},
+        env_overrides={"PYTHONPATH": str(site)},
+    ) as server:
+        channel = fresh()
+
+        async def scenario() -> None:
+            async with clients(server) as cs:
+                alice = await cs.connect("alice", [channel])
+                await alice.send({"type": "send", "channelId": channel, "content": "HEY"})
+                error = await expect_error(alice, "bad_request")
+                assert error["message"] == "no shouting, please"
+                await send_message(alice, channel, "hey")
+
+        run(scenario())

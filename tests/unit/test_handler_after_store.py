@@ -290,6 +290,8 @@ def test_replies_are_stored_with_a_key_per_message_and_failures_retried() -> Non
         Reply(content="x", user_id="not a user"),
         Reply(content="x", user_id="bot", channel_id="bad channel"),
         Reply(content="x" * 51, user_id="bot"),
+        Reply(content=" ", user_id="bot"),
+        Reply(content="x", user_id="bot", metadata={"k": "v"}),  # type: ignore[arg-type]
         "text",
     ],
 )

@@ -197,6 +197,9 @@ def test_a_reject_stops_the_chain() -> None:
     "bad",
     [
         Rewrite(content="x" * 21),
+        Rewrite(content="   "),
+        Rewrite(metadata=tuple((f"k{i}", "v") for i in range(17))),
+        Rewrite(metadata=(("k", "v" * 257),)),
         Rewrite(metadata={"a": "b"}),  # type: ignore[arg-type]
         Reject("internal", "not a code a handler may use"),  # type: ignore[arg-type]
         "yes",
