@@ -607,3 +607,15 @@ def test_invalid_handlers_name_the_entry_and_key(tmp_path: Path, text: str, key:
     error = config_error(path=write(tmp_path, text))
     assert error.key == key
     assert str(error).startswith(f"config error: {key}: ")
+
+
+def test_after_store_handlers_need_the_local_bus(tmp_path: Path) -> None:
+    text = (
+        "bus: {backend: redis}\n"
+        f"handlers: [{HANDLER}, {{name: bot, use: echo_bot, stage: after_store}}]"
+    )
+    error = config_error(path=write(tmp_path, text))
+    assert error.key == "handlers[1].stage"
+    assert "bus.backend local" in error.problem
+    before_only = f"bus: {{backend: redis}}\nhandlers: [{HANDLER}]"
+    assert len(load_config(write(tmp_path, before_only), env={}).handlers) == 1
