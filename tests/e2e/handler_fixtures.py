@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,18 @@ class CrashProcess(Handler):
 
 def crash_process(options: Mapping[str, Any]) -> CrashProcess:
     return CrashProcess()
+
+
+class Block(Handler):
+    """after_store: blocks its thread for an hour on the first message (a synchronous call)."""
+
+    async def after_store(self, message: ChimeMessage) -> Sequence[Reply]:
+        time.sleep(3600)
+        return ()
+
+
+def block(options: Mapping[str, Any]) -> Block:
+    return Block()
 
 
 class Record(Handler):

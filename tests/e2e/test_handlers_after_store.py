@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             "options": {"user": "echo-bot", "prefix": "!echo "},
         },
         {
+            "name": "blocker",
+            "use": "tests.e2e.handler_fixtures:block",
+            "stage": "after_store",
+            "channels": ["block-*"],
+            "timeout_ms": 200,
+            "backlog": 3,
+        },
+        {
             "name": "crasher",
             "use": "tests.e2e.handler_fixtures:crash_process",
             "stage": "after_store",
@@ -49,6 +58,11 @@ def readiness(server: ServerProcess) -> dict[str, object]:
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read())
     return body
+
+
+def metrics(server: ServerProcess) -> list[str]:
+    with urllib.request.urlopen(f"{server.api}/metrics", timeout=5) as response:
+        return response.read().decode().splitlines()
 
 
 def test_echo_bot_replies_in_the_channel_as_its_user(server: ServerProcess) -> None:
@@ -98,3 +112,37 @@ def test_a_handler_that_kills_its_process_delays_no_ack(server: ServerProcess) -
     body = readiness(server)
     assert body["ready"] is True
     assert server.proc.poll() is None
+
+
+def test_a_handler_that_blocks_its_thread_delays_no_ack_and_keeps_its_bound(
+    server: ServerProcess,
+) -> None:
+    """Far past its backlog of 3, with its thread stuck: sends and deliveries go on."""
+    channel = fresh("block")
+
+    async def scenario() -> None:
+        async with clients(server) as cs:
+            alice = await cs.connect("alice", [channel])
+            bob = await cs.connect("bob", [channel])
+            for n in range(40):
+                await alice.send(
+                    {
+                        "type": "send",
+                        "channelId": channel,
+                        "content": f"m{n}",
+                        "clientMsgId": f"c{n}",
+                    }
+                )
+            got = await received(bob, 40)
+            assert [m["content"] for m in got] == [f"m{n}" for n in range(40)]
+            acks = [f for f in alice.frames if f.get("type") == "ack"]
+            while len(acks) < 40:
+                await alice.expect("ack")
+                acks = [f for f in alice.frames if f.get("type") == "ack"]
+
+    run(scenario())
+    assert readiness(server)["ready"] is True
+    # In memory it holds at most its backlog; the rest waits in storage.
+    sample = 'chime_queue_depth{process="handler 2",queue="handler_backlog"} '
+    line = wait_until(lambda: next((x for x in metrics(server) if x.startswith(sample)), None))
+    assert float(line.split()[-1]) <= 3
