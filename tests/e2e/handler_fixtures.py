@@ -20,7 +20,7 @@ from chime_actors.records import ChimeMessage
 class Hang(Handler):
     """before_store: never answers (and shrugs off its first cancellation)."""
 
-    async def before_store(self, draft: Draft) -> Verdict:  # type: ignore[override]
+    async def before_store(self, draft: Draft) -> Verdict:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,10 +52,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield srv
 
 
-def readiness(server: ServerProcess) -> dict[str, object]:
+def readiness(server: ServerProcess) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(f"{server.api}/readyz", timeout=5) as response:
-            body: dict[str, object] = json.loads(response.read())
+            body: dict[str, Any] = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read())
     return body
@@ -62,7 +63,8 @@ def readiness(server: ServerProcess) -> dict[str, object]:
 
 def metrics(server: ServerProcess) -> list[str]:
     with urllib.request.urlopen(f"{server.api}/metrics", timeout=5) as response:
-        return response.read().decode().splitlines()
+        text: str = response.read().decode()
+    return text.splitlines()
 
 
 def test_echo_bot_replies_in_the_channel_as_its_user(server: ServerProcess) -> None:
@@ -144,5 +146,5 @@ def test_a_handler_that_blocks_its_thread_delays_no_ack_and_keeps_its_bound(
     assert readiness(server)["ready"] is True
     # In memory it holds at most its backlog; the rest waits in storage.
     sample = 'chime_queue_depth{process="handler 2",queue="handler_backlog"} '
-    line = wait_until(lambda: next((x for x in metrics(server) if x.startswith(sample)), None))
+    line = wait_until(lambda: next((x for x in metrics(server) if x.startswith(sample)), ""))
     assert float(line.split()[-1]) <= 3

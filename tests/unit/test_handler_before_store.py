@@ -70,7 +70,7 @@ class Stubborn(Handler):
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def before_store(self, draft: Draft) -> Verdict:  # type: ignore[override]
+    async def before_store(self, draft: Draft) -> Verdict:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
