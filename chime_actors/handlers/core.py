@@ -46,6 +46,7 @@ HANDLER_ORIGIN_BASE = 1_000_000
 SCAN_DELAY_S = 1.0
 MAINTENANCE_INTERVAL_S = 0.5
 CLOSE_TIMEOUT_S = 5.0
+IDLE_WAIT_S = 2.0
 STOP_FLUSH_TIMEOUT_S = 5.0
 
 
@@ -125,7 +126,8 @@ class HandlerCore:
                 await task
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._worker.flush(), STOP_FLUSH_TIMEOUT_S)
-        if not self._runner.busy:
+        # A call cancelled just now ends in a moment; one that ignores it is left.
+        if await self._runner.wait_idle(IDLE_WAIT_S):
             try:
                 await self._runner.call(self._loaded.handler.close, CLOSE_TIMEOUT_S)
             except Exception:

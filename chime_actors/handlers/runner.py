@@ -25,7 +25,7 @@ from chime_actors.errors import HandlerError
 
 _T = TypeVar("_T")
 
-JOIN_TIMEOUT_S = 5.0
+JOIN_TIMEOUT_S = 2.0
 
 
 class HandlerRunner:
@@ -51,6 +51,12 @@ class HandlerRunner:
     def busy(self) -> bool:
         """True while a call (perhaps one given up on) is still running."""
         return self._running is not None and not self._running.done()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait (bounded) until no call runs; True when none does."""
+        if self._running is not None and not self._running.done():
+            await asyncio.wait([self._running], timeout=timeout_s)
+        return not self.busy
 
     async def call(self, work: Callable[[], Awaitable[_T]], timeout_s: float) -> _T:
         """Run ``work()`` on the handler's thread; its result, or what it raised.
