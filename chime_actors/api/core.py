@@ -35,13 +35,21 @@ from chime_actors.config import AuthMode, BusBackend, Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.persist_link import PersistLink, next_token
 from chime_actors.gateway.rate_limit import KeyedBuckets
+from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.handlers.registry import after_store_indexes
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry, MetricsSnapshot
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.frames import is_user_id
-from chime_actors.records import API_ORIGIN, ChangeKind, ChangeRecord, PersistResult, SendOutcome
+from chime_actors.records import (
+    API_ORIGIN,
+    ChangeKind,
+    ChangeRecord,
+    PersistRecord,
+    PersistResult,
+    SendOutcome,
+)
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, annotated_history
 
@@ -108,6 +116,10 @@ class ApiCore:
                 PersistLink(API_ORIGIN, post, ack_timeout_s=timeout_s)
                 for _ in range(config.persisters)
             ]
+        # REST edits pass the before_store handlers, as a gateway's do.
+        self._before_store = BeforeStore.from_config(
+            config, self._submit_to_persister, self.registry
+        )
         # limits.messages_per_10s per user, as a gateway counts them.
         self._rate = KeyedBuckets(config.limits.messages_per_10s, time.monotonic)
         self._maintenance: asyncio.Task[None] | None = None
@@ -145,6 +157,8 @@ class ApiCore:
         if self._maintenance is not None:
             self._maintenance.cancel()
         await self._server.close()
+        if self._before_store is not None:
+            await self._before_store.close()
         for link in self._links:
             link.fail_all("api stopped")
         await self._store.close()
@@ -262,8 +276,13 @@ class ApiCore:
         )
         if not self._links:
             return SendOutcome(record.token, error_code=ErrorCode.UNAVAILABLE)
-        link = self._links[owner_index(channel_id, len(self._links))]
-        return await link.submit(record)
+        if self._before_store is not None:  # an edit is judged as on a gateway
+            return await self._before_store.submit(record)
+        return await self._submit_to_persister(record)
+
+    def _submit_to_persister(self, record: PersistRecord) -> asyncio.Future[SendOutcome]:
+        link = self._links[owner_index(record.channel_id, len(self._links))]
+        return link.submit(record)
 
     def authorize(self, headers: Mapping[str, str], channel_id: str) -> str | None:
         """Insecure mode allows everyone; jwt mode needs a valid Bearer token

@@ -228,9 +228,9 @@ class GatewayCore:
     def submit_send(self, record: SendRecord | ChangeRecord) -> asyncio.Future[SendOutcome]:
         """Route a send (or a change) to the persister that sequences its channel.
 
-        Sends pass the before_store handlers first (handlers/before_store.py).
+        Sends and edits pass the before_store handlers first (handlers/before_store.py).
         """
-        if self._before_store is not None and isinstance(record, SendRecord):
+        if self._before_store is not None:
             return self._before_store.submit(record)
         return self._submit_to_persister(record)
 

@@ -5,7 +5,10 @@ it hands each message to the handler (through ``HandlerRunner``, on the
 handler's own thread) and keeps the handler's **cursor**: per channel, the last
 message id the handler confirmed. The rules:
 
-* **order.** Messages of a channel are handed over in id order, one at a time
+* **what.** Every stored event of the handler's channels: messages
+  (``after_store``) and the changes of them (``after_change``: edits, deletes,
+  reactions), which take positions in the channel's order like messages.
+* **order.** Events of a channel are handed over in id order, one at a time
   (across channels in the order they arrived). A message whose predecessors the
   handler has not confirmed is not handed over before them: the missing ones
   are read from storage first (``messages_range``), so a lost delivery is a
@@ -53,7 +56,7 @@ from chime_actors.handlers.metrics import HandlerCounters
 from chime_actors.handlers.registry import channel_matches
 from chime_actors.logs import get_logger
 from chime_actors.protocol.frames import is_channel_id, is_user_id
-from chime_actors.records import ChimeMessage, SendOutcome, SendRecord
+from chime_actors.records import ChannelEvent, ChimeMessage, MessageChange, SendOutcome, SendRecord
 from chime_actors.storage.store import MessageStore
 
 log = get_logger(__name__)
@@ -67,8 +70,9 @@ MAX_RETRY_S = 30.0
 STUCK_AFTER_S = 30.0
 SCAN_CONCURRENCY = 32
 
-Call = Callable[[ChimeMessage], Awaitable[Sequence[Reply]]]
-"""Runs the handler on one message within its budget (``HandlerRunner.call``)."""
+Call = Callable[[ChannelEvent], Awaitable[Sequence[Reply]]]
+"""Runs the handler on one event within its budget (``HandlerRunner.call``):
+``after_store`` for a message, ``after_change`` for an edit, delete or reaction."""
 Send = Callable[[SendRecord], Awaitable[SendOutcome]]
 """Stores one reply like a client's send (a ``PersistLink``)."""
 Sleep = Callable[[float], Awaitable[None]]
@@ -118,7 +122,7 @@ class Backlog:
 
     def __init__(self, bound: int) -> None:
         self._bound = bound
-        self._queue: collections.deque[ChimeMessage] = collections.deque()
+        self._queue: collections.deque[ChannelEvent] = collections.deque()
         self._behind: dict[str, None] = {}  # an ordered set
         self._wake = asyncio.Event()
         self.paused = False
@@ -131,7 +135,7 @@ class Backlog:
         """Channels marked to be read from storage."""
         return len(self._behind)
 
-    def offer(self, message: ChimeMessage) -> None:
+    def offer(self, message: ChannelEvent) -> None:
         """Queue a delivery, or (queue full) mark its channel behind."""
         if self.paused or len(self._queue) >= self._bound:
             if not self.paused:
@@ -151,8 +155,8 @@ class Backlog:
         self._behind.setdefault(channel_id)
         self._wake.set()
 
-    def next(self) -> ChimeMessage | str | None:
-        """A message, a channel to read from storage, or None (nothing to do)."""
+    def next(self) -> ChannelEvent | str | None:
+        """An event, a channel to read from storage, or None (nothing to do)."""
         if self._queue:
             return self._queue.popleft()
         self.paused = False  # drained: live deliveries are queued again
@@ -221,8 +225,8 @@ class AfterStoreWorker:
         self.cursors.load(saved)
         self._scan_wanted = True  # what was stored while we were down
 
-    def offer(self, messages: Iterable[ChimeMessage]) -> None:
-        """Newly stored messages (a ``Deliveries``); those of other channels are dropped."""
+    def offer(self, messages: Iterable[ChannelEvent]) -> None:
+        """Newly stored events (a ``Deliveries``); those of other channels are dropped."""
         for message in messages:
             if not channel_matches(self._spec, message.channel_id):
                 continue
@@ -251,7 +255,7 @@ class AfterStoreWorker:
             if not self._working:
                 self._working = True
                 self._last_progress = self._clock()
-            if isinstance(item, ChimeMessage):
+            if isinstance(item, ChimeMessage | MessageChange):
                 await self._on_live(item)
             else:
                 await self._retrying("catch up", functools.partial(self._catch_up, item), item)
@@ -286,7 +290,7 @@ class AfterStoreWorker:
 
     # --- delivery ----------------------------------------------------------------------
 
-    async def _on_live(self, message: ChimeMessage) -> None:
+    async def _on_live(self, message: ChannelEvent) -> None:
         confirmed = self.cursors.of(message.channel_id)
         if message.seq <= confirmed:
             return  # handed over already (from storage, or a repeat)
@@ -305,9 +309,7 @@ class AfterStoreWorker:
             self._heads[channel_id] = head
         while (confirmed := self.cursors.of(channel_id)) < head:
             until = min(head, confirmed + PAGE)
-            page = await self._store.messages_range(
-                channel_id, after_seq=confirmed, up_to_seq=until
-            )
+            page = await self._store.events_range(channel_id, after_seq=confirmed, up_to_seq=until)
             for message in page:
                 if message.seq > self.cursors.of(channel_id):
                     await self._deliver(message)
@@ -315,8 +317,8 @@ class AfterStoreWorker:
             self.cursors.confirm(channel_id, until)
             self._last_progress = self._clock()
 
-    async def _deliver(self, message: ChimeMessage) -> None:
-        """Hand one message over until it is confirmed (or skipped, ``on_failure: accept``)."""
+    async def _deliver(self, message: ChannelEvent) -> None:
+        """Hand one event over until it is confirmed (or skipped, ``on_failure: accept``)."""
         delay = FIRST_RETRY_S
         while True:
             try:
@@ -331,7 +333,7 @@ class AfterStoreWorker:
                     "after_store handler failed",
                     handler=self.name,
                     channelId=message.channel_id,
-                    messageId=message.message_id,
+                    eventId=_event_id(message),
                     error=str(exc) or type(exc).__name__,
                     then="skip" if skip else f"retry in {delay:g} s",
                 )
@@ -345,7 +347,7 @@ class AfterStoreWorker:
             self._last_progress = self._clock()
             return
 
-    async def _send_replies(self, source: ChimeMessage, replies: Sequence[Reply]) -> None:
+    async def _send_replies(self, source: ChannelEvent, replies: Sequence[Reply]) -> None:
         for index, reply in enumerate(replies):
             outcome = await self._send(self._reply_record(source, reply, index))
             if outcome.message is None:
@@ -353,7 +355,7 @@ class AfterStoreWorker:
                     f"reply not stored: {outcome.error_code}: {outcome.error_message}"
                 )
 
-    def _reply_record(self, source: ChimeMessage, reply: Any, index: int) -> SendRecord:
+    def _reply_record(self, source: ChannelEvent, reply: Any, index: int) -> SendRecord:
         """A reply as a send; ``HandlerError`` if it is not one a client could send."""
         if not isinstance(reply, Reply):
             raise HandlerError(f"answered {reply!r}, not a Reply")
@@ -367,7 +369,7 @@ class AfterStoreWorker:
         )
         if problem:
             raise HandlerError(f"reply: {problem}")
-        key = f"{self.name}\0{source.channel_id}\0{source.message_id}\0{index}"
+        key = f"{self.name}\0{source.channel_id}\0{_event_id(source)}\0{index}"
         return SendRecord(
             token=next_token(),
             channel_id=channel_id,
@@ -413,3 +415,8 @@ class AfterStoreWorker:
             else:
                 self.backlog.mark_behind(channel_id)
             await self._sleep(FIRST_RETRY_S * 10)
+
+
+def _event_id(event: ChannelEvent) -> str:
+    """The event's own position: a message's id, a change's ``event_id``."""
+    return event.event_id if isinstance(event, MessageChange) else event.message_id

@@ -4,12 +4,14 @@ A handler is built by a factory, ``factory(options) -> ChannelHandler``, named b
 ``handlers[i].use`` (docs/handlers.md). The stage it is configured for decides
 which of its methods Chime calls:
 
-==================  ======================  ===================================
-stage               in                      out
-==================  ======================  ===================================
-``before_store``    ``Draft`` (not stored)  ``Accept`` / ``Rewrite`` / ``Reject``
-``after_store``     ``ChimeMessage``        ``Reply`` records (often none)
-==================  ======================  ===================================
+==================  ========================  ===================================
+stage               in                        out
+==================  ========================  ===================================
+``before_store``    ``Draft`` (not stored)    ``Accept`` / ``Rewrite`` / ``Reject``
+``after_store``     ``ChimeMessage``          ``Reply`` records (often none)
+                    ``MessageChange``         (``after_change``: edits, deletes,
+                                              reactions; optional)
+==================  ========================  ===================================
 
 Subclass ``Handler`` and override the one method of your stage; the other keeps
 its harmless default. Records are frozen: a handler never changes what it is
@@ -20,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
-from chime_actors.records import ChimeMessage, Metadata
+from chime_actors.records import ChimeMessage, MessageChange, Metadata
 
 __all__ = [
     "ACCEPT",
@@ -42,13 +44,17 @@ __all__ = [
 class Draft:
     """A message a client sent, not yet numbered or stored (``before_store``'s input).
 
+    An edit is judged as a draft too (``edit_of`` set): its new content must
+    pass like a new message's, and a ``Rewrite`` of it changes the content only.
+
     Attributes:
         channel_id: the channel it is sent to.
-        user_id: the sender.
+        user_id: the sender (the editor, for an edit).
         content: the text, as the client sent it (or as an earlier handler
             of the chain rewrote it).
-        metadata: the client's metadata, as ``(key, value)`` pairs.
+        metadata: the client's metadata, as ``(key, value)`` pairs (none for an edit).
         thread_id: the thread it replies in, or None.
+        edit_of: the id of the message an edit changes; None for a new message.
     """
 
     channel_id: str
@@ -56,6 +62,7 @@ class Draft:
     content: str
     metadata: Metadata = ()
     thread_id: str | None = None
+    edit_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +116,6 @@ class Reply:
     thread_id: str | None = None
 
 
-@runtime_checkable
 class ChannelHandler(Protocol):
     """What Chime calls on a handler. Subclass ``Handler`` rather than write all three."""
 
@@ -133,6 +139,15 @@ class ChannelHandler(Protocol):
         """
         ...
 
+    async def after_change(self, change: MessageChange) -> Sequence[Reply]:
+        """React to a stored edit, delete or reaction (stage ``after_store``).
+
+        Changes take positions in their channel's order like messages, and
+        reach the handler in that order, with the same guarantees. Optional:
+        a handler without this method (or ``Handler``'s default) ignores them.
+        """
+        ...
+
     async def close(self) -> None:
         """Release what the handler holds (the process is stopping)."""
         ...
@@ -147,6 +162,10 @@ class Handler:
 
     async def after_store(self, message: ChimeMessage) -> Sequence[Reply]:
         """Nothing to do (override for ``after_store``)."""
+        return ()
+
+    async def after_change(self, change: MessageChange) -> Sequence[Reply]:
+        """Nothing to do (override to see edits, deletes and reactions)."""
         return ()
 
     async def close(self) -> None:

@@ -24,6 +24,10 @@ a chain has its own budget, so a sender waits at most the sum of the budgets of
 its channel's chain; a record waiting behind an older one never waits past its
 own deadline, since the older one's deadline came first.
 
+Edits. An edit's new content is judged like a new message's (a ``Draft`` with
+``edit_of`` set, no metadata), so an edit cannot bring in what a send could not;
+a rewrite of an edit changes its content only. Deletes and reactions pass.
+
 Outcomes. ``Accept`` and ``Rewrite`` pass the record on (a rewrite is checked:
 content within ``chat.max_content_chars``, metadata string pairs); ``Reject``
 answers the sender ``error`` with its code and message, and nothing is stored.
@@ -50,11 +54,11 @@ from chime_actors.handlers.metrics import HandlerCounters, HandlerMetrics
 from chime_actors.handlers.registry import LoadedHandler, build_stage
 from chime_actors.logs import get_logger
 from chime_actors.metrics import MetricsRegistry
-from chime_actors.records import SendOutcome, SendRecord
+from chime_actors.records import ChangeKind, ChangeRecord, PersistRecord, SendOutcome, SendRecord
 
 log = get_logger(__name__)
 
-Submit = Callable[[SendRecord], "asyncio.Future[SendOutcome]"]
+Submit = Callable[[PersistRecord], "asyncio.Future[SendOutcome]"]
 
 # Channels whose chain is remembered; past this the memo starts again (a chain
 # is a few glob matches to recompute).
@@ -77,7 +81,7 @@ class _Bound:
 class _Run:
     """One record going through its chain."""
 
-    record: SendRecord
+    record: SendRecord | ChangeRecord
     chain: tuple[_Bound, ...]
     draft: Draft
     index: int = 0
@@ -87,14 +91,20 @@ class _Run:
     def finished(self) -> bool:
         return self.outcome is not None or self.index >= len(self.chain)
 
-    def result(self) -> SendRecord | SendOutcome:
+    def result(self) -> PersistRecord | SendOutcome:
         """The record to store (as rewritten), or the outcome for the sender."""
         if self.outcome is not None:
             return self.outcome
-        draft = self.draft
-        if draft.content == self.record.content and draft.metadata == self.record.metadata:
-            return self.record
-        return replace(self.record, content=draft.content, metadata=draft.metadata)
+        draft, record = self.draft, self.record
+        if isinstance(record, ChangeRecord):  # an edit: only its content can change
+            return (
+                record
+                if draft.content == record.content
+                else replace(record, content=draft.content)
+            )
+        if draft.content == record.content and draft.metadata == record.metadata:
+            return record
+        return replace(record, content=draft.content, metadata=draft.metadata)
 
 
 @dataclass(slots=True)
@@ -103,7 +113,7 @@ class _Waiting:
 
     token: int
     future: asyncio.Future[SendOutcome]
-    result: SendRecord | SendOutcome | None = None
+    result: PersistRecord | SendOutcome | None = None
 
 
 @dataclass(slots=True)
@@ -154,8 +164,14 @@ class BeforeStore:
             metrics=HandlerMetrics.register(registry),
         )
 
-    def submit(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
-        """Judge ``record`` and pass it on; the future resolves with its outcome."""
+    def submit(self, record: PersistRecord) -> asyncio.Future[SendOutcome]:
+        """Judge ``record`` and pass it on; the future resolves with its outcome.
+
+        Sends and edits are judged (an edit as a ``Draft`` with ``edit_of``: new
+        content must pass like a new message's); deletes and reactions pass.
+        """
+        if isinstance(record, ChangeRecord) and record.kind is not ChangeKind.EDIT:
+            return self._submit(record)
         chain = self._chain(record.channel_id)
         if not chain:
             return self._submit(record)
@@ -327,15 +343,22 @@ class BeforeStore:
         if not lane.waiting:
             del self._lanes[channel_id]
 
-    def _settle(self, result: SendRecord | SendOutcome) -> asyncio.Future[SendOutcome]:
-        if isinstance(result, SendRecord):
+    def _settle(self, result: PersistRecord | SendOutcome) -> asyncio.Future[SendOutcome]:
+        if not isinstance(result, SendOutcome):
             return self._submit(result)
         future: asyncio.Future[SendOutcome] = asyncio.get_running_loop().create_future()
         future.set_result(result)
         return future
 
 
-def _draft_of(record: SendRecord) -> Draft:
+def _draft_of(record: SendRecord | ChangeRecord) -> Draft:
+    if isinstance(record, ChangeRecord):
+        return Draft(
+            channel_id=record.channel_id,
+            user_id=record.user_id,
+            content=record.content or "",
+            edit_of=record.message_id,
+        )
     return Draft(
         channel_id=record.channel_id,
         user_id=record.user_id,

@@ -33,7 +33,14 @@ from chime_actors.handlers.runner import HandlerRunner
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.sequencer import owner_index
-from chime_actors.records import ChimeMessage, Deliveries, PersistResult, SendOutcome, SendRecord
+from chime_actors.records import (
+    ChannelEvent,
+    Deliveries,
+    MessageChange,
+    PersistResult,
+    SendOutcome,
+    SendRecord,
+)
 from chime_actors.storage.factory import make_store
 
 log = get_logger(__name__)
@@ -154,9 +161,14 @@ class HandlerCore:
                 SCAN_DELAY_S, self._worker.request_scan
             )
 
-    async def _call(self, message: ChimeMessage) -> Sequence[Reply]:
+    async def _call(self, event: ChannelEvent) -> Sequence[Reply]:
         handler = self._loaded.handler
-        return await self._runner.call(lambda: handler.after_store(message), self._timeout_s)
+        if isinstance(event, MessageChange):
+            after_change = getattr(handler, "after_change", None)
+            if after_change is None:
+                return ()  # a handler without the optional method ignores changes
+            return await self._runner.call(lambda: after_change(event), self._timeout_s)
+        return await self._runner.call(lambda: handler.after_store(event), self._timeout_s)
 
     async def _send(self, record: SendRecord) -> SendOutcome:
         link = self._links[owner_index(record.channel_id, len(self._links))]

@@ -126,9 +126,14 @@ def build_handler(config: Config, index: int) -> LoadedHandler:
         raise ConfigError(f"{key}.options{inner}", exc.problem) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{key}.options", str(exc) or type(exc).__name__) from None
-    if not isinstance(handler, ChannelHandler):
+    if not isinstance(handler, Handler) and not (
+        callable(getattr(handler, spec.stage.value, None))
+        and callable(getattr(handler, "close", None))
+    ):
         raise ConfigError(
-            f"{key}.use", f"{spec.use} made a {type(handler).__name__}, not a ChannelHandler"
+            f"{key}.use",
+            f"{spec.use} made a {type(handler).__name__}, not a ChannelHandler"
+            f" (it needs {spec.stage.value} and close)",
         )
     if not implements(handler, spec.stage):
         raise ConfigError(f"{key}.stage", f"{spec.use} does not implement {spec.stage.value}")

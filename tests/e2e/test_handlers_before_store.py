@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,6 +84,55 @@ def test_word_filter_rejects_with_forbidden_and_stores_nothing(server: ServerPro
             assert [m["content"] for m in history["messages"]] == ["darning socks is fine"]
 
     run(scenario())
+
+
+def test_word_filter_judges_edits_like_sends(server: ServerProcess) -> None:
+    strict, masked = fresh("strict"), fresh("masked")
+
+    async def scenario() -> None:
+        async with clients(server) as cs:
+            alice = await cs.connect("alice", [strict, masked])
+            acks = {
+                channel: await send_message(alice, channel, "fine") for channel in (strict, masked)
+            }
+            for channel, ack in acks.items():
+                await alice.send(
+                    {
+                        "type": "edit",
+                        "requestId": f"e-{channel}",
+                        "channelId": channel,
+                        "messageId": ack["messageId"],
+                        "content": "oh darn",
+                    }
+                )
+            error = await expect_error(alice, "forbidden")
+            assert error["requestId"] == f"e-{strict}"
+            edited = await alice.expect("message_edited")
+            assert edited["message"]["channelId"] == masked
+            assert edited["message"]["content"] == "oh ****"
+            # A REST edit passes the same handlers (in the API process).
+            status, body = rest_edit(server, strict, acks[strict]["messageId"], "DARN")
+            assert (status, body["error"]["code"]) == (403, "forbidden")
+            assert "blocked word" in body["error"]["message"]
+            await alice.send({"type": "history", "requestId": "h", "channelId": strict})
+            history = await alice.expect("history")
+            assert [m["content"] for m in history["messages"]] == ["fine"]
+
+    run(scenario())
+
+
+def rest_edit(server: ServerProcess, channel: str, message_id: str, content: str) -> Any:
+    request = urllib.request.Request(
+        f"{server.api}/v1/channels/{channel}/messages/{message_id}",
+        data=json.dumps({"content": content}).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/json", "X-Chime-User": "alice"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def test_word_filter_masks_what_is_stored_and_acked(server: ServerProcess) -> None:

@@ -31,14 +31,49 @@ def send_all(server: ServerProcess, channel: str, contents: list[str]) -> list[s
     return run(scenario())
 
 
-def test_each_message_is_posted_signed_in_order(tmp_path: Path, receiver: Receiver) -> None:
+def test_each_message_and_change_is_posted_signed_in_order(
+    tmp_path: Path, receiver: Receiver
+) -> None:
     channel = fresh("hook")
     with webhook_server(tmp_path, receiver) as server:
         ids = send_all(server, channel, ["one", "two", "three"])
         wait_until(lambda: len(receiver.ids(channel)) == 3, what="3 posts")
+
+        async def change() -> None:
+            async with clients(server) as cs:
+                alice = await cs.connect("alice", [channel])
+                await alice.send(
+                    {
+                        "type": "edit",
+                        "requestId": "e",
+                        "channelId": channel,
+                        "messageId": ids[1],
+                        "content": "two, fixed",
+                    }
+                )
+                await alice.expect("message_edited")
+                await alice.send(
+                    {
+                        "type": "react",
+                        "channelId": channel,
+                        "messageId": ids[0],
+                        "emoji": "+1",
+                        "op": "add",
+                    }
+                )
+                await alice.expect("reaction")
+
+        run(change())
+        wait_until(lambda: len(receiver.changes()) == 2, what="2 changes posted")
     assert receiver.ids(channel) == ids
     assert receiver.contents(channel) == ["one", "two", "three"]
     assert receiver.bad_signatures == 0
+    edited, reacted = receiver.changes()
+    assert edited["type"] == "message_edited"
+    assert edited["message"]["content"] == "two, fixed"
+    assert edited["eventId"] == "0000000000000004"
+    assert (reacted["type"], reacted["messageId"], reacted["emoji"]) == ("reaction", ids[0], "+1")
+    assert reacted["eventId"] == "0000000000000005"
     (first, *_) = receiver.accepted
     assert set(first) == {
         "channelId",

@@ -54,13 +54,21 @@ class Receiver:
             self.accepted.append(orjson.loads(body))
         return web.Response(status=200)
 
-    def contents(self, channel: str) -> list[str]:
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        """Accepted messages of ``channel`` (a change's body has a ``type``)."""
         with self.lock:
-            return [m["content"] for m in self.accepted if m["channelId"] == channel]
+            return [m for m in self.accepted if "type" not in m and m["channelId"] == channel]
+
+    def contents(self, channel: str) -> list[str]:
+        return [m["content"] for m in self.messages(channel)]
 
     def ids(self, channel: str) -> list[str]:
+        return [m["messageId"] for m in self.messages(channel)]
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Accepted changes (edits, deletes, reactions), as their frames."""
         with self.lock:
-            return [m["messageId"] for m in self.accepted if m["channelId"] == channel]
+            return [m for m in self.accepted if "type" in m]
 
 
 @pytest.fixture

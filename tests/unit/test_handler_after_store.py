@@ -22,7 +22,14 @@ from chime_actors.handlers.after_store import (
 from chime_actors.handlers.metrics import HandlerMetrics
 from chime_actors.ids import format_message_id
 from chime_actors.metrics import MetricsRegistry
-from chime_actors.records import ChimeMessage, SendOutcome, SendRecord
+from chime_actors.records import (
+    ChangeKind,
+    ChannelEvent,
+    ChimeMessage,
+    MessageChange,
+    SendOutcome,
+    SendRecord,
+)
 from chime_actors.storage.memory_store import MemoryStore
 
 WAIT_S = 10.0
@@ -56,14 +63,16 @@ class Handler:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, int]] = []
+        self.events: list[ChannelEvent] = []
         self.fail_next = 0
-        self.replies: Callable[[ChimeMessage], Sequence[Any]] = lambda m: ()
+        self.replies: Callable[[ChannelEvent], Sequence[Any]] = lambda m: ()
 
-    async def __call__(self, message: ChimeMessage) -> Sequence[Reply]:
+    async def __call__(self, message: ChannelEvent) -> Sequence[Reply]:
         if self.fail_next:
             self.fail_next -= 1
             raise HandlerError("down")
         self.seen.append((message.channel_id, message.seq))
+        self.events.append(message)
         return self.replies(message)
 
 
@@ -173,17 +182,43 @@ def test_live_messages_are_handed_over_in_order_and_confirmed() -> None:
     run(scenario)
 
 
+def change(seq: int, of: int, kind: ChangeKind = ChangeKind.DELETE) -> MessageChange:
+    return MessageChange(
+        channel_id="room",
+        event_id=format_message_id(seq),
+        kind=kind,
+        message_id=format_message_id(of),
+        user_id="alice",
+        at="2026-01-01T00:00:01.000Z",
+        emoji="+1" if kind is ChangeKind.REACTION_ADD else None,
+    )
+
+
 def test_a_message_ahead_of_its_predecessors_waits_for_them_from_storage() -> None:
     async def scenario(store: MemoryStore) -> None:
         async with Harness(store, spec()) as h:
-            await store.append([message(n) for n in range(1, 6)])
-            await store.delete("room", format_message_id(2))
+            events = [message(1), message(2), message(3), change(4, of=2), message(5)]
+            await store.append(events)
             h.worker.offer([message(5)])  # 1-4 never arrived live
             await h.until(lambda: h.worker.cursors.of("room") == 5)
+            # Message 2 is deleted: the delete (4) is handed over, the message is not.
             assert h.handler.seen == [("room", 1), ("room", 3), ("room", 4), ("room", 5)]
-            h.worker.offer([message(4), message(5)])  # late repeats: not handed over again
+            h.worker.offer([message(3), message(5)])  # late repeats: not handed over again
             await h.until(lambda: len(h.worker.backlog) == 0)
             assert len(h.handler.seen) == 4
+
+    run(scenario)
+
+
+def test_changes_are_handed_over_in_the_channel_order_with_the_messages() -> None:
+    async def scenario(store: MemoryStore) -> None:
+        async with Harness(store, spec()) as h:
+            events = [message(1), change(2, of=1, kind=ChangeKind.REACTION_ADD), message(3)]
+            await store.append(events)
+            h.worker.offer(events)
+            await h.until(lambda: len(h.handler.seen) == 3)
+            assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
+            assert isinstance(h.handler.events[1], MessageChange)
 
     run(scenario)
 
@@ -221,7 +256,7 @@ def test_past_the_backlog_bound_it_pauses_and_reads_storage_dropping_nothing() -
             gate = asyncio.Event()
             original = h.handler.__call__
 
-            async def slow(m: ChimeMessage) -> Sequence[Reply]:
+            async def slow(m: ChannelEvent) -> Sequence[Reply]:
                 await gate.wait()
                 return await original(m)
 

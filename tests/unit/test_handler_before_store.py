@@ -14,7 +14,7 @@ from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.handlers.metrics import HandlerMetrics
 from chime_actors.handlers.registry import LoadedHandler
 from chime_actors.metrics import MetricsRegistry
-from chime_actors.records import SendOutcome, SendRecord
+from chime_actors.records import ChangeKind, ChangeRecord, PersistRecord, SendOutcome, SendRecord
 
 WAIT_S = 10.0  # generous bound for "resolves"; no test measures time
 
@@ -23,10 +23,10 @@ class FakeLinks:
     """Stands in for the persist links: records what it is given, answers on demand."""
 
     def __init__(self) -> None:
-        self.records: list[SendRecord] = []
+        self.records: list[PersistRecord] = []
         self.futures: list[asyncio.Future[SendOutcome]] = []
 
-    def submit(self, record: SendRecord) -> asyncio.Future[SendOutcome]:
+    def submit(self, record: PersistRecord) -> asyncio.Future[SendOutcome]:
         self.records.append(record)
         future: asyncio.Future[SendOutcome] = asyncio.get_running_loop().create_future()
         self.futures.append(future)
@@ -320,5 +320,54 @@ def test_close_answers_what_is_still_being_judged() -> None:
         outcome = await future
         assert outcome.token == sent.token
         assert outcome.error_code == "unavailable"
+
+    run(scenario())
+
+
+def edit(content: str, channel: str = "general") -> ChangeRecord:
+    return ChangeRecord(
+        token=next(_tokens),
+        channel_id=channel,
+        message_id="0000000000000001",
+        user_id="alice",
+        kind=ChangeKind.EDIT,
+        content=content,
+    )
+
+
+def test_an_edit_is_judged_like_a_send_and_only_its_content_rewritten() -> None:
+    async def scenario() -> None:
+        links = FakeLinks()
+        seen = Fixed(ACCEPT)
+        before = chain(links, loaded(seen, "seen"), loaded(Upper(), "upper"))
+        before.submit(edit("fixed"))
+        (stored,) = links.records
+        assert isinstance(stored, ChangeRecord)
+        assert stored.content == "FIXED"
+        assert seen.seen[0].edit_of == "0000000000000001"
+
+    run(scenario())
+
+
+def test_a_rejected_edit_is_not_made_and_deletes_and_reactions_pass() -> None:
+    async def scenario() -> None:
+        links = FakeLinks()
+        judge = Fixed(Reject("forbidden", "no"))
+        before = chain(links, loaded(judge))
+        outcome = await before.submit(edit("bad"))
+        assert outcome.error_code == "forbidden"
+        for kind in (ChangeKind.DELETE, ChangeKind.REACTION_ADD):
+            change = ChangeRecord(
+                token=next(_tokens),
+                channel_id="general",
+                message_id="0000000000000001",
+                user_id="alice",
+                kind=kind,
+                emoji="+1" if kind is ChangeKind.REACTION_ADD else None,
+            )
+            before.submit(change)
+        kinds = [r.kind for r in links.records if isinstance(r, ChangeRecord)]
+        assert kinds == [ChangeKind.DELETE, ChangeKind.REACTION_ADD]
+        assert len(judge.seen) == 1
 
     run(scenario())

@@ -16,7 +16,7 @@ from aiohttp import web
 from chime_actors.errors import HandlerError
 from chime_actors.handlers import ACCEPT, Draft, Reject, Reply, Rewrite
 from chime_actors.handlers.builtins import echo_bot, webhook, word_filter
-from chime_actors.records import ChimeMessage
+from chime_actors.records import ChangeKind, ChimeMessage, MessageChange
 
 
 def draft(content: str) -> Draft:
@@ -193,3 +193,38 @@ def test_webhook_signature_is_the_hmac_of_the_body() -> None:
     assert webhook.signature("key", b"{}") == (
         "sha256=" + hmac.new(b"key", b"{}", hashlib.sha256).hexdigest()
     )
+
+
+def test_webhook_posts_a_change_as_the_frame_subscribers_get() -> None:
+    received: list[tuple[bytes, str]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append((await request.read(), request.headers["X-Chime-Message"]))
+        return web.Response(status=200)
+
+    edit = MessageChange(
+        channel_id="general",
+        event_id="0000000000000009",
+        kind=ChangeKind.EDIT,
+        message_id="0000000000000007",
+        user_id="alice",
+        at="2026-01-01T00:00:01.000Z",
+        message=stored("fixed"),
+    )
+
+    async def scenario() -> None:
+        async with http_server(receive) as url:
+            hook = webhook.make({"url": url, "secret": "s"})
+            try:
+                assert await hook.after_change(edit) == ()
+            finally:
+                await hook.close()
+
+    asyncio.run(scenario())
+    ((body, position),) = received
+    assert orjson.loads(body) == {
+        "type": "message_edited",
+        "message": stored("fixed").to_wire(),
+        "eventId": "0000000000000009",
+    }
+    assert position == "general/0000000000000009"

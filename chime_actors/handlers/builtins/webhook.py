@@ -8,10 +8,13 @@ Options:
   can tell the request came from this server (compare with
   ``hmac.compare_digest``).
 
-The body is the message as JSON, the ChimeMessage's own fields (PROTOCOL.md):
-``{"channelId": ..., "messageId": ..., "userId": ..., "content": ..., ...}``.
-Also sent: ``X-Chime-Message: <channelId>/<messageId>``, which a receiver can
-use to drop the repeats that at-least-once delivery allows.
+The body of a message is the message as JSON, the ChimeMessage's own fields
+(PROTOCOL.md): ``{"channelId": ..., "messageId": ..., "userId": ..., ...}``.
+The body of a change (an edit, a delete, a reaction) is the frame subscribers
+get for it: ``{"type": "message_edited" | "message_deleted" | "reaction", ...,
+"eventId": ...}``; a message's body has no ``type``. Also sent:
+``X-Chime-Message: <channelId>/<messageId or eventId>``, which a receiver can use
+to drop the repeats that at-least-once delivery allows.
 
 Only a 2xx answer confirms a message. Anything else (another status, a refused
 connection, no answer within ``timeout_ms``) raises ``HandlerError``: with
@@ -35,7 +38,8 @@ import orjson
 from chime_actors.errors import HandlerError
 from chime_actors.handlers.api import Handler, Reply
 from chime_actors.handlers.registry import parse_options
-from chime_actors.records import ChimeMessage
+from chime_actors.protocol import server_frames
+from chime_actors.records import ChimeMessage, MessageChange
 
 SIGNATURE_HEADER = "X-Chime-Signature"
 MESSAGE_HEADER = "X-Chime-Message"
@@ -53,9 +57,11 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def request_body(message: ChimeMessage) -> bytes:
-    """The JSON body posted for ``message``."""
-    return orjson.dumps(message.to_wire())
+def request_body(event: ChimeMessage | MessageChange) -> bytes:
+    """The JSON body posted for ``event`` (see the module docstring)."""
+    if isinstance(event, MessageChange):
+        return server_frames.change(event).encode()
+    return orjson.dumps(event.to_wire())
 
 
 class Webhook(Handler):
@@ -70,13 +76,21 @@ class Webhook(Handler):
 
     async def after_store(self, message: ChimeMessage) -> Sequence[Reply]:
         """POST the message; ``HandlerError`` unless the receiver answers 2xx."""
+        await self._post(request_body(message), f"{message.channel_id}/{message.message_id}")
+        return ()
+
+    async def after_change(self, change: MessageChange) -> Sequence[Reply]:
+        """POST the change's frame; ``HandlerError`` unless the receiver answers 2xx."""
+        await self._post(request_body(change), f"{change.channel_id}/{change.event_id}")
+        return ()
+
+    async def _post(self, body: bytes, position: str) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        body = request_body(message)
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: signature(self._secret, body),
-            MESSAGE_HEADER: f"{message.channel_id}/{message.message_id}",
+            MESSAGE_HEADER: position,
         }
         try:
             async with self._session.post(self._url, data=body, headers=headers) as response:
@@ -84,7 +98,6 @@ class Webhook(Handler):
                     raise HandlerError(f"webhook answered HTTP {response.status}")
         except aiohttp.ClientError as exc:
             raise HandlerError(f"webhook unreachable: {exc}") from exc
-        return ()
 
     async def close(self) -> None:
         """Close the HTTP session."""
