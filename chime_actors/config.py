@@ -64,6 +64,9 @@ tie keys together, or that a type cannot say, are checked after conversion:
   needs ``auth.mode: insecure`` (which itself means loopback only).
 - ``storage.cassandra.consistency: ANY`` is refused; ``chat.allowed_origins`` are
   browser origins (``https://host[:port]``) or ``*``.
+- ``handlers``: names are unique; ``after_store`` handlers need ``bus.backend:
+  local`` (one host per handler cursor is not built yet). What ``use`` names
+  and its ``options`` are checked at start by ``handlers.registry``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ __all__ = [
     "ChatConfig",
     "Config",
     "Consistency",
+    "HandlerConfig",
+    "HandlerFailure",
+    "HandlerStage",
     "JwtConfig",
     "LimitsConfig",
     "LogFormat",
@@ -411,6 +417,60 @@ class TestingConfig(_Section, frozen=True):
     fault_injection: bool = False
 
 
+class HandlerStage(_Choice):
+    """Where a channel handler runs (docs/handlers.md)."""
+
+    BEFORE_STORE = "before_store"
+    AFTER_STORE = "after_store"
+
+
+class HandlerFailure(_Choice):
+    """What a handler's timeout or crash means (``on_failure``, docs/handlers.md)."""
+
+    REJECT = "reject"
+    ACCEPT = "accept"
+
+
+_HandlerName = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")]
+_ChannelGlob = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:*?\[\]!-]{1,64}$")]
+
+
+class HandlerConfig(_Section, frozen=True):
+    """One channel handler (docs/handlers.md); ``handlers`` is a list of these.
+
+    Attributes:
+        name: unique among the handlers; names its metrics, its log lines and,
+            for ``after_store``, its durable cursor (renaming a handler starts a
+            new cursor).
+        use: a built-in (``word_filter``, ``echo_bot``, ``webhook``), a
+            ``package.module:factory`` path, or the name of an entry point in the
+            ``chime.handlers`` group. Resolved, and its options checked, at start.
+        stage: ``before_store`` (in the send path, before sequencing: accept,
+            rewrite or reject) or ``after_store`` (every stored message, at least
+            once, in a supervised HandlerActor process).
+        channels: glob patterns (``fnmatch``: ``*``, ``?``, ``[...]``) of the
+            channels the handler sees.
+        options: given to the factory as they are; each handler checks its own.
+        timeout_ms: budget of one call; past it the call counts as failed.
+        on_failure: after a timeout or a raise. ``before_store``: ``reject``
+            answers the sender ``unavailable`` (not stored), ``accept`` stores the
+            message unchanged. ``after_store``: ``reject`` retries the message
+            with backoff until it succeeds (never skipped), ``accept`` skips it.
+        backlog: ``after_store`` only: stored messages held in memory for the
+            handler; past it the handler is paused and later reads what it missed
+            from storage (nothing is dropped).
+    """
+
+    name: _HandlerName
+    use: _Text
+    stage: HandlerStage
+    channels: Annotated[tuple[_ChannelGlob, ...], Meta(min_length=1)] = ("*",)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] = 1000
+    on_failure: HandlerFailure = HandlerFailure.REJECT
+    backlog: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+
+
 def _cores() -> int:
     """``workers: auto``: one gateway per core of the machine the server runs on."""
     return os.cpu_count() or 1
@@ -435,6 +495,7 @@ class Config(_Section, frozen=True):
         admin_port: Thespian's admin TCP port; 0 picks a free one at start, so
             two servers never share an admin.
         testing: switches for the test suite.
+        handlers: channel handlers, in the order they run (docs/handlers.md).
     """
 
     chat: ChatConfig = ChatConfig()
@@ -449,6 +510,7 @@ class Config(_Section, frozen=True):
     data_dir: _Text = "./data"
     admin_port: _Port = 0
     testing: TestingConfig = TestingConfig()
+    handlers: tuple[HandlerConfig, ...] = ()
 
     @property
     def thespian_log_path(self) -> Path:
@@ -566,11 +628,17 @@ _KEYS: Final = _key_tree(_CONFIG_TYPE)
 
 
 def _leaf(dotted: str) -> _Type | None:
+    """The type of a key; ``handlers[0].stage`` looks inside the list's sections."""
     node: Any = _KEYS
     for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        if isinstance(node, msgspec.inspect.VarTupleType) and isinstance(
+            node.item_type, msgspec.inspect.StructType
+        ):
+            node = _key_tree(node.item_type)
+        name = part.split("[", 1)[0]
+        if not isinstance(node, Mapping) or name not in node:
             return None
-        node = node[part]
+        node = node[name]
     return None if isinstance(node, Mapping) else node
 
 
@@ -618,18 +686,28 @@ def _config_error(message: str, tree: Mapping[str, Any]) -> ConfigError:
     assert match is not None  # the pattern matches any text
     problem = match["problem"]
     names: list[str] = []
+    parts: list[str] = []  # names, with ``[i]`` where a list holds sections (handlers[0].use)
     value: Any = tree
+    pending_index = ""
     for name, index in _STEP.findall(match["path"] or ""):
         if name:
+            if pending_index and parts:
+                parts[-1] += pending_index
+            pending_index = ""
             names.append(name)
+            parts.append(name)
             value = value.get(name) if isinstance(value, Mapping) else None
         else:
+            pending_index = f"[{index}]"
             value = value[int(index)] if isinstance(value, list | tuple) else None
     unknown = _UNKNOWN.fullmatch(problem)
+    if pending_index and parts and (unknown is not None or isinstance(value, Mapping)):
+        parts[-1] += pending_index  # the problem is a section in a list: name which one
     if unknown is not None:
         names.append(unknown["name"])
+        parts.append(unknown["name"])
         problem = "unknown key"
-    key = ".".join(names) or "<top level>"
+    key = ".".join(parts) or "<top level>"
     kind = _leaf(key)
     if isinstance(kind, msgspec.inspect.VarTupleType):
         kind = kind.item_type
@@ -669,6 +747,19 @@ def _checked(config: Config) -> Config:
             "storage.cassandra.consistency", "ANY cannot back an ack; use LOCAL_QUORUM"
         )
     _check_auth(config)
+    seen: set[str] = set()
+    for index, handler in enumerate(config.handlers):
+        if handler.name in seen:
+            raise ConfigError(f"handlers[{index}].name", f"{handler.name!r} is used twice")
+        seen.add(handler.name)
+        if handler.stage is HandlerStage.AFTER_STORE and config.bus.backend is BusBackend.REDIS:
+            # Every host would run the handler on the one shared cursor, and a
+            # host reads other hosts' ids from storage, where one may not have
+            # landed yet: duplicates and skips. Needs a lease (docs/handlers.md).
+            raise ConfigError(
+                f"handlers[{index}].stage",
+                "after_store handlers run on one host only for now: they need bus.backend local",
+            )
     origins = tuple(_origin(origin) for origin in config.chat.allowed_origins)
     if origins != config.chat.allowed_origins:
         config = replace(config, chat=replace(config.chat, allowed_origins=origins))

@@ -13,6 +13,8 @@
     ├── BusError                    the bus (local or Redis) failed
     │   └── BusUnavailable
     ├── ActorError                  a process actor failed or did not answer in time
+    ├── HandlerError                a channel handler failed, timed out or answered
+    │                               something invalid (docs/handlers.md)
     └── ClientError                 chime_actors.client: the client library failed
         ├── ClientClosed            the client was closed, or gave up reconnecting
         │   └── ConnectFailed       it could not connect (refused, unauthorized, timed out)
@@ -93,6 +95,14 @@ class BusUnavailable(BusError):
 
 class ActorError(ChimeError):
     """A process actor failed or did not answer in time."""
+
+
+class HandlerError(ChimeError):
+    """A channel handler failed: it raised, overran its budget or answered nonsense.
+
+    Handlers may raise it themselves (the ``webhook`` built-in does for a non-2xx
+    answer); any exception of a handler counts as a failure all the same.
+    """
 
 
 class ClientError(ChimeError):

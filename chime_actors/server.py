@@ -41,6 +41,7 @@ from chime_actors.actors.messages import (
 from chime_actors.actors.sealed_transport import new_key, seal
 from chime_actors.config import Config, StorageBackend, durability_warnings
 from chime_actors.errors import ActorError, StoreError
+from chime_actors.handlers.registry import check_handlers
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.open_files import needed_fds, raise_open_file_limit
 from chime_actors.storage.factory import init_storage
@@ -57,7 +58,14 @@ ADMIN_START_ATTEMPTS = 3
 
 
 def run_server(config: Config, *, ports_file: str | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
+
+    Raises:
+        ConfigError: a handler of ``config.handlers`` cannot be built (the CLI
+            prints the one line and exits 2).
+    """
+    # Before anything starts: a handler that cannot be built is a config error.
+    check_handlers(config)
     configure_logging(config.logging, process_name="main")
     setproctitle.setproctitle("chime: main")
     for warning in durability_warnings(config):

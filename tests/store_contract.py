@@ -694,6 +694,30 @@ class StoreContract:
 
         run_with_store(make_store, scenario)
 
+    # --- channel handlers -------------------------------------------------------
+
+    def test_channel_ids_lists_channels_with_messages(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            assert await store.channel_ids() == ()
+            await store.append([*batch(1, 2), *batch(1, 1, channel="b:2")])
+            await store.set_read_marker("no-messages", "alice", mid(1))
+            assert await store.channel_ids() == ("b:2", CHANNEL)
+
+        run_with_store(make_store, scenario)
+
+    def test_handler_cursors_only_move_forward(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            assert dict(await store.handler_cursors("hook")) == {}
+            await store.save_handler_cursors("hook", {CHANNEL: 3, "other": 1, "*": 0})
+            await store.save_handler_cursors("bot", {CHANNEL: 9})
+            await store.save_handler_cursors("hook", {})
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 3, "other": 1, "*": 0}
+            await store.save_handler_cursors("hook", {CHANNEL: 2, "other": 5})
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 3, "other": 5, "*": 0}
+            assert dict(await store.handler_cursors("bot")) == {CHANNEL: 9}
+
+        run_with_store(make_store, scenario)
+
     # --- concurrency ------------------------------------------------------------
 
     def test_concurrent_calls_on_one_store(self, make_store: StoreFactory) -> None:

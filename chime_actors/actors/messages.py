@@ -22,6 +22,7 @@ class ActorKind(Enum):
     PERSISTER = "persister"
     API = "api"
     REDIS_BRIDGE = "redis-bridge"
+    HANDLER = "handler"  # one per after_store handler (docs/handlers.md)
 
 
 # Kinds with exactly one actor per server are named without an index (``chime: api``).
@@ -139,6 +140,9 @@ class Wiring:
     redis_bridge: Any = None
     # (lanes.address_key, lane socket path) of every ready child that has a lane.
     lanes: tuple[tuple[str, str], ...] = ()
+    # The HandlerActors (after_store handlers), in configuration order: persisters
+    # deliver to them as to gateways.
+    handlers: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

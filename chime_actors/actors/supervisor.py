@@ -16,6 +16,10 @@ child ``Ready`` after restart   re-wire: send the new ``Wiring`` (every address)
 > 10 restarts within 60 s       escalate: report ``Status(failed)`` to the main
                                 process, which shuts the server down (exit 1): a
                                 crash loop is a bug, not load
+a ``handler`` actor exits       restarted with the same backoff, but never counted
+                                towards the intensity: a handler is plugged-in
+                                code, and its crash loop must not stop the chat
+                                (``/readyz`` names it; docs/handlers.md)
 ``PoisonMessage`` (Configure)   the child failed to start: ask it to exit, which
                                 brings it back through ``ChildActorExited``
 ``PoisonMessage`` (other)       logged; never retried
@@ -42,6 +46,7 @@ from thespian.actors import (
 
 from chime_actors.actors.api_actor import ApiActor
 from chime_actors.actors.gateway_actor import GatewayActor
+from chime_actors.actors.handler_actor import HandlerActor
 from chime_actors.actors.messages import (
     ActorId,
     ActorKind,
@@ -64,6 +69,7 @@ from chime_actors.actors.persister_actor import PersisterActor
 from chime_actors.actors.redis_bridge_actor import RedisBridgeActor
 from chime_actors.config import BusBackend, Config
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+from chime_actors.handlers.registry import after_store_indexes
 from chime_actors.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -73,6 +79,7 @@ ACTOR_CLASSES: dict[ActorKind, type] = {
     ActorKind.PERSISTER: PersisterActor,
     ActorKind.API: ApiActor,
     ActorKind.REDIS_BRIDGE: RedisBridgeActor,
+    ActorKind.HANDLER: HandlerActor,
 }
 INTENSITY = RestartPolicy(max_restarts=10, within_s=60.0)
 FIRST_BACKOFF_S = 0.1
@@ -165,6 +172,10 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         ids.append(ActorId(ActorKind.API, 1))
         if request.config.bus.backend is BusBackend.REDIS:
             ids.append(ActorId(ActorKind.REDIS_BRIDGE, 1))
+        ids += [
+            ActorId(ActorKind.HANDLER, n + 1)
+            for n in range(len(after_store_indexes(request.config)))
+        ]
         for actor_id in ids:
             self._children[actor_id] = _Child(actor_id)
             self._create(actor_id)
@@ -234,6 +245,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
             generation=self._generation,
             redis_bridge=singleton(ActorKind.REDIS_BRIDGE),
             lanes=tuple(c.lane for c in self._children.values() if c.ready and c.lane),
+            handlers=addresses(ActorKind.HANDLER),
         )
         for child in self._children.values():
             if child.ready:
@@ -261,7 +273,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         log.warning("actor exited", actor=str(child.actor_id))
         # Peers must stop sending to the dead address now, not after the restart.
         self._rewire()
-        if not self._budget.allow_restart():
+        if child.actor_id.kind is not ActorKind.HANDLER and not self._budget.allow_restart():
             self._failed = f"restart intensity exceeded ({child.actor_id} kept failing)"
             log.error("supervisor gives up", reason=self._failed)
             if not self._started and self._starter is not None:
@@ -327,7 +339,13 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._stop_phase = "exit"
         # Gateways first (no new sends), then persisters (their queues are written
         # out on exit), the API last so /readyz reports the shutdown.
-        order = [ActorKind.GATEWAY, ActorKind.PERSISTER, ActorKind.REDIS_BRIDGE, ActorKind.API]
+        order = [
+            ActorKind.GATEWAY,
+            ActorKind.PERSISTER,
+            ActorKind.HANDLER,
+            ActorKind.REDIS_BRIDGE,
+            ActorKind.API,
+        ]
         for kind in order:
             for child in self._children.values():
                 if child.actor_id.kind is kind and child.address is not None:

@@ -10,6 +10,12 @@ channel, on a ``PersistLink`` of the API's own (origin ``API_ORIGIN``), so they
 are checked, numbered, stored and delivered to every subscriber exactly as if
 they came from a gateway. Messages in: ``Wiring`` (the persisters, re-pointed
 after a restart like a gateway's links) and ``PersistResult``.
+
+``after_store`` handlers are named too (``"handler <name>": false`` while one is
+down, was restarted within the last ``HANDLER_RESTART_WINDOW_S`` (a crash loop), or
+is stuck: it has work and confirmed nothing for 30 s) but do not make the
+server unready: a handler delays no client's sends or deliveries, and taking the
+chat out of a load balancer because a webhook receiver is down would.
 """
 
 from __future__ import annotations
@@ -29,12 +35,21 @@ from chime_actors.config import AuthMode, BusBackend, Config
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.gateway.persist_link import PersistLink, next_token
 from chime_actors.gateway.rate_limit import KeyedBuckets
+from chime_actors.handlers.before_store import BeforeStore
+from chime_actors.handlers.registry import after_store_indexes
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry, MetricsSnapshot
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.frames import is_user_id
-from chime_actors.records import API_ORIGIN, ChangeKind, ChangeRecord, PersistResult, SendOutcome
+from chime_actors.records import (
+    API_ORIGIN,
+    ChangeKind,
+    ChangeRecord,
+    PersistRecord,
+    PersistResult,
+    SendOutcome,
+)
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, annotated_history
 
@@ -44,6 +59,7 @@ STALE_AFTER_S = 3.0
 PING_TIMEOUT_S = 2.0
 # How often links fail what waited too long (as a gateway's).
 MAINTENANCE_INTERVAL_S = 0.5
+HANDLER_RESTART_WINDOW_S = 30.0
 
 
 class ApiCore:
@@ -85,6 +101,12 @@ class ApiCore:
         self._server = HttpServer(make_handler(self, web))
         self._reports: dict[ActorId, tuple[float, MetricsReport]] = {}
         self._expected: set[str] = set()
+        self._restarted_at: dict[str, float] = {}
+        # Actor name ("handler 1") -> handler name, of the after_store handlers.
+        self._handlers = {
+            f"handler {n + 1}": config.handlers[i].name
+            for n, i in enumerate(after_store_indexes(config))
+        }
         self._exposition = exposition_registry(self._snapshots)
         # Without ``post`` (a core on its own, in tests) changes are unavailable.
         self._links: list[PersistLink] = []
@@ -94,6 +116,10 @@ class ApiCore:
                 PersistLink(API_ORIGIN, post, ack_timeout_s=timeout_s)
                 for _ in range(config.persisters)
             ]
+        # REST edits pass the before_store handlers, as a gateway's do.
+        self._before_store = BeforeStore.from_config(
+            config, self._submit_to_persister, self.registry
+        )
         # limits.messages_per_10s per user, as a gateway counts them.
         self._rate = KeyedBuckets(config.limits.messages_per_10s, time.monotonic)
         self._maintenance: asyncio.Task[None] | None = None
@@ -116,6 +142,7 @@ class ApiCore:
                     break
         elif isinstance(message, RestartNotice):
             self.metrics.actor_restarts.labels(kind=message.actor_id.kind.value).inc()
+            self._restarted_at[str(message.actor_id)] = time.monotonic()
         elif isinstance(message, Wiring):
             expected = {f"gateway {i + 1}" for i in range(len(message.gateways))}
             expected |= {f"persister {i + 1}" for i in range(len(message.persisters))}
@@ -130,6 +157,8 @@ class ApiCore:
         if self._maintenance is not None:
             self._maintenance.cancel()
         await self._server.close()
+        if self._before_store is not None:
+            await self._before_store.close()
         for link in self._links:
             link.fail_all("api stopped")
         await self._store.close()
@@ -159,7 +188,21 @@ class ApiCore:
         for name in sorted(self._expected):
             checks[name] = name in fresh
         checks["actors wired"] = bool(self._expected)
-        return Readiness(ready=all(checks.values()), checks=checks)
+        ready = all(checks.values())
+        for actor, handler in self._handlers.items():
+            restarted = now - self._restarted_at.get(actor, -HANDLER_RESTART_WINDOW_S)
+            checks[f"handler {handler}"] = (
+                actor in fresh
+                and restarted >= HANDLER_RESTART_WINDOW_S
+                and not self._stuck(actor, handler)
+            )
+        return Readiness(ready=ready, checks=checks)
+
+    def _stuck(self, actor: str, handler: str) -> bool:
+        for actor_id, (_, report) in self._reports.items():
+            if str(actor_id) == actor:
+                return report.snapshot.value("chime_handler_stuck", handler) == 1
+        return False
 
     def metrics_text(self) -> str:
         """Every process's latest metrics plus our own, in Prometheus text format."""
@@ -233,8 +276,13 @@ class ApiCore:
         )
         if not self._links:
             return SendOutcome(record.token, error_code=ErrorCode.UNAVAILABLE)
-        link = self._links[owner_index(channel_id, len(self._links))]
-        return await link.submit(record)
+        if self._before_store is not None:  # an edit is judged as on a gateway
+            return await self._before_store.submit(record)
+        return await self._submit_to_persister(record)
+
+    def _submit_to_persister(self, record: PersistRecord) -> asyncio.Future[SendOutcome]:
+        link = self._links[owner_index(record.channel_id, len(self._links))]
+        return link.submit(record)
 
     def authorize(self, headers: Mapping[str, str], channel_id: str) -> str | None:
         """Insecure mode allows everyone; jwt mode needs a valid Bearer token

@@ -314,6 +314,10 @@ async def _message_change(
         headers = {"Retry-After": "1"} if code == "unavailable" else None
         # Messages of this layer's own (never the store's: they name hosts).
         message = _CHANGE_REFUSALS.get(code, "the change could not be made")
+        if code in _OWN_WORDS and outcome.error_message:
+            # A refusal's own words (a before_store handler's, meant for the
+            # sender); only storage failures' texts name hosts.
+            message = outcome.error_message
         return error_response(_STATUS.get(code, 500), message, code=code, headers=headers)
     if kind is ChangeKind.EDIT:
         assert outcome.change is not None and outcome.change.message is not None
@@ -330,6 +334,7 @@ _STATUS = {
     "rate_limited": 429,
     "unavailable": 503,
 }
+_OWN_WORDS = frozenset({"forbidden", "bad_request"})
 _CHANGE_REFUSALS = {
     "forbidden": "only the author may edit or delete a message",
     "not_found": "no such message",

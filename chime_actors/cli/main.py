@@ -105,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chime: schema ready ({config.storage.backend})")
             return EXIT_OK
         if args.command == "check-config":
+            from chime_actors.handlers.registry import check_handlers
+
             config = _load(args)
+            check_handlers(config)
             sys.stdout.write(yaml.safe_dump(config.to_display_dict(), sort_keys=False))
             return EXIT_OK
     except ConfigError as exc:

@@ -51,6 +51,7 @@ from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.gateway.outbox import FlushQueue
 from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.gateway.rate_limit import MessageRate
+from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.sequencer import owner_index
@@ -112,6 +113,11 @@ class GatewayCore:
             )
             for _ in range(config.persisters)
         ]
+        # before_store handlers judge each send before its link sees it (None: none
+        # configured, and the send path is as without handlers).
+        self._before_store = BeforeStore.from_config(
+            config, self._submit_to_persister, self.registry
+        )
         self._channels: dict[str, ChannelActor] = {}
         self._channel_stats = ChannelStats()
         self._gap_fills_reported = 0
@@ -211,6 +217,8 @@ class GatewayCore:
                 await asyncio.wait_for(self._server.wait_closed(), 10)
         for channel in list(self._channels.values()):
             await channel.stop()
+        if self._before_store is not None:
+            await self._before_store.close()
         for link in self._links:
             link.fail_all("gateway stopped")
         await self._store.close()
@@ -218,7 +226,17 @@ class GatewayCore:
     # --- GatewayServices (for ConnectionActor) ------------------------------------
 
     def submit_send(self, record: SendRecord | ChangeRecord) -> asyncio.Future[SendOutcome]:
-        """Route a send (or a change) to the persister that sequences its channel."""
+        """Route a send (or a change) to the persister that sequences its channel.
+
+        Sends and edits pass the before_store handlers first (handlers/before_store.py).
+        """
+        if self._before_store is not None:
+            return self._before_store.submit(record)
+        return self._submit_to_persister(record)
+
+    def _submit_to_persister(
+        self, record: SendRecord | ChangeRecord
+    ) -> asyncio.Future[SendOutcome]:
         link = self._links[owner_index(record.channel_id, len(self._links))]
         return link.submit(record)
 

@@ -62,7 +62,9 @@ class PersisterCore:
         if isinstance(message, PersistBatch):
             self._writer.submit(message, sender)
         elif isinstance(message, Wiring):
-            self._writer.set_gateways(message.gateways, message.redis_bridge)
+            # Handler actors take every write's Deliveries exactly as gateways do.
+            receivers = message.gateways + message.handlers
+            self._writer.set_gateways(receivers, message.redis_bridge)
             self._reporter.set_api(message.api)
         else:
             log.warning("persister ignored unknown message", kind=type(message).__name__)

@@ -105,6 +105,11 @@ def parse_binary() -> NoReturn:
     raise ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text")
 
 
+def is_channel_id(value: str) -> bool:
+    """True when ``value`` is a valid channel id (1-64 of ``A-Z a-z 0-9 _ . : -``)."""
+    return _CHANNEL_ID.fullmatch(value) is not None
+
+
 def is_user_id(value: str) -> bool:
     """True when ``value`` is a valid user id (1-64 of ``A-Z a-z 0-9 _ . @ : -``).
 

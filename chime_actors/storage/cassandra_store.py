@@ -9,6 +9,7 @@ Schema (created by ``init_schema``, every statement ``IF NOT EXISTS``)::
     client_ids        (channel_id), user_id, client_msg_id   idempotency, TTL 600 s
     reactions         ((channel_id, bucket), seq, emoji, user_id)
     read_markers      ((channel_id, user_id))
+    handler_cursors   (handler), channel_id            after_store handlers' cursors
 
 Why a *sequence* bucket (``bucket = seq // bucket_size``) and not a time bucket:
 
@@ -307,6 +308,16 @@ def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, s
                 user_id    text,
                 message_id text,
                 PRIMARY KEY ((channel_id, user_id))
+            )""",
+        ),
+        (
+            # One partition per after_store handler: read whole when it starts.
+            "handler_cursors",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.handler_cursors (
+                handler    text,
+                channel_id text,
+                last_seq   bigint,
+                PRIMARY KEY ((handler), channel_id)
             )""",
         ),
     )
@@ -791,6 +802,34 @@ class CassandraStore:
         rows = await self._run("read_marker", "marker_get", (channel_id, user_id))
         return str(rows[0].message_id) if rows else None
 
+    # --- channel handlers -------------------------------------------------------
+
+    async def channel_ids(self) -> tuple[str, ...]:
+        """See ``MessageStore.channel_ids``: a scan of the partition keys of ``messages``.
+
+        Not ``channel_heads``: a head is written after its append returns (in
+        the background) and may be missing after a crash; the message rows are
+        what is durable. One row per ``(channel, bucket)`` partition, paged.
+        """
+        rows = await self._run("channel_ids", "channel_ids", ())
+        return tuple(sorted({str(row.channel_id) for row in rows}))
+
+    async def handler_cursors(self, handler: str) -> Mapping[str, int]:
+        """See ``MessageStore.handler_cursors``."""
+        rows = await self._run("handler_cursors", "cursors_get", (handler,))
+        return {str(row.channel_id): int(row.last_seq) for row in rows}
+
+    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+        """See ``MessageStore.save_handler_cursors``.
+
+        Written ``USING TIMESTAMP <seq>`` like the read markers: the highest seq
+        wins whatever order writes arrive in, with no read before the write.
+        """
+        await _gather_all(
+            self._run("save_handler_cursors", "cursor_set", (seq, seq, handler, key))
+            for key, seq in cursors.items()
+        )
+
     # --- paging ----------------------------------------------------------------
 
     def _bucket(self, seq: int) -> int:
@@ -1212,6 +1251,11 @@ class CassandraStore:
             " WHERE channel_id = ? AND user_id = ?",
             "marker_get": f"SELECT message_id FROM {ks}.read_markers"
             " WHERE channel_id = ? AND user_id = ?",
+            "channel_ids": f"SELECT DISTINCT channel_id, bucket FROM {ks}.messages",
+            "cursors_get": f"SELECT channel_id, last_seq FROM {ks}.handler_cursors"
+            " WHERE handler = ?",
+            "cursor_set": f"UPDATE {ks}.handler_cursors USING TIMESTAMP ? SET last_seq = ?"
+            " WHERE handler = ? AND channel_id = ?",
         }
         statements: dict[str, PreparedStatement] = {}
         for name, cql in texts.items():

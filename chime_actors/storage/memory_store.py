@@ -11,7 +11,7 @@ test can make storage fail on demand without mocks:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from chime_actors.errors import StoreError, StoreUnavailable
@@ -66,6 +66,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._channels: dict[str, _Channel] = {}
+        self._cursors: dict[str, dict[str, int]] = {}
         self._available = True
         self._failures_left = 0
         self._open = False
@@ -244,6 +245,23 @@ class MemoryStore:
         """See ``MessageStore.read_marker``."""
         self._check("read_marker")
         return self._channel(channel_id).read_markers.get(user_id)
+
+    async def channel_ids(self) -> tuple[str, ...]:
+        """See ``MessageStore.channel_ids``."""
+        self._check("channel_ids")
+        return tuple(sorted(c for c, channel in self._channels.items() if channel.messages))
+
+    async def handler_cursors(self, handler: str) -> Mapping[str, int]:
+        """See ``MessageStore.handler_cursors``."""
+        self._check("handler_cursors")
+        return dict(self._cursors.get(handler, {}))
+
+    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+        """See ``MessageStore.save_handler_cursors``."""
+        self._check("save_handler_cursors")
+        saved = self._cursors.setdefault(handler, {})
+        for key, seq in cursors.items():
+            saved[key] = max(seq, saved.get(key, seq))
 
     # --- test introspection -----------------------------------------------------
 

@@ -31,7 +31,7 @@ import concurrent.futures
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
@@ -111,6 +111,13 @@ _SCHEMA = (
         user_id    TEXT NOT NULL,
         message_id TEXT NOT NULL,
         PRIMARY KEY (channel_id, user_id)
+    ) WITHOUT ROWID""",
+    # One row per after_store handler and channel: the last seq it confirmed.
+    """CREATE TABLE IF NOT EXISTS handler_cursors (
+        handler    TEXT    NOT NULL,
+        channel_id TEXT    NOT NULL,
+        last_seq   INTEGER NOT NULL,
+        PRIMARY KEY (handler, channel_id)
     ) WITHOUT ROWID""",
 )
 
@@ -305,6 +312,25 @@ class SqliteStore:
         """See ``MessageStore.read_marker``."""
         return await self._call(
             "read_marker", partial(_read_marker, channel_id=channel_id, user_id=user_id)
+        )
+
+    # --- channel handlers -------------------------------------------------------
+
+    async def channel_ids(self) -> tuple[str, ...]:
+        """See ``MessageStore.channel_ids``."""
+        return await self._call("channel_ids", _channel_ids)
+
+    async def handler_cursors(self, handler: str) -> Mapping[str, int]:
+        """See ``MessageStore.handler_cursors``."""
+        return await self._call("handler_cursors", partial(_handler_cursors, handler=handler))
+
+    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+        """See ``MessageStore.save_handler_cursors``."""
+        if not cursors:
+            return
+        rows = tuple((handler, key, seq) for key, seq in cursors.items())
+        await self._call(
+            "save_handler_cursors", partial(_save_handler_cursors, rows=rows), write=True
         )
 
     # --- the worker thread ------------------------------------------------------
@@ -741,6 +767,30 @@ def _read_marker(conn: sqlite3.Connection, *, channel_id: str, user_id: str) -> 
         (channel_id, user_id),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def _channel_ids(conn: sqlite3.Connection) -> tuple[str, ...]:
+    # message_counters has a row per channel, written in the append's transaction.
+    rows = conn.execute("SELECT channel_id FROM message_counters ORDER BY channel_id").fetchall()
+    return tuple(str(row[0]) for row in rows)
+
+
+def _handler_cursors(conn: sqlite3.Connection, *, handler: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT channel_id, last_seq FROM handler_cursors WHERE handler = ?", (handler,)
+    ).fetchall()
+    return {str(key): int(seq) for key, seq in rows}
+
+
+def _save_handler_cursors(
+    conn: sqlite3.Connection, *, rows: tuple[tuple[str, str, int], ...]
+) -> None:
+    conn.executemany(
+        "INSERT INTO handler_cursors (handler, channel_id, last_seq) VALUES (?, ?, ?)"
+        " ON CONFLICT (handler, channel_id) DO UPDATE SET last_seq = excluded.last_seq"
+        " WHERE excluded.last_seq > handler_cursors.last_seq",
+        rows,
+    )
 
 
 if TYPE_CHECKING:

@@ -222,6 +222,25 @@ class MessageStore(Protocol):
     async def read_marker(self, channel_id: str, user_id: str) -> str | None:
         """Return the user's read marker in the channel, None if never set."""
 
+    # --- channel handlers (chime_actors.handlers.after_store) -------------------
+
+    async def channel_ids(self) -> tuple[str, ...]:
+        """Return every channel that has stored messages, sorted.
+
+        A scan of every channel: ``after_store`` handlers call it when their
+        process starts, to find what was stored while they were down.
+        """
+
+    async def handler_cursors(self, handler: str) -> Mapping[str, int]:
+        """Return the handler's durable cursors: key (a channel id) -> last seq confirmed."""
+
+    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+        """Record the handler's cursors; each only moves forward (a lower value is ignored).
+
+        Keys are channel ids, or any other text the handler uses (its
+        registration marker is ``*``, which no channel id can be).
+        """
+
 
 # --- helpers shared by the implementations ----------------------------------
 

@@ -55,6 +55,7 @@ _TABLES = (
     "client_ids",
     "reactions",
     "read_markers",
+    "handler_cursors",
 )
 
 # Generous: the node shares two cores with the test run.

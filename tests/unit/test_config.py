@@ -14,6 +14,8 @@ from chime_actors.config import (
     AuthMode,
     BusBackend,
     Consistency,
+    HandlerFailure,
+    HandlerStage,
     LimitsConfig,
     LogFormat,
     LoggingConfig,
@@ -550,3 +552,70 @@ def test_fault_injection_is_refused_outside_insecure_loopback(tmp_path: Path) ->
     text = "auth: {mode: jwt, jwt: {secret: '" + "s" * 40 + "'}}\ntesting: {fault_injection: true}"
     error = config_error(path=write(tmp_path, text))
     assert error.key == "testing.fault_injection"
+
+
+# --- handlers --------------------------------------------------------------------
+
+HANDLER = "{name: clean, use: word_filter, stage: before_store, options: {words: [darn]}}"
+
+
+def test_a_handler_takes_its_defaults_and_keeps_its_options(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, f"handlers: [{HANDLER}]"), env={})
+    (handler,) = config.handlers
+    assert handler.name == "clean"
+    assert handler.stage is HandlerStage.BEFORE_STORE
+    assert handler.channels == ("*",)
+    assert handler.options == {"words": ["darn"]}
+    assert handler.timeout_ms == 1000
+    assert handler.on_failure is HandlerFailure.REJECT
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_a_handler_secret_option_is_masked_on_display(tmp_path: Path) -> None:
+    text = (
+        "handlers: [{name: hook, use: webhook, stage: after_store,"
+        " options: {url: 'http://127.0.0.1:9/', secret: hunter2}}]"
+    )
+    shown = load_config(write(tmp_path, text), env={}).to_display_dict()
+    assert shown["handlers"][0]["options"] == {"url": "http://127.0.0.1:9/", "secret": "***"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("handlers: [{name: a, use: word_filter}]", "handlers[0]"),
+        (f"handlers: [{HANDLER}, {{name: b, use: x, stage: later}}]", "handlers[1].stage"),
+        ("handlers: [{name: a, use: x, stage: before_store, colour: red}]", "handlers[0].colour"),
+        ("handlers: [{name: 9a, use: x, stage: before_store}]", "handlers[0].name"),
+        ("handlers: [{name: a, use: '', stage: before_store}]", "handlers[0].use"),
+        (
+            "handlers: [{name: a, use: x, stage: before_store, channels: []}]",
+            "handlers[0].channels",
+        ),
+        (
+            "handlers: [{name: a, use: x, stage: before_store, timeout_ms: 0}]",
+            "handlers[0].timeout_ms",
+        ),
+        (
+            "handlers: [{name: a, use: x, stage: after_store, on_failure: maybe}]",
+            "handlers[0].on_failure",
+        ),
+        (f"handlers: [{HANDLER}, {HANDLER}]", "handlers[1].name"),
+    ],
+)
+def test_invalid_handlers_name_the_entry_and_key(tmp_path: Path, text: str, key: str) -> None:
+    error = config_error(path=write(tmp_path, text))
+    assert error.key == key
+    assert str(error).startswith(f"config error: {key}: ")
+
+
+def test_after_store_handlers_need_the_local_bus(tmp_path: Path) -> None:
+    text = (
+        "bus: {backend: redis}\n"
+        f"handlers: [{HANDLER}, {{name: bot, use: echo_bot, stage: after_store}}]"
+    )
+    error = config_error(path=write(tmp_path, text))
+    assert error.key == "handlers[1].stage"
+    assert "bus.backend local" in error.problem
+    before_only = f"bus: {{backend: redis}}\nhandlers: [{HANDLER}]"
+    assert len(load_config(write(tmp_path, before_only), env={}).handlers) == 1

@@ -1,0 +1,17 @@
+"""``HandlerActor``: the process actor of one after_store handler (see handlers.core)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chime_actors.actors.lanes import Router
+from chime_actors.actors.loop_actor import ActorCore, LoopActor
+from chime_actors.actors.messages import Configure
+from chime_actors.handlers.core import HandlerCore
+
+
+class HandlerActor(LoopActor):
+    """Thin Thespian shell around a ``HandlerCore``."""
+
+    def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
+        return HandlerCore(configure.actor_id, configure.config, router.post)
