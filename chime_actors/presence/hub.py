@@ -18,7 +18,8 @@ Each gateway **owns** the presence of its own connections and keeps a
   ``RemoteChannels``, ``HostsGone``), for the channels this host has subscribers in;
 * whenever a user's status in a channel changes in this gateway's view, its own
   subscribers of that channel get ``presence_changed`` (pushed: never refused by
-  flow control, so a client's view is never silently wrong).
+  flow control, so a client's view is never silently wrong), except that user's
+  own connections: nobody is told about themselves.
 
 Typing: a ``typing`` passes the gateway's throttle (one per user and channel per
 3 s) or is dropped; one that passes goes to this gateway's other subscribers
@@ -39,6 +40,7 @@ from uuid import uuid4
 
 from chime_actors.actors.messages import Wiring
 from chime_actors.errors import PresenceUnavailable
+from chime_actors.gateway.channel_actor import Subscriber
 from chime_actors.logs import get_logger
 from chime_actors.presence.lookups import Lookups
 from chime_actors.presence.messages import (
@@ -83,25 +85,16 @@ PRESENCE_MESSAGES = (
 """Everything ``PresenceHub.handle`` takes."""
 
 
-class Member(Protocol):
-    """What presence needs of a connection (``ConnectionActor`` is one)."""
+class Member(Subscriber, Protocol):
+    """A channel subscriber with its user: what presence needs of a connection.
 
-    @property
-    def connection_id(self) -> str:
-        """Unique id of the connection."""
-        ...
+    ``ConnectionActor`` is one. Presence pushes ``presence_changed`` (never
+    refused) and offers ``typing`` (refused while the client is held back).
+    """
 
     @property
     def user_id(self) -> str:
         """The connected user."""
-        ...
-
-    def push(self, frame: str | WireFrame) -> None:
-        """Queue a frame that is never refused (``presence_changed``)."""
-        ...
-
-    def offer(self, frame: WireFrame, on_room: Callable[[], None]) -> bool:
-        """Queue a frame unless the client is held back (``typing``)."""
         ...
 
 
@@ -375,7 +368,9 @@ class PresenceHub:
                 server_frames.presence_changed(change.channel_id, change.user_id, status)
             )
             for member in list(members.values()):
-                member.push(frame)
+                # Never about oneself: a user's own connections know they are online.
+                if member.user_id != change.user_id:
+                    member.push(frame)
 
     def _deliver_typing(self, channel_id: str, user_id: str) -> None:
         members = self._members.get(channel_id)

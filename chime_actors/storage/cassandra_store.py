@@ -1243,7 +1243,7 @@ class CassandraStore:
             f" AND {range_where} ORDER BY seq ASC LIMIT ?",
             "messages_flags_asc": f"SELECT seq, deleted FROM {ks}.messages"
             f" WHERE channel_id = ? AND bucket = ? AND {range_where} ORDER BY seq ASC LIMIT ?",
-                        "messages_get": f"{select_messages}.messages"
+            "messages_get": f"{select_messages}.messages"
             " WHERE channel_id = ? AND bucket = ? AND seq = ?",
             "messages_in": f"{select_messages}.messages"
             " WHERE channel_id = ? AND bucket = ? AND seq IN ?",
