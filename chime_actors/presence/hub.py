@@ -15,7 +15,8 @@ Each gateway **owns** the presence of its own connections and keeps a
   one as soon as it learns of the exit, ~2 ms after a SIGKILL): its users go
   offline at once unless another origin still holds them;
 * other hosts' presence reaches it from the bridge (``RemotePresence``,
-  ``RemoteChannels``, ``HostsGone``), for the channels this host has subscribers in;
+  ``RemoteHostState``, ``RemoteChannels``, ``HostsGone``), for the channels
+  this host has subscribers in;
 * whenever a user's status in a channel changes in this gateway's view, its own
   subscribers of that channel get ``presence_changed`` (pushed: never refused by
   flow control, so a client's view is never silently wrong), except that user's
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import uuid4
 
@@ -51,16 +51,17 @@ from chime_actors.presence.messages import (
     PresenceResync,
     PresenceSnapshot,
     RemoteChannels,
+    RemoteHostState,
     RemotePresence,
     TypingEvent,
 )
+from chime_actors.presence.replicas import GatewayReplicas
 from chime_actors.presence.table import (
     LOCAL,
     LocalCounts,
     PresenceChange,
     PresenceTable,
     TypingThrottle,
-    gateway_origin,
     host_origin,
 )
 from chime_actors.protocol import server_frames
@@ -77,6 +78,7 @@ PRESENCE_MESSAGES = (
     PresenceResync,
     TypingEvent,
     RemotePresence,
+    RemoteHostState,
     RemoteChannels,
     HostsGone,
     PresenceLookup,
@@ -96,16 +98,6 @@ class Member(Subscriber, Protocol):
     def user_id(self) -> str:
         """The connected user."""
         ...
-
-
-@dataclass(slots=True)
-class _Replica:
-    """What this gateway knows of another gateway's presence."""
-
-    epoch: str
-    seq: int
-    generation: int
-    resync_asked: bool = False
 
 
 def _ignore() -> None:
@@ -136,14 +128,12 @@ class PresenceHub:
         self._multi_host = multi_host
         self._epoch = uuid4().hex
         self._seq = 0
-        self._generation = 0
         self._table = PresenceTable()
         self._local = LocalCounts()
         # channel -> connection id -> member, activated (counted) or registered only
         self._members: dict[str, dict[str, Member]] = {}
         self._registered: dict[str, dict[str, Member]] = {}
-        self._peers: dict[int, Any] = {}
-        self._replicas: dict[int, _Replica] = {}
+        self._replicas = GatewayReplicas(self._table, index)
         self._bridge: Any = None
         self._outgoing: list[tuple[str, str, bool]] = []
         self._flush_scheduled = False
@@ -219,18 +209,10 @@ class PresenceHub:
 
     def rewire(self, wiring: Wiring) -> None:
         """New addresses: drop dead gateways, greet new ones with a snapshot."""
-        self._generation = wiring.generation
-        for index, address in enumerate(wiring.gateways, start=1):
-            if index == self._index:
-                continue
-            known = self._peers.get(index)
-            if address is None:
-                self._peers.pop(index, None)
-                self._drop_stale(index)
-            elif known is None or address != known:
-                self._peers[index] = address
-                self._drop_stale(index)
-                self._post(address, self._snapshot())
+        changes, new_peers = self._replicas.rewire(wiring.gateways, wiring.generation)
+        self._announce(changes)
+        for address in new_peers:
+            self._post(address, self._snapshot())
         if wiring.redis_bridge is not None and wiring.redis_bridge != self._bridge:
             # A new (or restarted) bridge knows nothing of this gateway.
             self._post(wiring.redis_bridge, self._snapshot())
@@ -239,12 +221,18 @@ class PresenceHub:
     def handle(self, message: Any, sender: Any) -> None:
         """One of ``PRESENCE_MESSAGES``, from a peer, the bridge or the API."""
         if isinstance(message, PresenceDelta):
-            self._on_delta(message, sender)
+            changes, resync = self._replicas.on_delta(message)
+            self._announce(changes)
+            if resync:
+                log.info(
+                    "presence delta out of order; asking for a snapshot", gateway=message.index
+                )
+                self._post(sender, PresenceResync())
         elif isinstance(message, TypingEvent):
             if self._throttle.allow(message.channel_id, message.user_id):
                 self._deliver_typing(message.channel_id, message.user_id)
         elif isinstance(message, PresenceSnapshot):
-            self._on_snapshot(message)
+            self._announce(self._replicas.on_snapshot(message))
         elif isinstance(message, PresenceResync):
             self._post(sender, self._snapshot())
         elif isinstance(message, RemotePresence):
@@ -252,6 +240,9 @@ class PresenceHub:
                 self._table.set(host_origin(host), channel_id, user_id, online)
                 for host, channel_id, user_id, online in message.changes
             )
+        elif isinstance(message, RemoteHostState):
+            origin = host_origin(message.host)
+            self._announce(self._table.replace_channel(origin, message.channel_id, message.users))
         elif isinstance(message, RemoteChannels):
             for channel_id, entries in message.channels:
                 self._replace_remote_channel(channel_id, entries)
@@ -273,14 +264,18 @@ class PresenceHub:
     # --- internals ----------------------------------------------------------------
 
     def _targets(self) -> list[Any]:
-        targets = list(self._peers.values())
+        targets = self._replicas.peers
         if self._bridge is not None:
             targets.append(self._bridge)
         return targets
 
     def _snapshot(self) -> PresenceSnapshot:
         return PresenceSnapshot(
-            self._index, self._epoch, self._seq, self._generation, self._table.entries(LOCAL)
+            self._index,
+            self._epoch,
+            self._seq,
+            self._replicas.generation,
+            self._table.entries(LOCAL),
         )
 
     def _own_change(self, channel_id: str, user_id: str, *, online: bool) -> None:
@@ -300,46 +295,6 @@ class PresenceHub:
         self._outgoing = []
         for address in self._targets():
             self._post(address, delta)
-
-    def _drop_stale(self, index: int) -> None:
-        """Gateway ``index`` died or was replaced: forget what it said before.
-
-        A snapshot of its successor may already be here (it was sent when the
-        successor got this same wiring): that one is kept.
-        """
-        replica = self._replicas.get(index)
-        if replica is not None and replica.generation >= self._generation:
-            return
-        self._replicas.pop(index, None)
-        self._announce(self._table.drop_origin(gateway_origin(index)))
-
-    def _on_snapshot(self, snapshot: PresenceSnapshot) -> None:
-        if snapshot.index == self._index:
-            return
-        self._replicas[snapshot.index] = _Replica(snapshot.epoch, snapshot.seq, snapshot.generation)
-        self._announce(self._table.replace_origin(gateway_origin(snapshot.index), snapshot.entries))
-
-    def _on_delta(self, delta: PresenceDelta, sender: Any) -> None:
-        replica = self._replicas.get(delta.index)
-        if replica is not None and replica.epoch == delta.epoch:
-            if delta.seq <= replica.seq:
-                return  # already in the snapshot it followed
-            if delta.seq == replica.seq + 1:
-                replica.seq = delta.seq
-                origin = gateway_origin(delta.index)
-                self._announce(
-                    self._table.set(origin, channel_id, user_id, online)
-                    for channel_id, user_id, online in delta.changes
-                )
-                return
-        # A gap (a lane broke and dropped a delta) or an epoch we have no snapshot
-        # of: what it says cannot be applied safely. Ask once for the whole state.
-        if replica is not None and replica.epoch == delta.epoch and replica.resync_asked:
-            return
-        if replica is not None:
-            replica.resync_asked = True
-        log.info("presence delta out of order; asking for a snapshot", gateway=delta.index)
-        self._post(sender, PresenceResync())
 
     def _replace_remote_channel(
         self, channel_id: str, entries: tuple[tuple[str, str], ...]

@@ -15,6 +15,8 @@ record                      from -> to                       means
 ``TypingEvent``             gateway -> other gateways,       someone typed (passed the
                             the bridge; bridge -> gateways   sender's throttle)
 ``RemotePresence``          bridge -> gateways               other hosts' changes
+``RemoteHostState``         bridge -> gateways               what one host holds in a
+                                                             channel (it resynced)
 ``RemoteChannels``          bridge -> gateways               other hosts' whole state in
                                                              these channels (just loaded)
 ``HostsGone``               bridge -> gateways               these hosts died
@@ -82,6 +84,15 @@ class RemotePresence:
     """Other hosts' changes: ``(host, channel_id, user_id, online)``, in order."""
 
     changes: tuple[tuple[str, str, str, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteHostState:
+    """Host ``host`` holds exactly ``users`` in ``channel_id`` (it wrote its state again)."""
+
+    host: str
+    channel_id: str
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

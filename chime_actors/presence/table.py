@@ -80,6 +80,10 @@ class PresenceTable:
         """True while some origin holds ``user_id`` in ``channel_id``."""
         return user_id in self._holders.get(channel_id, {})
 
+    def channels(self) -> list[str]:
+        """Every channel someone is online in."""
+        return list(self._holders)
+
     def origins(self) -> list[str]:
         """Every origin that holds someone."""
         return [origin for origin, channels in self._by_origin.items() if channels]
