@@ -202,6 +202,9 @@ def test_typing_reaches_the_other_subscribers_once_per_3_s_and_is_not_stored(
             await wait_online(typist, channel, ["ivy", "jack", "kate"])
             for _ in range(5):
                 await typist.send({"type": "typing", "channelId": channel})
+            for watcher in (near, far):
+                await watcher.expect("typing")
+            # The 4 others were dropped where they arrived: none follows the message.
             await send_message(typist, channel, "after typing")
             for watcher in (near, far, same_user):
                 await watcher.expect("message")

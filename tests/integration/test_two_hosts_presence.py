@@ -152,7 +152,8 @@ def test_typing_crosses_hosts_once_per_3_s_per_user(
             first = await watcher_b.expect("typing")
             assert first == {"type": "typing", "channelId": channel, "userId": "ida"}
             await watcher_a.expect("typing")
-            # The same user types on the other host within 3 s: not passed on again.
+            # The same user types on the other host within 3 s: not passed on again
+            # (dropped by host B's gateway, which saw the first one come from A).
             await typist_b.send({"type": "typing", "channelId": channel})
             await typist_b.send({"type": "send", "channelId": channel, "content": "done"})
             for watcher in (watcher_a, watcher_b):

@@ -97,7 +97,7 @@ async def turn() -> None:
 
 def hub(**kw: Any) -> tuple[PresenceHub, Posts, Clock]:
     posts, clock = Posts(), Clock()
-    return PresenceHub(1, posts, clock=clock, **kw), posts, clock
+    return PresenceHub(1, posts, clock=clock, typing_delay_s=0.0, **kw), posts, clock
 
 
 def join(presence: PresenceHub, channel: str, member: Member) -> Member:
@@ -205,15 +205,20 @@ def test_typing_is_throttled_and_skips_the_typists_own_connections() -> None:
         held = join(presence, "c", Member("h", "held", held=True))
         presence.typing("c", "alice")
         presence.typing("c", "alice")
+        assert bob.typing() == []  # batched: handed out after the delay
+        await turn()
         assert bob.typing() == ["alice"] and same.typing() == [] and held.typing() == []
         assert posts.to(PEER, TypingEvent) == [TypingEvent("c", "alice")]
         assert posts.to(BRIDGE, TypingEvent) == [TypingEvent("c", "alice")]
         # From another gateway within the 3 s: dropped here too.
         presence.handle(TypingEvent("c", "alice"), PEER)
+        await turn()
         assert bob.typing() == ["alice"]
         clock.now += 3.0
         presence.handle(TypingEvent("c", "alice"), PEER)
-        assert bob.typing() == ["alice", "alice"]
+        presence.handle(TypingEvent("c", "carol"), PEER)
+        await turn()
+        assert bob.typing() == ["alice", "alice", "carol"]
         assert len(posts.to(PEER, TypingEvent)) == 1  # what came from a peer is not sent on
 
     asyncio.run(main())
