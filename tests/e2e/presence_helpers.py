@@ -86,6 +86,15 @@ async def expect_presence(
             return time.monotonic()
 
 
+async def has_presence(
+    client: Client, user: str, channel: str, status: str, timeout: float = 10
+) -> None:
+    """``client`` got (already, or now) ``presence_changed`` of ``user`` to ``status``."""
+    if status in presence_of(client, user, channel):
+        return
+    await expect_presence(client, user, channel, status, timeout)
+
+
 async def query_presence(client: Client, channel: str, request_id: str = "p") -> list[str]:
     """The ``online`` list of a ``presence`` request."""
     await client.send({"type": "presence", "requestId": request_id, "channelId": channel})

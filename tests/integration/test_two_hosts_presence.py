@@ -20,6 +20,7 @@ import redis
 from tests.e2e.client import Client
 from tests.e2e.presence_helpers import (
     expect_presence,
+    has_presence,
     http,
     kill,
     kill_process_group,
@@ -146,8 +147,11 @@ def test_typing_crosses_hosts_once_per_3_s_per_user(
         typist_a = await Client.connect(host_a.url, "ida", [channel])
         typist_b = await Client.connect(host_b.url, "ida", [channel])
         try:
-            await wait_online(watcher_b, channel, ["gus", "hal", "ida"])
-            await wait_online(watcher_a, channel, ["gus", "hal", "ida"])
+            # Each host has heard of the other's users: its bridge is subscribed to
+            # the channel's presence topic (a lookup would not prove that: it asks Redis).
+            await has_presence(watcher_b, "gus", channel, "online")
+            await has_presence(watcher_b, "ida", channel, "online")
+            await has_presence(watcher_a, "hal", channel, "online")
             await typist_a.send({"type": "typing", "channelId": channel})
             first = await watcher_b.expect("typing")
             assert first == {"type": "typing", "channelId": channel, "userId": "ida"}
