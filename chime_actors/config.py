@@ -106,6 +106,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "LoggingConfig",
+    "PresenceConfig",
     "RedisConfig",
     "SqliteConfig",
     "SqliteSynchronous",
@@ -399,6 +400,21 @@ class LimitsConfig(_Section, frozen=True):
     connects_per_ip_per_10s: _Count = 200
 
 
+class PresenceConfig(_Section, frozen=True):
+    """Presence across hosts (PROTOCOL.md, "Presence, typing, read markers").
+
+    Attributes:
+        ttl_s: with ``bus.backend: redis``, the users of a host that died (its
+            Redis bridge stopped refreshing its liveness key) are offline on the
+            other hosts within this many seconds. Each bridge refreshes its key
+            every ``ttl_s / 4`` with a lifetime of ``ttl_s / 2``, and checks the
+            other hosts' keys as often, so a host is declared dead 0.5-0.75 of
+            ``ttl_s`` after its last refresh, and survives one missed refresh.
+    """
+
+    ttl_s: Annotated[int, Meta(ge=1, le=3600)] = 30
+
+
 class LoggingConfig(_Section, frozen=True):
     """What each process logs, and how (see chime_actors.logs)."""
 
@@ -489,6 +505,7 @@ class Config(_Section, frozen=True):
         storage: the message store.
         bus: the message bus.
         limits: rate limits.
+        presence: presence across hosts.
         logging: log level and format.
         data_dir: directory for runtime files: Thespian's log (``thespian.log``)
             and, by default, the SQLite file.
@@ -506,6 +523,7 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = StorageConfig()
     bus: BusConfig = BusConfig()
     limits: LimitsConfig = LimitsConfig()
+    presence: PresenceConfig = PresenceConfig()
     logging: LoggingConfig = LoggingConfig()
     data_dir: _Text = "./data"
     admin_port: _Port = 0

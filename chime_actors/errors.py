@@ -12,6 +12,8 @@
     │   └── MessageNotFound         the message id is unknown
     ├── BusError                    the bus (local or Redis) failed
     │   └── BusUnavailable
+    │       └── PresenceUnavailable who is online could not be learnt (a peer or
+    │                               Redis did not answer)
     ├── ActorError                  a process actor failed or did not answer in time
     ├── HandlerError                a channel handler failed, timed out or answered
     │                               something invalid (docs/handlers.md)
@@ -91,6 +93,10 @@ class BusError(ChimeError):
 
 class BusUnavailable(BusError):
     """The bus is down; the publish or subscribe did not happen."""
+
+
+class PresenceUnavailable(BusUnavailable):
+    """A presence lookup was not answered (the process asked, or Redis, is down)."""
 
 
 class ActorError(ChimeError):

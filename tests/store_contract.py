@@ -718,6 +718,29 @@ class StoreContract:
 
         run_with_store(make_store, scenario)
 
+    def test_unread_counts_live_messages_after_the_marker(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.append(batch(1, 25))
+            await store.append(batch(1, 3, channel="quiet"))
+            # Changes take numbers of their own (26, 27): they are not messages to read.
+            await store.append([delete(26, 12), delete(27, 4)])  # 4: before the marker
+            await store.set_read_marker(CHANNEL, "alice", mid(10))
+            await store.set_read_marker("quiet", "alice", mid(3))
+            counts = await store.unread_counts("alice", [CHANNEL, "quiet", "empty"], limit=100)
+            assert counts == {CHANNEL: 14, "quiet": 0, "empty": 0}
+            # No marker: every live message counts; the limit caps every count.
+            assert await store.unread_counts("bob", [CHANNEL, "quiet"], limit=100) == {
+                CHANNEL: 23,
+                "quiet": 3,
+            }
+            assert await store.unread_counts("bob", [CHANNEL, "quiet"], limit=5) == {
+                CHANNEL: 5,
+                "quiet": 3,
+            }
+            assert await store.unread_counts("alice", [], limit=5) == {}
+
+        run_with_store(make_store, scenario)
+
     # --- concurrency ------------------------------------------------------------
 
     def test_concurrent_calls_on_one_store(self, make_store: StoreFactory) -> None:

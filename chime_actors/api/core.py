@@ -16,23 +16,30 @@ down, was restarted within the last ``HANDLER_RESTART_WINDOW_S`` (a crash loop),
 is stuck: it has work and confirmed nothing for 30 s) but do not make the
 server unready: a handler delays no client's sends or deliveries, and taking the
 chat out of a load balancer because a webhook receiver is down would.
+
+REST presence counts WebSocket connections only, and those live in the gateways:
+the API asks one gateway per request (in turn, over its lane) with a
+``PresenceLookup``; every gateway holds the whole host's presence (and with the
+Redis bus asks its bridge for the other hosts'). Read markers and unread counts
+are read and written in the store directly (``presence.unread``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
+from chime_actors.api.presence_routes import Caller
 from chime_actors.api.routes import Readiness, make_handler
 from chime_actors.api.web import ClientConfig, WebClient
-from chime_actors.auth import Authenticator, bearer_token
+from chime_actors.auth import Authenticator, Identity, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
-from chime_actors.errors import ProtocolError, StoreError
+from chime_actors.errors import PresenceUnavailable, ProtocolError, StoreError
 from chime_actors.gateway.persist_link import PersistLink, next_token
 from chime_actors.gateway.rate_limit import KeyedBuckets
 from chime_actors.handlers.before_store import BeforeStore
@@ -40,6 +47,9 @@ from chime_actors.handlers.registry import after_store_indexes
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry, MetricsSnapshot
 from chime_actors.persister.sequencer import owner_index
+from chime_actors.presence import unread
+from chime_actors.presence.lookups import Lookups
+from chime_actors.presence.messages import PresenceLookupResult
 from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.frames import is_user_id
 from chime_actors.records import (
@@ -123,6 +133,10 @@ class ApiCore:
         # limits.messages_per_10s per user, as a gateway counts them.
         self._rate = KeyedBuckets(config.limits.messages_per_10s, time.monotonic)
         self._maintenance: asyncio.Task[None] | None = None
+        self.max_channels = config.chat.max_channels_per_connection
+        self._lookups = Lookups(post or _nowhere)
+        self._gateways: tuple[Any, ...] = ()
+        self._next_gateway = 0
 
     async def start(self) -> int:
         """Open storage and bind the API port."""
@@ -140,6 +154,8 @@ class ApiCore:
                 if link.owns(message.batch_id):
                     link.on_result(message)
                     break
+        elif isinstance(message, PresenceLookupResult):
+            self._lookups.resolve(message)
         elif isinstance(message, RestartNotice):
             self.metrics.actor_restarts.labels(kind=message.actor_id.kind.value).inc()
             self._restarted_at[str(message.actor_id)] = time.monotonic()
@@ -151,6 +167,7 @@ class ApiCore:
             self._expected = expected
             for link, address in zip(self._links, message.persisters, strict=False):
                 link.rewire(address)
+            self._gateways = tuple(g for g in message.gateways if g is not None)
 
     async def stop(self) -> None:
         """Close the server and storage."""
@@ -297,3 +314,42 @@ class ApiCore:
         except ProtocolError as exc:
             return exc.code
         return None if identity.may_access(channel_id) else "forbidden"
+
+    # --- PresenceBackend ----------------------------------------------------------------
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        """The token's ``sub`` (jwt mode) or ``X-Chime-User`` (insecure mode)."""
+        if self._auth.mode is AuthMode.INSECURE:
+            user = headers.get("x-chime-user") or None
+            if user is not None and not is_user_id(user):
+                # As for REST changes (``writer``): a header that names nobody.
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    "an X-Chime-User header (1-64 of A-Z a-z 0-9 _ . @ : -) names the user",
+                )
+            return Caller(user, Identity(user or ""))
+        token = bearer_token(headers)
+        if token is None:
+            raise ProtocolError("unauthorized", "request not authorized: no Bearer token")
+        identity = self._auth.verify(token)
+        return Caller(identity.user_id, identity)
+
+    async def presence_online(self, channel_id: str) -> list[str]:
+        """Ask a gateway (each request the next one) who is online in the channel."""
+        if not self._gateways:
+            raise PresenceUnavailable("no gateway is wired")
+        gateway = self._gateways[self._next_gateway % len(self._gateways)]
+        self._next_gateway += 1
+        return list(await self._lookups.ask(gateway, channel_id))
+
+    async def mark_read(self, channel_id: str, user_id: str, message_id: str) -> None:
+        """Store a read marker (``presence.unread.mark_read``)."""
+        await unread.mark_read(self._store, channel_id, user_id, message_id)
+
+    async def unread_counts(self, user_id: str, channel_ids: Sequence[str]) -> dict[str, int]:
+        """Unread counts (``presence.unread.unread_counts``)."""
+        return await unread.unread_counts(self._store, user_id, channel_ids)
+
+
+def _nowhere(address: Any, message: Any) -> None:
+    """The ``post`` of an API core that was given none (unit tests): drop it."""

@@ -40,7 +40,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from chime_actors.api import exposition
+from chime_actors.api import exposition, presence_routes
 from chime_actors.api.http_server import (
     HttpHandler,
     HttpRequest,
@@ -92,8 +92,9 @@ class Readiness:
     checks: Mapping[str, bool]
 
 
-class ApiBackend(Protocol):
-    """What the routes need from the rest of Chime."""
+class ApiBackend(presence_routes.PresenceBackend, Protocol):
+    """What the routes need from the rest of Chime (presence and read markers:
+    ``presence_routes``)."""
 
     async def readiness(self) -> Readiness:
         """Check storage, the bus and the actors; never raises for a failed check."""
@@ -211,6 +212,9 @@ def make_handler(backend: ApiBackend, web: WebClient | None = None) -> HttpHandl
                 return await _message_change(
                     backend, request, segments[2], segments[4], segments[6]
                 )
+        presence = await presence_routes.route(backend, request, segments)
+        if presence is not None:
+            return presence
         return error_response(404, f"no route for {request.path}", code="not_found")
 
     return handle

@@ -12,7 +12,9 @@ far cheaper per frame than ``websockets``): no reader task, the client calls
 (orjson, from bytes: no UTF-8 decode) and dispatches on ``type``: ``message``
 feeds the delivery log and the send→deliver latency (from the send time the
 sender put in ``metadata.t``, same host clock), ``ack`` the send→ack latency,
-``error`` the error counts, ``history``/``pong`` wake whoever waits for them.
+``error`` the error counts, ``history``/``pong`` wake whoever waits for them,
+``typing`` and ``presence_changed`` are counted (the presence scenario's typists
+send ``typing`` every ``typing_interval`` while the senders run).
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ class LoadWorker:
         self.first_recv_ns: int | None = None
         self.last_recv_ns: int | None = None
         self.history_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # presence scenario
+        self.typing_sent = 0
+        self.typing_received = 0
+        self.presence_received = 0
 
     async def run(self) -> None:
         """Connect, then obey the parent's commands until ``Finish``."""
@@ -235,6 +241,10 @@ class LoadWorker:
                 waiter = self.history_waiters.pop(str(frame.get("requestId")), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(frame)
+            elif kind == "typing":
+                self.typing_received += 1
+            elif kind == "presence_changed":
+                self.presence_received += 1
             elif kind == "pong" and conn.pong is not None and not conn.pong.done():
                 conn.pong.set_result(None)
         except Exception as exc:
@@ -288,7 +298,15 @@ class LoadWorker:
             )
             for sender, index in self.plan.senders
         ]
+        stop_typing = asyncio.Event()
+        typists = [
+            asyncio.get_running_loop().create_task(self._type_loop(conn, stop_typing))
+            for index in self.plan.typists
+            if (conn := self.conns.get(index)) is not None
+        ]
         await asyncio.gather(*tasks)
+        stop_typing.set()
+        await asyncio.gather(*typists)
         if self.pending:
             self.acks_done.clear()
             with contextlib.suppress(TimeoutError):
@@ -307,7 +325,23 @@ class LoadWorker:
             unacked=unacked,
             first_send_ns=self.first_send_ns,
             last_send_ns=self.last_send_ns,
+            typing_sent=self.typing_sent,
         )
+
+    async def _type_loop(self, conn: BenchConnection, stop: asyncio.Event) -> None:
+        """``typing`` every ``typing_interval`` until the senders are done."""
+        frame = orjson.dumps({"type": "typing", "channelId": conn.channel})
+        interval = self.plan.typing_interval
+        # Spread the typists over the interval, as people are.
+        await asyncio.sleep(random.uniform(0, interval))
+        while not stop.is_set():
+            try:
+                conn.send_text(frame)
+            except SocketClosed:
+                return
+            self.typing_sent += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def _send_loop(
         self,
@@ -380,6 +414,8 @@ class LoadWorker:
             closed=dict(closed),
             errors=dict(self.errors),
             drain_s=drain_s,
+            typing_received=self.typing_received,
+            presence_received=self.presence_received,
         )
 
     async def _ping_all(self) -> int:

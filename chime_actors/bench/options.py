@@ -27,6 +27,7 @@ class Scenario(enum.StrEnum):
     FANOUT = "fanout"  # few senders, big channels
     CHATTY = "chatty"  # many small channels, many senders
     HISTORY = "history"  # fill a channel, then time history pages
+    PRESENCE = "presence"  # one big room: messages beside presence and typing
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,11 @@ DEFAULTS: dict[Scenario, ScenarioDefaults] = {
     Scenario.FANOUT: ScenarioDefaults(1000, 4, 4, 20.0, 30.0),
     Scenario.CHATTY: ScenarioDefaults(1000, 200, 200, 200.0, 30.0),
     Scenario.HISTORY: ScenarioDefaults(4, 1, 4, 1000.0, 0.0),
+    Scenario.PRESENCE: ScenarioDefaults(500, 1, 4, 20.0, 30.0),
 }
+
+PRESENCE_TYPISTS = 50  # the presence scenario's default --typists
+TYPING_INTERVAL_S = 1.0  # how often a typist sends ``typing`` (the server passes 1 per 3 s)
 
 CONNECTIONS_PER_PROCESS = 5000  # default split; the fd limit is per process
 
@@ -79,6 +84,8 @@ class BenchOptions:
     run_id: str = "bench"
     server_config: str | None = None  # --start: YAML merged over the bench's config
     services: str | None = None  # --start: bin/services' services.json (Redis + Cassandra)
+    typists: int = 0  # connections (after the senders) sending ``typing`` while messages flow
+    typing_interval: float = TYPING_INTERVAL_S
 
     @property
     def keyspace(self) -> str:
@@ -118,6 +125,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", help="also write the results here as JSON")
     parser.add_argument("--connect-concurrency", type=int, default=100, help="handshakes at once")
     parser.add_argument("--content-bytes", type=int, default=32, help="message content size")
+    parser.add_argument(
+        "--typists",
+        type=int,
+        help=f"connections sending typing during the send phase (presence: {PRESENCE_TYPISTS})",
+    )
+    parser.add_argument(
+        "--typing-interval",
+        type=float,
+        default=TYPING_INTERVAL_S,
+        help="seconds between one typist's typing frames",
+    )
     parser.add_argument("--history-messages", type=int, default=10_000, help="history: fill K")
     parser.add_argument("--history-pages", type=int, default=1000, help="history: pages to time")
     parser.add_argument("--history-concurrency", type=int, default=4, help="history: in flight")
@@ -171,6 +189,11 @@ def options_from_args(args: argparse.Namespace, run_id: str) -> BenchOptions:
         run_id=run_id,
         server_config=args.server_config,
         services=args.services,
+        typists=_pick(
+            getattr(args, "typists", None),
+            PRESENCE_TYPISTS if scenario is Scenario.PRESENCE else 0,
+        ),
+        typing_interval=getattr(args, "typing_interval", TYPING_INTERVAL_S),
     )
     validate(opts)
     return opts
@@ -197,7 +220,16 @@ def validate(opts: BenchOptions) -> None:
             raise BenchUsageError("--senders must be between 1 and --connections")
         if opts.rate <= 0:
             raise BenchUsageError("--rate must be positive")
-    if opts.scenario in (Scenario.FANOUT, Scenario.CHATTY) and opts.duration <= 0:
+    if not 0 <= opts.typists <= opts.connections - opts.senders:
+        raise BenchUsageError("--typists must be between 0 and --connections minus --senders")
+    if opts.typists and opts.scenario is not Scenario.PRESENCE:
+        raise BenchUsageError("--typists needs --scenario presence")
+    if opts.typing_interval <= 0:
+        raise BenchUsageError("--typing-interval must be positive")
+    if (
+        opts.scenario in (Scenario.FANOUT, Scenario.CHATTY, Scenario.PRESENCE)
+        and opts.duration <= 0
+    ):
         raise BenchUsageError("--duration must be positive")
     if opts.scenario is Scenario.HISTORY and (
         opts.history_messages < 1 or opts.history_pages < 1 or opts.history_concurrency < 1
@@ -224,6 +256,8 @@ class WorkerPlan:
     rate: float
     connect_concurrency: int
     content_bytes: int
+    typists: tuple[int, ...] = ()  # global connection indices that send ``typing``
+    typing_interval: float = TYPING_INTERVAL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +316,7 @@ class SendReport:
     unacked: int
     first_send_ns: int | None
     last_send_ns: int | None
+    typing_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +331,8 @@ class CheckReport:
     closed: dict[str, int]  # close code -> connections the server closed
     errors: dict[str, int]
     drain_s: float
+    typing_received: int = 0
+    presence_received: int = 0
 
 
 @dataclass(frozen=True, slots=True)

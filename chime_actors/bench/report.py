@@ -78,6 +78,7 @@ class Results:
                 "duration": opts.duration,
                 "processes": opts.processes,
                 "content_bytes": opts.content_bytes,
+                "typists": opts.typists,
             },
             "connections": {
                 "requested": opts.connections,
@@ -120,6 +121,18 @@ class Results:
                     _round(cpu_s / delivered * 1e6) if cpu_s and delivered else None
                 ),
             }
+            if opts.scenario.value == "presence":
+                typing_received = sum(c.typing_received for c in self.checks)
+                out["presence"] = {
+                    "typists": opts.typists,
+                    "typing_interval_s": opts.typing_interval,
+                    "typing_sent": sum(s.typing_sent for s in self.sends),
+                    "typing_received": typing_received,
+                    "typing_received_per_s": _round(
+                        typing_received / opts.duration if opts.duration else None
+                    ),
+                    "presence_changed_received": sum(c.presence_received for c in self.checks),
+                }
             out["completeness"] = {
                 "expected": completeness.expected,
                 "received": completeness.received,
@@ -294,6 +307,17 @@ def format_table(summary: dict[str, Any]) -> str:
                 (
                     "server CPU per",
                     f"message {cpu['us_per_message']} µs, delivery {cpu['us_per_delivery']} µs",
+                )
+            )
+        if "presence" in summary:
+            p = summary["presence"]
+            rows.append(
+                (
+                    "presence",
+                    f"{p['typists']} typists every {p['typing_interval_s']:g} s: "
+                    f"{p['typing_sent']} typing sent, {p['typing_received']} received "
+                    f"({p['typing_received_per_s']}/s); "
+                    f"{p['presence_changed_received']} presence_changed received",
                 )
             )
         c = summary["completeness"]

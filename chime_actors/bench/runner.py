@@ -207,6 +207,10 @@ def make_plans(opts: BenchOptions, url: str) -> list[WorkerPlan]:
             for i in range(p, opts.connections, opts.processes)
         )
         senders = tuple((s, s) for s in range(p, opts.senders, opts.processes))
+        # The typists are the connections after the senders.
+        typists = tuple(
+            i for i in range(opts.senders, opts.senders + opts.typists) if i % opts.processes == p
+        )
         plans.append(
             WorkerPlan(
                 index=p,
@@ -217,6 +221,8 @@ def make_plans(opts: BenchOptions, url: str) -> list[WorkerPlan]:
                 rate=opts.rate if opts.rate > 0 else 1.0,
                 connect_concurrency=max(1, opts.connect_concurrency // opts.processes),
                 content_bytes=opts.content_bytes,
+                typists=typists,
+                typing_interval=opts.typing_interval,
             )
         )
     return plans

@@ -14,6 +14,11 @@
 
 Bounded: the publish queue holds at most ``MAX_PUBLISH_BATCHES``; past it a batch
 is dropped (counted), which remote gateways repair by gap fill.
+
+Presence and typing across hosts (``presence.redis_presence.HostPresence``): the
+bridge subscribes to each wanted channel's ``presence:<id>`` topic beside its
+message topic, reads the channel's presence from Redis right after subscribing,
+and hands presence events to ``HostPresence``; everything else of it is there.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from chime_actors.config import Config, RedisConfig
 from chime_actors.errors import BusError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.presence.codec import is_presence_topic, presence_topic
+from chime_actors.presence.redis_presence import BRIDGE_MESSAGES, HostPresence
 from chime_actors.records import ChannelEvent, Deliveries
 
 log = get_logger(__name__)
@@ -76,6 +83,11 @@ def redis_client(config: RedisConfig) -> redis_asyncio.Redis:
     )
 
 
+def topics(channels: Any) -> list[str]:
+    """The topics of ``channels``: messages and presence, for each."""
+    return [t for c in sorted(channels) for t in (topic_for(c), presence_topic(c))]
+
+
 def backoff_delays() -> Any:
     """Exponential backoff with jitter: 0.1 s doubling to 2 s."""
     delay = FIRST_BACKOFF_S
@@ -100,6 +112,9 @@ class RedisBridgeCore:
         self._publish_queue: asyncio.Queue[Deliveries] = asyncio.Queue(MAX_PUBLISH_BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False
+        self.presence = HostPresence(
+            self.origin, config, post, self.metrics, lambda: redis_client(config.bus.redis)
+        )
 
     # --- ActorCore ------------------------------------------------------------------
 
@@ -111,6 +126,7 @@ class RedisBridgeCore:
             loop.create_task(self._subscribe_loop(), name="redis-subscribe"),
             loop.create_task(self._reporter.run(), name="redis-metrics"),
         ]
+        self.presence.start()
         return 0
 
     def handle(self, message: Any, sender: Any) -> None:
@@ -129,14 +145,18 @@ class RedisBridgeCore:
                 channels.discard(message.channel_id)
         elif isinstance(message, InterestSnapshot):
             self._interest[message.gateway_index] = set(message.channels)
+        elif isinstance(message, BRIDGE_MESSAGES):
+            self.presence.handle(message, sender)
         elif isinstance(message, Wiring):
             self._gateways = tuple(g for g in message.gateways if g is not None)
             self._reporter.set_api(message.api)
+            self.presence.rewire(message)
         else:
             log.warning("bridge ignored unknown message", kind=type(message).__name__)
 
     async def stop(self) -> None:
         """Stop both loops and close the connections."""
+        await self.presence.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -194,8 +214,10 @@ class RedisBridgeCore:
                 self.connected = True
                 wanted = self.wanted_channels()
                 if wanted:
-                    await pubsub.subscribe(*(topic_for(c) for c in wanted))
+                    await pubsub.subscribe(*topics(wanted))
                     subscribed = set(wanted)
+                    # Presence published while we were away: read it whole.
+                    await self.presence.load(subscribed)
                 if not first:
                     log.info("redis subscription restored", channels=len(subscribed))
                 if subscribed:
@@ -225,14 +247,16 @@ class RedisBridgeCore:
             new = wanted - subscribed
             gone = subscribed - wanted
             if new:
-                await pubsub.subscribe(*(topic_for(c) for c in new))
+                await pubsub.subscribe(*topics(new))
                 subscribed |= new
+                await self.presence.load(new)
                 # Anything published between the gateway's join and this
                 # subscription is caught up from storage.
                 self._send_to_gateways(Resync(tuple(sorted(new))))
             if gone:
-                await pubsub.unsubscribe(*(topic_for(c) for c in gone))
+                await pubsub.unsubscribe(*topics(gone))
                 subscribed -= gone
+                self.presence.forget(gone)
             batch: list[ChannelEvent] = []
             message = await pubsub.get_message(timeout=POLL_S)
             while message is not None:
@@ -245,6 +269,9 @@ class RedisBridgeCore:
                 self._send_to_gateways(Deliveries(tuple(batch)))
 
     def _collect(self, message: dict[str, Any], batch: list[ChannelEvent]) -> None:
+        if is_presence_topic(message["channel"]):
+            self.presence.on_publication(message["channel"], message["data"])
+            return
         try:
             channel_of(message["channel"])
             origin, messages = decode_publication(message["data"])

@@ -47,14 +47,15 @@ from websockets.protocol import State
 
 from chime_actors.auth import Authenticator, Identity
 from chime_actors.config import AuthMode, Config
-from chime_actors.errors import ProtocolError, StoreError
-from chime_actors.gateway.channel_actor import JoinResult, Subscriber
+from chime_actors.errors import MessageNotFound, PresenceUnavailable, ProtocolError, StoreError
+from chime_actors.gateway.channel_actor import JoinResult
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.gateway.outbox import FlushQueue, Outbox
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
+from chime_actors.presence.hub import Member
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.codes import CloseCode, ErrorCode
 from chime_actors.protocol.connection import (
@@ -70,8 +71,10 @@ from chime_actors.protocol.events import (
     Delete,
     Edit,
     History,
+    PresenceQuery,
     React,
     ReactionOp,
+    Read,
     Refresh,
     Send,
     Subscribe,
@@ -93,6 +96,8 @@ from chime_actors.storage.store import HistoryPage
 log = get_logger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
+# ``connected`` waits at most this for its unread counts (then goes without them).
+UNREAD_TIMEOUT_S = 2.0
 ABORT_GRACE_S = 2.0
 CLOSE_WAIT_S = 5.0
 DEFAULT_POLICY = RestartPolicy()
@@ -117,7 +122,7 @@ class GatewayServices(Protocol):
     async def join_channel(
         self,
         channel_id: str,
-        subscriber: Subscriber,
+        subscriber: Member,
         resume_after: str | None,
         *,
         deferred: bool = False,
@@ -150,6 +155,22 @@ class GatewayServices(Protocol):
         thread_id: str | None,
     ) -> HistoryPage:
         """Read a page of stored messages (with reactions and reply counts)."""
+        ...
+
+    def typing(self, channel_id: str, user_id: str) -> None:
+        """Pass a ``typing`` on (throttled) to the channel's other subscribers."""
+        ...
+
+    async def presence_online(self, channel_id: str) -> list[str]:
+        """Who is online in the channel; raises ``PresenceUnavailable``."""
+        ...
+
+    async def mark_read(self, channel_id: str, user_id: str, message_id: str) -> None:
+        """Store a read marker; raises ``MessageNotFound`` or ``StoreError``."""
+        ...
+
+    async def unread_counts(self, user_id: str, channel_ids: Sequence[str]) -> dict[str, int]:
+        """Unread counts per channel; raises ``StoreError``."""
         ...
 
 
@@ -230,6 +251,7 @@ class ConnectionActor:
                 max_frame_bytes=chat.max_frame_bytes,
             ),
             heartbeat_ms=chat.heartbeat_ms,
+            may_access=self._may_access,
         )
         self._outbox = Outbox(
             _WebSocketSink(websocket),
@@ -252,6 +274,14 @@ class ConnectionActor:
     def connection_id(self) -> str:
         """Unique id of this connection."""
         return self._id
+
+    @property
+    def user_id(self) -> str:
+        """The connected user ("" before the connect)."""
+        return self._identity.user_id
+
+    def _may_access(self, channel_id: str) -> bool:
+        return self._identity.may_access(channel_id)
 
     @property
     def owed_acks(self) -> int:
@@ -512,7 +542,8 @@ class ConnectionActor:
         # then let each channel replay (if resuming) and deliver, so that no
         # message frame precedes ``connected``.
         joined, failed = await self._register(granted, resume)
-        self._apply(self._proto.accept_connect(user_id, joined, self._id))
+        unread = await self._unread(user_id, joined)
+        self._apply(self._proto.accept_connect(user_id, joined, self._id, unread=unread))
         if self._proto.state is not ConnState.OPEN:
             # The handshake timeout (or the peer) closed the connection while the
             # joins were in flight: the protocol never took these channels, so
@@ -752,6 +783,54 @@ class ConnectionActor:
             )
         )
 
+    # --- presence, typing, read markers (chime_actors.presence) ---------------------
+
+    async def _unread(self, user_id: str, channels: Sequence[str]) -> dict[str, int] | None:
+        """``connected``'s unread counts; None (the key is left out) if storage fails."""
+        try:
+            return await asyncio.wait_for(
+                self._services.unread_counts(user_id, channels), UNREAD_TIMEOUT_S
+            )
+        except (StoreError, TimeoutError) as exc:
+            log.warning("unread counts unavailable", error=str(exc) or "timeout")
+            return None
+
+    async def _presence(self, event: PresenceQuery) -> None:
+        if not self._identity.may_access(event.channel_id):
+            self._send_error(
+                ErrorCode.FORBIDDEN,
+                f"the token does not grant {event.channel_id}",
+                request_id=event.request_id,
+            )
+            return
+        try:
+            online = await self._services.presence_online(event.channel_id)
+        except PresenceUnavailable as exc:
+            log.warning("presence lookup failed", channelId=event.channel_id, error=str(exc))
+            self._send_error(
+                ErrorCode.UNAVAILABLE, "presence unavailable", request_id=event.request_id
+            )
+            return
+        self.push(server_frames.presence(event.request_id, event.channel_id, online))
+
+    async def _typing(self, event: Typing) -> None:
+        # Subscribed (so granted) and within the rate limit: the state machine and
+        # _handle_request checked both.
+        self._services.typing(event.channel_id, self._identity.user_id)
+
+    async def _read(self, event: Read) -> None:
+        try:
+            await self._services.mark_read(
+                event.channel_id, self._identity.user_id, event.message_id
+            )
+        except MessageNotFound:
+            self._send_error(
+                ErrorCode.NOT_FOUND, f"no message {event.message_id} in {event.channel_id}"
+            )
+        except StoreError as exc:
+            log.warning("read marker failed", channelId=event.channel_id, error=str(exc))
+            self._send_error(ErrorCode.UNAVAILABLE, "read marker not stored: storage unavailable")
+
     _HANDLERS: ClassVar[dict[type, Callable[[ConnectionActor, object], Awaitable[None]]]] = {
         Connect: _connect,  # type: ignore[dict-item]
         Subscribe: _subscribe,  # type: ignore[dict-item]
@@ -762,6 +841,9 @@ class ConnectionActor:
         Edit: _change,  # type: ignore[dict-item]
         Delete: _change,  # type: ignore[dict-item]
         React: _change,  # type: ignore[dict-item]
+        PresenceQuery: _presence,  # type: ignore[dict-item]
+        Typing: _typing,  # type: ignore[dict-item]
+        Read: _read,  # type: ignore[dict-item]
     }
 
 

@@ -12,6 +12,9 @@ message of every channel, once per gateway: from this host's persisters, and fro
 other hosts through the Redis bridge), ``Resync`` (the bridge's subscription was
 down: catch up from storage), ``Drain`` (shutdown). Out to the bridge:
 ``Interest`` when a channel gains its first or loses its last local subscriber.
+Presence and typing (``chime_actors.presence``) go to and from the other
+gateways, the bridge and the API on lanes; the ``PresenceHub`` does all of it,
+this core only hooks it to joins, activations and leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -45,7 +49,6 @@ from chime_actors.gateway.channel_actor import (
     JoinResult,
     Leave,
     Publish,
-    Subscriber,
 )
 from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.gateway.outbox import FlushQueue
@@ -55,6 +58,8 @@ from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.sequencer import owner_index
+from chime_actors.presence import unread
+from chime_actors.presence.hub import PRESENCE_MESSAGES, Member, PresenceHub
 from chime_actors.records import (
     ChangeRecord,
     ChannelEvent,
@@ -104,6 +109,7 @@ class GatewayCore:
         self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
         self._redis_bridge: Any = None
         self._multi_host = config.bus.backend is BusBackend.REDIS
+        self.presence = PresenceHub(actor_id.index, post, multi_host=self._multi_host)
         self._store = make_store(config)
         self._links = [
             PersistLink(
@@ -174,6 +180,8 @@ class GatewayCore:
                 if link.owns(message.batch_id):
                     link.on_result(message)
                     break
+        elif isinstance(message, PRESENCE_MESSAGES):
+            self.presence.handle(message, sender)
         elif isinstance(message, Wiring):
             self._rewire(message)
         elif isinstance(message, Resync):
@@ -200,6 +208,7 @@ class GatewayCore:
             self._redis_bridge = wiring.redis_bridge
             self._tell_bridge(InterestSnapshot(self.actor_id.index, tuple(sorted(self._channels))))
         self._redis_bridge = wiring.redis_bridge
+        self.presence.rewire(wiring)
 
     def _catch_up_owned_by(self, index: int) -> None:
         """A persister was replaced: its channels may have stored-but-undelivered tails."""
@@ -211,6 +220,7 @@ class GatewayCore:
         """Close everything (after ``Drain``, or when the process is told to exit)."""
         for task in self._tasks:
             task.cancel()
+        self.presence.stop()
         if self._server is not None:
             self._server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
@@ -243,12 +253,16 @@ class GatewayCore:
     async def join_channel(
         self,
         channel_id: str,
-        subscriber: Subscriber,
+        subscriber: Member,
         resume_after: str | None,
         *,
         deferred: bool = False,
     ) -> JoinResult:
-        """Subscribe ``subscriber`` to the channel's local fan-out (see ``Join``)."""
+        """Subscribe ``subscriber`` to the channel's local fan-out (see ``Join``).
+
+        Its presence counts from its activation (``activate_channel``, or at once
+        when not ``deferred``) until it leaves.
+        """
         channel = self._channels.get(channel_id)
         if channel is None or channel.stopped:
             channel = ChannelActor(
@@ -262,17 +276,25 @@ class GatewayCore:
             self._channels[channel_id] = channel
             channel.start()
             self._tell_bridge(Interest(self.actor_id.index, channel_id, subscribed=True))
-        return await channel.join(subscriber, resume_after, deferred=deferred)
+        self.presence.register(channel_id, subscriber)
+        result = await channel.join(subscriber, resume_after, deferred=deferred)
+        if not deferred:
+            self.presence.activate(channel_id, subscriber.connection_id)
+        return result
 
     async def activate_channel(self, channel_id: str, connection_id: str) -> JoinResult:
         """Start delivery to a subscriber that joined ``deferred``."""
         channel = self._channels.get(channel_id)
         if channel is None:
             raise StoreError(f"channel {channel_id} is not joined")
-        return await channel.activate(connection_id)
+        result = await channel.activate(connection_id)
+        # After its ``connected``/``subscribed``: presence_changed never precedes it.
+        self.presence.activate(channel_id, connection_id)
+        return result
 
     def leave_channel(self, channel_id: str, connection_id: str) -> None:
         """Unsubscribe; the channel actor stops itself when its last member leaves."""
+        self.presence.leave(channel_id, connection_id)
         channel = self._channels.get(channel_id)
         if channel is not None:
             channel.tell(Leave(connection_id))
@@ -296,6 +318,22 @@ class GatewayCore:
         return await annotated_history(
             self._store, channel_id, before=before, after=after, limit=limit, thread_id=thread_id
         )
+
+    def typing(self, channel_id: str, user_id: str) -> None:
+        """A subscriber typed: throttled, then fanned out (``PresenceHub.typing``)."""
+        self.presence.typing(channel_id, user_id)
+
+    async def presence_online(self, channel_id: str) -> list[str]:
+        """Who is online in the channel (raises ``PresenceUnavailable``)."""
+        return await self.presence.online(channel_id)
+
+    async def mark_read(self, channel_id: str, user_id: str, message_id: str) -> None:
+        """Store a read marker (``presence.unread.mark_read``)."""
+        await unread.mark_read(self._store, channel_id, user_id, message_id)
+
+    async def unread_counts(self, user_id: str, channel_ids: Sequence[str]) -> dict[str, int]:
+        """Unread counts for ``connected`` (``presence.unread.unread_counts``)."""
+        return await unread.unread_counts(self._store, user_id, channel_ids)
 
     # --- internals ----------------------------------------------------------------
 

@@ -29,9 +29,11 @@ stale state; ``apply_subscribe`` re-checks the channel cap as a last line.
 
 Which requests need a subscription: ``send``, ``typing`` and ``read`` must name
 a channel the connection is subscribed to (PROTOCOL.md, ``not_subscribed``).
-``history``, ``presence``, ``edit``, ``delete`` and ``react`` may name any
-channel: whether the user may see or change it is an authorization question
-(``forbidden``), which the actor answers with the token's grants.
+A channel the token does not grant is ``forbidden`` first (the ``may_access``
+predicate the actor passes in: grants are its business, the order of the checks
+is this table's). ``history``, ``presence``, ``edit``, ``delete`` and ``react``
+may name any channel: whether the user may see or change it is an authorization
+question (``forbidden``), which the actor answers with the token's grants.
 """
 
 from __future__ import annotations
@@ -171,12 +173,19 @@ _CONTROL_TYPES: tuple[type[object], ...] = (
 )
 
 
+def _everything(channel_id: str) -> bool:
+    return True
+
+
 class ConnectionProtocol:
     """The protocol state of one client connection; see the module docstring.
 
     Args:
         limits: bounds for frames and subscriptions.
         heartbeat_ms: announced in ``connected``.
+        may_access: whether the connection's token grants a channel (asked for
+            ``send``, ``typing`` and ``read`` before their subscription check);
+            every channel by default.
     """
 
     __slots__ = (
@@ -185,6 +194,7 @@ class ConnectionProtocol:
         "_connection_id",
         "_heartbeat_ms",
         "_limits",
+        "_may_access",
         "_state",
         "_user_id",
     )
@@ -194,9 +204,12 @@ class ConnectionProtocol:
         *,
         limits: Limits = DEFAULT_LIMITS,
         heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
+        may_access: Callable[[str], bool] = _everything,
     ) -> None:
         self._limits = limits
         self._heartbeat_ms = heartbeat_ms
+        # The token's grants, asked before the subscription (``forbidden`` first).
+        self._may_access = may_access
         self._state = ConnState.AWAITING_CONNECT
         # dict as an insertion-ordered set: ``connected`` lists channels in order.
         self._channels: dict[str, None] = {}
@@ -466,17 +479,30 @@ def _request_send(proto: ConnectionProtocol, event: Send) -> list[Output]:
         return _error(
             ErrorCode.BAD_REQUEST, "'channelId' is required: the connect named no channels", event
         )
-    if channel_id not in proto._channels:
-        return _error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to channel {channel_id!r}", event)
+    refused = _refuse_channel(proto, channel_id, event)
+    if refused is not None:
+        return refused
     return [Request(replace(event, channel_id=channel_id))]
 
 
 def _request_if_subscribed(proto: ConnectionProtocol, event: Typing | Read) -> list[Output]:
-    if event.channel_id not in proto._channels:
-        return _error(
-            ErrorCode.NOT_SUBSCRIBED, f"not subscribed to channel {event.channel_id!r}", event
-        )
+    refused = _refuse_channel(proto, event.channel_id, event)
+    if refused is not None:
+        return refused
     return [Request(event)]
+
+
+def _refuse_channel(
+    proto: ConnectionProtocol, channel_id: str, event: Send | Typing | Read
+) -> list[Output] | None:
+    """``forbidden`` (not granted), else ``not_subscribed``, else None (go ahead)."""
+    if channel_id in proto._channels:
+        # Subscribed channels are granted ones: a refresh that revokes a grant
+        # unsubscribes the channel first.
+        return None
+    if not proto._may_access(channel_id):
+        return _error(ErrorCode.FORBIDDEN, f"the token does not grant {channel_id!r}", event)
+    return _error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to channel {channel_id!r}", event)
 
 
 def _request_subscribe(proto: ConnectionProtocol, event: Subscribe) -> list[Output]:

@@ -830,6 +830,30 @@ class CassandraStore:
             for key, seq in cursors.items()
         )
 
+    async def unread_counts(
+        self, user_id: str, channel_ids: Sequence[str], *, limit: int
+    ) -> dict[str, int]:
+        """See ``MessageStore.unread_counts``: the channels concurrently, and for
+        each the marker, then at most ``limit`` live rows after it (only their
+        ``seq`` and ``deleted`` columns), bucket by bucket upwards."""
+
+        async def count(channel_id: str) -> int:
+            rows = await self._run("unread_counts", "marker_get", (channel_id, user_id))
+            after = parse_message_id(str(rows[0].message_id)) if rows else 0
+            found = await self._walk_up(
+                "unread_counts",
+                channel_id,
+                after,
+                None,
+                want=limit,
+                statement="messages_flags_asc",
+            )
+            return len(found)
+
+        ids = list(dict.fromkeys(channel_ids))
+        counts = await asyncio.gather(*(count(channel_id) for channel_id in ids))
+        return dict(zip(ids, counts, strict=True))
+
     # --- paging ----------------------------------------------------------------
 
     def _bucket(self, seq: int) -> int:
@@ -946,12 +970,15 @@ class CassandraStore:
         *,
         want: int | None,
         events: bool = False,
+        statement: str = "messages_asc",
     ) -> list[Any]:
         """Live rows with ``after_seq < seq < before_seq``, oldest first, at most ``want``.
 
         With ``events`` the rows of changes too. Stops at the first bucket with
         no row in range: ids are contiguous and deleted rows (and changes) stay,
         so an empty bucket means the channel ends there.
+        ``statement`` is an ascending range read of ``messages`` (the whole row,
+        or only ``seq`` and ``deleted`` to count).
         """
         last_bucket = None if before_seq is None else self._bucket(before_seq - 1)
         if before_seq is not None and before_seq - 1 <= after_seq:
@@ -962,7 +989,7 @@ class CassandraStore:
         while (last_bucket is None or bucket <= last_bucket) and (want is None or len(rows) < want):
             found, any_rows = await self._scan(
                 operation,
-                "messages_asc",
+                statement,
                 (channel_id, bucket),
                 after_seq,
                 hi,
@@ -1214,6 +1241,8 @@ class CassandraStore:
             f" AND {range_where} LIMIT ?",
             "thread_asc": f"{select}.thread_messages WHERE channel_id = ? AND thread_id = ?"
             f" AND {range_where} ORDER BY seq ASC LIMIT ?",
+            "messages_flags_asc": f"SELECT seq, deleted FROM {ks}.messages"
+            f" WHERE channel_id = ? AND bucket = ? AND {range_where} ORDER BY seq ASC LIMIT ?",
             "messages_get": f"{select_messages}.messages"
             " WHERE channel_id = ? AND bucket = ? AND seq = ?",
             "messages_in": f"{select_messages}.messages"

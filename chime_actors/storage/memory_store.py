@@ -11,10 +11,12 @@ test can make storage fail on demand without mocks:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.ids import parse_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.store import (
     ChannelState,
@@ -262,6 +264,20 @@ class MemoryStore:
         saved = self._cursors.setdefault(handler, {})
         for key, seq in cursors.items():
             saved[key] = max(seq, saved.get(key, seq))
+
+    async def unread_counts(
+        self, user_id: str, channel_ids: Sequence[str], *, limit: int
+    ) -> dict[str, int]:
+        """See ``MessageStore.unread_counts``."""
+        self._check("unread_counts")
+        counts: dict[str, int] = {}
+        for channel_id in channel_ids:
+            channel = self._channel(channel_id)
+            marker = channel.read_markers.get(user_id)
+            after = parse_message_id(marker) if marker is not None else 0
+            live = (s for s in channel.messages if s > after and s not in channel.deleted)
+            counts[channel_id] = sum(1 for _ in itertools.islice(live, limit))
+        return counts
 
     # --- test introspection -----------------------------------------------------
 

@@ -333,6 +333,15 @@ class SqliteStore:
             "save_handler_cursors", partial(_save_handler_cursors, rows=rows), write=True
         )
 
+    async def unread_counts(
+        self, user_id: str, channel_ids: Sequence[str], *, limit: int
+    ) -> dict[str, int]:
+        """See ``MessageStore.unread_counts``: every channel in one worker call."""
+        return await self._call(
+            "unread_counts",
+            partial(_unread_counts, user_id=user_id, channel_ids=tuple(channel_ids), limit=limit),
+        )
+
     # --- the worker thread ------------------------------------------------------
 
     async def _call(
@@ -791,6 +800,23 @@ def _save_handler_cursors(
         " WHERE excluded.last_seq > handler_cursors.last_seq",
         rows,
     )
+
+
+def _unread_counts(
+    conn: sqlite3.Connection, *, user_id: str, channel_ids: tuple[str, ...], limit: int
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for channel_id in channel_ids:
+        marker = _read_marker(conn, channel_id=channel_id, user_id=user_id)
+        after = parse_message_id(marker) if marker is not None else 0
+        # The inner LIMIT keeps the primary-key range scan to ``limit`` rows.
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages"
+            " WHERE channel_id = ? AND seq > ? AND deleted = 0 LIMIT ?)",
+            (channel_id, after, limit),
+        ).fetchone()
+        counts[channel_id] = int(count)
+    return counts
 
 
 if TYPE_CHECKING:

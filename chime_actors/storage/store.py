@@ -241,6 +241,22 @@ class MessageStore(Protocol):
         registration marker is ``*``, which no channel id can be).
         """
 
+    async def unread_counts(
+        self, user_id: str, channel_ids: Sequence[str], *, limit: int
+    ) -> dict[str, int]:
+        """Count what the user has not read yet in each channel.
+
+        The count of a channel is the number of its non-deleted messages after
+        the user's read marker (every message when the user never set one),
+        stopping at ``limit``: ``limit`` means "at least that many", and no
+        store reads more than ``limit`` rows of a channel to tell.
+
+        Args:
+            user_id: whose read markers.
+            channel_ids: the channels to count (each appears once in the result).
+            limit: the most a count can be, at least 1.
+        """
+
 
 # --- helpers shared by the implementations ----------------------------------
 

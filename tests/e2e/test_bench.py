@@ -112,6 +112,30 @@ def test_idle_holds_connections_in_two_processes(tmp_path: Path) -> None:
     assert "sends" not in summary
 
 
+def test_presence_run_counts_typing_and_presence_beside_complete_delivery(
+    tmp_path: Path,
+) -> None:
+    proc, summary = run_bench(
+        tmp_path,
+        "--scenario=presence",
+        "--connections=20",
+        "--senders=2",
+        "--typists=5",
+        "--rate=10",
+        "--duration=3",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert summary["completeness"]["misses"] == 0
+    presence = summary["presence"]
+    assert presence["typists"] == 5 and presence["typing_sent"] >= 5
+    # Each typist passes at least once, to the 19 other members.
+    assert presence["typing_received"] >= 5 * 19
+    # 20 distinct users joined one room: each later one was announced to those before.
+    assert presence["presence_changed_received"] >= 20 * 19 // 2
+    assert summary["errors"] == {}
+    assert "typists" in proc.stdout
+
+
 def test_bad_options_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "chime_actors", "bench", "--scenario=chatty"],

@@ -45,6 +45,9 @@ def test_scenario_defaults_fill_what_is_not_given() -> None:
         ["--start", "--connections", "10", "--senders", "11"],
         ["--start", "--connections", "10", "--processes", "11"],
         ["--start", "--rate", "0"],
+        ["--start", "--scenario", "chatty", "--typists", "3"],  # only the presence scenario
+        ["--start", "--scenario", "presence", "--connections", "10", "--typists", "7"],
+        ["--start", "--scenario", "presence", "--typing-interval", "0"],
     ],
 )
 def test_nonsense_is_refused(argv: list[str]) -> None:
@@ -62,6 +65,16 @@ def test_plans_spread_connections_channels_and_senders() -> None:
     # sender s is connection s, in the process that holds connection s
     assert plans[0].senders == ((0, 0), (2, 2)) and plans[1].senders == ((1, 1), (3, 3))
     assert all(plan.total_senders == 4 for plan in plans)
+
+
+def test_the_presence_scenario_types_after_the_senders() -> None:
+    opts = parse("--start", "--scenario", "presence", "--processes", "2")
+    assert (opts.connections, opts.channels, opts.senders, opts.typists) == (500, 1, 4, 50)
+    plans = make_plans(opts, "ws://x/")
+    typists = sorted(i for plan in plans for i in plan.typists)
+    assert typists == list(range(4, 54))
+    assert all(i % 2 == plan.index for plan in plans for i in plan.typists)
+    assert parse("--start", "--scenario", "presence", "--typists", "0").typists == 0
 
 
 def test_split() -> None:

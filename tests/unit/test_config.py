@@ -67,6 +67,7 @@ def test_defaults_are_the_embedded_default_of_operations_md() -> None:
     assert config.bus.redis_test is None
     assert config.limits == LimitsConfig(messages_per_10s=50, connects_per_ip_per_10s=200)
     assert config.logging == LoggingConfig(level=LogLevel.INFO, format=LogFormat.AUTO)
+    assert config.presence.ttl_s == 30
     assert config.data_dir == "./data"
     assert config.admin_port == 0
     assert config.thespian_log_path == Path("data/thespian.log")
@@ -164,6 +165,7 @@ def test_environment_overrides_the_file_with_yaml_typing(tmp_path: Path) -> None
         "CHIME_WORKERS": "4",
         "CHIME_DATA_DIR": "/tmp/chime-data",
         "CHIME_LOGGING_LEVEL": "DEBUG",
+        "CHIME_PRESENCE_TTL_S": "5",
         "PATH": "/usr/bin",
     }
     config = load_config(path, env=env)
@@ -174,6 +176,7 @@ def test_environment_overrides_the_file_with_yaml_typing(tmp_path: Path) -> None
     assert config.workers == 4
     assert config.data_dir == "/tmp/chime-data"
     assert config.logging.level is LogLevel.DEBUG
+    assert config.presence.ttl_s == 5
 
 
 def test_environment_reaches_optional_sections_and_lists() -> None:
@@ -390,6 +393,7 @@ def test_unparsable_credentials_name_the_file(tmp_path: Path) -> None:
         ("bus: {redis: {db: -1}}", "bus.redis.db"),
         ("bus: {redis_test: 5}", "bus.redis_test"),
         ("limits: {messages_per_10s: -5}", "limits.messages_per_10s"),
+        ("presence: {ttl_s: 0}", "presence.ttl_s"),
         ("logging: {level: loud}", "logging.level"),
         ("logging: {format: xml}", "logging.format"),
         ("data_dir: null", "data_dir"),

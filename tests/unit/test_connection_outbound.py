@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import msgspec.structs
@@ -156,6 +156,18 @@ class FakeServices:
         thread_id: str | None,
     ) -> HistoryPage:
         raise AssertionError("not used")
+
+    def typing(self, channel_id: str, user_id: str) -> None:
+        pass
+
+    async def presence_online(self, channel_id: str) -> list[str]:
+        return []
+
+    async def mark_read(self, channel_id: str, user_id: str, message_id: str) -> None:
+        pass
+
+    async def unread_counts(self, user_id: str, channel_ids: Sequence[str]) -> dict[str, int]:
+        return dict.fromkeys(channel_ids, 0)
 
 
 @dataclasses.dataclass
@@ -525,6 +537,12 @@ class BrokenStore(FakeServices):
     ) -> HistoryPage:
         raise StoreUnavailable(self.LEAK)
 
+    async def mark_read(self, channel_id: str, user_id: str, message_id: str) -> None:
+        raise StoreUnavailable(self.LEAK)
+
+    async def unread_counts(self, user_id: str, channel_ids: Sequence[str]) -> dict[str, int]:
+        raise StoreUnavailable(self.LEAK)
+
 
 def test_error_texts_sent_to_clients_name_no_paths_or_hosts() -> None:
     async def main() -> None:
@@ -534,14 +552,19 @@ def test_error_texts_sent_to_clients_name_no_paths_or_hosts() -> None:
         runner = asyncio.get_running_loop().create_task(actor.run())
         ws.receive(json.dumps({"type": "connect", "channels": ["a"], "userId": "u"}))
         ws.receive(json.dumps({"type": "history", "requestId": "h", "channelId": "a"}))
+        ws.receive(json.dumps({"type": "subscribe", "channels": ["b"]}))
         for _ in range(200):
-            if sum('"unavailable"' in frame for frame in ws.sent) >= 2:
+            if sum('"unavailable"' in frame for frame in ws.sent) >= 3:
                 break
             await asyncio.sleep(0.01)
         ws.peer_closes()
         await asyncio.wait_for(runner, TIMEOUT)
         errors = [json.loads(f) for f in ws.sent if '"error"' in f]
-        assert len(errors) == 2, ws.sent  # the failed join, the failed history
+        # the failed join, the failed history, the failed join of b (the unread
+        # counts that failed too are left out of ``connected``, not reported)
+        assert len(errors) == 3, ws.sent
+        connected = next(json.loads(f) for f in ws.sent if '"connected"' in f)
+        assert "unread" not in connected
         for error in errors:
             assert error["code"] == "unavailable"
             assert "/srv" not in error["message"] and "internal" not in error["message"]

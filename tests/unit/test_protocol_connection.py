@@ -238,6 +238,25 @@ def test_typing_and_read_need_a_subscription(text: str) -> None:
     assert single_error(proto.receive_text(text))["code"] == "not_subscribed"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        frame(type="typing", channelId="secret"),
+        frame(type="read", channelId="secret", messageId=M1),
+        frame(type="send", channelId="secret", content="x"),
+    ],
+)
+def test_typing_read_and_send_on_a_channel_not_granted_are_forbidden(text: str) -> None:
+    """The grant is checked before the subscription: ``forbidden``, not ``not_subscribed``."""
+    proto = ConnectionProtocol(may_access=lambda channel: channel != "secret")
+    proto.receive_text(frame(type="connect", channels=["general"]))
+    proto.accept_connect("alice", ["general"], "conn-1")
+    assert single_error(proto.receive_text(text))["code"] == "forbidden"
+    # A granted channel the connection is not in is still not_subscribed.
+    other = text.replace("secret", "other")
+    assert single_error(proto.receive_text(other))["code"] == "not_subscribed"
+
+
 def test_typing_and_read_on_subscribed_channel() -> None:
     proto = open_connection()
     assert proto.receive_text(frame(type="typing", channelId="general")) == [
