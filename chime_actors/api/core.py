@@ -59,6 +59,7 @@ from chime_actors.records import (
     PersistRecord,
     PersistResult,
     SendOutcome,
+    SendRecord,
 )
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, annotated_history
@@ -270,6 +271,14 @@ class ApiCore:
     def take_rate(self, user_id: str) -> float | None:
         """One change of ``user_id`` against ``limits.messages_per_10s``."""
         return self._rate.take(user_id)
+
+    async def send(self, record: SendRecord) -> SendOutcome:
+        """A send over REST: the same path as a gateway's (before_store, persister)."""
+        if not self._links:
+            return SendOutcome(record.token, error_code=ErrorCode.UNAVAILABLE)
+        if self._before_store is not None:
+            return await self._before_store.submit(record)
+        return await self._submit_to_persister(record)
 
     async def change(
         self,

@@ -5,6 +5,8 @@
 ``GET /readyz``                                      200 or 503 ``{"ready": bool, "checks": {...}}``
 ``GET /metrics``                                     Prometheus text format 0.0.4
 ``GET /v1/channels/{c}/messages``                    ``{"messages": [...], "hasMore": bool}``
+``POST /v1/channels/{c}/messages``                   send ``{"content", "clientMsgId", ...}``: 201
+                                                     once stored; a repeat: 200 ``duplicate``
 ``PATCH /v1/channels/{c}/messages/{m}``              edit ``{"content"}``: 200, the edited message
 ``DELETE /v1/channels/{c}/messages/{m}``             delete: 204
 ``PUT /v1/channels/{c}/messages/{m}/reactions/{e}``  add the reaction ``e`` (percent-encoded): 204
@@ -18,8 +20,9 @@
 ``before``, ``after``, ``threadId`` (message ids) and ``limit`` (1..100, default
 50); an empty value counts as absent, so ``?before=&limit=`` is the default
 query. Unknown parameters are ignored. Only ``/v1/`` routes are authorized:
-probes and the Prometheus scraper carry no tokens. The changes are the
-WebSocket's ``edit``, ``delete`` and ``react`` with the same rules and codes
+probes and the Prometheus scraper carry no tokens. The send and the changes
+are the WebSocket's ``send``, ``edit``, ``delete`` and ``react`` with the same
+rules and codes
 (author only: 403 ``forbidden``; unknown message: 404 ``not_found``; over
 ``limits.messages_per_10s``: 429 ``rate_limited`` with ``Retry-After``); they
 need a user: the Bearer token's, or in insecure mode the ``X-Chime-User``
@@ -51,11 +54,19 @@ from chime_actors.api.http_server import (
 )
 from chime_actors.api.web import WebClient
 from chime_actors.errors import ChimeError, ProtocolError, StoreUnavailable
+from chime_actors.gateway.persist_link import next_token
 from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
-from chime_actors.protocol.frames import MAX_EMOJI_CHARS
-from chime_actors.records import ChangeKind, SendOutcome
+from chime_actors.protocol.events import Send
+from chime_actors.protocol.frames import MAX_EMOJI_CHARS, Limits, parse_frame
+from chime_actors.records import (
+    ChangeKind,
+    SendOutcome,
+    SendRecord,
+    server_client_msg_id,
+    wire_client_msg_id,
+)
 from chime_actors.storage.store import HistoryPage
 
 __all__ = [
@@ -154,6 +165,11 @@ class ApiBackend(presence_routes.PresenceBackend, Protocol):
         """
         ...
 
+    async def send(self, record: SendRecord) -> SendOutcome:
+        """Hand a send to the channel's persister (through the before_store
+        handlers) and wait for its outcome; never raises for a refusal."""
+        ...
+
     async def change(
         self,
         channel_id: str,
@@ -199,8 +215,10 @@ def make_handler(backend: ApiBackend, web: WebClient | None = None) -> HttpHandl
             return text_response(backend.metrics_text(), content_type=METRICS_CONTENT_TYPE)
         if len(segments) >= 4 and segments[:2] == ["v1", "channels"] and segments[3] == "messages":
             if len(segments) == 4:
+                if request.method == "POST":
+                    return await _send(backend, request, segments[2])
                 if request.method not in _READ_METHODS:
-                    return _method_not_allowed(request)
+                    return _method_not_allowed(request, "GET, HEAD, POST")
                 return await _history(backend, request, segments[2])
             if len(segments) == 5:
                 if request.method not in ("PATCH", "DELETE"):
@@ -344,6 +362,82 @@ _CHANGE_REFUSALS = {
     "not_found": "no such message",
     "unavailable": "storage is unavailable; try again",
 }
+
+
+async def _send(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> HttpResponse:
+    """``POST /v1/channels/{c}/messages``: the WebSocket ``send``, answered once stored.
+
+    The body is a send frame's fields (``content``, ``clientMsgId``, ``metadata``,
+    ``threadId``), checked by the protocol core exactly as on the WebSocket.
+    201 with the stored ChimeMessage; a repeat of a ``clientMsgId`` stores
+    nothing and answers 200 with the first message's ids (``duplicate: true``).
+    """
+    try:
+        channel_id = _channel_id(raw_channel)
+        user_id = backend.writer(request.headers, channel_id)
+        event = _send_event(request.body, channel_id, backend.max_content_chars)
+    except ProtocolError as exc:
+        return _protocol_error(exc)
+    wait_s = backend.take_rate(user_id)
+    if wait_s is not None:
+        return error_response(
+            429,
+            "over limits.messages_per_10s; try again later",
+            code="rate_limited",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            retryAfterMs=max(1, math.ceil(wait_s * 1000)),
+        )
+    record = SendRecord(
+        token=next_token(),
+        channel_id=channel_id,
+        user_id=user_id,
+        content=event.content,
+        metadata=event.metadata,
+        thread_id=event.thread_id,
+        # Always a key, so the send is always safe to retry (records.py).
+        client_msg_id=event.client_msg_id or server_client_msg_id(),
+    )
+    outcome = await backend.send(record)
+    if outcome.error_code is not None or outcome.message is None:
+        code = outcome.error_code or "unavailable"
+        headers = {"Retry-After": "1"} if code == "unavailable" else None
+        message = "storage is unavailable; try again"
+        if code in _OWN_WORDS and outcome.error_message:
+            message = outcome.error_message  # a before_store handler's words
+        return error_response(_STATUS.get(code, 500), message, code=code, headers=headers)
+    stored = outcome.message
+    if outcome.duplicate:
+        # The first send's ids (its content is not kept for repeats).
+        return json_response(
+            {
+                "duplicate": True,
+                "channelId": stored.channel_id,
+                "messageId": stored.message_id,
+                "createdAt": stored.created_at,
+                "clientMsgId": wire_client_msg_id(stored.client_msg_id),
+            }
+        )
+    return json_response(stored.to_wire(), 201)
+
+
+def _send_event(body: bytes, channel_id: str, max_content_chars: int) -> Send:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _bad_request("the body must be a JSON object") from exc
+    if not isinstance(data, dict):
+        raise _bad_request("the body must be a JSON object")
+    if data.get("attachments"):
+        raise _bad_request("attachments are not supported by this server yet")
+    if data.get("channelId", channel_id) != channel_id:
+        raise _bad_request("the body's channelId differs from the path's")
+    frame = {**data, "type": "send", "channelId": channel_id}
+    frame.pop("attachments", None)
+    event = parse_frame(
+        orjson.dumps(frame).decode(), limits=Limits(max_content_chars=max_content_chars)
+    )
+    assert isinstance(event, Send)  # the type was set above
+    return event
 
 
 def _protocol_error(exc: ProtocolError) -> HttpResponse:

@@ -8,10 +8,13 @@ gateways sees them, as history returns them, and as a resume replays them.
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 
 from tests.e2e.client import Client
@@ -470,3 +473,74 @@ def test_edits_and_reactions_count_against_the_rate_limit(limited_server: Server
             assert error["requestId"] == "too-many" and error["retryAfterMs"] > 0
 
     run(scenario())
+
+
+def _post(server: ServerProcess, channel: str, body: object, user: str | None = "alice") -> Any:
+    headers = {"Content-Type": "application/json"}
+    if user is not None:
+        headers["X-Chime-User"] = user
+    request = urllib.request.Request(
+        f"{server.api}/v1/channels/{channel}/messages",
+        data=orjson.dumps(body),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, orjson.loads(exc.read())
+
+
+def test_rest_send_is_stored_broadcast_and_idempotent(server: ServerProcess) -> None:
+    """POST a message: 201 once stored, delivered to WebSocket subscribers like a
+    WebSocket send; the same clientMsgId again stores and broadcasts nothing."""
+
+    async def scenario() -> None:
+        channel = fresh("rest-send")
+        async with clients(server) as cs:
+            bob = await cs.connect("bob", [channel])
+            body = {"content": "over http", "clientMsgId": "r-1", "metadata": {"k": "v"}}
+            status, stored = await asyncio.to_thread(_post, server, channel, body)
+            assert status == 201, stored
+            assert (stored["userId"], stored["content"], stored["clientMsgId"]) == (
+                "alice",
+                "over http",
+                "r-1",
+            )
+            (live,) = await bob.messages(1)
+            assert live["messageId"] == stored["messageId"]
+            status, again = await asyncio.to_thread(_post, server, channel, body)
+            assert status == 200 and again["duplicate"] is True
+            assert again["messageId"] == stored["messageId"]
+            # Without a clientMsgId: its own message, and the wire shows null.
+            status, bare = await asyncio.to_thread(_post, server, channel, {"content": "x"})
+            assert status == 201 and bare["clientMsgId"] is None
+            (second,) = await bob.messages(1)
+            assert second["messageId"] == bare["messageId"]  # nothing for the repeat
+            await bob.send({"type": "history", "requestId": "h", "channelId": channel})
+            page = await bob.expect("history")
+            assert [m["content"] for m in page["messages"]] == ["over http", "x"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("body", "user", "status", "code"),
+    [
+        ({"content": "hi"}, None, 401, "unauthorized"),
+        ({"content": ""}, "alice", 400, "bad_request"),
+        ({"content": "x" * 5000}, "alice", 413, "too_large"),
+        ({"content": "hi", "metadata": {"k" * 65: "v"}}, "alice", 400, "bad_request"),
+        ({"content": "hi", "clientMsgId": "~chime:mine"}, "alice", 400, "bad_request"),
+        ({"content": "hi", "attachments": ["a1"]}, "alice", 400, "bad_request"),
+        (["not", "an", "object"], "alice", 400, "bad_request"),
+    ],
+    ids=["no-user", "blank", "too-long", "bad-metadata-key", "reserved-id", "attachments", "array"],
+)
+def test_rest_send_refusals(
+    server: ServerProcess, body: object, user: str | None, status: int, code: str
+) -> None:
+    got, answer = _post(server, fresh("rest-bad"), body, user)
+    assert (got, answer["error"]["code"]) == (status, code), answer

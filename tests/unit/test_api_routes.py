@@ -285,11 +285,18 @@ def test_unknown_paths_are_404(target: str) -> None:
     assert body(response)["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("target", ["/healthz", "/metrics", "/v1/channels/c/messages"])
-def test_wrong_method_is_405(target: str) -> None:
-    response = call(FakeBackend(), target, "POST")
+@pytest.mark.parametrize(
+    ("target", "method", "allow"),
+    [
+        ("/healthz", "POST", "GET, HEAD"),
+        ("/metrics", "POST", "GET, HEAD"),
+        ("/v1/channels/c/messages", "PUT", "GET, HEAD, POST"),
+    ],
+)
+def test_wrong_method_is_405(target: str, method: str, allow: str) -> None:
+    response = call(FakeBackend(), target, method)
     assert response.status == 405
-    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.headers["Allow"] == allow
 
 
 @pytest.mark.parametrize(
