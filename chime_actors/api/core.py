@@ -274,11 +274,7 @@ class ApiCore:
 
     async def send(self, record: SendRecord) -> SendOutcome:
         """A send over REST: the same path as a gateway's (before_store, persister)."""
-        if not self._links:
-            return SendOutcome(record.token, error_code=ErrorCode.UNAVAILABLE)
-        if self._before_store is not None:
-            return await self._before_store.submit(record)
-        return await self._submit_to_persister(record)
+        return await self._submit(record)
 
     async def change(
         self,
@@ -300,9 +296,14 @@ class ApiCore:
             content=content,
             emoji=emoji,
         )
+        return await self._submit(record)
+
+    async def _submit(self, record: PersistRecord) -> SendOutcome:
+        """Through the before_store handlers (sends and edits are judged as on a
+        gateway), then to the channel's persister."""
         if not self._links:
             return SendOutcome(record.token, error_code=ErrorCode.UNAVAILABLE)
-        if self._before_store is not None:  # an edit is judged as on a gateway
+        if self._before_store is not None:
             return await self._before_store.submit(record)
         return await self._submit_to_persister(record)
 

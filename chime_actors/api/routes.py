@@ -316,13 +316,7 @@ async def _message_change(
         return _protocol_error(exc)
     wait_s = backend.take_rate(user_id)
     if wait_s is not None:
-        return error_response(
-            429,
-            "over limits.messages_per_10s; try again later",
-            code="rate_limited",
-            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-            retryAfterMs=max(1, math.ceil(wait_s * 1000)),
-        )
+        return _rate_limited(wait_s)
     if emoji is not None:
         added = request.method == "PUT"
         kind = ChangeKind.REACTION_ADD if added else ChangeKind.REACTION_REMOVE
@@ -380,13 +374,7 @@ async def _send(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> 
         return _protocol_error(exc)
     wait_s = backend.take_rate(user_id)
     if wait_s is not None:
-        return error_response(
-            429,
-            "over limits.messages_per_10s; try again later",
-            code="rate_limited",
-            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-            retryAfterMs=max(1, math.ceil(wait_s * 1000)),
-        )
+        return _rate_limited(wait_s)
     record = SendRecord(
         token=next_token(),
         channel_id=channel_id,
@@ -438,6 +426,17 @@ def _send_event(body: bytes, channel_id: str, max_content_chars: int) -> Send:
     )
     assert isinstance(event, Send)  # the type was set above
     return event
+
+
+def _rate_limited(wait_s: float) -> HttpResponse:
+    """429 over ``limits.messages_per_10s``, saying when to try again."""
+    return error_response(
+        429,
+        "over limits.messages_per_10s; try again later",
+        code="rate_limited",
+        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        retryAfterMs=max(1, math.ceil(wait_s * 1000)),
+    )
 
 
 def _protocol_error(exc: ProtocolError) -> HttpResponse:
