@@ -470,19 +470,9 @@ class ConnectionActor:
         event = request.event
         if isinstance(event, _RATE_LIMITED) and self._rate_limited(event):
             return
-        handler = self._HANDLERS.get(type(event))
-        if handler is None:
-            # Presence, typing and read markers arrive with later issues; until
-            # then a clear answer instead of silence.
-            error = ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"{type(event).__name__.lower()} is not supported by this server yet",
-                request_id=getattr(event, "request_id", None),
-            )
-            self._count_error(error.code)
-            self._apply(self._proto.fail(error))
-            return
-        await handler(self, event)
+        # Every request the protocol core passes on has a handler (a test checks);
+        # a missing one is a bug, met by the failure policy (``internal``).
+        await self._HANDLERS[type(event)](self, event)
 
     def _rate_limited(self, event: Send | Edit | React | Typing) -> bool:
         """``limits.messages_per_10s``: refuse (and at twice the limit close) a flood."""

@@ -570,3 +570,10 @@ def test_error_texts_sent_to_clients_name_no_paths_or_hosts() -> None:
             assert "/srv" not in error["message"] and "internal" not in error["message"]
 
     asyncio.run(main())
+
+
+def test_every_request_the_protocol_passes_on_has_a_handler() -> None:
+    from chime_actors.protocol.events import CLIENT_EVENT_TYPES, Ping
+
+    handled = set(ConnectionActor._HANDLERS)
+    assert {t for t in CLIENT_EVENT_TYPES if t is not Ping} == handled  # ping: the core answers
