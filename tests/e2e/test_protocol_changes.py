@@ -8,13 +8,10 @@ gateways sees them, as history returns them, and as a resume replays them.
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import pytest
 
 from tests.e2e.client import Client
@@ -476,21 +473,10 @@ def test_edits_and_reactions_count_against_the_rate_limit(limited_server: Server
 
 
 def _post(server: ServerProcess, channel: str, body: object, user: str | None = "alice") -> Any:
-    headers = {"Content-Type": "application/json"}
-    if user is not None:
-        headers["X-Chime-User"] = user
-    request = urllib.request.Request(
-        f"{server.api}/v1/channels/{channel}/messages",
-        data=orjson.dumps(body),
-        headers=headers,
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, orjson.loads(exc.read())
+    """POST a REST send (as ``user`` in insecure mode): (status, parsed body)."""
+    headers = {} if user is None else {"X-Chime-User": user}
+    url = f"{server.api}/v1/channels/{channel}/messages"
+    return http_request("POST", url, headers=headers, body=body)
 
 
 def test_rest_send_is_stored_broadcast_and_idempotent(server: ServerProcess) -> None:
