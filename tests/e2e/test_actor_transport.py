@@ -9,7 +9,6 @@ API port. The file must never appear, and the server must go on serving.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import pickle
 import socket
@@ -59,6 +58,20 @@ def listening(server: ServerProcess) -> list[tuple[int, str, int]]:
     return found
 
 
+def assert_still_serving(server: ServerProcess) -> None:
+    """After an attack: the server runs and acks a send."""
+
+    async def scenario() -> None:
+        channel = fresh("after-attack")
+        async with clients(server) as cs:
+            alice = await cs.connect("alice", [channel])
+            ack = await send_message(alice, channel, "still here")
+            assert ack["messageId"]
+
+    run(scenario())
+    assert server.proc.poll() is None
+
+
 def thespian_frame(payload: bytes) -> bytes:
     """A frame as Thespian's TCP transport reads one: ``<length>>`` then the pickle."""
     return b"%d>" % len(payload) + payload
@@ -105,15 +118,7 @@ def test_a_pickle_from_a_stranger_never_runs(server: ServerProcess, tmp_path: Pa
     time.sleep(1.0)
     assert [p.name for p in proofs if p.exists()] == []
 
-    async def still_serving() -> None:
-        channel = fresh("after-attack")
-        async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            ack = await send_message(alice, channel, "still here")
-            assert ack["messageId"]
-
-    run(still_serving())
-    assert server.proc.poll() is None
+    assert_still_serving(server)
 
 
 def test_a_frame_with_a_huge_length_is_dropped(server: ServerProcess) -> None:
@@ -132,13 +137,7 @@ def test_a_frame_with_a_huge_length_is_dropped(server: ServerProcess) -> None:
                 closed = True
             assert closed, f"port {port} kept reading a frame it can never accept"
 
-    async def still_serving() -> None:
-        channel = fresh("after-length")
-        async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            await send_message(alice, channel, "still here")
-
-    asyncio.run(asyncio.wait_for(still_serving(), 60))
+    assert_still_serving(server)
 
 
 def lane_sockets(server: ServerProcess) -> list[str]:
@@ -171,10 +170,4 @@ def test_lanes_are_private_and_refuse_a_stranger(server: ServerProcess, tmp_path
     time.sleep(0.5)
     assert not proof.exists()
 
-    async def still_serving() -> None:
-        channel = fresh("after-lanes")
-        async with clients(server) as cs:
-            alice = await cs.connect("alice", [channel])
-            await send_message(alice, channel, "still here")
-
-    run(still_serving())
+    assert_still_serving(server)
