@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.conftest import clients, expect_error, fresh, run, send_message
+from tests.e2e.conftest import clients, expect_error, fresh, run, send_message, wait_until
 from tests.e2e.presence_helpers import (
     connect_on,
     expect_presence,
@@ -146,8 +146,14 @@ def test_rest_presence_counts_websocket_connections(server: ServerProcess) -> No
                 assert (status, body) == (200, {"online": ["hank"]})
 
     run(scenario())
-    status, body = http("GET", f"{server.api}/v1/channels/{channel}/presence")
-    assert (status, body) == (200, {"online": []})
+    # The close reaches the gateways a moment after the client's side returns:
+    # wait (bounded) until every gateway the API asks says nobody is left.
+    url = f"{server.api}/v1/channels/{channel}/presence"
+    wait_until(
+        lambda: all(http("GET", url) == (200, {"online": []}) for _ in range(4)),
+        timeout=10,
+        what="hank to be gone from REST presence",
+    )
     status, body = http("GET", f"{server.api}/v1/channels/bad%20id/presence")
     assert status == 400 and body["error"]["code"] == "bad_request"
 
