@@ -72,7 +72,7 @@ def call(backend: Backend, method: str, target: str, body: Any = None) -> HttpRe
 
 
 def error(response: HttpResponse) -> tuple[int, str]:
-    return response.status, orjson.loads(response.body)["error"]["code"]
+    return response.status, orjson.loads(response.body)["code"]
 
 
 def test_presence_lists_the_online_users() -> None:
