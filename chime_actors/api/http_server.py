@@ -38,6 +38,7 @@ from aiohttp import web
 from chime_actors.errors import ChimeError
 
 __all__ = [
+    "CATCH_ALL",
     "MAX_BODY_BYTES",
     "PROBLEM_CONTENT_TYPE",
     "HttpError",
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# The path of the aiohttp route that hands every request to the handler.
+CATCH_ALL = "/{tail:.*}"
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_TIMEOUT_S = 10.0
 # On close, requests still running get this long before they are cancelled.
@@ -263,7 +266,9 @@ class HttpServer:
         """
         self._handler = handler
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors])
-        app.router.add_route("*", "/{tail:.*}", self._serve)
+        # One catch-all route: the handler (the API's ``Router``) routes on the raw path.
+        app.router.add_route("*", CATCH_ALL, self._serve)
+        self._app = app
         self._runner = web.AppRunner(
             app,
             access_log=None,  # one line per request belongs in a proxy, not here
@@ -281,6 +286,16 @@ class HttpServer:
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         self._socket = sock
+
+    @property
+    def handler(self) -> HttpHandler:
+        """What every request is handed to."""
+        return self._handler
+
+    @property
+    def app(self) -> web.Application:
+        """The aiohttp application (its router has the catch-all route only)."""
+        return self._app
 
     @property
     def port(self) -> int:
