@@ -11,11 +11,12 @@
 ``DELETE /v1/channels/{c}/messages/{m}``             delete: 204
 ``PUT /v1/channels/{c}/messages/{m}/reactions/{e}``  add the reaction ``e`` (percent-encoded): 204
 ``DELETE`` the same                                  remove it: 204
+``GET /openapi.json``                                the OpenAPI 3.1 description of all of these
 ===================================================  =============================================
 
 ``/``, ``/static/{name}`` and ``/v1/client-config`` are the web chat page's
 (``api.web.WebClient``, when given). :func:`api_routes` is the table of them
-all (``api.router``).
+all (``api.router``), and ``api.openapi`` describes each of its routes.
 
 ``HEAD`` is accepted wherever ``GET`` is. History takes the query parameters
 ``before``, ``after``, ``threadId`` (message ids) and ``limit`` (1..100, default
@@ -44,7 +45,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from chime_actors.api import exposition, presence_routes
+from chime_actors.api import exposition, openapi, presence_routes
 from chime_actors.api.http_server import (
     HttpRequest,
     HttpResponse,
@@ -234,6 +235,7 @@ def api_routes(backend: ApiBackend, web: WebClient | None = None) -> list[Route]
         Route("/healthz", {"GET": healthz}),
         Route("/readyz", {"GET": readyz}),
         Route("/metrics", {"GET": metrics}),
+        Route(openapi.PATH, {"GET": _openapi}),
         Route("/v1/channels/{channelId}/messages", {"GET": history, "POST": send}),
         Route(message, {"PATCH": change, "DELETE": change}),
         Route(f"{message}/reactions/{{emoji}}", {"PUT": change, "DELETE": change}),
@@ -252,6 +254,10 @@ def _web_routes(web: WebClient) -> list[Route]:
 
     paths = ("/", f"{STATIC_PREFIX}{{name}}", CLIENT_CONFIG_PATH)
     return [Route(path, {"GET": page}) for path in paths]
+
+
+async def _openapi(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+    return HttpResponse(200, openapi.document_bytes(), "application/json")
 
 
 async def _readyz(backend: ApiBackend) -> HttpResponse:
