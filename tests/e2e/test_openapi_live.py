@@ -104,7 +104,7 @@ class Api:
             sent["Authorization"] = f"Bearer {token}"
         data = raw_body if body is None else orjson.dumps(body)
         if data is not None:
-            sent["Content-Type"] = "application/json"
+            sent.setdefault("Content-Type", "application/json")
         connection = http.client.HTTPConnection("127.0.0.1", self.server.api_port, timeout=20)
         try:
             connection.request(method, target, body=data, headers=sent)
