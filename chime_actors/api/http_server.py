@@ -9,9 +9,11 @@ functions of an :class:`HttpRequest` tested without sockets:
 * :func:`json_response`, :func:`text_response`, :func:`error_response`: helpers;
 * :class:`HttpServer`: an ``aiohttp.web.AppRunner`` + ``TCPSite`` with one
   catch-all route that calls the handler, and a middleware that turns aiohttp's
-  own refusals (413 and the like) and any handler exception into the JSON error
-  body of PROTOCOL.md (``{"error": {"code": ..., "message": ...}}``; a 500 names
-  a correlation id that is also logged with the traceback).
+  own refusals (413 and the like, with their headers) and any handler exception
+  into PROTOCOL.md's error body: RFC 9457 problem details,
+  ``application/problem+json`` ``{"type": "about:blank", "title", "status",
+  "detail", "code"}`` (a 500 names a correlation id that is also logged with
+  the traceback).
 
 Errors aiohttp finds while *parsing* (a malformed request line, a bad
 ``Content-Length``) are answered 400 by aiohttp itself, before any handler or
@@ -20,6 +22,7 @@ middleware runs; their body is aiohttp's plain text.
 
 from __future__ import annotations
 
+import http
 import logging
 import re
 import secrets
@@ -35,7 +38,9 @@ from aiohttp import web
 from chime_actors.errors import ChimeError
 
 __all__ = [
+    "CATCH_ALL",
     "MAX_BODY_BYTES",
+    "PROBLEM_CONTENT_TYPE",
     "HttpError",
     "HttpHandler",
     "HttpRequest",
@@ -49,12 +54,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+# The path of the aiohttp route that hands every request to the handler.
+CATCH_ALL = "/{tail:.*}"
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_TIMEOUT_S = 10.0
 # On close, requests still running get this long before they are cancelled.
 CLOSE_GRACE_S = 5.0
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+# Headers of an aiohttp exception that described its own body, not ours.
+_FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding"})
 # RFC 9110 token: what a header name may be.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -182,18 +192,35 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> HttpResponse:
-    """A JSON error: ``{"error": {"code": ..., "message": ..., **extra}}``.
+    """An RFC 9457 problem: ``{"type": "about:blank", "title", "status", "detail", "code"}``.
+
+    ``about:blank`` says the status is all there is to the problem's type, so the
+    title is the status' reason phrase (RFC 9457 section 4.2.1); ``code`` is the
+    extension member a client switches on, as on the WebSocket.
 
     Args:
         status: the HTTP status.
-        message: human text.
+        message: human text: the ``detail``.
         code: the PROTOCOL.md error code; derived from ``status`` when omitted.
         headers: extra response headers.
-        **extra: more fields of the error object (``correlationId``).
+        **extra: more extension members (``correlationId``, ``retryAfterMs``).
     """
-    error = {"code": code or _STATUS_CODES.get(status, "bad_request"), "message": message}
-    error.update(extra)
-    return json_response({"error": error}, status, headers=headers)
+    problem: dict[str, Any] = {
+        "type": "about:blank",
+        "title": _reason_phrase(status),
+        "status": status,
+        "detail": message,
+        "code": code or _STATUS_CODES.get(status, "bad_request"),
+    }
+    problem.update(extra)
+    return HttpResponse(status, orjson.dumps(problem), PROBLEM_CONTENT_TYPE, dict(headers or {}))
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:  # a status without a registered phrase (599)
+        return "Client Error" if status < 500 else "Server Error"
 
 
 # --- the aiohttp adapter ---------------------------------------------------------------
@@ -239,7 +266,9 @@ class HttpServer:
         """
         self._handler = handler
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors])
-        app.router.add_route("*", "/{tail:.*}", self._serve)
+        # One catch-all route: the handler (the API's ``Router``) routes on the raw path.
+        app.router.add_route("*", CATCH_ALL, self._serve)
+        self._app = app
         self._runner = web.AppRunner(
             app,
             access_log=None,  # one line per request belongs in a proxy, not here
@@ -257,6 +286,16 @@ class HttpServer:
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         self._socket = sock
+
+    @property
+    def handler(self) -> HttpHandler:
+        """What every request is handed to."""
+        return self._handler
+
+    @property
+    def app(self) -> web.Application:
+        """The aiohttp application (its router has the catch-all route only)."""
+        return self._app
 
     @property
     def port(self) -> int:
@@ -291,10 +330,20 @@ class HttpServer:
         except HttpError as exc:
             return _to_aiohttp(error_response(exc.status, exc.message, headers=exc.headers))
         except web.HTTPException as exc:
-            # aiohttp's own refusals (413 body too large, ...) in our error shape.
+            # aiohttp's own refusals (413 body too large, 405 with its Allow, ...)
+            # as problems too, keeping their headers but not their framing.
             if exc.status < 400:
                 raise
-            return _to_aiohttp(error_response(exc.status, exc.reason))
+            headers = {
+                name: value
+                for name, value in exc.headers.items()
+                if name.lower() not in _FRAMING_HEADERS
+            }
+            # Its text names the limit ("Maximum request body size ..."), unless it
+            # is aiohttp's default "413: Request Entity Too Large".
+            default_text = f"{exc.status}: {exc.reason}"
+            detail = exc.text if exc.text and exc.text != default_text else exc.reason
+            return _to_aiohttp(error_response(exc.status, detail, headers=headers))
         except Exception:
             correlation_id = secrets.token_hex(8)
             logger.exception(

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import orjson
 
 from chime_actors.api.http_server import HttpRequest, HttpResponse, error_response, json_response
+from chime_actors.api.router import Route
 from chime_actors.auth import Identity
 from chime_actors.errors import (
     MessageNotFound,
@@ -41,7 +42,6 @@ log = get_logger(__name__)
 
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _STATUS = {"bad_request": 400, "unauthorized": 401, "forbidden": 403}
-_READ = ("GET", "HEAD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,25 +85,23 @@ class PresenceBackend(Protocol):
         ...
 
 
-async def route(
-    backend: PresenceBackend, request: HttpRequest, segments: list[str]
-) -> HttpResponse | None:
-    """The response when ``segments`` is one of these routes, else None."""
-    if segments == ["v1", "me", "unread"]:
-        if request.method not in _READ:
-            return _not_allowed(request, "GET, HEAD")
+def routes(backend: PresenceBackend) -> list[Route]:
+    """These routes, for the API's table (``routes.api_routes``)."""
+
+    async def presence(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return await _presence(backend, request, params["channelId"])
+
+    async def read(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return await _read(backend, request, params["channelId"])
+
+    async def unread(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
         return await _unread(backend, request)
-    if len(segments) != 4 or segments[:2] != ["v1", "channels"]:
-        return None
-    if segments[3] == "presence":
-        if request.method not in _READ:
-            return _not_allowed(request, "GET, HEAD")
-        return await _presence(backend, request, segments[2])
-    if segments[3] == "read":
-        if request.method != "POST":
-            return _not_allowed(request, "POST")
-        return await _read(backend, request, segments[2])
-    return None
+
+    return [
+        Route("/v1/channels/{channelId}/presence", {"GET": presence}),
+        Route("/v1/channels/{channelId}/read", {"POST": read}),
+        Route("/v1/me/unread", {"GET": unread}),
+    ]
 
 
 async def _presence(backend: PresenceBackend, request: HttpRequest, raw: str) -> HttpResponse:
@@ -219,9 +217,3 @@ def _refused(exc: ProtocolError) -> HttpResponse:
 
 def _unavailable(message: str) -> HttpResponse:
     return error_response(503, message, code="unavailable", headers={"Retry-After": "1"})
-
-
-def _not_allowed(request: HttpRequest, allow: str) -> HttpResponse:
-    return error_response(
-        405, f"{request.method} is not allowed on {request.path}", headers={"Allow": allow}
-    )

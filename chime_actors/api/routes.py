@@ -11,10 +11,12 @@
 ``DELETE /v1/channels/{c}/messages/{m}``             delete: 204
 ``PUT /v1/channels/{c}/messages/{m}/reactions/{e}``  add the reaction ``e`` (percent-encoded): 204
 ``DELETE`` the same                                  remove it: 204
+``GET /openapi.json``                                the OpenAPI 3.1 description of all of these
 ===================================================  =============================================
 
-``/``, ``/static/...`` and ``/v1/client-config`` are the web chat page's
-(``api.web.WebClient``, tried before these routes when given).
+``/``, ``/static/{name}`` and ``/v1/client-config`` are the web chat page's
+(``api.web.WebClient``, when given). :func:`api_routes` is the table of them
+all (``api.router``), and ``api.openapi`` describes each of its routes.
 
 ``HEAD`` is accepted wherever ``GET`` is. History takes the query parameters
 ``before``, ``after``, ``threadId`` (message ids) and ``limit`` (1..100, default
@@ -43,16 +45,16 @@ from urllib.parse import unquote
 
 import orjson
 
-from chime_actors.api import exposition, presence_routes
+from chime_actors.api import exposition, openapi, presence_routes
 from chime_actors.api.http_server import (
-    HttpHandler,
     HttpRequest,
     HttpResponse,
     error_response,
     json_response,
     text_response,
 )
-from chime_actors.api.web import WebClient
+from chime_actors.api.router import Route, Router
+from chime_actors.api.web import CLIENT_CONFIG_PATH, STATIC_PREFIX, WebClient
 from chime_actors.errors import ChimeError, ProtocolError, StoreUnavailable
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.ids import is_message_id
@@ -75,6 +77,7 @@ __all__ = [
     "METRICS_CONTENT_TYPE",
     "ApiBackend",
     "Readiness",
+    "api_routes",
     "make_handler",
 ]
 
@@ -85,7 +88,6 @@ MAX_HISTORY_LIMIT = 100
 METRICS_CONTENT_TYPE = exposition.CONTENT_TYPE
 
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
-_READ_METHODS = ("GET", "HEAD")
 # Status for each error code ``ApiBackend.authorize`` may return.
 _AUTH_STATUS = {"unauthorized": 401, "forbidden": 403}
 
@@ -188,60 +190,74 @@ class ApiBackend(presence_routes.PresenceBackend, Protocol):
         ...
 
 
-def make_handler(backend: ApiBackend, web: WebClient | None = None) -> HttpHandler:
+def make_handler(backend: ApiBackend, web: WebClient | None = None) -> Router:
     """Return the HTTP handler serving Chime's API from ``backend``.
 
     Args:
         backend: where readiness, metrics and history come from.
-        web: the web chat page's routes, tried first; None serves no page.
+        web: the web chat page's routes; None serves no page.
 
     Returns:
-        A handler for :class:`chime_actors.api.http_server.HttpServer`.
+        A :class:`Router` (an ``HttpHandler`` for
+        :class:`chime_actors.api.http_server.HttpServer`) whose table is every
+        route served.
     """
-
-    async def handle(request: HttpRequest) -> HttpResponse:
-        # Split the raw path before decoding so "%2F" inside a channel id stays
-        # part of that segment instead of adding one.
-        if web is not None and (page := web.handle(request)) is not None:
-            return page
-        segments = request.path.split("/")[1:]
-        if segments in (["healthz"], ["readyz"], ["metrics"]):
-            if request.method not in _READ_METHODS:
-                return _method_not_allowed(request)
-            if segments == ["healthz"]:
-                return json_response({"status": "ok"})
-            if segments == ["readyz"]:
-                return await _readyz(backend)
-            return text_response(backend.metrics_text(), content_type=METRICS_CONTENT_TYPE)
-        if len(segments) >= 4 and segments[:2] == ["v1", "channels"] and segments[3] == "messages":
-            if len(segments) == 4:
-                if request.method == "POST":
-                    return await _send(backend, request, segments[2])
-                if request.method not in _READ_METHODS:
-                    return _method_not_allowed(request, "GET, HEAD, POST")
-                return await _history(backend, request, segments[2])
-            if len(segments) == 5:
-                if request.method not in ("PATCH", "DELETE"):
-                    return _method_not_allowed(request, "PATCH, DELETE")
-                return await _message_change(backend, request, segments[2], segments[4], None)
-            if len(segments) == 7 and segments[5] == "reactions":
-                if request.method not in ("PUT", "DELETE"):
-                    return _method_not_allowed(request, "PUT, DELETE")
-                return await _message_change(
-                    backend, request, segments[2], segments[4], segments[6]
-                )
-        presence = await presence_routes.route(backend, request, segments)
-        if presence is not None:
-            return presence
-        return error_response(404, f"no route for {request.path}", code="not_found")
-
-    return handle
+    return Router(api_routes(backend, web))
 
 
-def _method_not_allowed(request: HttpRequest, allow: str = "GET, HEAD") -> HttpResponse:
-    return error_response(
-        405, f"{request.method} is not allowed on {request.path}", headers={"Allow": allow}
-    )
+def api_routes(backend: ApiBackend, web: WebClient | None = None) -> list[Route]:
+    """Every route of the API (``/openapi.json`` describes each), in matching order."""
+
+    async def healthz(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return await _readyz(backend)
+
+    async def metrics(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return text_response(backend.metrics_text(), content_type=METRICS_CONTENT_TYPE)
+
+    async def history(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return await _history(backend, request, params["channelId"])
+
+    async def send(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return await _send(backend, request, params["channelId"])
+
+    async def change(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        emoji = params.get("emoji")
+        return await _message_change(
+            backend, request, params["channelId"], params["messageId"], emoji
+        )
+
+    message = "/v1/channels/{channelId}/messages/{messageId}"
+    return [
+        *([] if web is None else _web_routes(web)),
+        Route("/healthz", {"GET": healthz}),
+        Route("/readyz", {"GET": readyz}),
+        Route("/metrics", {"GET": metrics}),
+        Route(openapi.PATH, {"GET": _openapi}),
+        Route("/v1/channels/{channelId}/messages", {"GET": history, "POST": send}),
+        Route(message, {"PATCH": change, "DELETE": change}),
+        Route(f"{message}/reactions/{{emoji}}", {"PUT": change, "DELETE": change}),
+        *presence_routes.routes(backend),
+    ]
+
+
+def _web_routes(web: WebClient) -> list[Route]:
+    """The web page's paths, answered by ``web`` (its own checks and headers)."""
+
+    async def page(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        answer = web.handle(request)
+        if answer is None:  # cannot happen for these paths; a 404 rather than a crash
+            return error_response(404, f"no route for {request.path}", code="not_found")
+        return answer
+
+    paths = ("/", f"{STATIC_PREFIX}{{name}}", CLIENT_CONFIG_PATH)
+    return [Route(path, {"GET": page}) for path in paths]
+
+
+async def _openapi(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+    return HttpResponse(200, openapi.document_bytes(), "application/json")
 
 
 async def _readyz(backend: ApiBackend) -> HttpResponse:

@@ -530,8 +530,8 @@ export class ChimeClient {
     const response = await fetch(url, { headers, cache: "no-store" });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      const problem = body.error ?? body;
-      throw new ChimeError(problem.code ?? "unavailable", problem.message ?? problem.detail ??
+      // An RFC 9457 problem: `code` is PROTOCOL.md's, `detail` the human text.
+      throw new ChimeError(body.code ?? "unavailable", body.detail ?? body.title ??
         `history: HTTP ${response.status}`);
     }
     return { messages: body.messages ?? [], hasMore: Boolean(body.hasMore) };

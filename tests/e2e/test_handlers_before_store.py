@@ -112,8 +112,8 @@ def test_word_filter_judges_edits_like_sends(server: ServerProcess) -> None:
             assert edited["message"]["content"] == "oh ****"
             # A REST edit passes the same handlers (in the API process).
             status, body = rest_edit(server, strict, acks[strict]["messageId"], "DARN")
-            assert (status, body["error"]["code"]) == (403, "forbidden")
-            assert "blocked word" in body["error"]["message"]
+            assert (status, body["code"]) == (403, "forbidden")
+            assert "blocked word" in body["detail"]
             await alice.send({"type": "history", "requestId": "h", "channelId": strict})
             history = await alice.expect("history")
             assert [m["content"] for m in history["messages"]] == ["fine"]

@@ -13,7 +13,12 @@ from urllib.parse import parse_qsl
 import orjson
 import pytest
 
-from chime_actors.api.http_server import HttpRequest, HttpResponse, HttpServer
+from chime_actors.api.http_server import (
+    PROBLEM_CONTENT_TYPE,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+)
 from chime_actors.api.routes import METRICS_CONTENT_TYPE, ApiBackend, Readiness, make_handler
 from chime_actors.errors import ActorError, ProtocolError, StoreUnavailable
 from chime_actors.ids import format_message_id
@@ -152,8 +157,15 @@ def call(
 
 
 def body(response: HttpResponse) -> Any:
-    assert response.content_type == "application/json"
-    return orjson.loads(response.body)
+    parsed = orjson.loads(response.body)
+    if response.content_type == PROBLEM_CONTENT_TYPE:
+        # An RFC 9457 problem (PROTOCOL.md "REST API"), whose status is the response's.
+        assert response.status >= 400 and parsed["status"] == response.status
+        assert parsed["type"] == "about:blank" and parsed["title"] and parsed["detail"]
+    else:
+        # JSON that is not a problem: answers, and /readyz's 503 (a probe's body).
+        assert response.content_type == "application/json"
+    return parsed
 
 
 ID1, ID5, ID9 = format_message_id(1), format_message_id(5), format_message_id(9)
@@ -237,14 +249,14 @@ def test_history_bad_requests(target: str) -> None:
     backend = FakeBackend()
     response = call(backend, target)
     assert response.status == 400
-    assert body(response)["error"]["code"] == "bad_request"
+    assert body(response)["code"] == "bad_request"
     assert backend.calls == []
 
 
 def test_history_storage_down_is_503() -> None:
     response = call(FakeBackend(down=True), "/v1/channels/c/messages")
     assert response.status == 503
-    assert body(response)["error"]["code"] == "unavailable"
+    assert body(response)["code"] == "unavailable"
     assert response.headers["Retry-After"] == "1"
     # The store's own words ("database is locked", a host, a path) stay in the log.
     assert "locked" not in response.body.decode()
@@ -255,7 +267,7 @@ def test_history_authorization(code: str, status: int) -> None:
     backend = FakeBackend(deny=code)
     response = call(backend, "/v1/channels/c/messages", "GET", "Authorization: Bearer nope")
     assert response.status == status
-    assert body(response)["error"]["code"] == code
+    assert body(response)["code"] == code
     assert backend.seen_headers[0]["authorization"] == "Bearer nope"
     assert backend.calls == []
     assert ("WWW-Authenticate" in response.headers) is (status == 401)
@@ -282,7 +294,7 @@ def test_probes_and_metrics_skip_authorization() -> None:
 def test_unknown_paths_are_404(target: str) -> None:
     response = call(FakeBackend(), target)
     assert response.status == 404
-    assert body(response)["error"]["code"] == "not_found"
+    assert body(response)["code"] == "not_found"
 
 
 @pytest.mark.parametrize(
@@ -388,7 +400,7 @@ def test_bad_changes_are_refused_before_reaching_a_persister(
     backend = FakeBackend()
     response = call(backend, target, method, "X-Chime-User: alice", data=data)
     assert response.status == (413 if code == "too_large" else 400)
-    assert body(response)["error"]["code"] == code
+    assert body(response)["code"] == code
     assert backend.changes == []
 
 
@@ -396,11 +408,11 @@ def test_bad_changes_are_refused_before_reaching_a_persister(
 def test_changes_need_a_user_the_channel_grants(code: str, status: int) -> None:
     backend = FakeBackend(deny=code)
     response = call(backend, MSG, "DELETE", "X-Chime-User: alice")
-    assert (response.status, body(response)["error"]["code"]) == (status, code)
+    assert (response.status, body(response)["code"]) == (status, code)
     assert ("WWW-Authenticate" in response.headers) is (status == 401)
     assert backend.changes == []
     nobody = call(FakeBackend(), MSG, "DELETE")
-    assert (nobody.status, body(nobody)["error"]["code"]) == (401, "unauthorized")
+    assert (nobody.status, body(nobody)["code"]) == (401, "unauthorized")
 
 
 @pytest.mark.parametrize(
@@ -408,11 +420,11 @@ def test_changes_need_a_user_the_channel_grants(code: str, status: int) -> None:
 )
 def test_refused_changes_map_to_statuses(code: str, status: int) -> None:
     response = call(FakeBackend(refuse=code), MSG, "DELETE", "X-Chime-User: bob")
-    assert (response.status, body(response)["error"]["code"]) == (status, code)
+    assert (response.status, body(response)["code"]) == (status, code)
     if code == "forbidden":
         # A refusal's own words (the author rule, a before_store handler) are the
         # requester's to read; nothing of storage is in them.
-        assert body(response)["error"]["message"] == "store words: /var/x"
+        assert body(response)["detail"] == "store words: /var/x"
     else:
         assert "/var/x" not in response.body.decode()  # the store's words stay in the log
 
@@ -421,7 +433,7 @@ def test_changes_over_the_rate_limit_are_429() -> None:
     backend = FakeBackend(wait_s=1.5)
     response = call(backend, MSG, "DELETE", "X-Chime-User: alice")
     assert response.status == 429
-    assert body(response)["error"]["code"] == "rate_limited"
-    assert body(response)["error"]["retryAfterMs"] == 1500
+    assert body(response)["code"] == "rate_limited"
+    assert body(response)["retryAfterMs"] == 1500
     assert response.headers["Retry-After"] == "2"
     assert backend.changes == []

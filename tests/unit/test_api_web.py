@@ -115,7 +115,7 @@ def test_static_files_have_their_types_and_revalidate_by_etag() -> None:
 def test_only_the_web_files_themselves_are_served(path: str) -> None:
     response = must_get(path)
     assert response.status == 404
-    assert orjson.loads(response.body)["error"]["code"] == "not_found"
+    assert orjson.loads(response.body)["code"] == "not_found"
 
 
 def test_writes_are_refused_with_405() -> None:

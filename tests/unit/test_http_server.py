@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+from aiohttp import web
 
 from chime_actors.api.http_server import (
     HttpError,
@@ -32,12 +33,26 @@ def test_response_refuses_header_injection_and_bad_status() -> None:
         HttpResponse(99)
 
 
-def test_error_response_uses_protocol_codes() -> None:
-    assert orjson.loads(error_response(431, "big").body) == {
-        "error": {"code": "too_large", "message": "big"}
+def test_error_response_is_problem_json_with_protocol_codes() -> None:
+    """RFC 9457 problem details: ``about:blank`` with the status phrase as its
+    title, our words as ``detail`` and PROTOCOL.md's ``code`` as an extension."""
+    response = error_response(431, "big")
+    assert response.content_type == "application/problem+json"
+    assert orjson.loads(response.body) == {
+        "type": "about:blank",
+        "title": "Request Header Fields Too Large",
+        "status": 431,
+        "detail": "big",
+        "code": "too_large",
     }
-    assert orjson.loads(error_response(404, "x", code="not_found", extra="y").body) == {
-        "error": {"code": "not_found", "message": "x", "extra": "y"}
+    extra = error_response(429, "slow down", code="rate_limited", retryAfterMs=1500)
+    assert orjson.loads(extra.body) == {
+        "type": "about:blank",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "slow down",
+        "code": "rate_limited",
+        "retryAfterMs": 1500,
     }
 
 
@@ -51,6 +66,9 @@ async def echo(request: HttpRequest) -> HttpResponse:
         raise RuntimeError("kaboom")
     if request.path == "/refuse":
         raise HttpError(403, "go away", headers={"X-Why": "test"})
+    if request.path == "/aiohttp-405":
+        # aiohttp's own refusal, as its router raises it for a method it lacks.
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
     if request.path == "/metrics":
         return text_response("m 1\n", content_type="text/plain; version=0.0.4; charset=utf-8")
     return json_response(
@@ -178,15 +196,34 @@ def test_bodies_reach_the_handler_with_a_length_or_chunked() -> None:
     run_with_server(test)
 
 
-def test_an_oversize_body_gets_413_in_our_error_shape() -> None:
+def test_an_oversize_body_gets_413_as_problem_json() -> None:
     async def test(server: HttpServer, client: Client) -> None:
         big = b"x" * 2000
         await client.send(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n" + big)
-        status, _, body = await client.response()
-        assert status == 413
-        assert orjson.loads(body)["error"]["code"] == "too_large"
+        status, headers, body = await client.response()
+        assert (status, headers["content-type"]) == (413, "application/problem+json")
+        problem = orjson.loads(body)
+        assert problem["code"] == "too_large" and problem["status"] == 413
+        assert problem["title"] == "Request Entity Too Large"
+        assert "1000" in problem["detail"]  # aiohttp's words name the limit
 
     run_with_server(test, max_body_bytes=1000)
+
+
+def test_aiohttps_own_refusals_become_problem_json_with_their_headers() -> None:
+    async def test(server: HttpServer, client: Client) -> None:
+        await client.send(get("/aiohttp-405", method="POST"))
+        status, headers, body = await client.response()
+        assert (status, headers["content-type"]) == (405, "application/problem+json")
+        assert headers["allow"] == "GET,HEAD"
+        problem = orjson.loads(body)
+        assert (problem["type"], problem["status"], problem["code"]) == (
+            "about:blank",
+            405,
+            "bad_request",
+        )
+
+    run_with_server(test)
 
 
 @pytest.mark.parametrize(
@@ -224,11 +261,11 @@ def test_a_handler_exception_is_a_logged_500_with_a_correlation_id(
             await client.send(get("/boom"))
             status, _, body = await client.response()
         assert status == 500
-        error = orjson.loads(body)["error"]
-        assert error["code"] == "internal"
-        assert error["correlationId"] in error["message"]
+        problem = orjson.loads(body)
+        assert (problem["code"], problem["title"]) == ("internal", "Internal Server Error")
+        assert problem["correlationId"] in problem["detail"]
         assert "kaboom" not in body.decode()  # the traceback stays in the log
-        assert any(error["correlationId"] in r.getMessage() for r in caplog.records)
+        assert any(problem["correlationId"] in r.getMessage() for r in caplog.records)
 
     run_with_server(test)
 
@@ -238,7 +275,13 @@ def test_a_handler_may_refuse_with_http_error() -> None:
         await client.send(get("/refuse"))
         status, headers, body = await client.response()
         assert (status, headers["x-why"]) == (403, "test")
-        assert orjson.loads(body)["error"] == {"code": "forbidden", "message": "go away"}
+        assert orjson.loads(body) == {
+            "type": "about:blank",
+            "title": "Forbidden",
+            "status": 403,
+            "detail": "go away",
+            "code": "forbidden",
+        }
 
     run_with_server(test)
 

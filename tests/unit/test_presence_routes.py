@@ -12,6 +12,7 @@ import orjson
 from chime_actors.api import presence_routes
 from chime_actors.api.http_server import HttpRequest, HttpResponse
 from chime_actors.api.presence_routes import Caller
+from chime_actors.api.router import Router
 from chime_actors.auth import Identity
 from chime_actors.errors import (
     MessageNotFound,
@@ -66,13 +67,11 @@ def call(backend: Backend, method: str, target: str, body: Any = None) -> HttpRe
         {},
         b"" if body is None else body if isinstance(body, bytes) else orjson.dumps(body),
     )
-    response = asyncio.run(presence_routes.route(backend, request, path.split("/")[1:]))
-    assert response is not None, target
-    return response
+    return asyncio.run(Router(presence_routes.routes(backend))(request))
 
 
 def error(response: HttpResponse) -> tuple[int, str]:
-    return response.status, orjson.loads(response.body)["error"]["code"]
+    return response.status, orjson.loads(response.body)["code"]
 
 
 def test_presence_lists_the_online_users() -> None:
@@ -143,8 +142,8 @@ def test_unread_refusals() -> None:
     assert error(call(down, "GET", "/v1/me/unread?channels=a")) == (503, "unavailable")
 
 
-def test_other_paths_are_not_these_routes() -> None:
-    request = HttpRequest("GET", "/v1/channels/a/messages")
-    assert (
-        asyncio.run(presence_routes.route(Backend(), request, ["v1", "channels", "a", "x"])) is None
-    )
+def test_other_paths_and_methods_are_not_these_routes() -> None:
+    assert error(call(Backend(), "GET", "/v1/channels/a/messages")) == (404, "not_found")
+    wrong = call(Backend(), "GET", "/v1/channels/a/read")
+    assert (wrong.status, wrong.headers["Allow"]) == (405, "POST")
+    assert call(Backend(), "POST", "/v1/me/unread").headers["Allow"] == "GET, HEAD"
