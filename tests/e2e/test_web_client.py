@@ -25,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.e2e.browser import PHONE, Page, browsers, gateways_serving, require_chromium
 from tests.e2e.conftest import fresh, http_get, http_request
 from tests.e2e.load import RESTART_TIMEOUT_S, alive, server_pids
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.server_process import ServerProcess, restart_overrides, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -339,6 +339,56 @@ def test_gateway_restart_is_survived(tmp_path: Path) -> None:
         resent = [m for m in history if m["clientMsgId"] == pending.client_msg_id]
         assert len(resent) == 1, history
         assert_shown_once_in_order(page, server, channel)
+
+
+# A restart takes a few seconds, and by then the page's backoff may wait up to
+# 15 s (chime.js's backoffMaxMs) before it tries again.
+FULL_RESTART_TIMEOUT_S = 90.0
+
+
+def test_a_full_server_restart_is_survived(tmp_path: Path) -> None:
+    """SIGTERM the whole ``chime serve`` and start it again on the same ports with
+    the same data, the page open all along: the page retries with backoff while
+    the server is down, a message written meanwhile waits as pending, and after
+    the restart it is stored once and shown stored once; a WebSocket client's
+    message after the restart appears once; the page shows exactly what is stored."""
+    channel = fresh("web")
+    overrides = restart_overrides(tmp_path)
+    with browsers(f"http://127.0.0.1:{overrides['api.port']}") as open_window:
+        with running_server(tmp_path / "run1", overrides) as server:
+            page = open_window().open("alice", [channel])
+            page.wait_connected()
+            page.send("before the restart")
+            with chat_socket(server, "bob", [channel]) as bob:
+                bob.send(channel, "bob before the restart")
+            page.wait_contents(["before the restart", "bob before the restart"])
+            assert server.stop() == 0  # SIGTERM; it has exited
+        page.wait(
+            lambda: "(attempt 2)" in page.element("connection").text,
+            "the page to retry with backoff",
+        )
+        page.type_and_enter("sent while the server is down")
+        pending = page.wait(
+            lambda: next((m for m in page.messages() if m.status == "pending"), None),
+            "the message to wait as pending",
+        )
+        with running_server(tmp_path / "run2", overrides) as server:
+            page.wait_connected(FULL_RESTART_TIMEOUT_S)
+            before = ["before the restart", "bob before the restart"]
+            page.wait_contents(
+                [*before, "sent while the server is down"], "the pending message stored"
+            )
+            with chat_socket(server, "bob", [channel]) as bob:
+                bob.send(channel, "bob after the restart")
+            shown = page.wait_contents(
+                [*before, "sent while the server is down", "bob after the restart"]
+            )
+            history = stored(server, channel)
+            assert [m["messageId"] for m in history] == [m.message_id for m in shown]
+            resent = [m for m in history if m["clientMsgId"] == pending.client_msg_id]
+            assert len(resent) == 1, history
+            assert_shown_once_in_order(page, server, channel)
+            assert page.element("chat-error").text == ""
 
 
 JWT_SECRET = "web-e2e-secret-" + "x" * 32
