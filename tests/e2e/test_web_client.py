@@ -619,8 +619,9 @@ def test_threads_are_opened_answered_and_counted_live(server: ServerProcess) -> 
     root, live, not the reply itself in the channel; a reply sent by a WebSocket
     client (``threadId``) reaches Alice's open thread and Bob's count; Bob, on a
     phone, opens the thread from its count and answers; both panels show the
-    thread as the server stores it (history with ``threadId``); Escape closes
-    the panel and gives the focus back to the button that opened it."""
+    thread as the server stores it (history with ``threadId``); a deleted reply
+    leaves both panels and the count; Escape closes the panel and gives the
+    focus back to the button that opened it."""
     from selenium.webdriver.common.keys import Keys
 
     channel = fresh("web")
@@ -682,6 +683,17 @@ def test_threads_are_opened_answered_and_counted_live(server: ServerProcess) -> 
         assert [(m["userId"], m["content"]) for m in body["messages"]] == expected
         assert all(m["threadId"] == root for m in body["messages"][1:])
         assert body["messages"][0]["replyCount"] == 3
+
+        # Carol deletes her reply: gone from both threads, and counted out.
+        carols = body["messages"][2]["messageId"]
+        delete = {"type": "delete", "channelId": channel, "messageId": carols}
+        carol.ws.send(orjson.dumps(delete).decode())
+        for page in (alice, bob):
+            page.wait(
+                lambda p=page: _thread_contents(p) == [expected[0], expected[1], expected[3]],
+                "the deleted reply to go",
+            )
+            page.wait(lambda p=page: _thread_summary(p, root) == "2 replies", "2 replies")
         assert [m.message_id for m in bob.messages()] == [root]  # replies stay in the thread
 
         alice.element("thread-composer").send_keys(Keys.ESCAPE)
