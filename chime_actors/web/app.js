@@ -1,17 +1,21 @@
 // The web chat page: renders what chime.js reports and turns input into its calls.
-// All connection logic (reconnect, resume, resends) lives in chime.js.
+// All connection logic (reconnect, resume, resends) lives in chime.js; the DOM of
+// a list of messages in render.js, the thread panel in thread.js.
 
 import { ChimeClient, chatUrlFor, fetchClientConfig } from "./chime.js";
+import { MessagePane, isReply } from "./render.js";
+import { ThreadPanel } from "./thread.js";
 
 const SESSION_KEY = "chime.session";
 const TYPING_SHOWN_MS = 5000;
+// The server passes on one `typing` per user and channel every 3 s: sending more
+// often would only be dropped (and count against the rate limit).
 const TYPING_SENT_EVERY_MS = 3000;
-// This server answers `typing` with "not supported yet" (docs/protocol.md), so the
-// page only shows typing frames it receives. TODO: set to true once it passes them on.
-const SEND_TYPING = false;
+// At most one `read` per channel this often: a busy channel does not cost one per
+// message, and the last one always goes (a trailing send).
+const READ_SENT_EVERY_MS = 1000;
 const USER_ID = /^[A-Za-z0-9_.@:-]{1,64}$/;
 const CHANNEL_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
-const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 40;
 
 const $ = (id) => document.getElementById(id);
@@ -57,13 +61,21 @@ const channels = new Map(); // channelId -> ChannelView
 class ChannelView {
   constructor(id) {
     this.id = id;
-    this.messages = new Map(); // messageId -> ChimeMessage (+ reactions)
+    // messageId -> ChimeMessage (+ reactions): roots and replies alike. chime.js
+    // delivers a channel without gaps, so this is every message from the oldest
+    // loaded on; a thread's replies are newer than its root, so every reply of a
+    // root held here is held here too, and counting them gives its reply count.
+    this.messages = new Map();
+    this.replies = new Map(); // root messageId -> Set of its replies' messageIds
     this.pending = new Map(); // clientMsgId -> pending send (or failed, with .error)
     this.hasMore = null; // null: not known yet
     this.loadingOlder = false;
     this.unread = 0;
     this.online = null; // Set of user ids, once known
     this.typing = new Map(); // userId -> timer
+    this.readSent = null; // the newest messageId sent in a `read`
+    this.readSentAt = 0;
+    this.readTimer = null;
   }
 
   oldestId() {
@@ -71,6 +83,105 @@ class ChannelView {
     for (const id of this.messages.keys()) if (oldest === null || id < oldest) oldest = id;
     return oldest;
   }
+
+  newestId() {
+    let newest = null;
+    for (const id of this.messages.keys()) if (newest === null || id > newest) newest = id;
+    return newest;
+  }
+
+  /** Keep a message; returns whether it is new here. */
+  add(message) {
+    const fresh = !this.messages.has(message.messageId);
+    this.messages.set(message.messageId, message);
+    if (isReply(message)) {
+      if (!this.replies.has(message.threadId)) this.replies.set(message.threadId, new Set());
+      this.replies.get(message.threadId).add(message.messageId);
+    }
+    return fresh;
+  }
+
+  /** Forget a deleted message; returns it (or undefined if it was not here). */
+  drop(messageId) {
+    const message = this.messages.get(messageId);
+    if (!message) return undefined;
+    this.messages.delete(messageId);
+    if (isReply(message)) this.replies.get(message.threadId)?.delete(messageId);
+    return message;
+  }
+
+  clear() {
+    this.messages.clear();
+    this.replies.clear();
+  }
+
+  replyCount(rootId) {
+    return this.replies.get(rootId)?.size ?? 0;
+  }
+}
+
+// The buttons of a message, in the channel's pane and the thread's alike.
+const paneHooks = {
+  me: () => client?.userId ?? null,
+  reactions: (channelId, messageId) =>
+    knownCopies(channelId, messageId)[0]?.reactions ?? {},
+  react: (channelId, messageId, emoji, op) => client?.react(channelId, messageId, emoji, op),
+  edit: (channelId, messageId, current) => {
+    const content = window.prompt("Edit your message", current);
+    if (content !== null && content.trim() && content !== current) {
+      client?.edit(channelId, messageId, content);
+    }
+  },
+  remove: (channelId, messageId) => {
+    if (window.confirm("Delete this message for everyone?")) client?.remove(channelId, messageId);
+  },
+};
+
+const channelPane = new MessagePane(ui.messages, ui.scroller, {
+  ...paneHooks,
+  openThread: (channelId, rootId) => threadPanel.open(channelId, rootId),
+  replyCount: (channelId, rootId) => channels.get(channelId)?.replyCount(rootId) ?? 0,
+});
+
+const threadPanel = new ThreadPanel({
+  panel: $("thread"),
+  title: $("thread-title"),
+  close: $("thread-close"),
+  scroller: $("thread-scroller"),
+  older: $("thread-older"),
+  list: $("thread-messages"),
+  form: $("thread-form"),
+  composer: $("thread-composer"),
+  error: $("thread-error"),
+}, {
+  ...paneHooks,
+  history: (channelId, options) => client.history(channelId, options),
+  send: (channelId, content, threadId) => sendText(channelId, content, threadId),
+  known: (channelId, rootId) => {
+    const view = channels.get(channelId);
+    if (!view) return [];
+    const ids = [rootId, ...(view.replies.get(rootId) ?? [])];
+    return ids.map((id) => view.messages.get(id)).filter(Boolean);
+  },
+  pending: (channelId, rootId) =>
+    [...(channels.get(channelId)?.pending.values() ?? [])].filter((s) => s.threadId === rootId),
+  typing: (channelId) => sendTyping(channelId),
+  closed: (channelId, rootId) => {
+    // Back to where the thread was opened from, or to the message box.
+    const opener = channelId === session?.active
+      ? channelPane.find(rootId)?.querySelector(".reply-button") : null;
+    (opener ?? ui.composer).focus();
+  },
+});
+
+/** Every copy the page holds of a message (the channel's, the open thread's). */
+function knownCopies(channelId, messageId) {
+  const copies = new Set();
+  const inView = channels.get(channelId)?.messages.get(messageId);
+  if (inView) copies.add(inView);
+  const inThread = threadPanel.get(channelId, messageId);
+  if (inThread) copies.add(inThread);
+  return [...copies];
 }
 
 // --- start ------------------------------------------------------------------------------
@@ -189,6 +300,7 @@ function stop() {
   client = null;
   sessionStorage.removeItem(SESSION_KEY);
   session = null;
+  threadPanel.close();
   channels.clear();
   ui.messages.replaceChildren();
   showLogin();
@@ -221,6 +333,7 @@ function wire(c) {
   });
   c.on("connected", ({ frame }) => {
     ui.whoami.textContent = `Signed in as ${frame.userId}`;
+    // The server's counts (its read markers) replace the page's own counting.
     for (const [id, count] of Object.entries(frame.unread ?? {})) {
       if (id !== session.active) channelView(id).unread = count;
     }
@@ -231,6 +344,12 @@ function wire(c) {
     renderChannelList();
     if (!channels.has(session.active)) showChannel(channels.keys().next().value ?? null);
     for (const id of channels.keys()) askPresence(id);
+    // A `read` written as the last socket died may be lost: say it again.
+    const active = channels.get(session.active);
+    if (active) {
+      active.readSent = null;
+      noteRead(active);
+    }
   });
   c.on("message", ({ message, live }) => onMessage(message, live));
   c.on("synced", ({ channelId, hasMore }) => {
@@ -242,37 +361,38 @@ function wire(c) {
   c.on("reset", ({ channelId }) => {
     const view = channels.get(channelId);
     if (!view) return;
-    view.messages.clear();
+    view.clear();
     view.hasMore = null;
     if (channelId === session.active) renderMessages(view);
+    if (threadPanel.showing(channelId)) threadPanel.reload();
   });
   c.on("pending", ({ send }) => {
     const view = channelView(send.channelId);
     view.pending.set(send.clientMsgId, send);
-    if (send.channelId === session.active) {
-      placeElement(messageElement(send, "pending"), null, true);
-    }
+    if (send.threadId) threadPanel.onPending(send);
+    else if (send.channelId === session.active) channelPane.showPending(send);
   });
   c.on("ack", ({ send, ack }) => {
     const view = channels.get(send.channelId);
     if (!view) return;
     view.pending.delete(send.clientMsgId);
     if (!view.messages.has(ack.messageId)) {
-      view.messages.set(ack.messageId, {
+      view.add({
         channelId: send.channelId, messageId: ack.messageId, userId: client.userId,
         content: send.content, createdAt: ack.createdAt, editedAt: null,
         metadata: send.metadata, threadId: send.threadId, clientMsgId: send.clientMsgId,
       });
     }
-    if (send.channelId === session.active) showStored(view.messages.get(ack.messageId));
+    show(view.messages.get(ack.messageId));
+    if (send.channelId === session.active) noteRead(view);
   });
   c.on("send_failed", ({ send, error }) => {
     const view = channels.get(send.channelId);
     if (!view) return;
-    send.error = error.message;
-    const el = findPending(send.clientMsgId);
     // Kept in the view (not in the client): the writer sees what was not sent.
-    if (el) setStatus(el, "failed", `Not sent: ${error.message}`);
+    send.error = error.message;
+    if (send.threadId) threadPanel.onFailed(send, error.message);
+    else channelPane.markFailed(send.clientMsgId, error.message);
   });
   c.on("joined", ({ channels: added }) => {
     for (const id of added) channelView(id);
@@ -281,43 +401,48 @@ function wire(c) {
     for (const id of added) askPresence(id);
   });
   c.on("left", ({ channels: gone }) => {
-    for (const id of gone) channels.delete(id);
+    for (const id of gone) {
+      channels.delete(id);
+      if (threadPanel.showing(id)) threadPanel.close();
+    }
     rememberChannels();
     renderChannelList();
     if (!channels.has(session.active)) showChannel(channels.keys().next().value ?? null);
   });
   c.on("message_edited", ({ message }) => {
-    const view = channels.get(message?.channelId);
-    const known = view?.messages.get(message.messageId);
-    if (!known) return;
-    Object.assign(known, message, { reactions: message.reactions ?? known.reactions });
-    if (message.channelId === session.active) refreshElement(known);
+    if (!message?.channelId) return;
+    for (const known of knownCopies(message.channelId, message.messageId)) {
+      Object.assign(known, message, { reactions: message.reactions ?? known.reactions });
+      refresh(known);
+    }
   });
   c.on("message_deleted", ({ channelId, messageId }) => {
     const view = channels.get(channelId);
-    if (!view?.messages.delete(messageId)) return;
-    if (channelId === session.active) findMessage(messageId)?.remove();
+    const gone = view?.drop(messageId);
+    threadPanel.onDeleted(channelId, messageId);
+    if (!gone || channelId !== session.active) return;
+    channelPane.remove(messageId);
+    if (isReply(gone)) refreshRoot(view, gone.threadId);
   });
   c.on("reaction", ({ channelId, messageId, emoji, userId, op }) => {
-    const known = channels.get(channelId)?.messages.get(messageId);
-    if (!known || typeof emoji !== "string") return;
-    const reactions = { ...(known.reactions ?? {}) };
+    const copies = knownCopies(channelId, messageId);
+    if (!copies.length || typeof emoji !== "string") return;
+    const reactions = { ...(copies[0].reactions ?? {}) };
     const users = new Set(reactions[emoji] ?? []);
     if (op === "remove") users.delete(userId);
     else users.add(userId);
     if (users.size) reactions[emoji] = [...users];
     else delete reactions[emoji];
-    known.reactions = reactions;
-    if (channelId === session.active) refreshElement(known);
+    for (const known of copies) {
+      known.reactions = reactions;
+      refresh(known);
+    }
   });
   c.on("typing", ({ channelId, userId }) => {
     const view = channels.get(channelId);
     if (!view || userId === client.userId) return;
     clearTimeout(view.typing.get(userId));
-    view.typing.set(userId, setTimeout(() => {
-      view.typing.delete(userId);
-      if (channelId === session.active) renderTyping(view);
-    }, TYPING_SHOWN_MS));
+    view.typing.set(userId, setTimeout(() => stoppedTyping(view, userId), TYPING_SHOWN_MS));
     if (channelId === session.active) renderTyping(view);
   });
   c.on("presence", ({ channelId, userId, status }) => {
@@ -344,21 +469,94 @@ function askPresence(channelId) {
 function onMessage(message, live) {
   const view = channels.get(message.channelId);
   if (!view) return;
-  const fresh = !view.messages.has(message.messageId);
-  view.messages.set(message.messageId, message);
+  const fresh = view.add(message);
   const ownPending = message.userId === client.userId && view.pending.has(message.clientMsgId);
+  // Their message is what they were typing.
+  if (live && view.typing.has(message.userId)) stoppedTyping(view, message.userId);
+  show(message);
   if (message.channelId === session.active) {
-    showStored(message);
+    noteRead(view);
   } else if (fresh && live && message.userId !== client.userId && !ownPending) {
     view.unread += 1;
     renderChannelList();
   }
 }
 
+/** Show a stored message where it belongs: the channel's list, or its thread. */
+function show(message) {
+  const view = channels.get(message.channelId);
+  if (!view) return;
+  if (isReply(message)) {
+    if (message.channelId === session.active) refreshRoot(view, message.threadId);
+  } else if (message.channelId === session.active) {
+    channelPane.showStored(message);
+    renderHistoryControls(view);
+  }
+  threadPanel.onMessage(message);
+}
+
+/** Redraw a stored message wherever it is shown. */
+function refresh(message) {
+  if (message.channelId === session?.active) channelPane.refresh(message);
+  threadPanel.refresh(message);
+}
+
+// A root's "N replies" changed.
+function refreshRoot(view, rootId) {
+  const root = view.messages.get(rootId);
+  if (root) channelPane.refresh(root);
+}
+
+function stoppedTyping(view, userId) {
+  clearTimeout(view.typing.get(userId));
+  view.typing.delete(userId);
+  if (view.id === session?.active) renderTyping(view);
+}
+
 function rememberChannels() {
   if (!session) return;
   saveSession({ ...session, channels: [...channels.keys()] });
 }
+
+// --- read markers ---------------------------------------------------------------------------
+
+// What the reader has in front of them is read: the newest message of the shown
+// channel, while the page is visible. The server keeps the marker, so the unread
+// counts of `connected` (after a reload, on another device) agree with the page.
+function noteRead(view) {
+  if (!view || view.id !== session?.active || document.visibilityState !== "visible") return;
+  if (view.readTimer || !unreadSince(view)) return;
+  const wait = Math.max(0, view.readSentAt + READ_SENT_EVERY_MS - Date.now());
+  view.readTimer = setTimeout(() => flushRead(view), wait);
+}
+
+function unreadSince(view) {
+  const newest = view.newestId();
+  return newest !== null && (view.readSent === null || newest > view.readSent) ? newest : null;
+}
+
+/** Send the `read` that `noteRead` has waiting, now. */
+function flushRead(view) {
+  clearTimeout(view.readTimer);
+  view.readTimer = null;
+  const newest = unreadSince(view);
+  // Not connected: the next `connected` notes it again.
+  if (newest === null || !client?.markRead(view.id, newest)) return;
+  view.readSent = newest;
+  view.readSentAt = Date.now();
+}
+
+function flushActiveRead() {
+  const view = session && channels.get(session.active);
+  if (view?.readTimer) flushRead(view);
+}
+
+document.addEventListener("visibilitychange", () => {
+  const view = session && channels.get(session.active);
+  if (document.visibilityState === "visible") noteRead(view);
+  else flushActiveRead(); // what was on screen until now was seen
+});
+window.addEventListener("pagehide", flushActiveRead);
 
 // --- rendering --------------------------------------------------------------------------
 
@@ -419,7 +617,10 @@ function renderChannelList() {
 }
 
 function showChannel(id) {
+  // What the reader saw of the channel they leave was read.
+  flushActiveRead();
   if (session) saveSession({ ...session, active: id });
+  if (!threadPanel.showing(id)) threadPanel.close();
   const view = id === null ? null : channels.get(id);
   ui.title.textContent = view ? `# ${view.id}` : "No channel: join one";
   ui.composer.disabled = !view;
@@ -429,28 +630,24 @@ function showChannel(id) {
   renderMessages(view);
   renderPresence(view);
   renderTyping(view);
+  noteRead(view);
 }
 
 function renderMessages(view) {
-  const items = [];
+  const messages = [];
+  const pending = [];
   if (view) {
     for (const id of [...view.messages.keys()].sort()) {
-      items.push(messageElement(view.messages.get(id), "stored"));
+      const message = view.messages.get(id);
+      if (!isReply(message)) messages.push(message);
     }
+    const stored = new Set(messages.map((m) => m.clientMsgId).filter(Boolean));
     for (const send of view.pending.values()) {
-      if (!storedCopy(view, send)) items.push(messageElement(send, "pending"));
+      if (!send.threadId && !stored.has(send.clientMsgId)) pending.push(send);
     }
   }
-  ui.messages.replaceChildren(...items);
+  channelPane.render(messages, pending);
   renderHistoryControls(view);
-  ui.scroller.scrollTop = ui.scroller.scrollHeight;
-}
-
-function storedCopy(view, send) {
-  for (const message of view.messages.values()) {
-    if (message.clientMsgId === send.clientMsgId && message.userId === client.userId) return message;
-  }
-  return null;
 }
 
 function renderHistoryControls(view) {
@@ -472,178 +669,6 @@ function renderTyping(view) {
     : who.length === 1 ? `${who[0]} is typing…` : `${who.join(", ")} are typing…`;
 }
 
-function formatTime(iso) {
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return "";
-  const sameDay = date.toDateString() === new Date().toDateString();
-  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  return sameDay ? time : `${date.toLocaleDateString()} ${time}`;
-}
-
-/** The element of a stored message or of a pending send (`status` says which). */
-function messageElement(message, status) {
-  const li = document.createElement("li");
-  li.className = "message";
-  if (message.userId === client?.userId) li.classList.add("own");
-  if (message.clientMsgId) li.dataset.clientMsgId = message.clientMsgId;
-
-  const meta = document.createElement("p");
-  meta.className = "meta";
-  const author = document.createElement("span");
-  author.className = "author";
-  author.textContent = message.userId ?? client?.userId ?? "you";
-  const time = document.createElement("time");
-  time.dateTime = message.createdAt;
-  time.title = new Date(message.createdAt).toLocaleString();
-  time.textContent = formatTime(message.createdAt);
-  const state = document.createElement("span");
-  state.className = "status";
-  meta.append(author, " ", time, " ", state);
-
-  const content = document.createElement("p");
-  content.className = "content";
-  content.textContent = message.content;
-
-  const extras = document.createElement("p");
-  extras.className = "extras";
-  li.append(meta, content, extras, messageActions(li, message));
-  fillMessage(li, message);
-  if (status === "stored") li.dataset.messageId = message.messageId;
-  setStatus(li, status, status === "pending" ? "Sending…" : "");
-  if (message.error) setStatus(li, "failed", `Not sent: ${message.error}`);
-  return li;
-}
-
-// Actions on a stored message (CSS hides them until it has a messageId): a 👍 for
-// anyone, edit and delete for its author. The server confirms each with the
-// frame every subscriber gets (message_edited, message_deleted, reaction).
-function messageActions(li, message) {
-  const actions = document.createElement("span");
-  actions.className = "actions";
-  const button = (label, text, onClick) => {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = text;
-    b.setAttribute("aria-label", label);
-    b.addEventListener("click", () => {
-      const messageId = li.dataset.messageId;
-      if (messageId && client) onClick(messageId);
-    });
-    actions.append(b);
-  };
-  const channelId = message.channelId;
-  button("React 👍", "👍", (id) => {
-    const mine = (messageReactions(channelId, id)["👍"] ?? []).includes(client.userId);
-    client.react(channelId, id, "👍", mine ? "remove" : "add");
-  });
-  // A pending send has no userId yet: it is always our own.
-  if (message.userId === undefined || message.userId === client?.userId) {
-    button("Edit message", "Edit", (id) => {
-      const current = li.querySelector(".content").textContent;
-      const content = window.prompt("Edit your message", current);
-      if (content !== null && content.trim() && content !== current) {
-        client.edit(channelId, id, content);
-      }
-    });
-    button("Delete message", "Delete", (id) => {
-      if (window.confirm("Delete this message for everyone?")) client.remove(channelId, id);
-    });
-  }
-  return actions;
-}
-
-function messageReactions(channelId, messageId) {
-  return channels.get(channelId)?.messages.get(messageId)?.reactions ?? {};
-}
-
-function fillMessage(li, message) {
-  li.querySelector(".content").textContent = message.content;
-  const extras = li.querySelector(".extras");
-  const parts = [];
-  if (message.editedAt) {
-    const edited = document.createElement("span");
-    edited.className = "edited";
-    edited.textContent = "(edited)";
-    edited.title = new Date(message.editedAt).toLocaleString();
-    parts.push(edited);
-  }
-  for (const [emoji, users] of Object.entries(message.reactions ?? {})) {
-    if (!Array.isArray(users) || users.length === 0) continue;
-    const reaction = document.createElement("span");
-    reaction.className = "reaction";
-    reaction.textContent = `${emoji} ${users.length}`;
-    reaction.title = users.join(", ");
-    reaction.setAttribute("aria-label", `${emoji} from ${users.join(", ")}`);
-    parts.push(reaction);
-  }
-  extras.replaceChildren(...parts);
-  extras.hidden = parts.length === 0;
-}
-
-function setStatus(li, status, text) {
-  li.dataset.status = status;
-  const el = li.querySelector(".status");
-  el.textContent = text;
-  el.title = status === "stored" ? "Stored by the server" : "";
-}
-
-function findMessage(messageId) {
-  return ui.messages.querySelector(`li[data-message-id="${CSS.escape(messageId)}"]`);
-}
-
-function findPending(clientMsgId) {
-  return ui.messages.querySelector(
-    `li[data-client-msg-id="${CSS.escape(clientMsgId)}"]:not([data-message-id])`,
-  );
-}
-
-function refreshElement(message) {
-  const el = findMessage(message.messageId);
-  if (el) fillMessage(el, message);
-}
-
-/** Show a stored message of the shown channel: new, or the stored copy of a pending send. */
-function showStored(message) {
-  if (findMessage(message.messageId)) {
-    refreshElement(message);
-    if (message.clientMsgId && message.userId === client.userId) findPending(message.clientMsgId)?.remove();
-    return;
-  }
-  let el = message.clientMsgId && message.userId === client.userId
-    ? findPending(message.clientMsgId) : null;
-  if (el) {
-    el.remove();
-    el.querySelector("time").dateTime = message.createdAt;
-    el.querySelector("time").textContent = formatTime(message.createdAt);
-    fillMessage(el, message);
-  } else {
-    el = messageElement(message, "stored");
-  }
-  el.dataset.messageId = message.messageId;
-  setStatus(el, "stored", "");
-  placeElement(el, message.messageId, message.userId === client.userId);
-  renderHistoryControls(channels.get(message.channelId));
-}
-
-/** Insert `el` in id order (pending ones, with no id, stay last), keeping the view steady. */
-function placeElement(el, messageId, own) {
-  const scroller = ui.scroller;
-  const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < NEAR_BOTTOM_PX;
-  let before = null;
-  if (messageId !== null) {
-    // From the end: live messages land there; history is prepended in one go elsewhere.
-    let node = ui.messages.lastElementChild;
-    while (node && (!node.dataset.messageId || node.dataset.messageId > messageId)) {
-      before = node;
-      node = node.previousElementSibling;
-    }
-  }
-  ui.messages.insertBefore(el, before);
-  // Follow the conversation only if the reader is at its end (or wrote this one):
-  // someone reading older messages is not pulled away from them.
-  if (nearBottom || own) scroller.scrollTop = scroller.scrollHeight;
-}
-
 // --- history: scrolling back ---------------------------------------------------------------
 
 async function loadOlder() {
@@ -657,15 +682,9 @@ async function loadOlder() {
     const page = await client.history(view.id, { before, limit: 50 });
     view.hasMore = page.hasMore;
     const added = page.messages.filter((m) => !view.messages.has(m.messageId));
-    for (const message of added) view.messages.set(message.messageId, message);
-    if (view.id === session.active && added.length) {
-      const heightBefore = ui.scroller.scrollHeight;
-      const topBefore = ui.scroller.scrollTop;
-      const first = ui.messages.firstElementChild;
-      for (const message of added) ui.messages.insertBefore(messageElement(message, "stored"), first);
-      // Keep what the reader looks at in place while older messages appear above.
-      ui.scroller.scrollTop = topBefore + (ui.scroller.scrollHeight - heightBefore);
-    }
+    // All of the page first: its roots' reply counts include its own replies.
+    for (const message of added) view.add(message);
+    if (view.id === session.active) channelPane.prepend(added.filter((m) => !isReply(m)));
   } catch (err) {
     showError(`Could not load older messages: ${err.message}`);
   } finally {
@@ -694,24 +713,30 @@ ui.composer.addEventListener("keydown", (event) => {
   }
 });
 
-ui.composer.addEventListener("input", () => {
+ui.composer.addEventListener("input", () => sendTyping(session?.active));
+
+function sendTyping(channelId) {
   const now = Date.now();
-  if (client?.connection && session?.active && SEND_TYPING && now - lastTypingSent > TYPING_SENT_EVERY_MS) {
+  if (client?.connection && channelId && now - lastTypingSent > TYPING_SENT_EVERY_MS) {
     lastTypingSent = now;
-    client.typing(session.active);
+    client.typing(channelId);
   }
-});
+}
 
 function sendComposed() {
-  const text = ui.composer.value;
-  if (!text.trim() || !session?.active || !client) return;
+  if (session?.active && sendText(session.active, ui.composer.value)) ui.composer.value = "";
+}
+
+/** Send `text` (in the thread of `threadId`, if given); false if there was nothing to send. */
+function sendText(channelId, text, threadId = null) {
+  if (!text.trim() || !client) return false;
   if ([...text].length > config.maxContentChars) {
     showError(`A message holds at most ${config.maxContentChars} characters.`);
-    return;
+    return false;
   }
   ui.chatError.textContent = "";
-  client.send(session.active, text);
-  ui.composer.value = "";
+  client.send(channelId, text, { threadId });
+  return true;
 }
 
 ui.joinForm.addEventListener("submit", (event) => {

@@ -561,9 +561,13 @@ export class ChimeClient {
     this._write({ type: "typing", channelId });
   }
 
-  /** Store your read marker. */
+  /**
+   * Store your read marker: everything of the channel up to `messageId` is read.
+   * The server does not answer it; returns false when not connected (nothing
+   * was sent: say it again after the next `connected`).
+   */
   markRead(channelId, messageId) {
-    this._write({ type: "read", channelId, messageId });
+    return this._write({ type: "read", channelId, messageId });
   }
 
   /** Who is online in a channel: resolves with the user ids. */

@@ -182,10 +182,12 @@ class Page:
             ) from None
         return value
 
-    def wait_connected(self) -> None:
-        self.wait(lambda: self.connection_state() == "open", "the page to connect")
+    def wait_connected(self, timeout: float = WAIT_S) -> None:
+        self.wait(lambda: self.connection_state() == "open", "the page to connect", timeout)
 
-    def wait_contents(self, expected: list[str], what: str = "") -> list[Message]:
+    def wait_contents(
+        self, expected: list[str], what: str = "", timeout: float = WAIT_S
+    ) -> list[Message]:
         """Wait until the page shows exactly ``expected`` (in order), all stored."""
 
         def shown() -> list[Message] | None:
@@ -195,7 +197,7 @@ class Page:
             )
             return messages if ok else None
 
-        return self.wait(shown, what or f"the page to show {expected}")
+        return self.wait(shown, what or f"the page to show {expected}", timeout)
 
     # --- acting -------------------------------------------------------------------
 

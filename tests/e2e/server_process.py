@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
+from chime_actors.devservices.procs import free_ports
 from chime_actors.launcher import LaunchError, launch_server
 from chime_actors.server import session_members
 
@@ -87,6 +88,25 @@ def group_pids(pgid: int, sessions: set[int] | None = None) -> list[int]:
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def restart_overrides(tmp: Path) -> dict[str, Any]:
+    """Overrides for one server that is stopped and started again, as an operator would.
+
+    Two free ports are chosen once, now, so that every start binds the same ones
+    (its clients reconnect to where the server was), and the data (SQLite) is in
+    ``tmp/data`` whatever each run's own directory. Start each run with
+    ``running_server(tmp / "run1", overrides)``, ``tmp / "run2"``...: each keeps
+    its own config and log.
+    """
+    chat_port, api_port = free_ports(2)
+    data = tmp / "data"
+    return {
+        "chat.port": chat_port,
+        "api.port": api_port,
+        "storage.sqlite.path": str(data / "chime.db"),
+        "data_dir": str(data),
+    }
 
 
 @contextlib.contextmanager

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from chime_actors.client import ChimeClient, Message
-from tests.e2e.conftest import fresh, run
+from tests.e2e.conftest import fresh, http_request, run, wait_until
 from tests.e2e.load import apoll, rest_history
-from tests.e2e.server_process import ServerProcess
+from tests.e2e.server_process import ServerProcess, restart_overrides, running_server
 from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -220,3 +220,66 @@ def test_piped_lines_are_sent_and_stored(server: ServerProcess) -> None:
     assert re.search(r"^\d\d:\d\d script: two ✓ #2$", result.stdout, re.M), result.stdout
     assert "-- history of #" in result.stdout
     assert [m["content"] for m in rest_history(server, channel)] == ["one", "two"]
+
+
+# Down for a few seconds, then the client's backoff may wait up to 30 s
+# (``Backoff.max_s``) before its next try.
+FULL_RESTART_TIMEOUT_S = 90.0
+
+
+def post_as(server: ServerProcess, user: str, channel: str, content: str) -> None:
+    """Send ``content`` over REST as ``user`` (insecure mode) and check it was stored."""
+    status, body = http_request(
+        "POST",
+        f"{server.api}/v1/channels/{channel}/messages",
+        headers={"X-Chime-User": user},
+        body={"content": content, "clientMsgId": f"py-{uuid.uuid4().hex[:12]}"},
+    )
+    assert status == 201, body
+
+
+def test_the_terminal_client_survives_a_full_server_restart(tmp_path: Path, tmux: Tmux) -> None:
+    """SIGTERM the whole ``chime serve`` under a running ``chime client`` and start
+    it again on the same ports with the same data: a line typed while the server
+    is down waits as pending, is stored once after the restart and shown acked
+    once; what others send before and after is shown once each, in order."""
+    channel = fresh("tui")
+    overrides = restart_overrides(tmp_path)
+    url = f"ws://127.0.0.1:{overrides['chat.port']}/"
+
+    def lines(pattern: str) -> list[str]:
+        return [line for line in tmux.screen() if re.search(pattern, line)]
+
+    with running_server(tmp_path / "run1", overrides) as server:
+        tmux.start([CHIME, "client", "--url", url, "--user", "alice", "--channel", channel])
+        wait_until(lambda: "connected as alice" in tmux.text(), WAIT_S, what="the client")
+        post_as(server, "bob", channel, "bob before")
+        wait_until(lambda: lines(r"^\d\d:\d\d bob: bob before #1$"), WAIT_S, what="bob's line")
+        tmux.type("alice before")
+        wait_until(
+            lambda: lines(r"^\d\d:\d\d alice: alice before ✓ #2$"), WAIT_S, what="alice's line"
+        )
+        assert server.stop() == 0  # SIGTERM; it has exited
+    wait_until(lambda: lines("connection lost"), WAIT_S, what="the client to notice")
+    tmux.type("while the server is down")
+    wait_until(
+        lambda: '1 sending: "while the server is down" …' in tmux.text(),
+        WAIT_S,
+        what="the pending mark",
+    )
+    with running_server(tmp_path / "run2", overrides) as server:
+        wait_until(
+            lambda: lines(r"^\d\d:\d\d alice: while the server is down ✓ #3$"),
+            FULL_RESTART_TIMEOUT_S,
+            what="the pending line stored after the restart",
+        )
+        assert lines("reconnected")
+        post_as(server, "bob", channel, "bob after")
+        wait_until(lambda: lines(r"^\d\d:\d\d bob: bob after #4$"), WAIT_S, what="bob again")
+        wait_until(lambda: "sending" not in tmux.text(), WAIT_S, what="no pending mark")
+        contents = ["bob before", "alice before", "while the server is down", "bob after"]
+        for content in contents:
+            assert len(lines(f": {content}( ✓)? #")) == 1, tmux.text()
+        assert [m["content"] for m in rest_history(server, channel)] == contents
+        tmux.type("/quit")
+        wait_until(lambda: not tmux.alive(), WAIT_S, what="the client to exit")

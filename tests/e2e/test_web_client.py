@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 import uuid
@@ -23,9 +24,9 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.browser import PHONE, Page, browsers, gateways_serving, require_chromium
-from tests.e2e.conftest import fresh, http_get
+from tests.e2e.conftest import fresh, http_get, http_request
 from tests.e2e.load import RESTART_TIMEOUT_S, alive, server_pids
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.server_process import ServerProcess, restart_overrides, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -57,9 +58,9 @@ class ChatSocket:
                 return frame
             assert frame.get("type") != "error", frame
 
-    def send(self, channel: str, content: str) -> dict[str, Any]:
+    def send(self, channel: str, content: str, thread_id: str | None = None) -> dict[str, Any]:
         client_msg_id = f"py-{uuid.uuid4().hex[:12]}"
-        frame = {"type": "send", "channelId": channel, "content": content}
+        frame = {"type": "send", "channelId": channel, "content": content, "threadId": thread_id}
         self.ws.send(orjson.dumps({**frame, "clientMsgId": client_msg_id}).decode())
         return self.expect("ack", clientMsgId=client_msg_id)
 
@@ -165,8 +166,7 @@ def test_two_windows_chat(server: ServerProcess) -> None:
         assert_shown_once_in_order(alice, server, channel)
         assert_shown_once_in_order(bob, server, channel)
         assert alice.browser_errors() == [] and bob.browser_errors() == []
-        # This server refuses presence requests ("not supported yet"): the page shows
-        # no error for that; the reply came before the acks that followed it.
+        # Nothing the page asked (presence, read markers, typing) was refused.
         assert alice.element("chat-error").text == "" == bob.element("chat-error").text
 
 
@@ -341,6 +341,61 @@ def test_gateway_restart_is_survived(tmp_path: Path) -> None:
         assert_shown_once_in_order(page, server, channel)
 
 
+# A restart takes a few seconds, and by then the page's backoff may wait up to
+# 15 s (chime.js's backoffMaxMs) before it tries again.
+FULL_RESTART_TIMEOUT_S = 90.0
+
+
+def _reconnect_attempt(page: Page) -> int:
+    """The attempt the connection line counts ("reconnecting in 2 s (attempt 3)…"), or 0."""
+    found = re.search(r"\(attempt (\d+)\)", page.element("connection").text)
+    return int(found.group(1)) if found else 0
+
+
+def test_a_full_server_restart_is_survived(tmp_path: Path) -> None:
+    """SIGTERM the whole ``chime serve`` and start it again on the same ports with
+    the same data, the page open all along: the page retries with backoff while
+    the server is down, a message written meanwhile waits as pending, and after
+    the restart it is stored once and shown stored once; a WebSocket client's
+    message after the restart appears once; the page shows exactly what is stored."""
+    channel = fresh("web")
+    overrides = restart_overrides(tmp_path)
+    with browsers(f"http://127.0.0.1:{overrides['api.port']}") as open_window:
+        with running_server(tmp_path / "run1", overrides) as server:
+            page = open_window().open("alice", [channel])
+            page.wait_connected()
+            page.send("before the restart")
+            with chat_socket(server, "bob", [channel]) as bob:
+                bob.send(channel, "bob before the restart")
+            page.wait_contents(["before the restart", "bob before the restart"])
+            assert server.stop() == 0  # SIGTERM; it has exited
+        page.wait(
+            lambda: _reconnect_attempt(page) >= 2, "the page to retry, waiting longer each time"
+        )
+        page.type_and_enter("sent while the server is down")
+        pending = page.wait(
+            lambda: next((m for m in page.messages() if m.status == "pending"), None),
+            "the message to wait as pending",
+        )
+        with running_server(tmp_path / "run2", overrides) as server:
+            page.wait_connected(FULL_RESTART_TIMEOUT_S)
+            before = ["before the restart", "bob before the restart"]
+            page.wait_contents(
+                [*before, "sent while the server is down"], "the pending message stored"
+            )
+            with chat_socket(server, "bob", [channel]) as bob:
+                bob.send(channel, "bob after the restart")
+            shown = page.wait_contents(
+                [*before, "sent while the server is down", "bob after the restart"]
+            )
+            history = stored(server, channel)
+            assert [m["messageId"] for m in history] == [m.message_id for m in shown]
+            resent = [m for m in history if m["clientMsgId"] == pending.client_msg_id]
+            assert len(resent) == 1, history
+            assert_shown_once_in_order(page, server, channel)
+            assert page.element("chat-error").text == ""
+
+
 JWT_SECRET = "web-e2e-secret-" + "x" * 32
 
 
@@ -412,7 +467,7 @@ def test_edit_react_and_delete_from_the_page(server: ServerProcess) -> None:
         assert [
             b.accessible_name
             for b in alice.driver.find_elements("css selector", ".message .actions button")
-        ] == ["React 👍"]  # not hers: no edit or delete
+        ] == ["React 👍", "Reply in thread"]  # not hers: no edit or delete
 
         button(alice, "React 👍").click()
         bob.wait(lambda: "👍 1" in _extras(bob), "alice's reaction at bob")
@@ -443,3 +498,206 @@ def _extras(page: Page) -> str:
             ".map((p) => p.textContent).join(' ')"
         )
     )
+
+
+def test_typing_in_one_window_shows_in_the_other(server: ServerProcess) -> None:
+    """Alice types without sending: Bob's window says "alice is typing…" (hers
+    does not), and it goes away when her message arrives."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    with browsers(server.api) as open_window:
+        alice = open_window().open("alice", [channel])
+        bob = open_window().open("bob", [channel])
+        alice.wait_connected()
+        bob.wait_connected()
+        alice.composer().send_keys("hel")
+        bob.wait(lambda: bob.element("typing").text == "alice is typing…", "alice's typing")
+        assert alice.element("typing").text == ""  # nobody is told about themselves
+        alice.composer().send_keys("lo" + Keys.ENTER)
+        bob.wait_contents(["hello"])
+        bob.wait(lambda: bob.element("typing").text == "", "the typing line to clear")
+        assert alice.browser_errors() == [] and bob.browser_errors() == []
+
+
+def _badge(page: Page, channel: str) -> str | None:
+    """The unread badge of ``channel`` in the channel list (None: no badge)."""
+    value = page.driver.execute_script(
+        "const b = document.querySelector("
+        "`#channel-list li[data-channel='${arguments[0]}'] .unread`);"
+        "return b ? b.textContent : null;",
+        channel,
+    )
+    return None if value is None else str(value)
+
+
+def _show_channel(page: Page, channel: str) -> None:
+    page.driver.find_element(
+        "css selector", f"#channel-list li[data-channel='{channel}'] .channel-open"
+    ).click()
+    page.wait(lambda: page.element("channel-title").text == f"# {channel}", f"# {channel}")
+
+
+def _server_unread(server: ServerProcess, user: str, channel: str) -> int:
+    status, body = http_request(
+        "GET", f"{server.api}/v1/me/unread?channels={channel}", headers={"X-Chime-User": user}
+    )
+    assert status == 200, body
+    return int(body["unread"][channel])
+
+
+def test_read_markers_keep_unread_counts_across_reloads(server: ServerProcess) -> None:
+    """The page marks what it shows as read (a ``read`` for the newest message of
+    the channel shown), so the unread badges after a reload, which come from the
+    server's ``connected.unread``, agree with what Alice saw: a channel she read
+    has no badge, one she did not read keeps its count."""
+    first, second = fresh("web"), fresh("web")
+    with chat_socket(server, "bob", [first, second]) as bob:
+        for channel in (first, second):
+            bob.send(channel, f"{channel} one")
+            bob.send(channel, f"{channel} two")
+        with browsers(server.api) as open_window:
+            page = open_window().open("alice", [first, second])
+            page.wait_connected()
+            page.wait_contents([f"{first} one", f"{first} two"])
+            # Unread on the server, never opened here: its badge comes from `connected`.
+            assert _badge(page, second) == "2" and _badge(page, first) is None
+            page.wait(lambda: _server_unread(server, "alice", first) == 0, "first read")
+            _show_channel(page, second)
+            page.wait_contents([f"{second} one", f"{second} two"])
+            assert _badge(page, second) is None
+            page.wait(lambda: _server_unread(server, "alice", second) == 0, "second read")
+
+            page.reload()
+            page.wait_connected()  # `connected` (and its unread counts) is in
+            assert page.element("channel-title").text == f"# {second}"
+            assert _badge(page, first) is None, "read before the reload"
+
+            bob.send(first, "new one")
+            bob.send(first, "new two")
+            page.wait(lambda: _badge(page, first) == "2", "the live count of the other channel")
+            page.reload()
+            page.wait_connected()
+            assert _badge(page, first) == "2", "the server's count after the reload"
+            assert _server_unread(server, "alice", second) == 0
+
+            _show_channel(page, first)
+            page.wait_contents([f"{first} one", f"{first} two", "new one", "new two"])
+            page.wait(lambda: _server_unread(server, "alice", first) == 0, "first read again")
+            _show_channel(page, second)
+            page.reload()
+            page.wait_connected()
+            assert _badge(page, first) is None and _badge(page, second) is None
+            assert page.browser_errors() == []
+
+
+def _thread_contents(page: Page) -> list[tuple[str, str]]:
+    """(author, content) of each stored message of the open thread panel, in order."""
+    rows = page.driver.execute_script(
+        "return Array.from(document.querySelectorAll('#thread-messages > li.message'))"
+        ".filter((li) => li.dataset.status === 'stored')"
+        ".map((li) => [li.querySelector('.author').textContent,"
+        " li.querySelector('.content').textContent]);"
+    )
+    return [(str(user), str(content)) for user, content in rows]
+
+
+def _thread_summary(page: Page, message_id: str) -> str | None:
+    """The "N replies" under a root in the channel's list (None: hidden or absent)."""
+    value = page.driver.execute_script(
+        "const s = document.querySelector("
+        "`#messages li[data-message-id='${arguments[0]}'] .thread-summary`);"
+        "return s && !s.hidden ? s.textContent : null;",
+        message_id,
+    )
+    return None if value is None else str(value)
+
+
+def test_threads_are_opened_answered_and_counted_live(server: ServerProcess) -> None:
+    """Alice opens the thread of Carol's message by keyboard ("Reply in thread",
+    Enter), replies in the labelled "Reply" box; Bob sees "1 reply" under the
+    root, live, not the reply itself in the channel; a reply sent by a WebSocket
+    client (``threadId``) reaches Alice's open thread and Bob's count; Bob, on a
+    phone, opens the thread from its count and answers; both panels show the
+    thread as the server stores it (history with ``threadId``); a deleted reply
+    leaves both panels and the count; Escape closes the panel and gives the
+    focus back to the button that opened it."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    with (
+        chat_socket(server, "carol", [channel]) as carol,
+        browsers(server.api) as open_window,
+    ):
+        root = carol.send(channel, "lunch at noon?")["messageId"]
+        alice = open_window().open("alice", [channel])
+        bob = open_window(PHONE).open("bob", [channel])  # the panel covers the channel
+        alice.wait_contents(["lunch at noon?"])
+        bob.wait_contents(["lunch at noon?"])
+        assert _thread_summary(bob, root) is None
+
+        reply = alice.driver.find_element(
+            "css selector", f'#messages li[data-message-id="{root}"] .actions .reply-button'
+        )
+        assert reply.accessible_name == "Reply in thread"
+        reply.send_keys(Keys.ENTER)
+        alice.wait(lambda: alice.element("thread").is_displayed(), "the thread panel")
+        box = alice.element("thread-composer")
+        assert box.accessible_name == "Reply"
+        assert alice.driver.switch_to.active_element == box
+        alice.wait(lambda: _thread_contents(alice) == [("carol", "lunch at noon?")], "the root")
+        box.send_keys("yes, at the usual place" + Keys.ENTER)
+        alice.wait(
+            lambda: (
+                _thread_contents(alice)
+                == [("carol", "lunch at noon?"), ("alice", "yes, at the usual place")]
+            ),
+            "alice's reply stored in the thread",
+        )
+        bob.wait(lambda: _thread_summary(bob, root) == "1 reply", "the reply count at bob")
+        assert alice.contents() == ["lunch at noon?"] == bob.contents()  # not in the channel
+
+        carol.send(channel, "great, see you", thread_id=root)
+        alice.wait(
+            lambda: _thread_contents(alice)[-1:] == [("carol", "great, see you")],
+            "carol's reply in alice's open thread",
+        )
+        bob.wait(lambda: _thread_summary(bob, root) == "2 replies", "two replies at bob")
+
+        bob.driver.find_element(
+            "css selector", f'#messages li[data-message-id="{root}"] .thread-open'
+        ).click()
+        bob.wait(lambda: len(_thread_contents(bob)) == 3, "the thread at bob")
+        bob.element("thread-composer").send_keys("count me in" + Keys.ENTER)
+        expected = [
+            ("carol", "lunch at noon?"),
+            ("alice", "yes, at the usual place"),
+            ("carol", "great, see you"),
+            ("bob", "count me in"),
+        ]
+        for page in (alice, bob):
+            page.wait(lambda p=page: _thread_contents(p) == expected, "the whole thread")
+            page.wait(lambda p=page: _thread_summary(p, root) == "3 replies", "3 replies")
+        status, body = http_get(f"{server.api}/v1/channels/{channel}/messages?threadId={root}")
+        assert status == 200, body
+        assert [(m["userId"], m["content"]) for m in body["messages"]] == expected
+        assert all(m["threadId"] == root for m in body["messages"][1:])
+        assert body["messages"][0]["replyCount"] == 3
+
+        # Carol deletes her reply: gone from both threads, and counted out.
+        carols = body["messages"][2]["messageId"]
+        delete = {"type": "delete", "channelId": channel, "messageId": carols}
+        carol.ws.send(orjson.dumps(delete).decode())
+        for page in (alice, bob):
+            page.wait(
+                lambda p=page: _thread_contents(p) == [expected[0], expected[1], expected[3]],
+                "the deleted reply to go",
+            )
+            page.wait(lambda p=page: _thread_summary(p, root) == "2 replies", "2 replies")
+        assert [m.message_id for m in bob.messages()] == [root]  # replies stay in the thread
+
+        alice.element("thread-composer").send_keys(Keys.ESCAPE)
+        alice.wait(lambda: not alice.element("thread").is_displayed(), "the panel to close")
+        active = alice.driver.switch_to.active_element
+        assert active.get_attribute("aria-label") == "Reply in thread"
+        assert alice.browser_errors() == [] and bob.browser_errors() == []

@@ -1,12 +1,12 @@
 """The page against a scripted chat server: every frame the page renders, and the
 exact frames of a reconnect.
 
-A real ``chime serve`` sends edits, deletes and reactions, but not yet typing,
-presence or unread counts, and it cannot be made to drop a connection at a
-chosen frame. Here a small WebSocket server of the test's own (PROTOCOL.md's
-frames, scripted) stands in for the chat port, and the page's own files are
-served by ``api.web.WebClient`` with REST history from a list. The page runs in
-the same headless Chromium as test_web_client.py.
+A real ``chime serve`` cannot be made to send a frame at a chosen moment (an
+``unavailable`` answer to a send, a drop right after one). Here a small
+WebSocket server of the test's own (PROTOCOL.md's frames, scripted) stands in
+for the chat port, and the page's own files are served by
+``api.web.WebClient`` with REST history from a list. The page runs in the same
+headless Chromium as test_web_client.py.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
     .venv/bin/python -m tests.e2e.web_screenshots [docs/images]
 
-Starts a real ``chime serve`` on free ports, has a few Python clients chat in it,
-opens the page in headless Chromium at both sizes and saves
-``web-desktop.png`` and ``web-phone.png``.
+Starts a real ``chime serve`` on free ports, has a few Python clients chat in it
+(a thread too, and someone typing), opens the page in headless Chromium at both
+sizes (the desktop one with the thread open) and saves ``web-desktop.png`` and
+``web-phone.png``. Without an emoji font (Debian's ``fonts-noto-color-emoji``)
+the 👍 buttons show as empty boxes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ CONVERSATION = [
     ("carol", "general", "Reconnects work now too: I restarted a gateway and nothing was lost."),
     ("bob", "random", "Anyone up for coffee?"),
 ]
+THREAD = [
+    ("bob", "Which gateway? I want to try that on staging."),
+    ("carol", "Gateway 2, with kill -9. The page resent what was pending."),
+]
 LIVE = [
     ("carol", "general", "The phone layout works as well"),
     ("bob", "random", "Coffee at 3?"),
@@ -34,20 +40,26 @@ LIVE = [
 ]
 
 
-def post(server: ServerProcess, user: str, channel: str, content: str) -> None:
+def post(
+    server: ServerProcess, user: str, channel: str, content: str, thread_id: str | None = None
+) -> str:
+    """Send one message as ``user``; returns its messageId once acked."""
     with connect(server.url, open_timeout=10) as ws:
         ws.send(orjson.dumps({"type": "connect", "userId": user, "channels": [channel]}).decode())
         send = {"type": "send", "content": content, "clientMsgId": uuid.uuid4().hex}
-        ws.send(orjson.dumps(send).decode())
-        while orjson.loads(ws.recv(10)).get("type") != "ack":
+        ws.send(orjson.dumps({**send, "threadId": thread_id}).decode())
+        while (frame := orjson.loads(ws.recv(10))).get("type") != "ack":
             pass
+        return str(frame["messageId"])
 
 
 def take(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
-        for user, channel, content in CONVERSATION:
-            post(server, user, channel, content)
+        ids = [post(server, user, channel, content) for user, channel, content in CONVERSATION]
+        # A thread under carol's news about reconnects.
+        for user, content in THREAD:
+            post(server, user, "general", content, thread_id=ids[3])
         with browsers(server.api) as open_window:
             desktop = open_window(DESKTOP)
             phone = open_window(PHONE, scale=2)
@@ -66,10 +78,27 @@ def take(out: Path) -> None:
                     ),
                     "the unread badge",
                 )
-                # The composer's focus ring would only be noise in a picture.
-                page.driver.execute_script("document.activeElement.blur()")
-            desktop.driver.save_screenshot(str(out / "web-desktop.png"))
-            phone.driver.save_screenshot(str(out / "web-phone.png"))
+            # The desktop picture shows the thread panel beside the conversation.
+            root = f'#messages li[data-message-id="{ids[3]}"] .thread-open'
+            desktop.driver.find_element("css selector", root).click()
+            desktop.wait(
+                lambda: (
+                    len(desktop.driver.find_elements("css selector", "#thread-messages li"))
+                    == 1 + len(THREAD)
+                ),
+                "the thread",
+            )
+            with connect(server.url, open_timeout=10) as ws:
+                hello = {"type": "connect", "userId": "bob", "channels": ["general"]}
+                ws.send(orjson.dumps(hello).decode())
+                ws.recv(10)
+                ws.send(orjson.dumps({"type": "typing", "channelId": "general"}).decode())
+                for page in (desktop, phone):
+                    page.wait(lambda p=page: p.element("typing").text, "bob's typing")
+                    # The composer's focus ring would only be noise in a picture.
+                    page.driver.execute_script("document.activeElement.blur()")
+                desktop.driver.save_screenshot(str(out / "web-desktop.png"))
+                phone.driver.save_screenshot(str(out / "web-phone.png"))
     print(f"saved {out / 'web-desktop.png'} and {out / 'web-phone.png'}")
 
 

@@ -35,7 +35,8 @@ def must_get(target: str, method: str = "GET", **kwargs: str) -> HttpResponse:
 
 def test_the_package_ships_the_page_and_its_modules() -> None:
     files = load_static_files()
-    assert {"index.html", "app.js", "chime.js", "style.css", "icon.svg"} <= set(files)
+    shipped = {"index.html", "app.js", "chime.js", "render.js", "thread.js", "style.css"}
+    assert shipped | {"icon.svg"} <= set(files)
     assert files["chime.js"].content_type == "text/javascript; charset=utf-8"
     assert files["style.css"].content_type == "text/css; charset=utf-8"
     assert files["icon.svg"].content_type == "image/svg+xml"
@@ -203,6 +204,7 @@ def test_the_page_has_nothing_inline_and_links_only_shipped_files() -> None:
     for link in checker.links:
         assert link.startswith("/static/") and link.removeprefix("/static/") in files, link
     assert checker.labels["composer"] == "Message"  # OPERATIONS.md: the accessible name
+    assert checker.labels["thread-composer"] == "Reply"
     assert {"user-input", "token-input", "channels-input", "join-input"} <= set(checker.labels)
 
 
