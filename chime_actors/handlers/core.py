@@ -98,6 +98,7 @@ class HandlerCore:
         # The worker of the current hold and its tasks; None while standing by.
         self._worker: AfterStoreWorker | None = None
         self._hold_tasks: list[asyncio.Task[None]] = []
+        self._handing_over = False  # begun and not ended: what the lease gauge shows
         self._scan_timer: asyncio.TimerHandle | None = None
         self._keeper: LeaseKeeper | None = None
         self._lease: RedisLease | None = None
@@ -120,6 +121,7 @@ class HandlerCore:
                 await self.begin(None)
             except BaseException:
                 await self.end()
+                self._runner.stop()
                 raise
         else:
             self._keeper.start()
@@ -207,12 +209,14 @@ class HandlerCore:
                 self._config.bus.redis, spec.channels, worker.offer, worker.request_scan
             )
             self._hold_tasks.append(loop.create_task(feed.run(), name="handler-feed"))
+        self._handing_over = True
 
     async def end(self) -> None:
         """Stop handing over at once, then save what was confirmed (bounded); never raises."""
         worker = self._worker
         if worker is None:
             return
+        self._handing_over = False
         for task in self._hold_tasks:
             task.cancel()
         for task in self._hold_tasks:
@@ -270,8 +274,7 @@ class HandlerCore:
     def _refresh_gauges(self) -> None:
         worker = self._worker
         metrics = self._handler_metrics
-        held = self._keeper.held if self._keeper is not None else True
-        metrics.lease_held.labels(handler=self.name).set(1 if held else 0)
+        metrics.lease_held.labels(handler=self.name).set(1 if self._handing_over else 0)
         metrics.lag.labels(handler=self.name).set(worker.lag if worker is not None else 0)
         stuck = worker is not None and worker.stuck
         metrics.stuck.labels(handler=self.name).set(1 if stuck else 0)
