@@ -64,9 +64,8 @@ tie keys together, or that a type cannot say, are checked after conversion:
   needs ``auth.mode: insecure`` (which itself means loopback only).
 - ``storage.cassandra.consistency: ANY`` is refused; ``chat.allowed_origins`` are
   browser origins (``https://host[:port]``) or ``*``.
-- ``handlers``: names are unique; ``after_store`` handlers need ``bus.backend:
-  local`` (one host per handler cursor is not built yet). What ``use`` names
-  and its ``options`` are checked at start by ``handlers.registry``.
+- ``handlers``: names are unique. What ``use`` names and its ``options`` are
+  checked at start by ``handlers.registry``.
 """
 
 from __future__ import annotations
@@ -475,6 +474,10 @@ class HandlerConfig(_Section, frozen=True):
         backlog: ``after_store`` only: stored messages held in memory for the
             handler; past it the handler is paused and later reads what it missed
             from storage (nothing is dropped).
+        lease_ttl_ms: ``after_store`` with ``bus.backend: redis`` only: how long
+            a host's lease on the handler lasts unrenewed (renewed every third
+            of it). One host runs the handler at a time; when it dies another
+            takes over within this time.
     """
 
     name: _HandlerName
@@ -485,6 +488,7 @@ class HandlerConfig(_Section, frozen=True):
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] = 1000
     on_failure: HandlerFailure = HandlerFailure.REJECT
     backlog: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    lease_ttl_ms: Annotated[int, Meta(ge=500, le=600_000)] = 5000
 
 
 def _cores() -> int:
@@ -770,14 +774,6 @@ def _checked(config: Config) -> Config:
         if handler.name in seen:
             raise ConfigError(f"handlers[{index}].name", f"{handler.name!r} is used twice")
         seen.add(handler.name)
-        if handler.stage is HandlerStage.AFTER_STORE and config.bus.backend is BusBackend.REDIS:
-            # Every host would run the handler on the one shared cursor, and a
-            # host reads other hosts' ids from storage, where one may not have
-            # landed yet: duplicates and skips. Needs a lease (docs/handlers.md).
-            raise ConfigError(
-                f"handlers[{index}].stage",
-                "after_store handlers run on one host only for now: they need bus.backend local",
-            )
     origins = tuple(_origin(origin) for origin in config.chat.allowed_origins)
     if origins != config.chat.allowed_origins:
         config = replace(config, chat=replace(config.chat, allowed_origins=origins))

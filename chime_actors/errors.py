@@ -9,7 +9,9 @@
     │                               the WebSocket ``close_code``
     ├── StoreError                  anything the storage layer raises
     │   ├── StoreUnavailable        storage is down or timed out: retry later
-    │   └── MessageNotFound         the message id is unknown
+    │   ├── MessageNotFound         the message id is unknown
+    │   └── FencedOut               a handler's cursor write carried a fence that a
+    │                               newer holder of its lease replaced (handlers/lease.py)
     ├── BusError                    the bus (local or Redis) failed
     │   └── BusUnavailable
     │       └── PresenceUnavailable who is online could not be learnt (a peer or
@@ -85,6 +87,19 @@ class StoreUnavailable(StoreError):
 
 class MessageNotFound(StoreError):
     """No message with that id exists in the channel."""
+
+
+class FencedOut(StoreError):
+    """A fenced handler cursor write or claim lost: a newer fence is stored.
+
+    Attributes:
+        fence: the fence storage holds now (higher than the caller's).
+    """
+
+    def __init__(self, handler: str, fence: int) -> None:
+        super().__init__(f"handler {handler!r}: storage holds the newer fence {fence}")
+        self.handler = handler
+        self.fence = fence
 
 
 class BusError(ChimeError):

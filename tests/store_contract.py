@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from chime_actors.errors import MessageNotFound, StoreError, StoreUnavailable
+from chime_actors.errors import FencedOut, MessageNotFound, StoreError, StoreUnavailable
 from chime_actors.ids import format_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange, Metadata
 from chime_actors.storage.store import MessageStore, ReactionMap
@@ -715,6 +715,36 @@ class StoreContract:
             await store.save_handler_cursors("hook", {CHANNEL: 2, "other": 5})
             assert dict(await store.handler_cursors("hook")) == {CHANNEL: 3, "other": 5, "*": 0}
             assert dict(await store.handler_cursors("bot")) == {CHANNEL: 9}
+
+        run_with_store(make_store, scenario)
+
+    def test_a_fenced_cursor_write_applies_only_under_the_stored_fence(
+        self, make_store: StoreFactory
+    ) -> None:
+        async def scenario(store: MessageStore) -> None:
+            await store.save_handler_cursors("hook", {CHANNEL: 3})  # one host, no lease
+            await store.claim_handler_fence("hook", 4)
+            await store.claim_handler_fence("hook", 4)  # a repeated claim holds
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 3}
+            await store.save_handler_cursors("hook", {CHANNEL: 5, "*": 0}, fence=4)
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 5, "*": 0}
+            # A newer holder claims: the old one's writes no longer land.
+            await store.claim_handler_fence("hook", 7)
+            with pytest.raises(FencedOut) as refused:
+                await store.save_handler_cursors("hook", {CHANNEL: 9, "other": 2}, fence=4)
+            assert refused.value.fence == 7
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 5, "*": 0}
+            # Nor can it claim back with its old fence.
+            with pytest.raises(FencedOut) as stale:
+                await store.claim_handler_fence("hook", 6)
+            assert stale.value.fence == 7
+            await store.save_handler_cursors("hook", {CHANNEL: 8}, fence=7)
+            await store.save_handler_cursors("hook", {}, fence=4)  # nothing to write
+            # Another handler's fence is its own.
+            await store.claim_handler_fence("bot", 1)
+            await store.save_handler_cursors("bot", {CHANNEL: 1}, fence=1)
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 8, "*": 0}
+            assert dict(await store.handler_cursors("bot")) == {CHANNEL: 1}
 
         run_with_store(make_store, scenario)
 

@@ -26,6 +26,15 @@ message id the handler confirmed. The rules:
   handler is *paused*: new messages are not queued, their channels are marked
   behind, and once the queue has drained each of them is read from storage
   from its cursor on. Nothing is dropped; memory stays bounded.
+* **several hosts.** Under a lease (``handlers/lease.py``) the worker is made
+  afresh for every hold, with the hold's ``fence`` on every cursor write; a
+  write storage refuses (a newer holder) calls ``on_fenced``. Its events come
+  from every host, so one may arrive twice (dropped: an event at or below the
+  newest queued one of its channel is not queued again; storage has it) and an
+  id missing from storage may still be being stored by another host: such a
+  hole is waited for (``hold_max_s``, as the gateways do) before it counts as
+  deleted, and only if the handler saw the channel's head pass it less than
+  ``hold_max_s`` ago (an older hole has had that long to land).
 * **restarts.** When its process starts, the worker loads the cursors and lists
   the channels in storage: a channel whose last id is past its cursor is read
   from there. The very first time a handler (by name) starts it registers
@@ -48,7 +57,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from chime_actors.config import HandlerConfig, HandlerFailure
-from chime_actors.errors import HandlerError, StoreError
+from chime_actors.errors import FencedOut, HandlerError, StoreError
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.handlers.api import Reply
 from chime_actors.handlers.checks import content_problem, metadata_problem
@@ -69,6 +78,8 @@ FIRST_RETRY_S = 0.1
 MAX_RETRY_S = 30.0
 STUCK_AFTER_S = 30.0
 SCAN_CONCURRENCY = 32
+# How often storage is asked again for a hole held (several hosts).
+HOLD_RETRY_S = 0.05
 
 Call = Callable[[ChannelEvent], Awaitable[Sequence[Reply]]]
 """Runs the handler on one event within its budget (``HandlerRunner.call``):
@@ -186,6 +197,9 @@ class AfterStoreWorker:
         max_content_chars: int,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        fence: int | None = None,
+        hold_max_s: float = 0.0,
+        on_fenced: Callable[[], None] = lambda: None,
     ) -> None:
         self._spec = spec
         self._store = store
@@ -197,7 +211,16 @@ class AfterStoreWorker:
         self._sleep = sleep
         self.cursors = Cursors()
         self.backlog = Backlog(spec.backlog)
+        self._fence = fence
+        self._hold_max_s = hold_max_s
+        self._on_fenced = on_fenced
         self._heads: dict[str, int] = {}
+        # The newest event queued per channel: a repeat (two hosts) is not queued.
+        self._queued: dict[str, int] = {}
+        # With hold_max_s: per channel, heads seen (when, seq) within the last
+        # hold_max_s, and the highest head seen before that (its holes are old).
+        self._sightings: dict[str, collections.deque[tuple[float, int]]] = {}
+        self._settled: dict[str, int] = {}
         self._scan_wanted = False
         self._working = False
         self._last_progress = clock()
@@ -215,12 +238,13 @@ class AfterStoreWorker:
         Raises:
             StoreError: storage did not answer (the process fails to start and
                 the supervisor starts it again).
+            FencedOut: under a fence, a newer holder claimed the handler.
         """
         saved = dict(await self._store.handler_cursors(self.name))
         if REGISTERED not in saved:
             heads = await self._heads_of(await self._matching_channels())
             saved = {**heads, REGISTERED: 0}
-            await self._store.save_handler_cursors(self.name, saved)
+            await self._store.save_handler_cursors(self.name, saved, fence=self._fence)
             log.info("handler registered", handler=self.name, channels=len(heads))
         self.cursors.load(saved)
         self._scan_wanted = True  # what was stored while we were down
@@ -228,11 +252,14 @@ class AfterStoreWorker:
     def offer(self, messages: Iterable[ChannelEvent]) -> None:
         """Newly stored events (a ``Deliveries``); those of other channels are dropped."""
         for message in messages:
-            if not channel_matches(self._spec, message.channel_id):
+            channel_id = message.channel_id
+            if not channel_matches(self._spec, channel_id):
                 continue
-            if message.seq > self._heads.get(message.channel_id, 0):
-                self._heads[message.channel_id] = message.seq
-            if message.seq > self.cursors.of(message.channel_id):
+            self._saw_head(channel_id, message.seq)
+            if message.seq > self.cursors.of(channel_id) and message.seq > self._queued.get(
+                channel_id, 0
+            ):
+                self._queued[channel_id] = message.seq
                 self.backlog.offer(message)
 
     def request_scan(self) -> None:
@@ -261,12 +288,19 @@ class AfterStoreWorker:
                 await self._retrying("catch up", functools.partial(self._catch_up, item), item)
 
     async def flush(self) -> None:
-        """Save the cursors that moved; a storage failure leaves them for the next flush."""
+        """Save the cursors that moved; a storage failure leaves them for the next flush.
+
+        Under a fence that storage refuses (a newer holder), ``on_fenced``.
+        """
         unsaved = self.cursors.unsaved()
         if not unsaved:
             return
         try:
-            await self._store.save_handler_cursors(self.name, unsaved)
+            await self._store.save_handler_cursors(self.name, unsaved, fence=self._fence)
+        except FencedOut as exc:
+            log.warning("handler cursors fenced out", handler=self.name, stored=exc.fence)
+            self._on_fenced()
+            return
         except StoreError as exc:
             log.warning("handler cursors not saved", handler=self.name, error=str(exc))
             return
@@ -305,17 +339,59 @@ class AfterStoreWorker:
     async def _catch_up(self, channel_id: str, up_to: int | None = None) -> None:
         """Hand over what storage holds after the cursor, up to ``up_to`` (None: the end)."""
         head = up_to if up_to is not None else await self._store.last_seq(channel_id)
-        if head > self._heads.get(channel_id, 0):
-            self._heads[channel_id] = head
+        self._saw_head(channel_id, head)
         while (confirmed := self.cursors.of(channel_id)) < head:
             until = min(head, confirmed + PAGE)
             page = await self._store.events_range(channel_id, after_seq=confirmed, up_to_seq=until)
-            for message in page:
-                if message.seq > self.cursors.of(channel_id):
-                    await self._deliver(message)
-            # Ids missing from the page are deleted messages: nothing to hand over.
-            self.cursors.confirm(channel_id, until)
+            if await self._deliver_page(channel_id, page, confirmed, until):
+                # Ids missing from the page are deleted messages: nothing to hand over.
+                self.cursors.confirm(channel_id, until)
+            else:
+                await self._sleep(HOLD_RETRY_S)  # then read storage again from the hole
             self._last_progress = self._clock()
+
+    async def _deliver_page(
+        self, channel_id: str, page: Sequence[ChannelEvent], confirmed: int, until: int
+    ) -> bool:
+        """Hand ``page`` (ids ``confirmed + 1 .. until``) over; False at a hole to hold."""
+        expected = confirmed + 1
+        for message in page:
+            if message.seq > expected and not self._old_hole(channel_id, expected):
+                return False
+            if message.seq > self.cursors.of(channel_id):
+                await self._deliver(message)
+            expected = message.seq + 1
+        return expected > until or self._old_hole(channel_id, expected)
+
+    def _saw_head(self, channel_id: str, seq: int) -> None:
+        """``seq`` is stored (or being stored) in ``channel_id``: every id below it is taken."""
+        if seq > self._heads.get(channel_id, 0):
+            self._heads[channel_id] = seq
+        if self._hold_max_s <= 0:
+            return
+        seen = self._sightings.setdefault(channel_id, collections.deque())
+        self._settle(channel_id, seen)
+        if seq > (seen[-1][1] if seen else self._settled.get(channel_id, 0)):
+            seen.append((self._clock(), seq))
+
+    def _old_hole(self, channel_id: str, seq: int) -> bool:
+        """Whether the missing id ``seq`` counts as deleted (nothing more to wait for).
+
+        One host: always. Several: once a head past it was seen ``hold_max_s``
+        ago, since ids are taken in order: ``seq`` was taken before that head,
+        and its write had that long to land or fail.
+        """
+        if self._hold_max_s <= 0:
+            return True
+        seen = self._sightings.get(channel_id)
+        if seen is not None:
+            self._settle(channel_id, seen)
+        return seq <= self._settled.get(channel_id, 0)
+
+    def _settle(self, channel_id: str, seen: collections.deque[tuple[float, int]]) -> None:
+        now = self._clock()
+        while seen and now - seen[0][0] >= self._hold_max_s:
+            self._settled[channel_id] = seen.popleft()[1]
 
     async def _deliver(self, message: ChannelEvent) -> None:
         """Hand one event over until it is confirmed (or skipped, ``on_failure: accept``)."""
@@ -386,8 +462,7 @@ class AfterStoreWorker:
         """Mark behind every channel whose last id in storage is past its cursor."""
         heads = await self._heads_of(await self._matching_channels())
         for channel_id, head in heads.items():
-            if head > self._heads.get(channel_id, 0):
-                self._heads[channel_id] = head
+            self._saw_head(channel_id, head)
             if head > self.cursors.of(channel_id):
                 self.backlog.mark_behind(channel_id)
 

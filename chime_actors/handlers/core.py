@@ -12,6 +12,13 @@ supervised like the other process actors (restarted with backoff, see
 * the handler's code runs on its own thread (``HandlerRunner``): this loop only
   reads lanes, keeps books and talks to storage, so it never stops reading the
   persisters' deliveries, however slow or stuck the handler is.
+
+With several hosts (``bus.backend: redis``) every host runs this process, and it
+hands messages over only while it holds the handler's lease (``LeaseKeeper``,
+``handlers/lease.py``): each hold makes a worker of its own, under the hold's
+fence, fed by the local persisters and by every host's publications
+(``RedisFeed``); a standby keeps nothing but its lease attempts. With one host
+the single hold starts with the process, without a fence.
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from typing import Any
 
 from chime_actors.actors.messages import ActorId, Wiring
 from chime_actors.actors.metrics_reporter import MetricsReporter
-from chime_actors.config import Config
+from chime_actors.bus.redis_bridge import redis_client
+from chime_actors.config import BusBackend, Config
+from chime_actors.gateway.channel_actor import MULTI_HOST_HOLD_MAX_S
 from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.handlers.after_store import AfterStoreWorker
 from chime_actors.handlers.api import Reply
+from chime_actors.handlers.lease import LeaseKeeper
 from chime_actors.handlers.metrics import HandlerMetrics
+from chime_actors.handlers.redis_feed import RedisFeed
+from chime_actors.handlers.redis_lease import RedisLease
 from chime_actors.handlers.registry import after_store_indexes, build_handler
 from chime_actors.handlers.runner import HandlerRunner
 from chime_actors.logs import get_logger
@@ -78,30 +90,43 @@ class HandlerCore:
             )
             for _ in range(config.persisters)
         ]
+        self._config = config
         self._runner = HandlerRunner(f"chime-handler-{spec.name}")
-        self._worker = AfterStoreWorker(
-            spec,
-            self._store,
-            self._call,
-            self._send,
-            self._handler_metrics.of(spec.name),
-            max_content_chars=config.chat.max_content_chars,
-        )
+        self._counters = self._handler_metrics.of(spec.name)
         self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
         self._tasks: list[asyncio.Task[None]] = []
+        # The worker of the current hold and its tasks; None while standing by.
+        self._worker: AfterStoreWorker | None = None
+        self._hold_tasks: list[asyncio.Task[None]] = []
+        self._handing_over = False  # begun and not ended: what the lease gauge shows
         self._scan_timer: asyncio.TimerHandle | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._lease: RedisLease | None = None
+        if config.bus.backend is BusBackend.REDIS:
+            self._lease = RedisLease(redis_client(config.bus.redis), spec.name)
+            self._keeper = LeaseKeeper(spec.name, self._lease, self, ttl_ms=spec.lease_ttl_ms)
 
     # --- ActorCore -------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Open storage, load (or register) the cursors, start the handler's thread."""
+        """Open storage, start the handler's thread, then hold (one host) or try the lease.
+
+        Raises:
+            StoreError: one host: storage did not answer the cursors' load.
+        """
         await self._store.open()
-        await self._worker.register()
         self._runner.start()
+        if self._keeper is None:
+            try:
+                await self.begin(None)
+            except BaseException:
+                await self.end()
+                self._runner.stop()
+                raise
+        else:
+            self._keeper.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._worker.run(), name=f"handler-{self.name}"),
-            loop.create_task(self._worker.flush_forever(), name="handler-cursor-flush"),
             loop.create_task(self._reporter.run(), name="handler-metrics"),
             loop.create_task(self._maintain(), name="handler-maintenance"),
         ]
@@ -111,7 +136,8 @@ class HandlerCore:
     def handle(self, message: Any, sender: Any) -> None:
         """Messages from the persisters and the supervisor, on the loop thread."""
         if isinstance(message, Deliveries):
-            self._worker.offer(message.messages)
+            if self._worker is not None:  # a standby drops them: the holder has them
+                self._worker.offer(message.messages)
         elif isinstance(message, PersistResult):
             for link in self._links:
                 if link.owns(message.batch_id):
@@ -123,16 +149,20 @@ class HandlerCore:
             log.warning("handler ignored unknown message", kind=type(message).__name__)
 
     async def stop(self) -> None:
-        """Stop handing over, save the cursors, close the handler."""
+        """Stop handing over, save the cursors (and release the lease), close the handler."""
         if self._scan_timer is not None:
             self._scan_timer.cancel()
+        if self._keeper is not None:
+            await self._keeper.stop()
+        else:
+            await self.end()
+        if self._lease is not None:
+            await self._lease.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._worker.flush(), STOP_FLUSH_TIMEOUT_S)
         # A call cancelled just now ends in a moment; one that ignores it is left.
         if await self._runner.wait_idle(IDLE_WAIT_S):
             try:
@@ -144,7 +174,64 @@ class HandlerCore:
             link.fail_all("handler stopped")
         await self._store.close()
 
+    # --- LeaseHolder -----------------------------------------------------------------
+
+    async def begin(self, fence: int | None) -> None:
+        """Claim ``fence`` (None: one host, no lease), load the cursors, start handing over.
+
+        Raises:
+            FencedOut: storage holds a newer fence.
+            StoreError: storage did not answer.
+        """
+        if fence is not None:
+            await self._store.claim_handler_fence(self.name, fence)
+        spec = self._loaded.spec
+        worker = AfterStoreWorker(
+            spec,
+            self._store,
+            self._call,
+            self._send,
+            self._counters,
+            max_content_chars=self._config.chat.max_content_chars,
+            fence=fence,
+            hold_max_s=0.0 if fence is None else MULTI_HOST_HOLD_MAX_S,
+            on_fenced=self._fenced_out,
+        )
+        self._worker = worker
+        await worker.register()
+        loop = asyncio.get_running_loop()
+        self._hold_tasks = [
+            loop.create_task(worker.run(), name=f"handler-{self.name}"),
+            loop.create_task(worker.flush_forever(), name="handler-cursor-flush"),
+        ]
+        if fence is not None:
+            feed = RedisFeed(
+                self._config.bus.redis, spec.channels, worker.offer, worker.request_scan
+            )
+            self._hold_tasks.append(loop.create_task(feed.run(), name="handler-feed"))
+        self._handing_over = True
+
+    async def end(self) -> None:
+        """Stop handing over at once, then save what was confirmed (bounded); never raises."""
+        worker = self._worker
+        if worker is None:
+            return
+        self._handing_over = False
+        for task in self._hold_tasks:
+            task.cancel()
+        for task in self._hold_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._hold_tasks = []
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.flush(), STOP_FLUSH_TIMEOUT_S)
+        self._worker = None
+
     # --- internals ---------------------------------------------------------------------
+
+    def _fenced_out(self) -> None:
+        if self._keeper is not None:
+            self._keeper.lose()
 
     def _rewire(self, wiring: Wiring) -> None:
         changed = False
@@ -158,8 +245,12 @@ class HandlerCore:
             if self._scan_timer is not None:
                 self._scan_timer.cancel()
             self._scan_timer = asyncio.get_running_loop().call_later(
-                SCAN_DELAY_S, self._worker.request_scan
+                SCAN_DELAY_S, self._request_scan
             )
+
+    def _request_scan(self) -> None:
+        if self._worker is not None:
+            self._worker.request_scan()
 
     async def _call(self, event: ChannelEvent) -> Sequence[Reply]:
         handler = self._loaded.handler
@@ -182,8 +273,11 @@ class HandlerCore:
 
     def _refresh_gauges(self) -> None:
         worker = self._worker
-        self._handler_metrics.lag.labels(handler=self.name).set(worker.lag)
-        self._handler_metrics.stuck.labels(handler=self.name).set(1 if worker.stuck else 0)
+        metrics = self._handler_metrics
+        metrics.lease_held.labels(handler=self.name).set(1 if self._handing_over else 0)
+        metrics.lag.labels(handler=self.name).set(worker.lag if worker is not None else 0)
+        stuck = worker is not None and worker.stuck
+        metrics.stuck.labels(handler=self.name).set(1 if stuck else 0)
         depth = self.metrics.queue_depth
-        depth.labels(queue="handler_backlog").set(len(worker.backlog))
+        depth.labels(queue="handler_backlog").set(len(worker.backlog) if worker else 0)
         depth.labels(queue="persist_link").set(sum(link.pending for link in self._links))

@@ -31,6 +31,11 @@ STUCK = GaugeSpec(
     "1 while an after_store handler has work but confirmed nothing for a while.",
     ("handler",),
 )
+LEASE_HELD = GaugeSpec(
+    "chime_handler_lease_held",
+    "1 while this process runs the after_store handler's cursor (holds its lease).",
+    ("handler",),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,7 @@ class HandlerMetrics:
     failures: Counter
     lag: Gauge
     stuck: Gauge
+    lease_held: Gauge
 
     @classmethod
     def register(cls, registry: MetricsRegistry) -> HandlerMetrics:
@@ -61,6 +67,7 @@ class HandlerMetrics:
             failures=registry.counter(FAILURES),
             lag=registry.gauge(LAG),
             stuck=registry.gauge(STUCK),
+            lease_held=registry.gauge(LEASE_HELD),
         )
 
     def of(self, handler: str) -> HandlerCounters:

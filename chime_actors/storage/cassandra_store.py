@@ -9,7 +9,8 @@ Schema (created by ``init_schema``, every statement ``IF NOT EXISTS``)::
     client_ids        (channel_id), user_id, client_msg_id   idempotency, TTL 600 s
     reactions         ((channel_id, bucket), seq, emoji, user_id)
     read_markers      ((channel_id, user_id))
-    handler_cursors   (handler), channel_id            after_store handlers' cursors
+    handler_cursors   (handler), channel_id            after_store handlers' cursors (and
+                                                      the fence of the lease's holder)
 
 Why a *sequence* bucket (``bucket = seq // bucket_size``) and not a time bucket:
 
@@ -132,7 +133,7 @@ from cassandra.protocol import RequestExecutionException as ProtocolExecutionExc
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from chime_actors.config import CassandraConfig
-from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import format_message_id, parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
@@ -217,6 +218,10 @@ _NewRow = tuple[ChimeMessage, MessageChange | None]
 
 # Columns only ``messages`` has, added to a keyspace made by an older version.
 _CHANGE_COLUMNS = (("kind", "text"), ("target", "bigint"))
+# Columns of ``handler_cursors`` for handlers run under a lease (``save_handler_cursors``).
+_FENCE_COLUMNS = (("fenced_seq", "bigint"), ("fence", "bigint static"))
+# Tries of the fence's compare-and-set before a claim gives up (others keep claiming).
+_CLAIM_TRIES = 5
 _THREAD_OPTIONAL_COLUMNS = tuple(
     c for c in _OPTIONAL_COLUMNS if c not in ("thread_id", "deleted", "kind", "target")
 )
@@ -312,11 +317,17 @@ def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, s
         ),
         (
             # One partition per after_store handler: read whole when it starts.
+            # ``last_seq`` is written USING TIMESTAMP <seq> (one host); under a
+            # lease ``fenced_seq`` is, by lightweight transactions conditional
+            # on the static ``fence`` (their cells carry Paxos timestamps, which
+            # must never meet the seq-timestamps of ``last_seq`` in one cell).
             "handler_cursors",
             f"""CREATE TABLE IF NOT EXISTS {keyspace}.handler_cursors (
                 handler    text,
                 channel_id text,
                 last_seq   bigint,
+                fenced_seq bigint,
+                fence      bigint static,
                 PRIMARY KEY ((handler), channel_id)
             )""",
         ),
@@ -471,19 +482,22 @@ class CassandraStore:
             if table is not None and keyspace_meta is not None and table in keyspace_meta.tables:
                 continue
             await self._execute("init_schema", cql, timeout_s=_SCHEMA_TIMEOUT_S)
-        await self._add_change_columns(cluster)
+        await self._add_columns(cluster, "messages", _CHANGE_COLUMNS)
+        await self._add_columns(cluster, "handler_cursors", _FENCE_COLUMNS)
 
-    async def _add_change_columns(self, cluster: Cluster) -> None:
-        """Give a ``messages`` table made by an older version the columns of changes."""
+    async def _add_columns(
+        self, cluster: Cluster, table: str, columns: Sequence[tuple[str, str]]
+    ) -> None:
+        """Give ``table``, made by an older version, the ``columns`` it lacks."""
         keyspace_meta = cluster.metadata.keyspaces.get(self._ks)
-        table_meta = keyspace_meta.tables.get("messages") if keyspace_meta is not None else None
+        table_meta = keyspace_meta.tables.get(table) if keyspace_meta is not None else None
         if table_meta is None:
             return  # just created with them (the driver's metadata may lag)
-        missing = [(name, kind) for name, kind in _CHANGE_COLUMNS if name not in table_meta.columns]
+        missing = [(name, kind) for name, kind in columns if name not in table_meta.columns]
         for name, kind in missing:
             await self._execute(
                 "init_schema",
-                f"ALTER TABLE {self._ks}.messages ADD {name} {kind}",
+                f"ALTER TABLE {self._ks}.{table} ADD {name} {kind}",
                 timeout_s=_SCHEMA_TIMEOUT_S,
             )
 
@@ -815,20 +829,69 @@ class CassandraStore:
         return tuple(sorted({str(row.channel_id) for row in rows}))
 
     async def handler_cursors(self, handler: str) -> Mapping[str, int]:
-        """See ``MessageStore.handler_cursors``."""
+        """See ``MessageStore.handler_cursors``: the higher of the two columns."""
         rows = await self._run("handler_cursors", "cursors_get", (handler,))
-        return {str(row.channel_id): int(row.last_seq) for row in rows}
+        cursors: dict[str, int] = {}
+        for row in rows:
+            # A partition that has only its fence reads as one row without a key.
+            seqs = [int(v) for v in (row.last_seq, row.fenced_seq) if v is not None]
+            if row.channel_id is not None and seqs:
+                cursors[str(row.channel_id)] = max(seqs)
+        return cursors
 
-    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+    async def save_handler_cursors(
+        self, handler: str, cursors: Mapping[str, int], *, fence: int | None = None
+    ) -> None:
         """See ``MessageStore.save_handler_cursors``.
 
-        Written ``USING TIMESTAMP <seq>`` like the read markers: the highest seq
-        wins whatever order writes arrive in, with no read before the write.
+        Without a fence: written ``USING TIMESTAMP <seq>`` like the read
+        markers, so the highest seq wins whatever order writes arrive in, with
+        no read before the write. With one: conditional batches on the handler's
+        partition (a lightweight transaction, four round trips, per
+        ``_MAX_BATCH_STATEMENTS`` cursors) that apply only while ``fence`` is
+        stored. The holder's own writes go one after another, each higher than
+        the last, so they need no timestamps.
         """
-        await _gather_all(
-            self._run("save_handler_cursors", "cursor_set", (seq, seq, handler, key))
-            for key, seq in cursors.items()
-        )
+        if fence is None:
+            await _gather_all(
+                self._run("save_handler_cursors", "cursor_set", (seq, seq, handler, key))
+                for key, seq in cursors.items()
+            )
+            return
+        items = list(cursors.items())
+        check = self._stmt("save_handler_cursors", "fence_cas")
+        row_set = self._stmt("save_handler_cursors", "fenced_cursor_set")
+        for start in range(0, len(items), _MAX_BATCH_STATEMENTS - 1):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batch.add(check, (fence, handler, fence))
+            for key, seq in items[start : start + _MAX_BATCH_STATEMENTS - 1]:
+                batch.add(row_set, (seq, handler, key))
+            batch.is_idempotent = True  # a repeat checks and writes the same
+            (outcome, *_) = await self._execute("save_handler_cursors", batch)
+            if not outcome.applied:
+                raise FencedOut(handler, int(outcome.fence or 0))
+
+    async def claim_handler_fence(self, handler: str, fence: int) -> None:
+        """See ``MessageStore.claim_handler_fence``: a compare-and-set of the static fence.
+
+        The lightweight transaction also completes any write of an earlier
+        holder still in flight on the partition (Paxos), so what the claimer
+        reads next includes it, and nothing of that holder lands after it.
+        """
+        expected: int | None = None
+        for _ in range(_CLAIM_TRIES):
+            (outcome,) = await self._run(
+                "claim_handler_fence", "fence_cas", (fence, handler, expected)
+            )
+            if outcome.applied:
+                return
+            stored = None if outcome.fence is None else int(outcome.fence)
+            if stored == fence:
+                return  # ours already: a repeat of a claim that landed
+            if stored is not None and stored > fence:
+                raise FencedOut(handler, stored)
+            expected = stored
+        raise StoreUnavailable(f"cassandra claim_handler_fence: {handler!r} kept changing")
 
     async def unread_counts(
         self, user_id: str, channel_ids: Sequence[str], *, limit: int
@@ -1281,8 +1344,12 @@ class CassandraStore:
             "marker_get": f"SELECT message_id FROM {ks}.read_markers"
             " WHERE channel_id = ? AND user_id = ?",
             "channel_ids": f"SELECT DISTINCT channel_id, bucket FROM {ks}.messages",
-            "cursors_get": f"SELECT channel_id, last_seq FROM {ks}.handler_cursors"
+            "cursors_get": f"SELECT channel_id, last_seq, fenced_seq FROM {ks}.handler_cursors"
             " WHERE handler = ?",
+            "fence_cas": f"UPDATE {ks}.handler_cursors SET fence = ? WHERE handler = ?"
+            " IF fence = ?",
+            "fenced_cursor_set": f"UPDATE {ks}.handler_cursors SET fenced_seq = ?"
+            " WHERE handler = ? AND channel_id = ?",
             "cursor_set": f"UPDATE {ks}.handler_cursors USING TIMESTAMP ? SET last_seq = ?"
             " WHERE handler = ? AND channel_id = ?",
         }

@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.store import (
@@ -69,6 +69,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._channels: dict[str, _Channel] = {}
         self._cursors: dict[str, dict[str, int]] = {}
+        self._fences: dict[str, int] = {}
         self._available = True
         self._failures_left = 0
         self._open = False
@@ -258,12 +259,25 @@ class MemoryStore:
         self._check("handler_cursors")
         return dict(self._cursors.get(handler, {}))
 
-    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+    async def save_handler_cursors(
+        self, handler: str, cursors: Mapping[str, int], *, fence: int | None = None
+    ) -> None:
         """See ``MessageStore.save_handler_cursors``."""
         self._check("save_handler_cursors")
+        stored = self._fences.get(handler, 0)
+        if cursors and fence is not None and fence != stored:
+            raise FencedOut(handler, stored)
         saved = self._cursors.setdefault(handler, {})
         for key, seq in cursors.items():
             saved[key] = max(seq, saved.get(key, seq))
+
+    async def claim_handler_fence(self, handler: str, fence: int) -> None:
+        """See ``MessageStore.claim_handler_fence``."""
+        self._check("claim_handler_fence")
+        stored = self._fences.get(handler, 0)
+        if stored > fence:
+            raise FencedOut(handler, stored)
+        self._fences[handler] = fence
 
     async def unread_counts(
         self, user_id: str, channel_ids: Sequence[str], *, limit: int

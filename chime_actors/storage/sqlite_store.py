@@ -37,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.store import (
@@ -118,6 +118,11 @@ _SCHEMA = (
         channel_id TEXT    NOT NULL,
         last_seq   INTEGER NOT NULL,
         PRIMARY KEY (handler, channel_id)
+    ) WITHOUT ROWID""",
+    # One row per after_store handler run under a lease: the fence of its holder.
+    """CREATE TABLE IF NOT EXISTS handler_fences (
+        handler TEXT    NOT NULL PRIMARY KEY,
+        fence   INTEGER NOT NULL
     ) WITHOUT ROWID""",
 )
 
@@ -324,13 +329,25 @@ class SqliteStore:
         """See ``MessageStore.handler_cursors``."""
         return await self._call("handler_cursors", partial(_handler_cursors, handler=handler))
 
-    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
-        """See ``MessageStore.save_handler_cursors``."""
+    async def save_handler_cursors(
+        self, handler: str, cursors: Mapping[str, int], *, fence: int | None = None
+    ) -> None:
+        """See ``MessageStore.save_handler_cursors``: the fence check in the same transaction."""
         if not cursors:
             return
         rows = tuple((handler, key, seq) for key, seq in cursors.items())
         await self._call(
-            "save_handler_cursors", partial(_save_handler_cursors, rows=rows), write=True
+            "save_handler_cursors",
+            partial(_save_handler_cursors, handler=handler, rows=rows, fence=fence),
+            write=True,
+        )
+
+    async def claim_handler_fence(self, handler: str, fence: int) -> None:
+        """See ``MessageStore.claim_handler_fence``."""
+        await self._call(
+            "claim_handler_fence",
+            partial(_claim_handler_fence, handler=handler, fence=fence),
+            write=True,
         )
 
     async def unread_counts(
@@ -791,9 +808,31 @@ def _handler_cursors(conn: sqlite3.Connection, *, handler: str) -> dict[str, int
     return {str(key): int(seq) for key, seq in rows}
 
 
+def _stored_fence(conn: sqlite3.Connection, handler: str) -> int:
+    row = conn.execute("SELECT fence FROM handler_fences WHERE handler = ?", (handler,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _claim_handler_fence(conn: sqlite3.Connection, *, handler: str, fence: int) -> None:
+    stored = _stored_fence(conn, handler)
+    if stored > fence:
+        raise FencedOut(handler, stored)
+    conn.execute(
+        "INSERT INTO handler_fences (handler, fence) VALUES (?, ?)"
+        " ON CONFLICT (handler) DO UPDATE SET fence = excluded.fence",
+        (handler, fence),
+    )
+
+
 def _save_handler_cursors(
-    conn: sqlite3.Connection, *, rows: tuple[tuple[str, str, int], ...]
+    conn: sqlite3.Connection,
+    *,
+    handler: str,
+    rows: tuple[tuple[str, str, int], ...],
+    fence: int | None,
 ) -> None:
+    if fence is not None and (stored := _stored_fence(conn, handler)) != fence:
+        raise FencedOut(handler, stored)
     conn.executemany(
         "INSERT INTO handler_cursors (handler, channel_id, last_seq) VALUES (?, ?, ?)"
         " ON CONFLICT (handler, channel_id) DO UPDATE SET last_seq = excluded.last_seq"

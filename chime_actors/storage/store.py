@@ -234,11 +234,33 @@ class MessageStore(Protocol):
     async def handler_cursors(self, handler: str) -> Mapping[str, int]:
         """Return the handler's durable cursors: key (a channel id) -> last seq confirmed."""
 
-    async def save_handler_cursors(self, handler: str, cursors: Mapping[str, int]) -> None:
+    async def save_handler_cursors(
+        self, handler: str, cursors: Mapping[str, int], *, fence: int | None = None
+    ) -> None:
         """Record the handler's cursors; each only moves forward (a lower value is ignored).
 
         Keys are channel ids, or any other text the handler uses (its
         registration marker is ``*``, which no channel id can be).
+
+        With ``fence`` (a host holding the handler's lease, ``handlers/lease.py``)
+        the write is applied only while ``fence`` is the handler's stored fence
+        (``claim_handler_fence``), atomically with that check: a holder that
+        lost its lease cannot write over the progress of the next one. A holder
+        only ever writes a cursor higher than it read or wrote before; the
+        Cassandra store relies on that and stores a lower one as it is.
+
+        Raises:
+            FencedOut: with ``fence``, another fence is stored; nothing was written.
+        """
+
+    async def claim_handler_fence(self, handler: str, fence: int) -> None:
+        """Make ``fence`` the handler's stored fence unless a higher one is stored.
+
+        Claiming the fence already stored succeeds again (a retried claim). From
+        then on only writes that carry ``fence`` (or a later claimer's) apply.
+
+        Raises:
+            FencedOut: a higher fence is stored (its value is in the exception).
         """
 
     async def unread_counts(

@@ -2,6 +2,8 @@
 
 It checks every request's ``X-Chime-Signature`` and records what it accepted;
 ``modes`` makes it fail (500) or be slow (past the handler's budget) on demand.
+``/hook/<sender>`` is ``/hook`` too, with each acceptance noted under ``sender``
+(several hosts, each configured with a URL of its own).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hmac
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,8 @@ class Receiver:
     modes: list[str] = field(default_factory=list)
     default: str = "ok"
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    # (sender, body) of each acceptance: the ``<sender>`` of ``/hook/<sender>``, or "".
+    senders: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     requests: int = 0
     bad_signatures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -52,6 +57,7 @@ class Receiver:
             return web.Response(status=500)
         with self.lock:
             self.accepted.append(orjson.loads(body))
+            self.senders.append((request.match_info.get("sender", ""), self.accepted[-1]))
         return web.Response(status=200)
 
     def messages(self, channel: str) -> list[dict[str, Any]]:
@@ -73,6 +79,13 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
+    with serving_receiver() as found:
+        yield found
+
+
+@contextmanager
+def serving_receiver() -> Iterator[Receiver]:
+    """A ``Receiver`` listening on a free port until the block ends."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -84,6 +97,7 @@ def receiver() -> Iterator[Receiver]:
     async def serve() -> None:
         app = web.Application()
         app.router.add_post("/hook", found.receive)
+        app.router.add_post("/hook/{sender}", found.receive)
         app_runner = web.AppRunner(app)
         await app_runner.setup()
         await web.TCPSite(app_runner, "127.0.0.1", port).start()

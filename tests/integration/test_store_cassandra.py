@@ -492,10 +492,11 @@ def test_protocol_v3_leaves_absent_columns_out(
     )
 
 
-def test_a_keyspace_of_an_older_version_gets_the_columns_of_changes(
+def test_a_keyspace_of_an_older_version_gets_the_columns_of_changes_and_fences(
     cassandra_config: CassandraConfig, raw_session: Any
 ) -> None:
-    # A keyspace made before changes had positions: messages lacks kind and target.
+    # A keyspace made before changes had positions: messages lacks kind and target;
+    # and before leases: handler_cursors lacks fenced_seq and fence.
     # Last in this module: the schema changes reach every driver session's control
     # connection, whose executor may start a thread while a later test counts them
     # (test_close_leaves_no_driver_thread).
@@ -521,12 +522,26 @@ def test_a_keyspace_of_an_older_version_gets_the_columns_of_changes(
             " VALUES (%s, 0, 1, 'alice', 'old', %s)",
             (CHANNEL, created_at(1)),
         )
+        raw_session.execute(
+            f"CREATE TABLE {ks}.handler_cursors (handler text, channel_id text,"
+            " last_seq bigint, PRIMARY KEY ((handler), channel_id))",
+            timeout=60,
+        )
+        raw_session.execute(
+            f"UPDATE {ks}.handler_cursors USING TIMESTAMP 3 SET last_seq = 3"
+            " WHERE handler = 'hook' AND channel_id = %s",
+            (CHANNEL,),
+        )
 
         async def scenario(store: CassandraStore) -> None:
             old = await store.get_message(CHANNEL, mid(1))
             await store.append([edit(2, old, "new")])
             assert (await store.get_message(CHANNEL, mid(1))).content == "new"
             assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=2)) == [1, 2]
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 3}
+            await store.claim_handler_fence("hook", 1)
+            await store.save_handler_cursors("hook", {CHANNEL: 4, "other": 1}, fence=1)
+            assert dict(await store.handler_cursors("hook")) == {CHANNEL: 4, "other": 1}
 
         run(config, scenario)
     finally:

@@ -613,13 +613,13 @@ def test_invalid_handlers_name_the_entry_and_key(tmp_path: Path, text: str, key:
     assert str(error).startswith(f"config error: {key}: ")
 
 
-def test_after_store_handlers_need_the_local_bus(tmp_path: Path) -> None:
+def test_after_store_handlers_run_on_the_redis_bus_under_a_lease(tmp_path: Path) -> None:
     text = (
         "bus: {backend: redis}\n"
-        f"handlers: [{HANDLER}, {{name: bot, use: echo_bot, stage: after_store}}]"
+        f"handlers: [{HANDLER}, {{name: bot, use: echo_bot, stage: after_store,"
+        " lease_ttl_ms: 2000}]"
     )
-    error = config_error(path=write(tmp_path, text))
-    assert error.key == "handlers[1].stage"
-    assert "bus.backend local" in error.problem
-    before_only = f"bus: {{backend: redis}}\nhandlers: [{HANDLER}]"
-    assert len(load_config(write(tmp_path, before_only), env={}).handlers) == 1
+    handlers = load_config(write(tmp_path, text), env={}).handlers
+    assert [h.lease_ttl_ms for h in handlers] == [5000, 2000]
+    too_short = "handlers: [{name: bot, use: echo_bot, stage: after_store, lease_ttl_ms: 100}]"
+    assert config_error(path=write(tmp_path, too_short)).key == "handlers[0].lease_ttl_ms"

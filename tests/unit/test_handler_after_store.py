@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from chime_actors.config import HandlerConfig, HandlerFailure, HandlerStage
-from chime_actors.errors import HandlerError
+from chime_actors.errors import FencedOut, HandlerError
 from chime_actors.handlers import Reply
 from chime_actors.handlers.after_store import (
     FIRST_RETRY_S,
+    HOLD_RETRY_S,
     REGISTERED,
     STUCK_AFTER_S,
     AfterStoreWorker,
@@ -99,8 +100,16 @@ class Clock:
 
 
 class Harness:
-    def __init__(self, store: MemoryStore, handler_spec: HandlerConfig) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        handler_spec: HandlerConfig,
+        *,
+        fence: int | None = None,
+        hold_max_s: float = 0.0,
+    ) -> None:
         self.store = store
+        self.fenced_out = 0
         self.handler = Handler()
         self.sent = Sent()
         self.sleeps: list[float] = []
@@ -120,6 +129,9 @@ class Harness:
             max_content_chars=50,
             clock=self.clock,
             sleep=sleep,
+            fence=fence,
+            hold_max_s=hold_max_s,
+            on_fenced=self._on_fenced,
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -140,6 +152,9 @@ class Harness:
                 await asyncio.sleep(0.001)
 
         await asyncio.wait_for(poll(), WAIT_S)
+
+    def _on_fenced(self) -> None:
+        self.fenced_out += 1
 
     def counter(self, name: str) -> float | None:
         return self.registry.snapshot("handler 1").value(name, "h")
@@ -383,3 +398,86 @@ def test_cursors_and_backlog_bookkeeping() -> None:
         assert queue.next() is None
 
     asyncio.run(backlog())
+
+
+# --- several hosts: fences, repeats, holes still being stored -----------------------
+
+
+def test_under_a_fence_cursors_are_saved_until_a_newer_holder_claims() -> None:
+    async def scenario(store: MemoryStore) -> None:
+        await store.claim_handler_fence("h", 3)
+        await store.save_handler_cursors("h", {"room": 0, REGISTERED: 0}, fence=3)
+        async with Harness(store, spec(), fence=3) as h:
+            await store.append([message(1), message(2)])
+            h.worker.offer([message(1)])
+            await h.until(lambda: h.worker.cursors.of("room") == 1)
+            await h.worker.flush()
+            assert dict(await store.handler_cursors("h"))["room"] == 1
+            await store.claim_handler_fence("h", 4)  # another host took over
+            h.worker.offer([message(2)])
+            await h.until(lambda: h.worker.cursors.of("room") == 2)
+            await h.worker.flush()
+            assert h.fenced_out == 1
+            assert dict(await store.handler_cursors("h"))["room"] == 1  # not overwritten
+            with pytest.raises(FencedOut):  # what the holder sees when it stops
+                await store.save_handler_cursors("h", h.worker.cursors.unsaved(), fence=3)
+
+    run(scenario)
+
+
+def test_an_event_arriving_twice_is_queued_once_and_one_ahead_is_read_from_storage() -> None:
+    async def scenario(store: MemoryStore) -> None:
+        async with Harness(store, spec(), hold_max_s=1.0) as h:
+            gate = asyncio.Event()
+            original = h.handler.__call__
+
+            async def gated(m: ChannelEvent) -> Sequence[Reply]:
+                await gate.wait()
+                return await original(m)
+
+            h.worker._call = gated
+            await store.append([message(1), message(2), message(3)])
+            h.worker.offer([message(1), message(3)])  # from another host, ahead of 2
+            h.worker.offer([message(1), message(2), message(3)])  # the local persister's
+            await h.until(lambda: h.worker.backlog.paused or len(h.worker.backlog) <= 2)
+            assert len(h.worker.backlog) <= 2  # 1 (perhaps taken already) and 3, once each
+            gate.set()
+            await h.until(lambda: h.worker.cursors.of("room") == 3)
+            assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
+
+    run(scenario)
+
+
+def test_with_several_hosts_a_hole_is_held_until_another_host_stores_it() -> None:
+    async def scenario(store: MemoryStore) -> None:
+        async with Harness(store, spec(), hold_max_s=1.0) as h:
+            await store.append([message(1), message(3)])  # 2: still being stored elsewhere
+            h.worker.offer([message(3)])
+            await h.until(lambda: h.handler.seen == [("room", 1)])
+            await h.until(lambda: h.sleeps.count(HOLD_RETRY_S) >= 3)  # asking storage again
+            assert h.worker.cursors.of("room") == 1
+            await store.append([message(2)])
+            await h.until(lambda: h.worker.cursors.of("room") == 3)
+            assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
+
+    run(scenario)
+
+
+def test_with_several_hosts_a_hole_that_never_comes_is_skipped_after_the_hold() -> None:
+    async def scenario(store: MemoryStore) -> None:
+        async with Harness(store, spec(), hold_max_s=1.0) as h:
+            await store.append([message(1), message(3), message(5)])  # 2, 4: writes that failed
+            h.worker.offer([message(5)])
+            await h.until(lambda: h.handler.seen == [("room", 1)])
+            await h.until(lambda: h.sleeps.count(HOLD_RETRY_S) >= 3)
+            h.clock.now += 1.0  # the hold is over for every id below the head seen then
+            await h.until(lambda: h.worker.cursors.of("room") == 5)
+            assert h.handler.seen == [("room", 1), ("room", 3), ("room", 5)]
+            held = h.sleeps.count(HOLD_RETRY_S)
+            # A hole below a head seen long ago is not held again.
+            await store.append([message(7, "other"), message(6)])
+            h.worker.offer([message(6)])
+            await h.until(lambda: h.worker.cursors.of("room") == 6)
+            assert h.sleeps.count(HOLD_RETRY_S) == held
+
+    run(scenario)
