@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+import hashlib
+import os
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
+import orjson
 import pytest
 
+from chime_actors.api import attachment_routes
+from chime_actors.api.http_server import HttpRequest
+from chime_actors.api.presence_routes import Caller
+from chime_actors.auth import Identity
 from chime_actors.errors import StoreError
 from chime_actors.ids import new_attachment_id
 from chime_actors.records import Attachment, MessageChange
-from chime_actors.storage.attachments import StoredAttachment, read_attachment
+from chime_actors.storage.attachments import CHUNK_BYTES, StoredAttachment, read_attachment
 from chime_actors.storage.factory import Storage
 from tests.store_contract import CHANNEL, delete, edit, make_message, mid, seqs
 
@@ -56,6 +63,32 @@ def record(attachment_id: str, *, chunks: int, size: int, owner: str = "alice") 
 
 async def read_all(store: Storage, attachment: StoredAttachment) -> bytes:
     return b"".join([chunk async for chunk in read_attachment(store, attachment)])
+
+
+class UploadBackend:
+    """``attachment_routes.AttachmentBackend`` over a real store, for one user."""
+
+    def __init__(self, store: Storage, user: str, max_bytes: int) -> None:
+        self._store = store
+        self._user = user
+        self._max = max_bytes
+
+    @property
+    def attachments(self) -> Storage:
+        return self._store
+
+    @property
+    def max_attachment_bytes(self) -> int:
+        return self._max
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        return Caller(self._user, Identity(self._user))
+
+
+async def pieces(data: bytes, size: int = 64 * 1024) -> AsyncGenerator[bytes, None]:
+    """``data`` as an HTTP body arrives: in pieces."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 class AttachmentContract:
@@ -175,5 +208,33 @@ class AttachmentContract:
             await store.append([delete(4, 2)])
             assert await store.attachment_channels(shared.attachment_id) == ()
             assert seqs((await store.history(CHANNEL)).messages) == []
+
+        run_with(make_store, scenario)
+
+    def test_an_upload_larger_than_a_chunk_is_split_and_read_back_identical(
+        self, make_store: StorageFactory
+    ) -> None:
+        data = os.urandom(2 * CHUNK_BYTES + 12345)
+
+        async def scenario(store: Storage) -> None:
+            backend = UploadBackend(store, "alice", max_bytes=3 * CHUNK_BYTES)
+            request = HttpRequest(
+                "POST",
+                attachment_routes.UPLOAD_PATH,
+                query={"filename": "big.bin"},
+                headers={"content-type": "application/octet-stream"},
+                body_stream=pieces(data),
+            )
+            response = await attachment_routes.upload(backend, request)
+            assert response.status == 201
+            body = orjson.loads(response.body)
+            assert body["sha256"] == hashlib.sha256(data).hexdigest()
+            assert body["size"] == len(data)
+            stored = (await store.get_attachments([body["attachmentId"]]))[body["attachmentId"]]
+            assert (stored.owner, stored.chunks, stored.size) == ("alice", 3, len(data))
+            sizes = [len(await store.attachment_chunk(stored.attachment_id, i)) for i in range(3)]
+            assert sizes == [CHUNK_BYTES, CHUNK_BYTES, 12345]
+            back = await read_all(store, stored)
+            assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()
 
         run_with(make_store, scenario)
