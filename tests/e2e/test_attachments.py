@@ -23,6 +23,7 @@ import pytest
 
 from tests.e2e import attachment_http as http
 from tests.e2e.client import Client
+from tests.e2e.conftest import received
 from tests.e2e.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
@@ -347,7 +348,7 @@ def test_a_message_without_attachments_has_no_attachments_field(server: ServerPr
         alice = await connect(server, "alice", [channel])
         try:
             await alice.send({"type": "send", "channelId": channel, "content": "plain"})
-            (message,) = await alice.messages(1)
+            (message,) = await received(alice, 1)
             assert "attachments" not in message
         finally:
             await alice.close()
@@ -430,7 +431,7 @@ def test_at_most_ten_attachments_per_message(server: ServerProcess) -> None:
             )
             ack = await reply_to(alice, "c-10")
             assert ack["type"] == "ack", ack
-            (message,) = await alice.messages(1)
+            (message,) = await received(alice, 1)
             assert [a["attachmentId"] for a in message["attachments"]] == ids[:10]
         finally:
             await alice.close()
