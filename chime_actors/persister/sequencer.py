@@ -303,7 +303,11 @@ class Sequencer:
                 metadata=record.metadata,
                 thread_id=record.thread_id,
                 client_msg_id=record.client_msg_id,
-                attachments=tuple((attachments or {})[i] for i in record.attachments),
+                attachments=(
+                    tuple((attachments or {})[i] for i in record.attachments)
+                    if record.attachments
+                    else ()
+                ),
             )
             if key is not None:
                 pending[(record.channel_id, key)] = message

@@ -688,11 +688,13 @@ def _append(conn: sqlite3.Connection, *, events: tuple[ChannelEvent, ...]) -> No
             if m.client_msg_id is not None
         ],
     )
-    conn.executemany(
-        "INSERT INTO attachment_refs (channel_id, message_id, attachment_id) VALUES (?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        [(m.channel_id, m.message_id, a.attachment_id) for m in messages for a in m.attachments],
-    )
+    refs = [(m.channel_id, m.message_id, a.attachment_id) for m in messages for a in m.attachments]
+    if refs:  # rare: most messages list no file
+        conn.executemany(
+            "INSERT INTO attachment_refs (channel_id, message_id, attachment_id)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            refs,
+        )
     conn.executemany(
         "INSERT INTO message_counters (channel_id, count) VALUES (?, ?)"
         " ON CONFLICT (channel_id) DO UPDATE SET count = count + excluded.count",
