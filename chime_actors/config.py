@@ -89,6 +89,7 @@ from chime_actors.errors import ConfigError
 
 __all__ = [
     "ApiConfig",
+    "AttachmentsConfig",
     "AuthConfig",
     "AuthMode",
     "BusBackend",
@@ -399,6 +400,17 @@ class LimitsConfig(_Section, frozen=True):
     connects_per_ip_per_10s: _Count = 200
 
 
+class AttachmentsConfig(_Section, frozen=True):
+    """Files uploaded to ``/v1/attachments`` (PROTOCOL.md "Attachments").
+
+    Attributes:
+        max_bytes: the largest file; a larger upload is refused with 413, as soon
+            as its ``Content-Length`` says so or its chunked body grows past it.
+    """
+
+    max_bytes: _Positive = 10 * 1024 * 1024
+
+
 class PresenceConfig(_Section, frozen=True):
     """Presence across hosts (PROTOCOL.md, "Presence, typing, read markers").
 
@@ -509,6 +521,7 @@ class Config(_Section, frozen=True):
         storage: the message store.
         bus: the message bus.
         limits: rate limits.
+        attachments: uploaded files.
         presence: presence across hosts.
         logging: log level and format.
         data_dir: directory for runtime files: Thespian's log (``thespian.log``)
@@ -527,6 +540,7 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = StorageConfig()
     bus: BusConfig = BusConfig()
     limits: LimitsConfig = LimitsConfig()
+    attachments: AttachmentsConfig = AttachmentsConfig()
     presence: PresenceConfig = PresenceConfig()
     logging: LoggingConfig = LoggingConfig()
     data_dir: _Text = "./data"

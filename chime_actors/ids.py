@@ -12,6 +12,9 @@ number zero-padded to ``ID_WIDTH`` digits, so
 
 from __future__ import annotations
 
+import re
+import secrets
+
 ID_WIDTH = 16
 _MAX_SEQ = 10**ID_WIDTH - 1
 
@@ -39,3 +42,25 @@ def is_message_id(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- attachment ids --------------------------------------------------------------
+
+#: Random bytes in an attachment id (shown as twice as many hex digits).
+ATTACHMENT_ID_BYTES = 16
+_ATTACHMENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_attachment_id() -> str:
+    """A fresh attachment id: 128 random bits as 32 lower-case hex digits.
+
+    Random rather than numbered, so an id tells nothing about other uploads; who
+    may read an attachment is decided by its uploader and the messages listing
+    it, never by knowing the id (docs/protocol.md, "Attachments").
+    """
+    return secrets.token_hex(ATTACHMENT_ID_BYTES)
+
+
+def is_attachment_id(value: object) -> bool:
+    """True when ``value`` is a well-formed attachment id (32 lower-case hex digits)."""
+    return isinstance(value, str) and _ATTACHMENT_ID.fullmatch(value) is not None

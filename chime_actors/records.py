@@ -53,8 +53,35 @@ def format_timestamp(moment: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file a message lists (PROTOCOL.md "Attachments"): what its readers see of it.
+
+    The bytes and who uploaded them live in the attachment store
+    (``storage.attachments``); a message carries only this.
+    """
+
+    attachment_id: str
+    filename: str
+    content_type: str
+    size: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object of an entry of a ChimeMessage's ``attachments``."""
+        return {
+            "attachmentId": self.attachment_id,
+            "filename": self.filename,
+            "contentType": self.content_type,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ChimeMessage:
-    """A chat message as stored, broadcast and returned by history."""
+    """A chat message as stored, broadcast and returned by history.
+
+    ``attachments`` are the files it lists, in the sender's order; on the wire
+    the field is absent when there are none (PROTOCOL.md).
+    """
 
     channel_id: str
     message_id: str
@@ -66,6 +93,7 @@ class ChimeMessage:
     thread_id: str | None = None
     client_msg_id: str | None = None
     channel_name: str | None = None
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def seq(self) -> int:
@@ -74,7 +102,7 @@ class ChimeMessage:
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object of PROTOCOL.md's ChimeMessage section."""
-        return {
+        wire: dict[str, Any] = {
             "channelId": self.channel_id,
             "channelName": self.channel_name,
             "messageId": self.message_id,
@@ -86,6 +114,9 @@ class ChimeMessage:
             "threadId": self.thread_id,
             "clientMsgId": wire_client_msg_id(self.client_msg_id),
         }
+        if self.attachments:
+            wire["attachments"] = [attachment.to_wire() for attachment in self.attachments]
+        return wire
 
 
 class ChangeKind(enum.Enum):
@@ -145,7 +176,9 @@ class SendRecord:
     """One message a client asked to send, not yet sequenced or stored.
 
     ``token`` is the gateway's own handle for the pending ack; it means nothing
-    to anyone else.
+    to anyone else. ``attachments`` are the ids the client listed, not yet
+    checked: the persister that owns the channel looks them up (each must be
+    the sender's own upload) before it numbers the send (``persister.attachments``).
     """
 
     token: int
@@ -155,6 +188,7 @@ class SendRecord:
     metadata: Metadata = ()
     thread_id: str | None = None
     client_msg_id: str | None = None
+    attachments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

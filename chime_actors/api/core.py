@@ -17,6 +17,11 @@ is stuck: it has work and confirmed nothing for 30 s) but do not make the
 server unready: a handler delays no client's sends or deliveries, and taking the
 chat out of a load balancer because a webhook receiver is down would.
 
+Attachments (``api.attachment_routes``) are streamed between the HTTP connection
+and the API's own store, chunk by chunk: never through the lanes, which would
+copy every byte through a second process for nothing. The persister that owns a
+channel checks a send's attachments in its own store (``persister.attachments``).
+
 REST presence counts WebSocket connections only, and those live in the gateways:
 the API asks one gateway per request (in turn, over its lane) with a
 ``PresenceLookup``; every gateway holds the whole host's presence (and with the
@@ -35,7 +40,7 @@ from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, 
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.presence_routes import Caller
-from chime_actors.api.routes import Readiness, make_handler
+from chime_actors.api.routes import Readiness, make_handler, streams_body
 from chime_actors.api.web import ClientConfig, WebClient
 from chime_actors.auth import Authenticator, Identity, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
@@ -61,6 +66,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.storage.attachments import AttachmentStore
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, annotated_history
 
@@ -109,7 +115,8 @@ class ApiCore:
                 max_content_chars=config.chat.max_content_chars,
             )
         )
-        self._server = HttpServer(make_handler(self, web))
+        # Uploads are streamed to storage, never read whole (api.attachment_routes).
+        self._server = HttpServer(make_handler(self, web), streams=streams_body)
         self._reports: dict[ActorId, tuple[float, MetricsReport]] = {}
         self._expected: set[str] = set()
         self._restarted_at: dict[str, float] = {}
@@ -324,6 +331,18 @@ class ApiCore:
         except ProtocolError as exc:
             return exc.code
         return None if identity.may_access(channel_id) else "forbidden"
+
+    # --- AttachmentBackend --------------------------------------------------------------
+
+    @property
+    def attachments(self) -> AttachmentStore:
+        """The store the API opened: uploads and downloads go straight to it."""
+        return self._store
+
+    @property
+    def max_attachment_bytes(self) -> int:
+        """``attachments.max_bytes``."""
+        return self._config.attachments.max_bytes
 
     # --- PresenceBackend ----------------------------------------------------------------
 

@@ -15,6 +15,17 @@ functions of an :class:`HttpRequest` tested without sockets:
   "detail", "code"}`` (a 500 names a correlation id that is also logged with
   the traceback).
 
+Bodies are read whole (at most ``max_body_bytes``) except for the requests the
+server's ``streams`` predicate names (file uploads): those get
+``HttpRequest.body_stream``, the body chunk by chunk as it arrives, with no size
+limit of the server's own (the route counts), and their ``Expect: 100-continue``
+is answered only when the route starts reading, so a route that refuses at once
+(413 on ``Content-Length``) never invites the body. A response may likewise
+carry ``HttpResponse.stream`` (a download) instead of ``body``: written chunk by
+chunk, with a ``Content-Length`` of ``stream_size``; if the stream fails once
+the headers are out, the connection is closed, so the client sees a body shorter
+than announced rather than a truncated file taken for whole.
+
 Errors aiohttp finds while *parsing* (a malformed request line, a bad
 ``Content-Length``) are answered 400 by aiohttp itself, before any handler or
 middleware runs; their body is aiohttp's plain text.
@@ -27,13 +38,13 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, http_exceptions, web
 
 from chime_actors.errors import ChimeError
 
@@ -41,6 +52,7 @@ __all__ = [
     "CATCH_ALL",
     "MAX_BODY_BYTES",
     "PROBLEM_CONTENT_TYPE",
+    "STREAM_CHUNK_BYTES",
     "HttpError",
     "HttpHandler",
     "HttpRequest",
@@ -57,6 +69,8 @@ MAX_BODY_BYTES = 64 * 1024
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # The path of the aiohttp route that hands every request to the handler.
 CATCH_ALL = "/{tail:.*}"
+# The most a streamed request body hands its route at once.
+STREAM_CHUNK_BYTES = 64 * 1024
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_TIMEOUT_S = 10.0
 # On close, requests still running get this long before they are cancelled.
@@ -122,7 +136,10 @@ class HttpRequest:
         query: query parameters, percent-decoded; the first value wins on repeats.
         headers: header fields with lower-cased names; repeated fields are joined
             with ``", "``.
-        body: the request body (empty when there is none).
+        body: the request body (empty when there is none, or when it is streamed).
+        body_stream: for the requests the server streams (``HttpServer``'s
+            ``streams``), the body in chunks as they arrive; iterating it may
+            raise :class:`HttpError` (400) when the body is malformed or cut off.
     """
 
     method: str
@@ -130,6 +147,7 @@ class HttpRequest:
     query: Mapping[str, str] = field(default_factory=_empty)
     headers: Mapping[str, str] = field(default_factory=_empty)
     body: bytes = b""
+    body_stream: AsyncGenerator[bytes, None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +160,26 @@ class HttpResponse:
         content_type: the ``Content-Type`` header.
         headers: extra headers; framing headers (``Content-Length``, ``Date``,
             ``Server``) are aiohttp's.
+        stream: the body chunk by chunk, instead of ``body`` (closed unread for
+            HEAD requests).
+        stream_size: the streamed body's length in bytes (its ``Content-Length``);
+            required with ``stream``.
     """
 
     status: int = 200
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: Mapping[str, str] = field(default_factory=_empty)
+    stream: AsyncGenerator[bytes, None] | None = None
+    stream_size: int | None = None
 
     def __post_init__(self) -> None:
         if not 100 <= self.status <= 599:
             raise ValueError(f"invalid HTTP status: {self.status}")
+        if (self.stream is None) != (self.stream_size is None) or (
+            self.stream is not None and self.body
+        ):
+            raise ValueError("a streamed response has a stream_size and no body")
         # Refuse CR/LF in header values here, where the bug is, rather than
         # letting a value split the response (header injection).
         for name, value in (("content-type", self.content_type), *self.headers.items()):
@@ -226,6 +254,10 @@ def _reason_phrase(status: int) -> str:
 # --- the aiohttp adapter ---------------------------------------------------------------
 
 
+def _never(method: str, path: str) -> bool:
+    return False
+
+
 def _to_aiohttp(response: HttpResponse) -> web.Response:
     # Content-Type as a header, verbatim: aiohttp's content_type/charset arguments
     # would rebuild it and drop parameters such as Prometheus' "version=0.0.4".
@@ -233,9 +265,12 @@ def _to_aiohttp(response: HttpResponse) -> web.Response:
     return web.Response(status=response.status, body=response.body, headers=headers)
 
 
-async def _from_aiohttp(request: web.Request) -> HttpRequest:
+def _path_of(request: web.BaseRequest) -> str:
     # raw_path keeps percent-encoding (an encoded "/" stays inside its segment).
-    path = request.raw_path.split("?", 1)[0]
+    return request.raw_path.split("?", 1)[0]
+
+
+async def _from_aiohttp(request: web.Request, *, stream: bool) -> HttpRequest:
     query: dict[str, str] = {}
     for key, value in request.query.items():
         query.setdefault(key, value)
@@ -243,10 +278,75 @@ async def _from_aiohttp(request: web.Request) -> HttpRequest:
     for name, value in request.headers.items():
         key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    if stream:
+        return HttpRequest(
+            request.method,
+            _path_of(request),
+            MappingProxyType(query),
+            MappingProxyType(headers),
+            body_stream=_body_chunks(request),
+        )
     body = await request.read() if request.body_exists else b""
     return HttpRequest(
-        request.method, path, MappingProxyType(query), MappingProxyType(headers), body
+        request.method, _path_of(request), MappingProxyType(query), MappingProxyType(headers), body
     )
+
+
+def _wants_continue(request: web.BaseRequest) -> bool:
+    expect = request.headers.get("Expect", "")
+    return request.version == HttpVersion11 and expect.lower() == "100-continue"
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    """Invite the body (what aiohttp's default ``Expect`` handler does at once)."""
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The interim response is not part of the response's size.
+    request.writer.output_size = 0
+
+
+async def _body_chunks(request: web.Request) -> AsyncGenerator[bytes, None]:
+    """A streamed request's body; the ``100 Continue`` goes out on the first read."""
+    if _wants_continue(request):
+        await _send_continue(request)
+    try:
+        async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+            yield chunk
+    except (http_exceptions.HttpProcessingError, ConnectionError) as exc:
+        # A malformed chunked body, or a client that went away mid-body.
+        raise HttpError(400, "the request body could not be read") from exc
+
+
+async def _stream_out(request: web.Request, response: HttpResponse) -> web.StreamResponse:
+    """Write a streamed response chunk by chunk; cut the connection if the stream fails."""
+    stream = response.stream
+    assert stream is not None and response.stream_size is not None  # checked by the caller
+    out = web.StreamResponse(
+        status=response.status,
+        headers={**response.headers, "Content-Type": response.content_type},
+    )
+    out.content_length = response.stream_size
+    try:
+        await out.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in stream:
+                await out.write(chunk)
+    except ConnectionError:
+        return out  # the client went away; aiohttp finds the connection closed
+    except Exception:
+        if not out.prepared:
+            raise  # nothing sent yet: an error response as for any handler
+        logger.exception(
+            "HTTP stream failed on %s %s after the headers", request.method, request.rel_url.path
+        )
+        # The status and length are out: closing is the only way left to tell
+        # the client the body is incomplete.
+        if request.transport is not None:
+            request.transport.close()
+        return out
+    finally:
+        await stream.aclose()
+    await out.write_eof()
+    return out
 
 
 class HttpServer:
@@ -256,18 +356,28 @@ class HttpServer:
     to stop: no new connections, running requests get ``CLOSE_GRACE_S``.
     """
 
-    def __init__(self, handler: HttpHandler, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        handler: HttpHandler,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        streams: Callable[[str, str], bool] | None = None,
+    ) -> None:
         """Prepare a server; nothing listens until :meth:`start`.
 
         Args:
             handler: called once per request; an exception becomes a 500 whose body
                 names a correlation id that is also logged with the traceback.
             max_body_bytes: larger request bodies are refused with 413.
+            streams: ``streams(method, path)`` is True for the requests whose body
+                the handler reads itself from ``HttpRequest.body_stream`` (``path``
+                still percent-encoded); None streams none.
         """
         self._handler = handler
+        self._streams = streams or _never
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors])
         # One catch-all route: the handler (the API's ``Router``) routes on the raw path.
-        app.router.add_route("*", CATCH_ALL, self._serve)
+        app.router.add_route("*", CATCH_ALL, self._serve, expect_handler=self._expect)
         self._app = app
         self._runner = web.AppRunner(
             app,
@@ -315,11 +425,26 @@ class HttpServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def _is_streamed(self, request: web.BaseRequest) -> bool:
+        return self._streams(request.method, _path_of(request))
+
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        response = await self._handler(await _from_aiohttp(request))
+        streamed = self._is_streamed(request)
+        response = await self._handler(await _from_aiohttp(request, stream=streamed))
         if not isinstance(response, HttpResponse):
             raise TypeError(f"handler returned {type(response).__name__}, not HttpResponse")
+        if response.stream is not None:
+            return await _stream_out(request, response)
         return _to_aiohttp(response)
+
+    async def _expect(self, request: web.Request) -> None:
+        """``Expect``: ``100-continue`` at once, except for a streamed body (on first read)."""
+        if not _wants_continue(request):
+            if request.version == HttpVersion11:
+                raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+            return
+        if not self._is_streamed(request):
+            await _send_continue(request)
 
     @web.middleware
     async def _errors(

@@ -22,8 +22,10 @@ from typing import Any
 import orjson
 
 from chime_actors import __version__
+from chime_actors.api.attachment_routes import MAX_FILENAME_CHARS, UPLOAD_PATH
 from chime_actors.api.http_server import PROBLEM_CONTENT_TYPE
 from chime_actors.api.openapi_schemas import (
+    ATTACHMENT_ID_PATTERN,
     CHANNEL_ID_PATTERN,
     MESSAGE_ID_PATTERN,
     Schema,
@@ -69,7 +71,8 @@ subscribers exactly as if it had been done over a WebSocket.
   and unread counts).
 * **Errors** are RFC 9457 problems (`application/problem+json`) with PROTOCOL.md's
   `code`. That includes the HTTP layer's own: 404 for a path that is no route,
-  405 (with `Allow`) for a method a route does not take, 413 for a body over 64 KiB.
+  405 (with `Allow`) for a method a route does not take, 413 for a body over 64 KiB
+  (an upload: over `attachments.max_bytes`).
 * `HEAD` is accepted wherever `GET` is. Query parameters with an empty value count
   as absent; unknown ones are ignored. Path parameters are percent-decoded one
   segment at a time (an encoded `/` stays inside its segment).
@@ -146,7 +149,7 @@ def _response_ref(name: str) -> dict[str, str]:
 _PROBLEMS: dict[int, tuple[str, str, tuple[str, ...], str]] = {
     400: (
         "BadRequest",
-        "`bad_request`: a bad channel id, message id, cursor, limit, emoji or body.",
+        "`bad_request`: a bad channel id, message id, cursor, limit, emoji, filename or body.",
         (),
         "Problem",
     ),
@@ -166,7 +169,8 @@ _PROBLEMS: dict[int, tuple[str, str, tuple[str, ...], str]] = {
     404: ("NotFound", "`not_found`: no such message (or file).", (), "Problem"),
     413: (
         "TooLarge",
-        "`too_large`: content over `chat.max_content_chars`, or a body over 64 KiB.",
+        "`too_large`: content over `chat.max_content_chars`, a body over 64 KiB, or an "
+        "upload over `attachments.max_bytes`.",
         (),
         "Problem",
     ),
@@ -281,6 +285,22 @@ def _parameters() -> dict[str, Any]:
             "example": "general,random",
         },
         "name": _path_param("name", {"type": "string"}, "A file of the page."),
+        "attachmentId": _path_param(
+            "attachmentId",
+            {"type": "string"},
+            f"The file (a malformed id is 404, like an unknown one): `{ATTACHMENT_ID_PATTERN}`.",
+        ),
+        "filename": {
+            "name": "filename",
+            "in": "query",
+            "required": True,
+            "description": (
+                "The file's name, kept for the download: not blank, no `/` or `\\`, "
+                "not `.` or `..`, no control or formatting characters."
+            ),
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_FILENAME_CHARS},
+            "example": "report 2026.pdf",
+        },
     }
 
 
@@ -477,6 +497,87 @@ def paths() -> dict[str, dict[str, Any]]:
                 parameters=[param("channels")],
             ),
         },
+        # --- attachments --------------------------------------------------------------
+        UPLOAD_PATH: {
+            "post": {
+                **operation(
+                    "uploadAttachment",
+                    "Upload a file, to list in sends.",
+                    "attachments",
+                    {
+                        "201": {
+                            **json_body("Stored: the file's record.", "Attachment"),
+                            "headers": {
+                                "Location": {
+                                    "description": "`/v1/attachments/{attachmentId}`.",
+                                    "required": True,
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                        **problems(400, 401, 413, 503),
+                    },
+                    security=WRITER,
+                    parameters=[param("filename")],
+                    description=(
+                        "The file is the raw request body (not a form), with its "
+                        "`Content-Type` (default `application/octet-stream`). At most "
+                        "`attachments.max_bytes` (10 MiB): a larger `Content-Length` is "
+                        "refused before the body is read (and `Expect: 100-continue` "
+                        "gets the 413 instead of `100 Continue`), a chunked body as soon "
+                        "as it grows past it. An empty body is 400."
+                    ),
+                ),
+                "requestBody": {
+                    "required": True,
+                    "description": "The file's bytes.",
+                    "content": {"*/*": {}},
+                },
+            },
+        },
+        f"{UPLOAD_PATH}/{{attachmentId}}": {
+            "parameters": [param("attachmentId")],
+            "get": operation(
+                "downloadAttachment",
+                "Download a file, always as an attachment.",
+                "attachments",
+                {
+                    "200": {
+                        "description": (
+                            "The bytes, with the stored `Content-Type` and a "
+                            "`Content-Length`; cut short (the connection closed) only if "
+                            "storage fails midway."
+                        ),
+                        "headers": {
+                            "Content-Disposition": {
+                                "description": (
+                                    "`attachment; filename=\"...\"; filename*=UTF-8''...`"
+                                ),
+                                "required": True,
+                                "schema": {"type": "string"},
+                            },
+                            "X-Content-Type-Options": {
+                                "description": "`nosniff`.",
+                                "required": True,
+                                "schema": {"const": "nosniff"},
+                            },
+                        },
+                        "content": {"*/*": {}},
+                    },
+                    **problems(401),
+                    "404": {
+                        **_response_ref("NotFound"),
+                        "description": (
+                            "`not_found`: no such file, a malformed id, or one you may not "
+                            "read (neither yours nor listed by a live message of a channel "
+                            "you are granted): the same answer for all three."
+                        ),
+                    },
+                    **problems(503),
+                },
+                security=READER,
+            ),
+        },
         # --- the web page -------------------------------------------------------------
         "/": {
             "get": operation(
@@ -530,13 +631,16 @@ def build(version: str = __version__) -> dict[str, Any]:
         "info": {
             "title": "Chime REST API",
             "version": version,
-            "summary": "History, sends, changes, presence and read markers of a Chime server.",
+            "summary": (
+                "History, sends, changes, presence, read markers and attachments of a Chime server."
+            ),
             "description": _DESCRIPTION,
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [
             {"name": "messages", "description": "History, sends, edits, deletes, reactions."},
             {"name": "presence", "description": "Presence, read markers, unread counts."},
+            {"name": "attachments", "description": "Files to list in messages."},
             {"name": "operations", "description": "Probes, metrics and this document."},
             {"name": "web", "description": "The built-in web chat page."},
         ],

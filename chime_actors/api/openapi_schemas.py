@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from chime_actors.ids import ID_WIDTH
+from chime_actors.ids import ATTACHMENT_ID_BYTES, ID_WIDTH
 from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.frames import MAX_CORRELATION_ID_CHARS, MAX_EMOJI_CHARS, Limits
 from chime_actors.records import SERVER_CLIENT_MSG_ID_PREFIX
 
 __all__ = [
+    "ATTACHMENT_ID_PATTERN",
     "CHANNEL_ID_PATTERN",
     "MAX_ATTACHMENTS",
     "MESSAGE_ID_PATTERN",
@@ -31,8 +32,9 @@ CHANNEL_ID_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
 USER_ID_PATTERN = "^[A-Za-z0-9_.@:-]{1,64}$"
 MESSAGE_ID_PATTERN = f"^[0-9]{{{ID_WIDTH}}}$"
 METADATA_KEY_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
+ATTACHMENT_ID_PATTERN = f"^[0-9a-f]{{{2 * ATTACHMENT_ID_BYTES}}}$"
 # PROTOCOL.md "Attachments": at most this many per message.
-MAX_ATTACHMENTS = 10
+MAX_ATTACHMENTS = Limits().max_attachments
 
 _LIMITS = Limits()
 
@@ -174,14 +176,33 @@ def schemas() -> dict[str, Schema]:
                 "maxLength": _LIMITS.max_metadata_value_chars,
             },
         },
+        "AttachmentId": {
+            "type": "string",
+            "pattern": ATTACHMENT_ID_PATTERN,
+            "description": "An uploaded file: 128 random bits in hex.",
+            "examples": ["9f1c2b7e0d4a4c35b1e8a6f2d3c4b5a6"],
+        },
         "MessageAttachment": {
             "type": "object",
+            "description": "A file a message lists; download it with its id.",
             "required": ["attachmentId", "filename", "contentType", "size"],
             "properties": {
-                "attachmentId": {"type": "string"},
+                "attachmentId": ref("AttachmentId"),
                 "filename": {"type": "string"},
                 "contentType": {"type": "string"},
                 "size": {"type": "integer", "minimum": 1},
+            },
+        },
+        "Attachment": {
+            "type": "object",
+            "description": "An upload, as stored.",
+            "required": ["attachmentId", "filename", "contentType", "size", "sha256"],
+            "properties": {
+                "attachmentId": ref("AttachmentId"),
+                "filename": {"type": "string", "minLength": 1, "maxLength": 255},
+                "contentType": {"type": "string", "examples": ["application/pdf"]},
+                "size": {"type": "integer", "minimum": 1},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             },
         },
         "ChimeMessage": _chime_message(),
@@ -221,6 +242,12 @@ def schemas() -> dict[str, Schema]:
                 },
                 "metadata": ref("Metadata"),
                 "threadId": _nullable(ref("MessageId")),
+                "attachments": {
+                    "type": ["array", "null"],
+                    "description": "Files you uploaded (each yours, else 400); listed once each.",
+                    "maxItems": MAX_ATTACHMENTS,
+                    "items": ref("AttachmentId"),
+                },
                 "channelId": {
                     **ref("ChannelId"),
                     "description": "Optional; when given, the path's channel.",

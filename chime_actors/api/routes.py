@@ -11,6 +11,8 @@
 ``DELETE /v1/channels/{c}/messages/{m}``             delete: 204
 ``PUT /v1/channels/{c}/messages/{m}/reactions/{e}``  add the reaction ``e`` (percent-encoded): 204
 ``DELETE`` the same                                  remove it: 204
+``POST /v1/attachments?filename=NAME``               upload a file (the raw body): 201
+``GET /v1/attachments/{id}``                         download it (``attachment_routes``)
 ``GET /openapi.json``                                the OpenAPI 3.1 description of all of these
 ===================================================  =============================================
 
@@ -38,14 +40,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
 import orjson
 
-from chime_actors.api import exposition, openapi, presence_routes
+from chime_actors.api import attachment_routes, exposition, openapi, presence_routes
 from chime_actors.api.http_server import (
     HttpRequest,
     HttpResponse,
@@ -55,7 +57,7 @@ from chime_actors.api.http_server import (
 )
 from chime_actors.api.router import Route, Router
 from chime_actors.api.web import CLIENT_CONFIG_PATH, STATIC_PREFIX, WebClient
-from chime_actors.errors import ChimeError, ProtocolError, StoreUnavailable
+from chime_actors.errors import ChimeError, ProtocolError, StoreError, StoreUnavailable
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
@@ -79,6 +81,7 @@ __all__ = [
     "Readiness",
     "api_routes",
     "make_handler",
+    "streams_body",
 ]
 
 log = get_logger(__name__)
@@ -105,9 +108,13 @@ class Readiness:
     checks: Mapping[str, bool]
 
 
-class ApiBackend(presence_routes.PresenceBackend, Protocol):
+#: Which requests' bodies the HTTP server streams to the routes (uploads).
+streams_body = attachment_routes.streams_body
+
+
+class ApiBackend(presence_routes.PresenceBackend, attachment_routes.AttachmentBackend, Protocol):
     """What the routes need from the rest of Chime (presence and read markers:
-    ``presence_routes``)."""
+    ``presence_routes``; files: ``attachment_routes``)."""
 
     async def readiness(self) -> Readiness:
         """Check storage, the bus and the actors; never raises for a failed check."""
@@ -229,6 +236,13 @@ def api_routes(backend: ApiBackend, web: WebClient | None = None) -> list[Route]
             backend, request, params["channelId"], params["messageId"], emoji
         )
 
+    async def upload(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        return await _attachment(request, attachment_routes.upload(backend, request))
+
+    async def download(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
+        answer = attachment_routes.download(backend, request, params["attachmentId"])
+        return await _attachment(request, answer)
+
     message = "/v1/channels/{channelId}/messages/{messageId}"
     return [
         *([] if web is None else _web_routes(web)),
@@ -240,6 +254,8 @@ def api_routes(backend: ApiBackend, web: WebClient | None = None) -> list[Route]
         Route(message, {"PATCH": change, "DELETE": change}),
         Route(f"{message}/reactions/{{emoji}}", {"PUT": change, "DELETE": change}),
         *presence_routes.routes(backend),
+        Route(attachment_routes.UPLOAD_PATH, {"POST": upload}),
+        Route(f"{attachment_routes.UPLOAD_PATH}/{{attachmentId}}", {"GET": download}),
     ]
 
 
@@ -258,6 +274,23 @@ def _web_routes(web: WebClient) -> list[Route]:
 
 async def _openapi(request: HttpRequest, params: Mapping[str, str]) -> HttpResponse:
     return HttpResponse(200, openapi.document_bytes(), "application/json")
+
+
+async def _attachment(request: HttpRequest, answer: Awaitable[HttpResponse]) -> HttpResponse:
+    """An attachment route's answer, its refusals and storage failures as problems."""
+    try:
+        return await answer
+    except ProtocolError as exc:
+        return _protocol_error(exc)
+    except StoreError:
+        # Its text names hosts or files: it goes to our log, not to the client.
+        log.warning("attachments: storage failed", path=request.path, exc_info=True)
+        return error_response(
+            503,
+            "storage is unavailable; try again",
+            code="unavailable",
+            headers={"Retry-After": "1"},
+        )
 
 
 async def _readyz(backend: ApiBackend) -> HttpResponse:
@@ -378,7 +411,8 @@ async def _send(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> 
     """``POST /v1/channels/{c}/messages``: the WebSocket ``send``, answered once stored.
 
     The body is a send frame's fields (``content``, ``clientMsgId``, ``metadata``,
-    ``threadId``), checked by the protocol core exactly as on the WebSocket.
+    ``threadId``, ``attachments``), checked by the protocol core exactly as on the
+    WebSocket (and the attachments by the channel's persister).
     201 with the stored ChimeMessage; a repeat of a ``clientMsgId`` stores
     nothing and answers 200 with the first message's ids (``duplicate: true``).
     """
@@ -400,6 +434,7 @@ async def _send(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> 
         thread_id=event.thread_id,
         # Always a key, so the send is always safe to retry (records.py).
         client_msg_id=event.client_msg_id or server_client_msg_id(),
+        attachments=event.attachments,
     )
     outcome = await backend.send(record)
     if outcome.error_code is not None or outcome.message is None:
@@ -431,12 +466,9 @@ def _send_event(body: bytes, channel_id: str, max_content_chars: int) -> Send:
         raise _bad_request("the body must be a JSON object") from exc
     if not isinstance(data, dict):
         raise _bad_request("the body must be a JSON object")
-    if data.get("attachments"):
-        raise _bad_request("attachments are not supported by this server yet")
     if data.get("channelId", channel_id) != channel_id:
         raise _bad_request("the body's channelId differs from the path's")
     frame = {**data, "type": "send", "channelId": channel_id}
-    frame.pop("attachments", None)
     event = parse_frame(
         orjson.dumps(frame).decode(), limits=Limits(max_content_chars=max_content_chars)
     )

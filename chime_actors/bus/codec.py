@@ -4,7 +4,7 @@ Pure functions, no I/O. A publication is
 ``{"origin": "<host id>", "messages": [event, ...]}`` on topic
 ``channel:<channelId>``; ``origin`` lets a bridge skip what its own host published
 (its gateways had those directly from the persister). An event is a ChimeMessage
-wire object, or a change of one (``MessageChange``), told apart by its
+wire object (``attachments`` included), or a change of one (``MessageChange``), told apart by its
 ``change`` key::
 
     {"change": "edit", "channelId": ..., "eventId": ..., "messageId": ..., "userId": ...,
@@ -24,7 +24,7 @@ import orjson
 
 from chime_actors.errors import BusError
 from chime_actors.ids import is_message_id
-from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
+from chime_actors.records import Attachment, ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 
 TOPIC_PREFIX = "channel:"
 
@@ -117,4 +117,13 @@ def _message_from_wire(item: Mapping[str, Any]) -> ChimeMessage:
         thread_id=item.get("threadId"),
         client_msg_id=item.get("clientMsgId"),
         channel_name=item.get("channelName"),
+        attachments=tuple(
+            Attachment(
+                attachment_id=str(entry["attachmentId"]),
+                filename=str(entry["filename"]),
+                content_type=str(entry["contentType"]),
+                size=int(entry["size"]),
+            )
+            for entry in item.get("attachments") or ()
+        ),
     )

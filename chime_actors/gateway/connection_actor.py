@@ -678,6 +678,8 @@ class ConnectionActor:
             thread_id=event.thread_id,
             # Always a key, so the send is always safe to retry (records.py).
             client_msg_id=event.client_msg_id or server_client_msg_id(),
+            # Checked by the channel's persister as it stores the send.
+            attachments=event.attachments,
         )
         self._services.metrics.messages_in.inc()
         self._owed_acks += 1

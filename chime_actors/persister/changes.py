@@ -162,6 +162,7 @@ def _check(
             thread_id=message.thread_id,
             client_msg_id=message.client_msg_id,
             channel_name=message.channel_name,
+            attachments=message.attachments,
         )
     return draft
 

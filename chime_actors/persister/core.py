@@ -45,7 +45,12 @@ class PersisterCore:
             # Ids and client-id claims shared by every host (persister.redis_ids).
             self._ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
         self._writer = PersistWriter(
-            self._store, post, self.metrics, ids=self._ids, wait_writable=wait_writable
+            self._store,
+            post,
+            self.metrics,
+            ids=self._ids,
+            wait_writable=wait_writable,
+            attachments=self._store,
         )
         self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
         self._metrics_task: asyncio.Task[None] | None = None

@@ -42,6 +42,7 @@ from chime_actors.ids import format_message_id
 from chime_actors.persister.changes import ChangeDraft
 from chime_actors.records import (
     SERVER_CLIENT_MSG_ID_PREFIX,
+    Attachment,
     ChangeKind,
     ChangeRecord,
     ChannelEvent,
@@ -104,9 +105,16 @@ def _numbered(draft: ChangeDraft, event_id: str, at: str) -> MessageChange:
 
 def _slim(message: ChimeMessage) -> ChimeMessage:
     """What a duplicate's ``ack`` needs of the first message, and nothing more."""
-    if not message.content and not message.metadata and message.thread_id is None:
+    if (
+        not message.content
+        and not message.metadata
+        and message.thread_id is None
+        and not message.attachments
+    ):
         return message
-    return replace(message, content="", metadata=(), thread_id=None, channel_name=None)
+    return replace(
+        message, content="", metadata=(), thread_id=None, channel_name=None, attachments=()
+    )
 
 
 @dataclass(slots=True)
@@ -244,12 +252,17 @@ class Sequencer:
         for channel_id in [c for c in self._channels if c not in keep]:
             self.forget(channel_id)
 
-    def plan(self, records: Sequence[tuple[int, SendRecord | ChangeDraft]]) -> Plan:
+    def plan(
+        self,
+        records: Sequence[tuple[int, SendRecord | ChangeDraft]],
+        attachments: Mapping[str, Attachment] | None = None,
+    ) -> Plan:
         """Give each ``(origin_gateway, record)`` an id or recognise it as a repeat.
 
         A send gets a message id (or is a repeat); a checked change
         (``ChangeDraft``) gets an id of its own in the same sequence. Every
-        channel of ``records`` must be loaded.
+        channel of ``records`` must be loaded, and every attachment id a send
+        lists must be in ``attachments`` (checked: ``persister.attachments``).
         """
         now = self._clock()
         created_at = format_timestamp(now)
@@ -290,6 +303,11 @@ class Sequencer:
                 metadata=record.metadata,
                 thread_id=record.thread_id,
                 client_msg_id=record.client_msg_id,
+                attachments=(
+                    tuple((attachments or {})[i] for i in record.attachments)
+                    if record.attachments
+                    else ()
+                ),
             )
             if key is not None:
                 pending[(record.channel_id, key)] = message

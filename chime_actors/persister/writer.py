@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -29,10 +29,12 @@ from typing import Any, cast
 from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
+from chime_actors.persister.attachments import check_attachments, lists_attachments
 from chime_actors.persister.changes import ChangeDraft, check_changes
 from chime_actors.persister.redis_ids import Claim, RedisIds
 from chime_actors.persister.sequencer import Assigned, Changed, Duplicate, Plan, Sequencer
 from chime_actors.records import (
+    Attachment,
     ChangeRecord,
     Deliveries,
     PersistBatch,
@@ -41,6 +43,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.storage.attachments import AttachmentStore
 from chime_actors.storage.store import MessageStore
 
 log = get_logger(__name__)
@@ -73,8 +76,12 @@ class PersistWriter:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         ids: RedisIds | None = None,
         wait_writable: Callable[[], Awaitable[None]] | None = None,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self._store = store
+        # Where sends' attachments are looked up (persister.attachments); without
+        # one a send that lists any is refused as listing unknown files.
+        self._attachments = attachments
         # Backpressure from the lanes: a write waits while a gateway's lane is
         # congested, so deliveries never pile up faster than gateways read them.
         self._wait_writable = wait_writable
@@ -174,11 +181,16 @@ class PersistWriter:
         # Changes are checked against storage before anything is numbered, so a
         # refused one takes no id (persister/changes.py).
         entries, settled = await self._check_changes(records)
+        listed: Mapping[str, Attachment] = {}
+        if lists_attachments(entries):
+            # Only a write with such sends reads the uploads' records.
+            entries, refused, listed = await check_attachments(self._attachments, entries)
+            settled.update(refused)
         if self._ids is None:
-            plan = self._sequencer.plan(entries)
+            plan = self._sequencer.plan(entries, listed)
         else:
             try:
-                plan, shared = await self._plan_shared(entries)
+                plan, shared = await self._plan_shared(entries, listed)
                 settled.update(shared)
             except (BusUnavailable, StoreError) as exc:
                 log.warning("redis or storage unavailable while sequencing", error=str(exc))
@@ -252,7 +264,9 @@ class PersistWriter:
         return entries, settled
 
     async def _plan_shared(
-        self, records: Sequence[tuple[int, SendRecord | ChangeDraft]]
+        self,
+        records: Sequence[tuple[int, SendRecord | ChangeDraft]],
+        attachments: Mapping[str, Attachment],
     ) -> tuple[Plan, dict[tuple[int, int], SendOutcome]]:
         """Plan with ids and idempotency shared by every host (``bus.backend: redis``).
 
@@ -262,7 +276,7 @@ class PersistWriter:
         left. Returns the plan and the outcomes already settled outside it.
         """
         assert self._ids is not None
-        dry = self._sequencer.plan(records)
+        dry = self._sequencer.plan(records, attachments)
         self._sequencer.rollback(dry)
         fresh = [item for item in dry.items if isinstance(item, Assigned)]
         claimable = [item for item in fresh if item.record.client_msg_id]
@@ -328,7 +342,7 @@ class PersistWriter:
                 )
                 self._floors_checked = frozenset(reserved.firsts)
         remaining = [(o, r) for o, r in records if (o, r.token) not in settled]
-        return self._sequencer.plan(remaining), settled
+        return self._sequencer.plan(remaining, attachments), settled
 
     async def _resolve_unknown_claims(
         self, items: Sequence[Assigned], claims: list[Claim]

@@ -66,6 +66,9 @@ class Send:
         client_msg_id: the client's idempotency key, echoed in ``ack`` and errors.
         metadata: string-to-string pairs, in the order the client gave them.
         thread_id: message id of the thread root in the same channel.
+        attachments: ids of files the sender uploaded, well formed and at most
+            ``Limits.max_attachments``; whether each exists and is the sender's
+            is checked where the send is stored (``persister.attachments``).
     """
 
     channel_id: str | None
@@ -73,6 +76,7 @@ class Send:
     client_msg_id: str | None = None
     metadata: Metadata = ()
     thread_id: str | None = None
+    attachments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import orjson
 
 from chime_actors.config import ChatConfig
 from chime_actors.errors import ProtocolError
-from chime_actors.ids import is_message_id
+from chime_actors.ids import is_attachment_id, is_message_id
 from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.events import (
     ChannelList,
@@ -76,6 +76,7 @@ class Limits:
         max_channels_per_connection: most channels a connect or a connection may hold.
         max_metadata_keys: most keys in a send's ``metadata``.
         max_metadata_value_chars: longest metadata value, in code points.
+        max_attachments: most attachment ids one send may list.
         history_max_limit: largest ``limit`` a history request may ask for.
         history_default_limit: ``limit`` when the request gives none.
         max_frame_bytes: largest text frame, in UTF-8 bytes; the connection
@@ -87,6 +88,7 @@ class Limits:
     max_channels_per_connection: int = _CHAT.max_channels_per_connection
     max_metadata_keys: int = 16
     max_metadata_value_chars: int = 256
+    max_attachments: int = 10
     history_max_limit: int = 100
     history_default_limit: int = 50
     max_frame_bytes: int = _CHAT.max_frame_bytes
@@ -276,6 +278,7 @@ class _FrameReader:
             client_msg_id=self._read_client_msg_id(),
             metadata=self._metadata(),
             thread_id=self._optional_message_id("threadId"),
+            attachments=self._attachments(),
         )
 
     def _subscribe(self) -> Subscribe:
@@ -493,6 +496,29 @@ class _FrameReader:
                 )
             pairs.append((key, item))
         return tuple(pairs)
+
+    def _attachments(self) -> tuple[str, ...]:
+        value = self._obj.get("attachments")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail(
+                ErrorCode.BAD_REQUEST, f"'attachments' must be an array, not {_type_name(value)}"
+            )
+        limit = self._limits.max_attachments
+        if len(value) > limit:
+            self.fail(
+                ErrorCode.BAD_REQUEST,
+                f"'attachments' lists {len(value)} files; at most {limit} allowed",
+            )
+        for item in value:
+            if not is_attachment_id(item):
+                self.fail(
+                    ErrorCode.BAD_REQUEST,
+                    f"'attachments[]' {_quote(item)} is not an attachment id",
+                )
+        # dict.fromkeys: a file listed twice is listed once, in the sender's order.
+        return tuple(dict.fromkeys(value))
 
     def _limit(self) -> int:
         limits = self._limits

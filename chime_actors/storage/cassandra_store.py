@@ -11,6 +11,17 @@ Schema (created by ``init_schema``, every statement ``IF NOT EXISTS``)::
     read_markers      ((channel_id, user_id))
     handler_cursors   (handler), channel_id            after_store handlers' cursors (and
                                                       the fence of the lease's holder)
+    attachments       (attachment_id)                     uploaded files' records
+    attachment_chunks ((attachment_id, idx))              their bytes, <= 1 MiB a chunk
+    attachment_refs   (attachment_id), channel_id, message_id   live messages listing one
+
+Attachments (``storage.attachments``): each chunk is a partition of its own, so a
+large file is spread over the ring instead of growing one partition, and no
+partition holds more than a chunk (1 MiB, far below the commit log's mutation
+limit of half a segment). A file's record is written after its last chunk; a
+message's ``attachments`` column lists what it carries, and ``append`` writes one
+``attachment_refs`` row per file with it (a delete removes them), so who may read
+a file is one partition read away.
 
 Why a *sequence* bucket (``bucket = seq // bucket_size``) and not a time bucket:
 
@@ -137,6 +148,12 @@ from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import format_message_id, parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
+from chime_actors.storage.attachments import (
+    AttachmentStore,
+    StoredAttachment,
+    dump_attachments,
+    load_attachments,
+)
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
@@ -196,7 +213,7 @@ _SCHEMA_TIMEOUT_S = 60.0
 # list is selected from ``messages`` and ``thread_messages``.
 _SELECT_COLUMNS = (
     "seq, user_id, content, created_at, edited_at, metadata, thread_id, client_msg_id,"
-    " channel_name, deleted"
+    " channel_name, deleted, attachments"
 )
 # ``messages`` also has the columns of a change's row (null on a message).
 _MESSAGE_COLUMNS = f"{_SELECT_COLUMNS}, kind, target"
@@ -212,12 +229,15 @@ _OPTIONAL_COLUMNS = (
     "deleted",
     "kind",
     "target",
+    "attachments",
 )
 # A row to insert: a message, or a change's row (``change_row``) with its change.
 _NewRow = tuple[ChimeMessage, MessageChange | None]
 
 # Columns only ``messages`` has, added to a keyspace made by an older version.
 _CHANGE_COLUMNS = (("kind", "text"), ("target", "bigint"))
+# The column of a message's attachments, in ``messages`` and ``thread_messages``.
+_ATTACHMENT_COLUMNS = (("attachments", "text"),)
 # Columns of ``handler_cursors`` for handlers run under a lease (``save_handler_cursors``).
 _FENCE_COLUMNS = (("fenced_seq", "bigint"), ("fence", "bigint static"))
 # Tries of the fence's compare-and-set before a claim gives up (others keep claiming).
@@ -238,7 +258,8 @@ def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, s
         metadata      text,
         client_msg_id text,
         channel_name  text,
-        deleted       boolean,"""
+        deleted       boolean,
+        attachments   text,"""
     return (
         (
             None,
@@ -329,6 +350,37 @@ def _schema(keyspace: str, replication_factor: int) -> tuple[tuple[str | None, s
                 fenced_seq bigint,
                 fence      bigint static,
                 PRIMARY KEY ((handler), channel_id)
+            )""",
+        ),
+        (
+            "attachments",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.attachments (
+                attachment_id text PRIMARY KEY,
+                owner         text,
+                filename      text,
+                content_type  text,
+                size          bigint,
+                sha256        text,
+                chunks        int,
+                created_at    text
+            )""",
+        ),
+        (
+            "attachment_chunks",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.attachment_chunks (
+                attachment_id text,
+                idx           int,
+                data          blob,
+                PRIMARY KEY ((attachment_id, idx))
+            )""",
+        ),
+        (
+            "attachment_refs",
+            f"""CREATE TABLE IF NOT EXISTS {keyspace}.attachment_refs (
+                attachment_id text,
+                channel_id    text,
+                message_id    text,
+                PRIMARY KEY ((attachment_id), channel_id, message_id)
             )""",
         ),
     )
@@ -482,7 +534,8 @@ class CassandraStore:
             if table is not None and keyspace_meta is not None and table in keyspace_meta.tables:
                 continue
             await self._execute("init_schema", cql, timeout_s=_SCHEMA_TIMEOUT_S)
-        await self._add_columns(cluster, "messages", _CHANGE_COLUMNS)
+        await self._add_columns(cluster, "messages", _CHANGE_COLUMNS + _ATTACHMENT_COLUMNS)
+        await self._add_columns(cluster, "thread_messages", _ATTACHMENT_COLUMNS)
         await self._add_columns(cluster, "handler_cursors", _FENCE_COLUMNS)
 
     async def _add_columns(
@@ -565,7 +618,7 @@ class CassandraStore:
             if event.thread_id is not None:
                 by_thread_partition[(event.channel_id, event.thread_id)].append((event, None))
 
-        writes: list[Awaitable[None]] = []
+        writes: list[Awaitable[object]] = []
         for (_, bucket), group in by_message_partition.items():
             for chunk in _chunks(group):
                 writes.append(self._write_chunk("messages", chunk, bucket=bucket))
@@ -580,6 +633,14 @@ class CassandraStore:
             ]
             for chunk in _chunks(with_client_id):
                 writes.append(self._write_client_ids(channel_id, [m for m, _ in chunk]))
+        refs = [
+            (a.attachment_id, event.channel_id, event.message_id)
+            for event in events
+            if isinstance(event, ChimeMessage)
+            for a in event.attachments
+        ]
+        for ref in refs:
+            writes.append(self._run("append", "attachment_ref_insert", ref))
         if changes:
             writes.append(self._apply_changes(changes))
         await _gather_all(writes)
@@ -634,6 +695,15 @@ class CassandraStore:
                 )
         elif change.kind is ChangeKind.DELETE:
             updates.append(self._run("append", "messages_delete", (channel_id, bucket, seq)))
+            # A deleted message grants its files to nobody any more.
+            for attachment in load_attachments(row.attachments):
+                updates.append(
+                    self._run(
+                        "append",
+                        "attachment_ref_delete",
+                        (attachment.attachment_id, channel_id, change.message_id),
+                    )
+                )
             # Nobody can read or add them any more.
             updates.append(
                 self._run("append", "reactions_of_message_delete", (channel_id, bucket, seq))
@@ -916,6 +986,76 @@ class CassandraStore:
         ids = list(dict.fromkeys(channel_ids))
         counts = await asyncio.gather(*(count(channel_id) for channel_id in ids))
         return dict(zip(ids, counts, strict=True))
+
+    # --- attachments (storage.attachments) -------------------------------------
+
+    async def save_attachment_chunk(self, attachment_id: str, index: int, data: bytes) -> None:
+        """See ``AttachmentStore.save_attachment_chunk``: one partition per chunk."""
+        await self._run(
+            "save_attachment_chunk", "attachment_chunk_insert", (attachment_id, index, data)
+        )
+
+    async def finish_attachment(self, attachment: StoredAttachment) -> None:
+        """See ``AttachmentStore.finish_attachment``."""
+        await self._run(
+            "finish_attachment",
+            "attachment_insert",
+            (
+                attachment.attachment_id,
+                attachment.owner,
+                attachment.filename,
+                attachment.content_type,
+                attachment.size,
+                attachment.sha256,
+                attachment.chunks,
+                attachment.created_at,
+            ),
+        )
+
+    async def discard_attachment(self, attachment_id: str, chunks: int) -> None:
+        """See ``AttachmentStore.discard_attachment``: one partition delete per chunk."""
+        await _gather_all(
+            self._run("discard_attachment", "attachment_chunk_delete", (attachment_id, index))
+            for index in range(chunks)
+        )
+
+    async def get_attachments(
+        self, attachment_ids: Sequence[str]
+    ) -> Mapping[str, StoredAttachment]:
+        """See ``AttachmentStore.get_attachments``: ``IN`` queries of ``_IN_CHUNK`` ids."""
+        ids = sorted(set(attachment_ids))
+        pages = await asyncio.gather(
+            *(
+                self._run("get_attachments", "attachments_in", (ids[i : i + _IN_CHUNK],))
+                for i in range(0, len(ids), _IN_CHUNK)
+            )
+        )
+        return {
+            str(row.attachment_id): StoredAttachment(
+                attachment_id=str(row.attachment_id),
+                owner=str(row.owner),
+                filename=str(row.filename),
+                content_type=str(row.content_type),
+                size=int(row.size),
+                sha256=str(row.sha256),
+                chunks=int(row.chunks),
+                created_at=str(row.created_at),
+            )
+            for rows in pages
+            for row in rows
+        }
+
+    async def attachment_chunk(self, attachment_id: str, index: int) -> bytes:
+        """See ``AttachmentStore.attachment_chunk``."""
+        rows = await self._run("attachment_chunk", "attachment_chunk_get", (attachment_id, index))
+        if not rows or rows[0].data is None:
+            raise StoreError(f"cassandra: attachment {attachment_id} has no chunk {index}")
+        return bytes(rows[0].data)
+
+    async def attachment_channels(self, attachment_id: str) -> tuple[str, ...]:
+        """See ``AttachmentStore.attachment_channels``: one partition read."""
+        rows = await self._run("attachment_channels", "attachment_refs_get", (attachment_id,))
+        return tuple(sorted({str(row.channel_id) for row in rows}))
 
     # --- paging ----------------------------------------------------------------
 
@@ -1209,6 +1349,7 @@ class CassandraStore:
             "deleted": None if change is None else True,
             "kind": None if change is None else change.kind.value,
             "target": None if change is None else parse_message_id(change.message_id),
+            "attachments": dump_attachments(message.attachments),
         }
         if table == "thread_messages":
             # The partition key there, and columns only ``messages`` has.
@@ -1352,6 +1493,22 @@ class CassandraStore:
             " WHERE handler = ? AND channel_id = ?",
             "cursor_set": f"UPDATE {ks}.handler_cursors USING TIMESTAMP ? SET last_seq = ?"
             " WHERE handler = ? AND channel_id = ?",
+            "attachment_chunk_insert": f"INSERT INTO {ks}.attachment_chunks"
+            " (attachment_id, idx, data) VALUES (?, ?, ?)",
+            "attachment_chunk_get": f"SELECT data FROM {ks}.attachment_chunks"
+            " WHERE attachment_id = ? AND idx = ?",
+            "attachment_chunk_delete": f"DELETE FROM {ks}.attachment_chunks"
+            " WHERE attachment_id = ? AND idx = ?",
+            "attachment_insert": f"INSERT INTO {ks}.attachments (attachment_id, owner, filename,"
+            " content_type, size, sha256, chunks, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "attachments_in": "SELECT attachment_id, owner, filename, content_type, size, sha256,"
+            f" chunks, created_at FROM {ks}.attachments WHERE attachment_id IN ?",
+            "attachment_ref_insert": f"INSERT INTO {ks}.attachment_refs"
+            " (attachment_id, channel_id, message_id) VALUES (?, ?, ?)",
+            "attachment_ref_delete": f"DELETE FROM {ks}.attachment_refs"
+            " WHERE attachment_id = ? AND channel_id = ? AND message_id = ?",
+            "attachment_refs_get": f"SELECT channel_id FROM {ks}.attachment_refs"
+            " WHERE attachment_id = ?",
         }
         statements: dict[str, PreparedStatement] = {}
         for name, cql in texts.items():
@@ -1485,6 +1642,7 @@ def _to_message(channel_id: str, row: Any) -> ChimeMessage:
         thread_id=row.thread_id,
         client_msg_id=row.client_msg_id,
         channel_name=row.channel_name,
+        attachments=load_attachments(row.attachments),
     )
 
 
@@ -1498,6 +1656,7 @@ def _to_event(channel_id: str, row: Any) -> ChannelEvent:
 
 def _estimated_bytes(message: ChimeMessage) -> int:
     size = _ROW_OVERHEAD_BYTES + len(message.content.encode("utf-8"))
+    size += sum(_ROW_OVERHEAD_BYTES + len(a.filename.encode("utf-8")) for a in message.attachments)
     return size + sum(len(k) + len(v) for k, v in message.metadata)
 
 
@@ -1538,6 +1697,17 @@ def _describe(exc: BaseException) -> str:
 
 if TYPE_CHECKING:
     # mypy proves the class satisfies the interface.
+    _conforms_too: AttachmentStore = CassandraStore(
+        CassandraConfig(
+            hosts=("127.0.0.1",),
+            port=9042,
+            keyspace="chime",
+            local_dc=None,
+            username=None,
+            password=None,
+            replication_factor=1,
+        )
+    )
     _conforms: MessageStore = CassandraStore(
         CassandraConfig(
             hosts=("127.0.0.1",),

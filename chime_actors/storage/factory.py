@@ -1,14 +1,25 @@
-"""Build the configured ``MessageStore``."""
+"""Build the configured store: a ``MessageStore`` that is an ``AttachmentStore`` too."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from chime_actors.config import Config, StorageBackend
 from chime_actors.errors import ConfigError
+from chime_actors.storage.attachments import AttachmentStore
 from chime_actors.storage.sqlite_store import SqliteStore
 from chime_actors.storage.store import MessageStore
 
 
-def make_store(config: Config, *, create_schema: bool = False) -> MessageStore:
+class Storage(MessageStore, AttachmentStore, Protocol):
+    """Both interfaces, as every backend implements them on one connection.
+
+    One object per process: the messages and the files of a deployment live in
+    the same database (PROTOCOL.md: "stored in the configured backend").
+    """
+
+
+def make_store(config: Config, *, create_schema: bool = False) -> Storage:
     """A new, unopened store for ``config.storage`` (each process opens its own).
 
     ``create_schema``: whether opening creates missing tables (Cassandra; SQLite

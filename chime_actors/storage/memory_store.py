@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
+from chime_actors.storage.attachments import AttachmentStore, StoredAttachment
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
@@ -64,12 +65,17 @@ class _Channel:
 
 
 class MemoryStore:
-    """A ``MessageStore`` that lives in a dict; not shared between processes."""
+    """A ``MessageStore`` and ``AttachmentStore`` that lives in dicts; not shared
+    between processes."""
 
     def __init__(self) -> None:
         self._channels: dict[str, _Channel] = {}
         self._cursors: dict[str, dict[str, int]] = {}
         self._fences: dict[str, int] = {}
+        self._attachments: dict[str, StoredAttachment] = {}
+        self._chunks: dict[tuple[str, int], bytes] = {}
+        # attachment id -> (channel id, message id) of the live messages listing it
+        self._attachment_refs: dict[str, set[tuple[str, str]]] = {}
         self._available = True
         self._failures_left = 0
         self._open = False
@@ -146,12 +152,17 @@ class MemoryStore:
             channel = self._channels.setdefault(event.channel_id, _Channel())
             if isinstance(event, MessageChange):
                 channel.changes[event.seq] = event
+                if event.kind is ChangeKind.DELETE:
+                    self._drop_attachment_refs(channel, event)
                 _apply(channel, event)
                 continue
             channel.messages[event.seq] = event
             channel.count += 1
             if event.client_msg_id is not None:
                 channel.client_ids[(event.user_id, event.client_msg_id)] = event.seq
+            for attachment in event.attachments:
+                refs = self._attachment_refs.setdefault(attachment.attachment_id, set())
+                refs.add((event.channel_id, event.message_id))
 
     async def history(
         self,
@@ -293,7 +304,55 @@ class MemoryStore:
             counts[channel_id] = sum(1 for _ in itertools.islice(live, limit))
         return counts
 
+    def _drop_attachment_refs(self, channel: _Channel, delete: MessageChange) -> None:
+        message = channel.live(seq_of(delete.channel_id, delete.message_id))
+        for attachment in message.attachments if message is not None else ():
+            refs = self._attachment_refs.get(attachment.attachment_id, set())
+            refs.discard((delete.channel_id, delete.message_id))
+
+    # --- AttachmentStore --------------------------------------------------------
+
+    async def save_attachment_chunk(self, attachment_id: str, index: int, data: bytes) -> None:
+        """See ``AttachmentStore.save_attachment_chunk``."""
+        self._check("save_attachment_chunk")
+        self._chunks[(attachment_id, index)] = bytes(data)
+
+    async def finish_attachment(self, attachment: StoredAttachment) -> None:
+        """See ``AttachmentStore.finish_attachment``."""
+        self._check("finish_attachment")
+        self._attachments[attachment.attachment_id] = attachment
+
+    async def discard_attachment(self, attachment_id: str, chunks: int) -> None:
+        """See ``AttachmentStore.discard_attachment``."""
+        self._check("discard_attachment")
+        for index in range(chunks):
+            self._chunks.pop((attachment_id, index), None)
+
+    async def get_attachments(
+        self, attachment_ids: Sequence[str]
+    ) -> Mapping[str, StoredAttachment]:
+        """See ``AttachmentStore.get_attachments``."""
+        self._check("get_attachments")
+        return {i: self._attachments[i] for i in attachment_ids if i in self._attachments}
+
+    async def attachment_chunk(self, attachment_id: str, index: int) -> bytes:
+        """See ``AttachmentStore.attachment_chunk``."""
+        self._check("attachment_chunk")
+        data = self._chunks.get((attachment_id, index))
+        if data is None:
+            raise StoreError(f"attachment {attachment_id}: chunk {index} is missing")
+        return data
+
+    async def attachment_channels(self, attachment_id: str) -> tuple[str, ...]:
+        """See ``AttachmentStore.attachment_channels``."""
+        self._check("attachment_channels")
+        return tuple(sorted({c for c, _ in self._attachment_refs.get(attachment_id, ())}))
+
     # --- test introspection -----------------------------------------------------
+
+    def chunk_count(self) -> int:
+        """How many attachment chunks are stored (finished or not)."""
+        return len(self._chunks)
 
     def message_count(self, channel_id: str) -> int:
         """The channel's appended-message counter (``message_counters`` in SQL)."""
@@ -335,3 +394,4 @@ def _apply(channel: _Channel, change: MessageChange) -> None:
 if TYPE_CHECKING:
     # mypy proves the class satisfies the interface.
     _conforms: MessageStore = MemoryStore()
+    _conforms_too: AttachmentStore = MemoryStore()

@@ -40,6 +40,12 @@ from typing import TYPE_CHECKING, TypeVar
 from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
+from chime_actors.storage.attachments import (
+    AttachmentStore,
+    StoredAttachment,
+    dump_attachments,
+    load_attachments,
+)
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
@@ -80,6 +86,7 @@ _SCHEMA = (
         deleted       INTEGER NOT NULL DEFAULT 0,
         kind          TEXT,
         target_seq    INTEGER,
+        attachments   TEXT,
         PRIMARY KEY (channel_id, seq)
     ) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS messages_by_thread
@@ -124,17 +131,47 @@ _SCHEMA = (
         handler TEXT    NOT NULL PRIMARY KEY,
         fence   INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # Uploaded files (storage.attachments). A record exists once every chunk does.
+    """CREATE TABLE IF NOT EXISTS attachments (
+        attachment_id TEXT    NOT NULL PRIMARY KEY,
+        owner         TEXT    NOT NULL,
+        filename      TEXT    NOT NULL,
+        content_type  TEXT    NOT NULL,
+        size          INTEGER NOT NULL,
+        sha256        TEXT    NOT NULL,
+        chunks        INTEGER NOT NULL,
+        created_at    TEXT    NOT NULL
+    ) WITHOUT ROWID""",
+    # A rowid table: WITHOUT ROWID suits small rows only, and these are 1 MiB
+    # blobs (SQLite keeps them in overflow pages of the rowid b-tree).
+    """CREATE TABLE IF NOT EXISTS attachment_chunks (
+        attachment_id TEXT    NOT NULL,
+        idx           INTEGER NOT NULL,
+        data          BLOB    NOT NULL,
+        UNIQUE (attachment_id, idx)
+    )""",
+    # Which live messages list a file: who may download it.
+    """CREATE TABLE IF NOT EXISTS attachment_refs (
+        attachment_id TEXT NOT NULL,
+        channel_id    TEXT NOT NULL,
+        message_id    TEXT NOT NULL,
+        PRIMARY KEY (attachment_id, channel_id, message_id)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS attachment_refs_by_message
+        ON attachment_refs (channel_id, message_id)""",
 )
 
 # Columns a file made before changes had positions lacks (``_migrate`` adds them).
 # ``kind`` is NULL on a message; on a change (always ``deleted = 1``, so no
 # reader of messages returns it) it is the ``ChangeKind`` and ``target_seq``
 # the message it changes.
-_ADDED_COLUMNS = (("kind", "TEXT"), ("target_seq", "INTEGER"))
+# ``attachments`` (a JSON array, ``storage.attachments.dump_attachments``) is NULL
+# on a message without any.
+_ADDED_COLUMNS = (("kind", "TEXT"), ("target_seq", "INTEGER"), ("attachments", "TEXT"))
 
 _COLUMNS = (
     "channel_id, message_id, user_id, content, created_at, edited_at, "
-    "metadata, thread_id, client_msg_id, channel_name"
+    "metadata, thread_id, client_msg_id, channel_name, attachments"
 )
 _M_COLUMNS = ", ".join(f"m.{column.strip()}" for column in _COLUMNS.split(","))
 # What events_range reads: a message's columns, then kind and target_seq.
@@ -142,7 +179,11 @@ _EVENT_COLUMNS = f"{_COLUMNS}, kind, target_seq"
 # A row events_range returns: a live message or any change.
 _IS_EVENT = "(deleted = 0 OR kind IS NOT NULL)"
 
-_Row = tuple[str, str, str, str, str, str | None, str, str | None, str | None, str | None]
+_Row = tuple[
+    str, str, str, str, str, str | None, str, str | None, str | None, str | None, str | None
+]
+# How many columns of a row ``_to_message`` reads (``_COLUMNS``).
+_ROW_WIDTH = 11
 
 
 class SqliteStore:
@@ -359,6 +400,59 @@ class SqliteStore:
             partial(_unread_counts, user_id=user_id, channel_ids=tuple(channel_ids), limit=limit),
         )
 
+    # --- attachments (storage.attachments) -------------------------------------
+
+    async def save_attachment_chunk(self, attachment_id: str, index: int, data: bytes) -> None:
+        """See ``AttachmentStore.save_attachment_chunk``: one row, one transaction.
+
+        One transaction per chunk: the store's single connection serves other
+        callers between chunks, and no transaction stays open while the upload
+        waits for the client's next bytes.
+        """
+        await self._call(
+            "save_attachment_chunk",
+            partial(_save_chunk, attachment_id=attachment_id, index=index, data=bytes(data)),
+            write=True,
+        )
+
+    async def finish_attachment(self, attachment: StoredAttachment) -> None:
+        """See ``AttachmentStore.finish_attachment``."""
+        await self._call(
+            "finish_attachment", partial(_finish_attachment, attachment=attachment), write=True
+        )
+
+    async def discard_attachment(self, attachment_id: str, chunks: int) -> None:
+        """See ``AttachmentStore.discard_attachment``."""
+        await self._call(
+            "discard_attachment",
+            partial(_discard_attachment, attachment_id=attachment_id),
+            write=True,
+        )
+
+    async def get_attachments(
+        self, attachment_ids: Sequence[str]
+    ) -> Mapping[str, StoredAttachment]:
+        """See ``AttachmentStore.get_attachments``."""
+        ids = tuple(sorted(set(attachment_ids)))
+        if not ids:
+            return {}
+        return await self._call("get_attachments", partial(_get_attachments, ids=ids))
+
+    async def attachment_chunk(self, attachment_id: str, index: int) -> bytes:
+        """See ``AttachmentStore.attachment_chunk``."""
+        data = await self._call(
+            "attachment_chunk", partial(_attachment_chunk, attachment_id=attachment_id, index=index)
+        )
+        if data is None:
+            raise StoreError(f"sqlite: attachment {attachment_id} has no chunk {index}")
+        return data
+
+    async def attachment_channels(self, attachment_id: str) -> tuple[str, ...]:
+        """See ``AttachmentStore.attachment_channels``."""
+        return await self._call(
+            "attachment_channels", partial(_attachment_channels, attachment_id=attachment_id)
+        )
+
     # --- the worker thread ------------------------------------------------------
 
     async def _call(
@@ -527,6 +621,7 @@ def _to_message(row: _Row) -> ChimeMessage:
         thread_id=row[7],
         client_msg_id=row[8],
         channel_name=row[9],
+        attachments=load_attachments(row[10]),
     )
 
 
@@ -572,8 +667,8 @@ def _append(conn: sqlite3.Connection, *, events: tuple[ChannelEvent, ...]) -> No
     # whole batch rolls back. Overwriting would hide two live sequencers.
     conn.executemany(
         "INSERT INTO messages (channel_id, seq, message_id, user_id, content, created_at,"
-        " edited_at, metadata, thread_id, client_msg_id, channel_name, deleted, kind, target_seq)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " edited_at, metadata, thread_id, client_msg_id, channel_name, attachments, deleted,"
+        " kind, target_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(*_row_values(m), 0, None, None) for m in messages]
         + [
             (*_row_values(change_row(c)), 1, c.kind.value, parse_message_id(c.message_id))
@@ -593,6 +688,13 @@ def _append(conn: sqlite3.Connection, *, events: tuple[ChannelEvent, ...]) -> No
             if m.client_msg_id is not None
         ],
     )
+    refs = [(m.channel_id, m.message_id, a.attachment_id) for m in messages for a in m.attachments]
+    if refs:  # rare: most messages list no file
+        conn.executemany(
+            "INSERT INTO attachment_refs (channel_id, message_id, attachment_id)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            refs,
+        )
     conn.executemany(
         "INSERT INTO message_counters (channel_id, count) VALUES (?, ?)"
         " ON CONFLICT (channel_id) DO UPDATE SET count = count + excluded.count",
@@ -616,6 +718,7 @@ def _row_values(m: ChimeMessage) -> tuple[object, ...]:
         m.thread_id,
         m.client_msg_id,
         m.channel_name,
+        dump_attachments(m.attachments),
     )
 
 
@@ -634,9 +737,13 @@ def _apply(conn: sqlite3.Connection, change: MessageChange) -> None:
             "UPDATE messages SET deleted = 1 WHERE channel_id = ? AND seq = ? AND deleted = 0",
             (channel_id, seq),
         )
-        # Nobody can read or add them any more.
+        # Nobody can read or add them any more; nor does it grant its files.
         conn.execute(
             "DELETE FROM reactions WHERE channel_id = ? AND message_id = ?",
+            (channel_id, change.message_id),
+        )
+        conn.execute(
+            "DELETE FROM attachment_refs WHERE channel_id = ? AND message_id = ?",
             (channel_id, change.message_id),
         )
     else:
@@ -685,8 +792,14 @@ def _history(
     else:
         # The replies come from the thread index. The root is added by a second
         # SELECT on the primary key rather than by an OR, with which SQLite
-        # would walk the whole channel instead of the index.
-        sql = f"SELECT {_COLUMNS}, seq FROM messages WHERE {where} AND thread_id = ?"
+        # would walk the whole channel instead of the index. INDEXED BY: without
+        # statistics (no ANALYZE) the planner guesses from the declared columns,
+        # and with a table as wide as this one it guessed the channel's primary
+        # key range, which reads every message of the channel to find a thread.
+        sql = (
+            f"SELECT {_COLUMNS}, seq FROM messages INDEXED BY messages_by_thread"
+            f" WHERE {where} AND thread_id = ?"
+        )
         params = [*bounds, thread_id]
         try:
             root_seq = parse_message_id(thread_id)
@@ -727,8 +840,8 @@ def _events_range(
     ).fetchall()
     events: list[ChannelEvent] = []
     for row in rows:
-        message = _to_message(row[:10])
-        kind, target_seq = row[10], row[11]
+        message = _to_message(row[:_ROW_WIDTH])
+        kind, target_seq = row[_ROW_WIDTH], row[_ROW_WIDTH + 1]
         events.append(message if kind is None else change_from_row(message, kind, target_seq))
     return tuple(events)
 
@@ -858,6 +971,79 @@ def _unread_counts(
     return counts
 
 
+def _save_chunk(conn: sqlite3.Connection, *, attachment_id: str, index: int, data: bytes) -> None:
+    # REPLACE: a chunk written again (a retried call) holds the same bytes.
+    conn.execute(
+        "INSERT OR REPLACE INTO attachment_chunks (attachment_id, idx, data) VALUES (?, ?, ?)",
+        (attachment_id, index, data),
+    )
+
+
+def _finish_attachment(conn: sqlite3.Connection, *, attachment: StoredAttachment) -> None:
+    conn.execute(
+        "INSERT INTO attachments (attachment_id, owner, filename, content_type, size, sha256,"
+        " chunks, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            attachment.attachment_id,
+            attachment.owner,
+            attachment.filename,
+            attachment.content_type,
+            attachment.size,
+            attachment.sha256,
+            attachment.chunks,
+            attachment.created_at,
+        ),
+    )
+
+
+def _discard_attachment(conn: sqlite3.Connection, *, attachment_id: str) -> None:
+    conn.execute("DELETE FROM attachment_chunks WHERE attachment_id = ?", (attachment_id,))
+
+
+def _get_attachments(
+    conn: sqlite3.Connection, *, ids: tuple[str, ...]
+) -> dict[str, StoredAttachment]:
+    found: dict[str, StoredAttachment] = {}
+    for start in range(0, len(ids), _MAX_PARAMS):
+        chunk = ids[start : start + _MAX_PARAMS]
+        placeholders = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT attachment_id, owner, filename, content_type, size, sha256, chunks,"
+            f" created_at FROM attachments WHERE attachment_id IN ({placeholders})",
+            chunk,
+        ).fetchall()
+        for row in rows:
+            found[str(row[0])] = StoredAttachment(
+                attachment_id=str(row[0]),
+                owner=str(row[1]),
+                filename=str(row[2]),
+                content_type=str(row[3]),
+                size=int(row[4]),
+                sha256=str(row[5]),
+                chunks=int(row[6]),
+                created_at=str(row[7]),
+            )
+    return found
+
+
+def _attachment_chunk(conn: sqlite3.Connection, *, attachment_id: str, index: int) -> bytes | None:
+    row = conn.execute(
+        "SELECT data FROM attachment_chunks WHERE attachment_id = ? AND idx = ?",
+        (attachment_id, index),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _attachment_channels(conn: sqlite3.Connection, *, attachment_id: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        "SELECT DISTINCT channel_id FROM attachment_refs WHERE attachment_id = ?"
+        " ORDER BY channel_id",
+        (attachment_id,),
+    ).fetchall()
+    return tuple(str(row[0]) for row in rows)
+
+
 if TYPE_CHECKING:
     # mypy proves the class satisfies the interface.
     _conforms: MessageStore = SqliteStore(":memory:")
+    _conforms_too: AttachmentStore = SqliteStore(":memory:")

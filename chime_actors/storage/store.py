@@ -24,6 +24,10 @@ Shared conventions of every implementation:
 * Edits overwrite ``content`` and ``edited_at``; readers always see the last edit.
 * ``message_counters`` counts appended messages per channel (for stats); deletes
   and changes do not change it.
+* A message's ``attachments`` are stored with it, and each of them indexed under
+  the message's channel in the same write; a delete drops that index entry. The
+  index is what ``AttachmentStore.attachment_channels`` reads
+  (``storage.attachments``).
 """
 
 from __future__ import annotations
@@ -361,6 +365,7 @@ def change_row(change: MessageChange) -> ChimeMessage:
             thread_id=change.message.thread_id,
             client_msg_id=change.message.client_msg_id,
             channel_name=change.message.channel_name,
+            attachments=change.message.attachments,
         )
     return ChimeMessage(
         channel_id=change.channel_id,
@@ -393,6 +398,7 @@ def change_from_row(row: ChimeMessage, kind: str, target_seq: int) -> MessageCha
             thread_id=row.thread_id,
             client_msg_id=row.client_msg_id,
             channel_name=row.channel_name,
+            attachments=row.attachments,
         )
         return MessageChange(
             row.channel_id, row.message_id, change_kind, target, row.user_id, at, message=edited

@@ -34,6 +34,7 @@ from tests.openapi_check import ApiDocument, Exchange
 pytestmark = pytest.mark.e2e
 
 RATE = 30  # limits.messages_per_10s of the insecure server: a flooder passes it
+MAX_UPLOAD = 1024  # attachments.max_bytes of the insecure server
 SECRET = "openapi-secret-" + "x" * 32
 UNKNOWN_ID = "9" * 16
 THUMBS = quote("👍")
@@ -156,9 +157,8 @@ def live_document(server: ServerProcess) -> ApiDocument:
 
 @pytest.fixture(scope="module")
 def insecure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(
-        tmp_path_factory.mktemp("openapi"), {"limits.messages_per_10s": RATE}
-    ) as srv:
+    overrides = {"limits.messages_per_10s": RATE, "attachments.max_bytes": MAX_UPLOAD}
+    with running_server(tmp_path_factory.mktemp("openapi"), overrides) as srv:
         yield srv
 
 
@@ -247,6 +247,31 @@ def test_every_operation_answers_as_documented(insecure_server: ServerProcess) -
     assert api.call("GET", f"/v1/me/unread?channels={channel}")[0] == 401
     assert api.call("GET", "/v1/me/unread?channels=", user="carol")[0] == 400
 
+    # --- attachments -----------------------------------------------------------------
+    text = {"Content-Type": "text/plain"}
+    upload = f"/v1/attachments?filename={quote('notes é.txt')}"
+    status, stored, headers = api.call(
+        "POST", upload, user="alice", raw_body=b"some notes", headers=text
+    )
+    assert (status, stored["size"]) == (201, 10)
+    assert headers["location"] == f"/v1/attachments/{stored['attachmentId']}"
+    assert api.call("POST", upload, raw_body=b"x", headers=text)[0] == 401
+    assert api.call("POST", upload, user="alice", raw_body=b"", headers=text)[0] == 400
+    bad_name = "/v1/attachments?filename=..%2Fx"
+    assert api.call("POST", bad_name, user="alice", raw_body=b"x", headers=text)[0] == 400
+    big = b"x" * (MAX_UPLOAD + 1)
+    assert api.call("POST", upload, user="alice", raw_body=big, headers=text)[0] == 413
+    download = f"/v1/attachments/{stored['attachmentId']}"
+    assert api.call("GET", download, user="bob")[0] == 404  # not listed anywhere yet
+    listing = {"content": "my notes", "attachments": [stored["attachmentId"]]}
+    status, sent_file, _ = api.call("POST", messages, user="alice", body=listing)
+    assert status == 201 and sent_file["attachments"][0]["filename"] == "notes é.txt"
+    status, got, headers = api.call("GET", download, user="bob")
+    assert (status, got) == (200, "some notes")
+    assert headers["content-disposition"].startswith("attachment;")
+    assert api.call("HEAD", download, user="bob")[0] == 200
+    assert api.call("GET", "/v1/attachments/not-an-id", user="bob")[0] == 404
+
     # --- over the rate limit: 429 with retryAfterMs and Retry-After ------------------
     flooder = f"flooder-{uuid.uuid4().hex[:6]}"
     statuses = [api.call("DELETE", unknown, user=flooder)[0] for _ in range(RATE + 1)]
@@ -256,7 +281,13 @@ def test_every_operation_answers_as_documented(insecure_server: ServerProcess) -
     no_route = api.exchange("GET", "/v1/nothing-here", None, None, None, None, None)
     assert (no_route.status, no_route.headers["content-type"]) == (404, "application/problem+json")
     api.doc.check_problem(no_route)
-    examples = {"channelId": channel, "messageId": UNKNOWN_ID, "emoji": "x", "name": "app.js"}
+    examples = {
+        "channelId": channel,
+        "messageId": UNKNOWN_ID,
+        "emoji": "x",
+        "name": "app.js",
+        "attachmentId": "0" * 32,
+    }
     for template, item in api.doc.document["paths"].items():
         target = template.format(**examples)
         documented = [m.upper() for m in item if m != "parameters"]
@@ -294,6 +325,8 @@ def test_token_refusals_answer_as_documented(jwt_server: ServerProcess) -> None:
             403,
         ),
         ("GET", f"/v1/me/unread?channels={channel},{other}", {"token": mine}, 403),
+        ("POST", "/v1/attachments?filename=a.txt", {"raw_body": b"x"}, 401),
+        ("GET", f"/v1/attachments/{'0' * 32}", {}, 401),
     ]
     for method, target, options, expected in cases:
         status, problem, headers = api.call(method, target, **options)

@@ -521,9 +521,19 @@ def test_rest_send_is_stored_broadcast_and_idempotent(server: ServerProcess) -> 
         ({"content": "hi", "metadata": {"k" * 65: "v"}}, "alice", 400, "bad_request"),
         ({"content": "hi", "clientMsgId": "~chime:mine"}, "alice", 400, "bad_request"),
         ({"content": "hi", "attachments": ["a1"]}, "alice", 400, "bad_request"),
+        ({"content": "hi", "attachments": ["a" * 32]}, "alice", 400, "bad_request"),
         (["not", "an", "object"], "alice", 400, "bad_request"),
     ],
-    ids=["no-user", "blank", "too-long", "bad-metadata-key", "reserved-id", "attachments", "array"],
+    ids=[
+        "no-user",
+        "blank",
+        "too-long",
+        "bad-metadata-key",
+        "reserved-id",
+        "malformed-attachment-id",
+        "unknown-attachment",
+        "array",
+    ],
 )
 def test_rest_send_refusals(
     server: ServerProcess, body: object, user: str | None, status: int, code: str

@@ -14,6 +14,8 @@ Skipped when CHIME_SERVICES_JSON is unset.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import re
 import socket
 import threading
@@ -24,12 +26,18 @@ from dataclasses import replace
 from typing import Any
 
 import msgspec.structs
+import orjson
 import pytest
 
+from chime_actors.api import attachment_routes
+from chime_actors.api.http_server import HttpRequest
 from chime_actors.config import CassandraConfig, StorageBackend, load_config
 from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.records import Attachment
+from chime_actors.storage.attachments import CHUNK_BYTES, read_attachment
 from chime_actors.storage.cassandra_store import CassandraStore
 from chime_actors.storage.factory import make_store as make_configured_store
+from tests.attachment_contract import AttachmentContract, StorageFactory, UploadBackend, pieces
 from tests.integration.services import load_services
 from tests.store_contract import (
     CHANNEL,
@@ -56,6 +64,9 @@ _TABLES = (
     "reactions",
     "read_markers",
     "handler_cursors",
+    "attachments",
+    "attachment_chunks",
+    "attachment_refs",
 )
 
 # Generous: the node shares two cores with the test run.
@@ -140,6 +151,67 @@ class TestCassandraStoreContract(StoreContract):
     @pytest.fixture
     def make_store(self, clean_keyspace: CassandraConfig) -> StoreFactory:
         return lambda: CassandraStore(clean_keyspace, timeout_s=_TIMEOUT_S)
+
+
+class TestCassandraAttachmentContract(AttachmentContract):
+    @pytest.fixture
+    def make_store(self, clean_keyspace: CassandraConfig) -> StorageFactory:
+        return lambda: CassandraStore(clean_keyspace, timeout_s=_TIMEOUT_S)
+
+
+def test_an_upload_is_one_partition_per_chunk_of_at_most_1_mib(
+    clean_keyspace: CassandraConfig, raw_session: Any
+) -> None:
+    data = os.urandom(2 * CHUNK_BYTES + 777)
+    uploaded: dict[str, Any] = {}
+
+    async def scenario(store: CassandraStore) -> None:
+        backend = UploadBackend(store, "alice", max_bytes=10 * CHUNK_BYTES)
+        request = HttpRequest(
+            "POST", "/v1/attachments", query={"filename": "big.bin"}, body_stream=pieces(data)
+        )
+        response = await attachment_routes.upload(backend, request)
+        assert response.status == 201
+        uploaded.update(orjson.loads(response.body))
+        stored = (await store.get_attachments([uploaded["attachmentId"]]))[uploaded["attachmentId"]]
+        back = b"".join([chunk async for chunk in read_attachment(store, stored)])
+        assert hashlib.sha256(back).hexdigest() == uploaded["sha256"]
+
+    run(clean_keyspace, scenario)
+    assert uploaded["sha256"] == hashlib.sha256(data).hexdigest()
+    ks = clean_keyspace.keyspace
+    rows = [
+        raw_session.execute(
+            f"SELECT idx, data FROM {ks}.attachment_chunks WHERE attachment_id = %s AND idx = %s",
+            (uploaded["attachmentId"], index),
+        ).one()
+        for index in range(3)
+    ]
+    assert [len(row.data) for row in rows] == [CHUNK_BYTES, CHUNK_BYTES, 777]
+    assert b"".join(row.data for row in rows) == data
+    record = raw_session.execute(
+        f"SELECT owner, size, chunks, sha256 FROM {ks}.attachments WHERE attachment_id = %s",
+        (uploaded["attachmentId"],),
+    ).one()
+    assert (record.owner, record.size, record.chunks) == ("alice", len(data), 3)
+
+
+def test_a_keyspace_of_an_older_version_gets_the_attachments_columns(
+    clean_keyspace: CassandraConfig, raw_session: Any
+) -> None:
+    ks = clean_keyspace.keyspace
+    for table in ("messages", "thread_messages"):
+        raw_session.execute(f"ALTER TABLE {ks}.{table} DROP attachments", timeout=60)
+    listed = (Attachment("c" * 32, "f.txt", "text/plain", 3),)
+    message = replace(make_message(1, thread_id=mid(1)), attachments=listed)
+
+    async def scenario(store: CassandraStore) -> None:
+        await store.append([message])
+        assert await store.get_message(CHANNEL, mid(1)) == message
+        assert (await store.history(CHANNEL, thread_id=mid(1))).messages == (message,)
+
+    # Opening with create_schema (as `chime db init` does) adds the columns back.
+    run(clean_keyspace, scenario)
 
 
 def run(config: CassandraConfig, scenario: Any, *, bucket_size: int = 10) -> None:

@@ -9,7 +9,7 @@ from chime_actors.bus.codec import (
     topic_for,
 )
 from chime_actors.errors import BusError
-from chime_actors.records import ChangeKind, ChimeMessage, MessageChange
+from chime_actors.records import Attachment, ChangeKind, ChimeMessage, MessageChange
 
 
 def _message(seq: int, **extra: object) -> ChimeMessage:
@@ -34,6 +34,13 @@ def test_publication_round_trip_keeps_every_field() -> None:
     messages = (
         _message(1),
         _message(2, metadata=(("k", "v"),), thread_id=f"{1:016d}", client_msg_id="c-2"),
+        _message(
+            3,
+            attachments=(
+                Attachment("a" * 32, "report é.pdf", "application/pdf", 12345),
+                Attachment("b" * 32, "x.txt", "text/plain", 1),
+            ),
+        ),
     )
     origin, decoded = decode_publication(encode_publication("host-a", messages))
     assert origin == "host-a"

@@ -195,6 +195,14 @@ def test_environment_reaches_optional_sections_and_lists() -> None:
     assert config.storage.cassandra.protocol_version == 5
 
 
+def test_attachments_max_bytes_defaults_to_10_mib_and_is_set_like_any_key() -> None:
+    assert load_config(env={}).attachments.max_bytes == 10 * 1024 * 1024
+    assert load_config(env={"CHIME_ATTACHMENTS_MAX_BYTES": "2048"}).attachments.max_bytes == 2048
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"CHIME_ATTACHMENTS_MAX_BYTES": "0"})
+    assert info.value.key == "attachments.max_bytes"
+
+
 def test_empty_environment_variable_means_null(tmp_path: Path) -> None:
     path = write(tmp_path, "bus: {redis: {username: admin}}\n")
     assert load_config(path, env={"CHIME_BUS_REDIS_USERNAME": ""}).bus.redis.username is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import orjson
 import pytest
@@ -22,6 +22,18 @@ from chime_actors.api.http_server import (
 )
 
 # --- records and helpers ----------------------------------------------------------------
+
+
+def test_a_streamed_response_needs_its_size_and_no_body() -> None:
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield b"x"
+
+    with pytest.raises(ValueError, match="stream_size"):
+        HttpResponse(200, stream=chunks())
+    with pytest.raises(ValueError, match="stream_size"):
+        HttpResponse(200, stream_size=1)
+    with pytest.raises(ValueError, match="stream_size"):
+        HttpResponse(200, body=b"x", stream=chunks(), stream_size=1)
 
 
 def test_response_refuses_header_injection_and_bad_status() -> None:
@@ -127,9 +139,10 @@ def run_with_server(
     test: Callable[[HttpServer, Client], Awaitable[None]],
     handler: Handler = echo,
     max_body_bytes: int = 64 * 1024,
+    streams: Callable[[str, str], bool] | None = None,
 ) -> None:
     async def main() -> None:
-        server = HttpServer(handler, max_body_bytes=max_body_bytes)
+        server = HttpServer(handler, max_body_bytes=max_body_bytes, streams=streams)
         await server.start("127.0.0.1", 0)
         async with server:
             client = await Client.connect(server.port)
@@ -313,3 +326,155 @@ def test_close_ends_idle_connections() -> None:
 def test_port_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         _ = HttpServer(echo).port
+
+
+# --- streamed bodies (uploads and downloads) ------------------------------------------
+
+
+def streamed_uploads(method: str, path: str) -> bool:
+    return method == "POST" and path == "/upload"
+
+
+class Streaming:
+    """Handlers for the streaming tests; records what they saw."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.started = False
+        self.closed = False
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/upload":
+            assert request.body == b""
+            assert request.body_stream is not None
+            if request.query.get("refuse"):
+                return error_response(413, "too big")  # without reading a byte
+            async for piece in request.body_stream:
+                self.pieces.append(piece)
+            return json_response({"size": sum(map(len, self.pieces))})
+        if request.path == "/download":
+            return HttpResponse(200, stream=self.chunks(), stream_size=6)
+        if request.path == "/broken":
+            return HttpResponse(200, stream=self.chunks(fail=True), stream_size=100)
+        return await echo(request)
+
+    async def chunks(self, *, fail: bool = False) -> AsyncGenerator[bytes, None]:
+        self.started = True
+        try:
+            yield b"abc"
+            if fail:
+                raise RuntimeError("storage went away")
+            yield b"def"
+        finally:
+            self.closed = True
+
+
+def test_a_streamed_request_body_arrives_in_pieces_past_the_buffered_limit() -> None:
+    streaming = Streaming()
+
+    async def test(server: HttpServer, client: Client) -> None:
+        data = b"y" * 5000
+        await client.send(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (500, data[i : i + 500]) for i in range(0, 5000, 500))
+            + b"0\r\n\r\n"
+        )
+        status, _, body = await client.response()
+        assert (status, orjson.loads(body)) == (200, {"size": 5000})
+        assert b"".join(streaming.pieces) == data
+        # Other requests are still read whole, under the limit.
+        await client.send(b"POST /upload2 HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n")
+        await client.send(data)
+        assert (await client.response())[0] == 413
+
+    run_with_server(test, streaming.handle, max_body_bytes=1000, streams=streamed_uploads)
+
+
+def test_expect_100_continue_of_a_streamed_body_waits_for_the_first_read() -> None:
+    streaming = Streaming()
+
+    async def test(server: HttpServer, client: Client) -> None:
+        expect = "Content-Length: 4", "Expect: 100-continue"
+        # Refused at once: no 100 Continue ever invites the body.
+        await client.send(get("/upload?refuse=1", *expect, method="POST"))
+        status, _, _ = await client.response()
+        assert status == 413
+        other = await Client.connect(server.port)
+        try:
+            await other.send(get("/upload", *expect, method="POST"))
+            async with asyncio.timeout(5):
+                interim = await other.reader.readuntil(b"\r\n\r\n")
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            await other.send(b"data")
+            status, _, body = await other.response()
+            assert (status, orjson.loads(body)) == (200, {"size": 4})
+            # A request that is not streamed is invited at once, as before.
+            await other.send(get("/other", *expect, method="POST"))
+            async with asyncio.timeout(5):
+                interim = await other.reader.readuntil(b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            await other.send(b"abcd")
+            assert orjson.loads((await other.response())[2])["body"] == "abcd"
+        finally:
+            await other.close()
+
+    run_with_server(test, streaming.handle, streams=streamed_uploads)
+
+
+def test_a_malformed_chunked_stream_is_a_400() -> None:
+    streaming = Streaming()
+
+    async def test(server: HttpServer, client: Client) -> None:
+        await client.send(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"
+        )
+        status, _, _ = await client.response()
+        assert status == 400
+
+    run_with_server(test, streaming.handle, streams=streamed_uploads)
+
+
+def test_a_streamed_response_is_written_chunk_by_chunk_with_its_length() -> None:
+    streaming = Streaming()
+
+    async def test(server: HttpServer, client: Client) -> None:
+        await client.send(get("/download"))
+        status, headers, body = await client.response()
+        assert (status, headers["content-length"], body) == (200, "6", b"abcdef")
+        assert "transfer-encoding" not in headers
+        assert streaming.closed
+        # HEAD: the length, no body, and nothing of the stream read.
+        streaming.started = False
+        await client.send(get("/download", method="HEAD") + get("/after"))
+        status, headers, _ = await client.response(head_request=True)
+        assert (status, headers["content-length"]) == (200, "6")
+        assert not streaming.started
+        _, _, body = await client.response()
+        assert orjson.loads(body)["path"] == "/after"
+
+    run_with_server(test, streaming.handle)
+
+
+def test_a_stream_failing_after_the_headers_cuts_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    streaming = Streaming()
+
+    async def test(server: HttpServer, client: Client) -> None:
+        with caplog.at_level(logging.ERROR, logger="chime_actors.api.http_server"):
+            await client.send(get("/broken"))
+            async with asyncio.timeout(5):
+                head = await client.reader.readuntil(b"\r\n\r\n")
+                rest = await client.reader.read()  # until the server closes
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100" in head
+        assert rest == b"abc"  # short of the 100 announced: the client can tell
+        assert streaming.closed
+        assert any("stream failed" in r.getMessage() for r in caplog.records)
+        other = await Client.connect(server.port)
+        try:
+            await other.send(get("/download"))
+            assert (await other.response())[2] == b"abcdef"
+        finally:
+            await other.close()
+
+    run_with_server(test, streaming.handle)

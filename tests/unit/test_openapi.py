@@ -21,7 +21,7 @@ from chime_actors.api.http_server import PROBLEM_CONTENT_TYPE, HttpRequest, erro
 from chime_actors.api.router import Router
 from chime_actors.config import load_config
 from chime_actors.protocol import server_frames
-from chime_actors.records import ChimeMessage
+from chime_actors.records import Attachment, ChimeMessage
 from tests.openapi_check import METHODS, ApiDocument, Exchange
 
 DOC = ApiDocument(openapi.document())
@@ -121,8 +121,11 @@ MESSAGE = ChimeMessage(
         MESSAGE,
         dataclasses.replace(MESSAGE, thread_id="0000000000000001", metadata=(), client_msg_id=None),
         dataclasses.replace(MESSAGE, edited_at="2026-11-27T10:00:01.000Z", channel_name="General"),
+        dataclasses.replace(
+            MESSAGE, attachments=(Attachment("a" * 32, "f é.txt", "text/plain; charset=utf-8", 3),)
+        ),
     ],
-    ids=["plain", "reply", "edited"],
+    ids=["plain", "reply", "edited", "attachments"],
 )
 def test_the_message_schemas_describe_the_records_as_sent(message: ChimeMessage) -> None:
     DOC.validate("ChimeMessage", message.to_wire())

@@ -289,6 +289,42 @@ def test_send_oversize_content_is_too_large_and_echoes_client_msg_id() -> None:
     assert parse({"type": "send", "content": "x" * 4000}) == Send(None, "x" * 4000)
 
 
+A1 = "0123456789abcdef" * 2
+A2 = "f" * 32
+
+
+def test_send_lists_attachment_ids_in_order_once_each() -> None:
+    frame = {"type": "send", "content": "x", "attachments": [A2, A1, A2]}
+    assert parse(frame) == Send(None, "x", attachments=(A2, A1))
+    assert parse({"type": "send", "content": "x", "attachments": []}) == Send(None, "x")
+    assert parse({"type": "send", "content": "x", "attachments": None}) == Send(None, "x")
+
+
+def test_send_with_ten_attachments_passes_and_eleven_is_bad_request() -> None:
+    ids = [f"{i:032x}" for i in range(11)]
+    assert parse({"type": "send", "content": "x", "attachments": ids[:10]}) == Send(
+        None, "x", attachments=tuple(ids[:10])
+    )
+    error = parse_error({"type": "send", "content": "x", "clientMsgId": "c-11", "attachments": ids})
+    assert error.code == ErrorCode.BAD_REQUEST
+    assert "at most 10" in error.message
+    assert error.client_msg_id == "c-11"
+
+
+@pytest.mark.parametrize(
+    "attachments",
+    [A1, {"id": A1}, [1], [None], [A1.upper()], [A1 + "0"], ["../../etc/passwd"], [[A1]]],
+    ids=["string", "object", "number", "null", "upper", "long", "path", "nested"],
+)
+def test_send_bad_attachments_are_bad_request(attachments: object) -> None:
+    error = parse_error(
+        {"type": "send", "content": "x", "clientMsgId": "c-a", "attachments": attachments}
+    )
+    assert error.code == ErrorCode.BAD_REQUEST
+    assert "attachments" in error.message
+    assert error.client_msg_id == "c-a"
+
+
 def test_send_bad_channel_id() -> None:
     error = parse_error({"type": "send", "channelId": "no spaces", "content": "x"})
     assert error.code == ErrorCode.BAD_REQUEST

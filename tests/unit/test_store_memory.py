@@ -23,10 +23,18 @@ from store_contract import (
     delete,
 )
 
+from tests.attachment_contract import AttachmentContract, StorageFactory
+
 
 class TestMemoryStoreContract(StoreContract):
     @pytest.fixture
     def make_store(self) -> StoreFactory:
+        return MemoryStore
+
+
+class TestMemoryAttachmentContract(AttachmentContract):
+    @pytest.fixture
+    def make_store(self) -> StorageFactory:
         return MemoryStore
 
 

@@ -8,11 +8,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from chime_actors.errors import StoreError, StoreUnavailable
+from chime_actors.records import Attachment
 from chime_actors.storage import SqliteStore, sqlite_store
 
 # tests/ is not a package; the contract suite lives there so that the Cassandra
@@ -31,10 +33,18 @@ from store_contract import (
     seqs,
 )
 
+from tests.attachment_contract import AttachmentContract, StorageFactory
+
 
 class TestSqliteStoreContract(StoreContract):
     @pytest.fixture
     def make_store(self, tmp_path: Path) -> StoreFactory:
+        return lambda: SqliteStore(tmp_path / "chime.db")
+
+
+class TestSqliteAttachmentContract(AttachmentContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StorageFactory:
         return lambda: SqliteStore(tmp_path / "chime.db")
 
 
@@ -282,7 +292,9 @@ def test_the_default_config_asks_for_full_sync() -> None:
     assert load_config(None, env={}).storage.sqlite.synchronous is SqliteSynchronous.FULL
 
 
-def test_a_file_of_an_older_version_gets_the_columns_of_changes(tmp_path: Path) -> None:
+def test_a_file_of_an_older_version_gets_the_columns_of_changes_and_attachments(
+    tmp_path: Path,
+) -> None:
     # A file made before changes had positions: messages lacks kind and target_seq.
     path = tmp_path / "chime.db"
     with raw_connection(path) as conn:
@@ -308,6 +320,11 @@ def test_a_file_of_an_older_version_gets_the_columns_of_changes(tmp_path: Path) 
             await store.append([edit(2, old, "new")])
             assert (await store.get_message(CHANNEL, mid(1))).content == "new"
             assert seqs(await store.events_range(CHANNEL, after_seq=0, up_to_seq=2)) == [1, 2]
+            # ... and of attachments.
+            listed = (Attachment("a" * 32, "f.txt", "text/plain", 1),)
+            await store.append([replace(make_message(3), attachments=listed)])
+            assert (await store.get_message(CHANNEL, mid(3))).attachments == listed
+            assert await store.attachment_channels("a" * 32) == (CHANNEL,)
         finally:
             await store.close()
 
