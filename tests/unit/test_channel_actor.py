@@ -24,6 +24,8 @@ from chime_actors.ids import format_message_id
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage import HistoryPage, MemoryStore
+from tests.support.clock import FakeClock
+from tests.support.polling import until
 
 CHANNEL = "general"
 TIMEOUT = 5.0
@@ -147,14 +149,6 @@ class FaultyStore(MemoryStore):
         )
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     """One channel actor over a store, plus what it reported."""
 
@@ -175,12 +169,6 @@ class Harness:
         probe = FakeSubscriber(f"probe-{id(object())}")
         await asyncio.wait_for(self.actor.join(probe, None), TIMEOUT)
         self.actor.tell(Leave(probe.connection_id))
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not condition():
-            await asyncio.sleep(0)
 
 
 Scenario = Callable[[Harness], Awaitable[None]]
@@ -398,7 +386,7 @@ def test_gap_fill_failure_waits_for_storage_instead_of_skipping() -> None:
         await h.stored(msgs(1, 2))
         h.store.fail_next(1)  # events_range
         h.actor.tell(Publish((msg(2),)))
-        await wait_until(lambda: sub.seqs == [1, 2])
+        await until(lambda: sub.seqs == [1, 2], interval=0)
 
     run(scenario)
 
@@ -415,10 +403,10 @@ def test_dropped_publish_is_recovered_by_the_next_gap_fill(
         assert h.actor.tell(Publish((msg(1),)))
         assert not h.actor.tell(Publish((msg(2),)))  # mailbox full: dropped
         assert h.actor.stats.dropped_mail == 1
-        await wait_until(lambda: sub.seqs == [1])
+        await until(lambda: sub.seqs == [1], interval=0)
         await h.stored([msg(3)])
         h.actor.tell(Publish((msg(3),)))
-        await wait_until(lambda: sub.seqs == [1, 2, 3])
+        await until(lambda: sub.seqs == [1, 2, 3], interval=0)
 
     run(scenario)
 
@@ -497,7 +485,7 @@ def test_repeated_failures_escalate_and_close_subscribers() -> None:
         for _ in range(3):
             h.actor.tell(InjectFault())
         late = asyncio.get_running_loop().create_task(h.actor.join(FakeSubscriber("late"), None))
-        await wait_until(lambda: h.stopped == [CHANNEL])
+        await until(lambda: h.stopped == [CHANNEL], interval=0)
         assert h.actor.stopped
         assert h.actor.stats.restarts == 2
         assert h.actor.member_count == 0
@@ -542,11 +530,11 @@ def test_stops_when_the_last_member_leaves() -> None:
         h.actor.tell(Leave("unknown"))  # harmless
         await h.stored([msg(1)])
         h.actor.tell(Publish((msg(1),)))
-        await wait_until(lambda: b.seqs == [1])
+        await until(lambda: b.seqs == [1], interval=0)
         assert not h.actor.stopped
         assert a.seqs == []
         h.actor.tell(Leave("b"))
-        await wait_until(lambda: h.stopped == [CHANNEL])
+        await until(lambda: h.stopped == [CHANNEL], interval=0)
         assert h.actor.stopped
         assert h.actor.member_count == 0
 
@@ -587,7 +575,7 @@ def test_with_several_hosts_a_later_id_waits_for_an_earlier_one() -> None:
         assert sub.seqs == []  # 2 is not stored yet: 3 waits
         await h.stored([msg(2)])
         h.actor.tell(Publish((msg(2),)))
-        await wait_until(lambda: sub.seqs == [2, 3])
+        await until(lambda: sub.seqs == [2, 3], interval=0)
 
     run(scenario, hold_max_s=1.0)
 
@@ -602,9 +590,9 @@ def test_with_several_hosts_a_hole_that_never_fills_is_skipped_after_the_hold() 
         await h.stored([msg(1), msg(3)])
         h.actor.tell(Publish((msg(1),)))
         h.actor.tell(Publish((msg(3),)))
-        await wait_until(lambda: sub.seqs == [1])
+        await until(lambda: sub.seqs == [1], interval=0)
         clock.now += 2.0  # past the hold: the retry gives up on 2
-        await wait_until(lambda: sub.seqs == [1, 3])
+        await until(lambda: sub.seqs == [1, 3], interval=0)
 
     run(scenario, hold_max_s=1.0, clock=clock)
 
@@ -627,7 +615,7 @@ def test_a_deferred_subscriber_gets_nothing_until_activated_then_everything_once
         assert sub.frames[-1]["type"] == "resumed"
         await h.stored([msg(5)])
         h.actor.tell(Publish((msg(5),)))
-        await wait_until(lambda: sub.seqs == [2, 3, 4, 5])
+        await until(lambda: sub.seqs == [2, 3, 4, 5], interval=0)
 
     run(scenario)
 
@@ -665,13 +653,13 @@ def test_a_member_held_back_catches_up_from_storage_in_order_then_goes_live() ->
         assert a.seqs[-1] == 7
         assert b.seqs == [1, 2] and b.refused == 1  # not even offered
         b.make_room(3)  # its client took some: 3, 4, 5 from storage, then held again
-        await wait_until(lambda: b.refused == 2)
+        await until(lambda: b.refused == 2, interval=0)
         assert b.seqs == [1, 2, 3, 4, 5]
         b.make_room(None)
-        await wait_until(lambda: b.seqs == [1, 2, 3, 4, 5, 6, 7])
+        await until(lambda: b.seqs == [1, 2, 3, 4, 5, 6, 7], interval=0)
         await h.stored([msg(8)])
         h.actor.tell(Publish((msg(8),)))  # live again
-        await wait_until(lambda: b.seqs[-1] == 8)
+        await until(lambda: b.seqs[-1] == 8, interval=0)
         assert a.seqs == b.seqs == list(range(1, 9))
         assert h.actor.stats.caught_up == 5
 
@@ -690,12 +678,12 @@ def test_a_resume_replay_is_paced_by_the_connection_then_resumed_then_live() -> 
         await h.barrier()
         assert sub.seqs == [1, 2, 3]
         sub.make_room(None)
-        await wait_until(lambda: len(sub.frames) == 12)
+        await until(lambda: len(sub.frames) == 12, interval=0)
         assert sub.seqs == list(range(1, 12))
         assert sub.frames[10] == {"type": "resumed", "channelId": CHANNEL, "count": 10}
         await h.stored([msg(12)])
         h.actor.tell(Publish((msg(12),)))
-        await wait_until(lambda: sub.seqs[-1] == 12)
+        await until(lambda: sub.seqs[-1] == 12, interval=0)
         assert sub.seqs == list(range(1, 13))
 
     run(scenario)
@@ -719,7 +707,7 @@ def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order(
         for seq in range(21, 25):
             await h.stored([msg(seq)])
             h.actor.tell(Publish((msg(seq),)))
-        await wait_until(lambda: len(b.seqs) == 24)
+        await until(lambda: len(b.seqs) == 24, interval=0)
         assert a.seqs == b.seqs == list(range(1, 25))
 
     run(scenario)
@@ -754,7 +742,7 @@ def test_a_catch_up_that_storage_fails_is_tried_again(monkeypatch: pytest.Monkey
         assert sub.seqs == [1]
         h.store.fail_next(1)
         sub.make_room(None)
-        await wait_until(lambda: sub.seqs == [1, 2, 3])
+        await until(lambda: sub.seqs == [1, 2, 3], interval=0)
 
     run(scenario)
 

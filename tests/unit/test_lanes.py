@@ -16,6 +16,7 @@ import pytest
 from chime_actors.actors import lanes as lanes_module
 from chime_actors.actors.lanes import LaneServer, LaneStats, Router
 from chime_actors.errors import ActorError
+from tests.support.polling import until
 
 KEY = b"k" * 32
 
@@ -32,12 +33,6 @@ class Received:
     @property
     def messages(self) -> list[Any]:
         return [m for frame, _ in self.frames for m in frame]
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.005)
 
 
 def run(scenario: Callable[[Path], Awaitable[None]], tmp_path: Path) -> None:
