@@ -2,13 +2,14 @@
 
 One object plays every clock a unit under test may take: call it for the time
 (``clock()``, as ``time.monotonic`` is called), ``time()`` for wall-clock
-seconds, and ``call_later`` for a timer (as ``loop.call_later``). Timers fire,
-in order of their deadlines, only inside ``advance``: a test steps past a
-timeout instead of sleeping through it.
+seconds, ``call_later`` for a timer (as ``loop.call_later``) and ``sleep`` (as
+``asyncio.sleep``). Timers fire, in order of their deadlines, only inside
+``advance``: a test steps past a timeout instead of sleeping through it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
@@ -47,6 +48,15 @@ class FakeClock:
         timer = FakeTimer(self.now + max(0.0, delay), callback)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return timer
+
+    async def sleep(self, seconds: float) -> None:
+        """``asyncio.sleep`` on this clock: returns once ``advance`` has passed ``seconds``."""
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        timer = self.call_later(seconds, lambda: woken.done() or woken.set_result(None))
+        try:
+            await woken
+        finally:
+            timer.cancel()
 
     @property
     def pending(self) -> list[float]:

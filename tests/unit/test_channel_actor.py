@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from chime_actors.errors import StoreError
-from chime_actors.gateway import channel_actor as channel_actor_module
 from chime_actors.gateway.channel_actor import (
     ChannelActor,
     ChannelStats,
@@ -182,7 +181,10 @@ def run(
     clock: FakeClock | None = None,
     start: bool = True,
     hold_max_s: float = 0.0,
+    **bounds: Any,
 ) -> None:
+    """Run ``scenario`` on a fresh actor; ``bounds`` are its mailbox and catch-up ones."""
+
     async def main() -> None:
         store = FaultyStore()
         await store.open()
@@ -196,6 +198,7 @@ def run(
             stats=ChannelStats(),
             clock=clock or FakeClock(),
             hold_max_s=hold_max_s,
+            **bounds,
         )
         if start:
             actor.start()
@@ -391,11 +394,7 @@ def test_gap_fill_failure_waits_for_storage_instead_of_skipping() -> None:
     run(scenario)
 
 
-def test_dropped_publish_is_recovered_by_the_next_gap_fill(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(channel_actor_module, "MAILBOX_SIZE", 1)
-
+def test_dropped_publish_is_recovered_by_the_next_gap_fill() -> None:
     async def scenario(h: Harness) -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None)
@@ -408,7 +407,7 @@ def test_dropped_publish_is_recovered_by_the_next_gap_fill(
         h.actor.tell(Publish((msg(3),)))
         await until(lambda: sub.seqs == [1, 2, 3], interval=0)
 
-    run(scenario)
+    run(scenario, mailbox_size=1)
 
 
 # --- failure policy ---------------------------------------------------------------
@@ -689,12 +688,7 @@ def test_a_resume_replay_is_paced_by_the_connection_then_resumed_then_live() -> 
     run(scenario)
 
 
-def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(channel_actor_module, "CATCH_UP_PAGE", 2)
-    monkeypatch.setattr(channel_actor_module, "CATCH_UP_TURN", 4)
-
+def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order() -> None:
     async def scenario(h: Harness) -> None:
         a, b = FakeSubscriber("a"), FakeSubscriber("b", room=0)
         await h.actor.join(a, None)
@@ -710,7 +704,7 @@ def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order(
         await until(lambda: len(b.seqs) == 24, interval=0)
         assert a.seqs == b.seqs == list(range(1, 25))
 
-    run(scenario)
+    run(scenario, catch_up_page=2, catch_up_turn=4)
 
 
 def test_a_member_behind_that_leaves_is_not_caught_up() -> None:
@@ -730,9 +724,7 @@ def test_a_member_behind_that_leaves_is_not_caught_up() -> None:
     run(scenario)
 
 
-def test_a_catch_up_that_storage_fails_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channel_actor_module, "CATCH_UP_RETRY_S", 0.01)
-
+def test_a_catch_up_that_storage_fails_is_tried_again() -> None:
     async def scenario(h: Harness) -> None:
         sub = FakeSubscriber("c1", room=1)
         await h.actor.join(sub, None)
@@ -744,14 +736,10 @@ def test_a_catch_up_that_storage_fails_is_tried_again(monkeypatch: pytest.Monkey
         sub.make_room(None)
         await until(lambda: sub.seqs == [1, 2, 3], interval=0)
 
-    run(scenario)
+    run(scenario, catch_up_retry_s=0.01)
 
 
-def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_storage(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(channel_actor_module, "MAX_PENDING", 2)
-
+def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_storage() -> None:
     async def scenario(h: Harness) -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None, deferred=True)  # baseline 0
@@ -763,7 +751,7 @@ def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_st
         assert sub.seqs == [1, 2, 3, 4, 5]
         assert sub.aborted == []  # it was never the client's fault
 
-    run(scenario)
+    run(scenario, max_pending=2)
 
 
 def test_resume_limit_counts_stored_messages_not_ids() -> None:

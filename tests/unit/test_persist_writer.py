@@ -103,15 +103,15 @@ def ids(outcomes: Sequence[SendOutcome]) -> list[int | None]:
 Scenario = Callable[[PersistWriter, CountingStore, Posts], Awaitable[None]]
 
 
-def run(scenario: Scenario, *, start: bool = True) -> None:
-    """Run ``scenario`` with an open store and a writer; close both afterwards."""
+def run(scenario: Scenario, *, start: bool = True, **options: Any) -> None:
+    """Run ``scenario`` with an open store and a writer (given ``options``); close both."""
 
     async def main() -> None:
         store = CountingStore()
         await store.open()
         posts = Posts()
         writer = PersistWriter(
-            store, posts, ChimeMetrics.register(MetricsRegistry()), clock=lambda: NOW
+            store, posts, ChimeMetrics.register(MetricsRegistry()), clock=lambda: NOW, **options
         )
         writer.set_gateways(GATEWAYS)
         if start:
@@ -168,16 +168,14 @@ def test_queued_batches_are_written_in_one_group_commit() -> None:
     run(scenario)
 
 
-def test_group_commit_is_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(writer_module, "MAX_RECORDS_PER_WRITE", 2)
-
+def test_group_commit_is_bounded() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         for n in range(1, 4):
             writer.submit(batch(n, rec(n)), f"reply-{n}")
         await until(lambda: len(posts.results("reply-3")) == 1, interval=0)
         assert store.appends == [2, 1]
 
-    run(scenario)
+    run(scenario, max_records_per_write=2)
 
 
 def test_store_failure_answers_unavailable_and_keeps_ids_contiguous() -> None:
