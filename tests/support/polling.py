@@ -38,7 +38,7 @@ async def until(
     loop moves, passes ``interval=0``: checked on every turn of the loop, so a
     state that lasts one turn is seen.
     """
-    return await until_async(_awaitable(check), timeout, what, interval=interval)
+    return await until_async(_awaitable(check), timeout, what or repr(check), interval=interval)
 
 
 async def until_async(
