@@ -23,6 +23,10 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.client import Client
+
+# Importable from here as before (branches written before tests/support); new code
+# imports it from tests.support.polling.
+from tests.support.polling import wait_until as wait_until
 from tests.support.servers import ServerProcess, running_server
 
 T = TypeVar("T")

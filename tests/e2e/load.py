@@ -37,6 +37,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from tests.support.polling import until, wait_until
 from tests.support.servers import ServerProcess
 
+# The names these pollers had here (branches written before tests/support use them).
+poll = wait_until
+apoll = until
+
 ACK_TIMEOUT_MS = 3000
 # A send may be answered one maintenance tick (0.5 s) after the ack timeout; the
 # rest is scheduling slack on a loaded 2-core machine.
