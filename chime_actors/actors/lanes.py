@@ -198,8 +198,13 @@ class Lane:
         key: bytes,
         stats: LaneStats,
         on_closed: Callable[[Lane], None] = lambda lane: None,
+        *,
+        max_pending: int = MAX_PENDING,
+        high_water_bytes: int = HIGH_WATER_BYTES,
     ) -> None:
         self.path = path
+        self._max_pending = max_pending
+        self._high_water_bytes = high_water_bytes
         self._on_closed = on_closed
         self._my_address = my_address
         self._key = key
@@ -218,16 +223,18 @@ class Lane:
 
     @property
     def congested(self) -> bool:
-        """True while the socket holds more than ``HIGH_WATER_BYTES`` unsent."""
+        """True while the socket holds more than ``high_water_bytes`` unsent."""
         writer = self._writer
-        return writer is not None and writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES
+        return (
+            writer is not None and writer.transport.get_write_buffer_size() > self._high_water_bytes
+        )
 
     def send(self, message: Any) -> None:
         """Queue ``message``; it leaves with the others of this loop turn."""
         if self._failed:
             self._stats.dropped += 1
             return
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) >= self._max_pending:
             raise ActorError(f"lane to {self.path} overflow: a producer has no window")
         self._pending.append(message)
         if self._writer is None:
@@ -306,8 +313,20 @@ class Lane:
 class Router:
     """``post(address, message)`` for a core: a lane when the peer has one, else Thespian."""
 
-    def __init__(self, my_address: Any, key: bytes, fallback: Fallback) -> None:
+    def __init__(
+        self,
+        my_address: Any,
+        key: bytes,
+        fallback: Fallback,
+        *,
+        max_pending: int = MAX_PENDING,
+        high_water_bytes: int = HIGH_WATER_BYTES,
+    ) -> None:
+        """``max_pending`` and ``high_water_bytes`` bound each of its lanes (see the
+        module docstring)."""
         self._my_address = my_address
+        self._max_pending = max_pending
+        self._high_water_bytes = high_water_bytes
         self._key = key
         self._fallback = fallback
         self._paths: dict[str, str] = {}
@@ -331,7 +350,15 @@ class Router:
             if path is None:
                 self._fallback(address, message)
                 return
-            lane = Lane(path, self._my_address, self._key, self.stats, self._forget_lane)
+            lane = Lane(
+                path,
+                self._my_address,
+                self._key,
+                self.stats,
+                self._forget_lane,
+                max_pending=self._max_pending,
+                high_water_bytes=self._high_water_bytes,
+            )
             self._lanes[key] = lane
         lane.send(message)
 

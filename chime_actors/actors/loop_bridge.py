@@ -37,7 +37,8 @@ MAX_OUTBOX = 100_000
 class LoopBridge:
     """Runs a uvloop event loop in a daemon thread and carries sends out of it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, max_outbox: int = MAX_OUTBOX) -> None:
+        self._max_outbox = max_outbox
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -66,7 +67,7 @@ class LoopBridge:
     def post(self, address: Any, message: Any) -> None:
         """Queue ``message`` for ``address``; safe from any thread but Thespian's."""
         with self._lock:
-            if len(self._outbox) >= MAX_OUTBOX:
+            if len(self._outbox) >= self._max_outbox:
                 raise ActorError("loop bridge outbox overflow: a producer has no window")
             self._outbox.append((address, message))
             if self._signalled:

@@ -8,7 +8,7 @@ changes (start, or an API restart), so readiness does not lag a second behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chime_actors.actors.messages import ActorId, MetricsReport
@@ -26,9 +26,15 @@ class MetricsReporter:
         registry: MetricsRegistry,
         post: Callable[[Any, Any], None],
         refresh: Callable[[], None] = lambda: None,
+        *,
+        interval_s: float = INTERVAL_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """``refresh`` updates gauges (queue depths ...) just before each report."""
+        """``refresh`` updates gauges (queue depths ...) just before each report;
+        ``run`` reports every ``interval_s``, waiting with ``sleep`` (a test's fake)."""
         self._actor_id = actor_id
+        self._interval_s = interval_s
+        self._sleep = sleep
         self._registry = registry
         self._post = post
         self._refresh = refresh
@@ -50,7 +56,7 @@ class MetricsReporter:
         self._post(self._api, MetricsReport(self._actor_id, snapshot))
 
     async def run(self) -> None:
-        """Report every ``INTERVAL_S`` until cancelled."""
+        """Report every ``interval_s`` until cancelled."""
         while True:
-            await asyncio.sleep(INTERVAL_S)
+            await self._sleep(self._interval_s)
             self.report()

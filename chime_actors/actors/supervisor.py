@@ -26,6 +26,9 @@ a ``handler`` actor exits       restarted with the same backoff, but never count
 ``ShutdownRequest``             drain gateways (acks owed, 1001 to clients), then stop
                                 persisters, the API and the gateways, then ``Stopped``
 ==============================  ========================================================
+
+The decisions (which children, the backoff, when to give up, the ``Wiring``) are
+plain code in ``supervision``; this actor carries them out with Thespian.
 """
 
 from __future__ import annotations
@@ -63,13 +66,11 @@ from chime_actors.actors.messages import (
     Status,
     StatusQuery,
     Stopped,
-    Wiring,
 )
 from chime_actors.actors.persister_actor import PersisterActor
 from chime_actors.actors.redis_bridge_actor import RedisBridgeActor
-from chime_actors.config import BusBackend, Config
-from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
-from chime_actors.handlers.registry import after_store_indexes
+from chime_actors.actors.supervision import STOP_ORDER, Child, Restarts, actor_ids, wiring_of
+from chime_actors.config import Config
 from chime_actors.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -81,24 +82,8 @@ ACTOR_CLASSES: dict[ActorKind, type] = {
     ActorKind.REDIS_BRIDGE: RedisBridgeActor,
     ActorKind.HANDLER: HandlerActor,
 }
-INTENSITY = RestartPolicy(max_restarts=10, within_s=60.0)
-FIRST_BACKOFF_S = 0.1
-MAX_BACKOFF_S = 5.0
-STABLE_AFTER_S = 30.0
 DRAIN_TIMEOUT_S = 15.0
 EXIT_TIMEOUT_S = 10.0
-
-
-@dataclass(slots=True)
-class _Child:
-    actor_id: ActorId
-    address: Any = None
-    ready: bool = False
-    lane: tuple[str, str] | None = None  # (the child's address key, socket path)
-    created_at: float = 0.0
-    ready_at: float = 0.0
-    exited_at: float | None = None
-    backoff_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +105,12 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._chat_port = 0
         self._api_port = 0
         self._run_dir = ""
-        self._children: dict[ActorId, _Child] = {}
+        self._children: dict[ActorId, Child] = {}
         self._starter: Any = None
         self._started = False
         self._failed = ""
         self._generation = 0
-        self._budget = RestartBudget(INTENSITY)
+        self._restarts = Restarts()
         self._stopping = False
         self._stop_phase = ""
         self._stop_reply_to: Any = None
@@ -167,17 +152,8 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._starter = sender
         configure_logging(request.config.logging, process_name="supervisor")
         setproctitle.setproctitle("chime: supervisor")
-        ids = [ActorId(ActorKind.PERSISTER, i + 1) for i in range(request.config.persisters)]
-        ids += [ActorId(ActorKind.GATEWAY, i + 1) for i in range(request.config.workers)]
-        ids.append(ActorId(ActorKind.API, 1))
-        if request.config.bus.backend is BusBackend.REDIS:
-            ids.append(ActorId(ActorKind.REDIS_BRIDGE, 1))
-        ids += [
-            ActorId(ActorKind.HANDLER, n + 1)
-            for n in range(len(after_store_indexes(request.config)))
-        ]
-        for actor_id in ids:
-            self._children[actor_id] = _Child(actor_id)
+        for actor_id in actor_ids(request.config):
+            self._children[actor_id] = Child(actor_id)
             self._create(actor_id)
 
     def _create(self, actor_id: ActorId) -> None:
@@ -226,34 +202,14 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
 
     def _rewire(self) -> None:
         self._generation += 1
-
-        def addresses(kind: ActorKind) -> tuple[Any, ...]:
-            found = sorted(
-                (c for c in self._children.values() if c.actor_id.kind is kind),
-                key=lambda c: c.actor_id.index,
-            )
-            return tuple(c.address if c.ready else None for c in found)
-
-        def singleton(kind: ActorKind) -> Any:
-            child = self._children.get(ActorId(kind, 1))
-            return child.address if child is not None and child.ready else None
-
-        wiring = Wiring(
-            gateways=addresses(ActorKind.GATEWAY),
-            persisters=addresses(ActorKind.PERSISTER),
-            api=singleton(ActorKind.API),
-            generation=self._generation,
-            redis_bridge=singleton(ActorKind.REDIS_BRIDGE),
-            lanes=tuple(c.lane for c in self._children.values() if c.ready and c.lane),
-            handlers=addresses(ActorKind.HANDLER),
-        )
+        wiring = wiring_of(self._children.values(), self._generation)
         for child in self._children.values():
             if child.ready:
                 self.send(child.address, wiring)
 
     # --- failures -------------------------------------------------------------------
 
-    def _find(self, address: Any) -> _Child | None:
+    def _find(self, address: Any) -> Child | None:
         for child in self._children.values():
             if child.address == address:
                 return child
@@ -273,16 +229,13 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         log.warning("actor exited", actor=str(child.actor_id))
         # Peers must stop sending to the dead address now, not after the restart.
         self._rewire()
-        if child.actor_id.kind is not ActorKind.HANDLER and not self._budget.allow_restart():
+        delay = self._restarts.after_exit(child, now)
+        if delay is None:
             self._failed = f"restart intensity exceeded ({child.actor_id} kept failing)"
             log.error("supervisor gives up", reason=self._failed)
             if not self._started and self._starter is not None:
                 self.send(self._starter, StartFailed(self._failed))
             return
-        if child.ready_at and now - child.ready_at > STABLE_AFTER_S:
-            child.backoff_s = 0.0
-        delay = child.backoff_s
-        child.backoff_s = min(MAX_BACKOFF_S, max(FIRST_BACKOFF_S, child.backoff_s * 2))
         if delay <= 0:
             self._create(child.actor_id)
         else:
@@ -337,16 +290,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
 
     def _stop_children(self) -> None:
         self._stop_phase = "exit"
-        # Gateways first (no new sends), then persisters (their queues are written
-        # out on exit), the API last so /readyz reports the shutdown.
-        order = [
-            ActorKind.GATEWAY,
-            ActorKind.PERSISTER,
-            ActorKind.HANDLER,
-            ActorKind.REDIS_BRIDGE,
-            ActorKind.API,
-        ]
-        for kind in order:
+        for kind in STOP_ORDER:  # gateways first, the API last (see STOP_ORDER)
             for child in self._children.values():
                 if child.actor_id.kind is kind and child.address is not None:
                     self.send(child.address, ActorExitRequest())

@@ -67,7 +67,7 @@ from chime_actors.records import (
     SendRecord,
 )
 from chime_actors.storage.attachments import AttachmentStore
-from chime_actors.storage.factory import make_store
+from chime_actors.storage.factory import Storage, make_store
 from chime_actors.storage.store import HistoryPage, annotated_history
 
 log = get_logger(__name__)
@@ -90,6 +90,8 @@ class ApiCore:
         chat_port: int = 0,
         *,
         post: Callable[[Any, Any], None] | None = None,
+        store: Storage | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Prepare the API; nothing listens until :meth:`start`.
 
@@ -100,13 +102,16 @@ class ApiCore:
             chat_port: the chat port actually bound (0: ``chat.port``), for the web page.
             post: how to send to other actors (the router of its ``LoopActor``);
                 without it (a core on its own, in tests) REST changes are unavailable.
+            store: the storage of REST reads and attachments (default: the configured one).
+            clock: monotonic seconds, for report ages, restarts, rates and link timeouts.
         """
         self.actor_id = actor_id
         self._config = config
         self._port = api_port or config.api.port
+        self._clock = clock
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
-        self._store = make_store(config)
+        self._store = store if store is not None else make_store(config)
         self._auth = Authenticator(config.auth)
         web = WebClient(
             ClientConfig(
@@ -131,7 +136,7 @@ class ApiCore:
         if post is not None:
             timeout_s = config.chat.ack_timeout_ms / 1000
             self._links = [
-                PersistLink(API_ORIGIN, post, ack_timeout_s=timeout_s)
+                PersistLink(API_ORIGIN, post, ack_timeout_s=timeout_s, clock=clock)
                 for _ in range(config.persisters)
             ]
         # REST edits pass the before_store handlers, as a gateway's do.
@@ -139,7 +144,7 @@ class ApiCore:
             config, self._submit_to_persister, self.registry
         )
         # limits.messages_per_10s per user, as a gateway counts them.
-        self._rate = KeyedBuckets(config.limits.messages_per_10s, time.monotonic)
+        self._rate = KeyedBuckets(config.limits.messages_per_10s, clock)
         self._maintenance: asyncio.Task[None] | None = None
         self.max_channels = config.chat.max_channels_per_connection
         self._lookups = Lookups(post or _nowhere)
@@ -156,7 +161,7 @@ class ApiCore:
     def handle(self, message: Any, sender: Any) -> None:
         """Thespian (and lane) messages, on the loop thread."""
         if isinstance(message, MetricsReport):
-            self._reports[message.actor_id] = (time.monotonic(), message)
+            self._reports[message.actor_id] = (self._clock(), message)
         elif isinstance(message, PersistResult):
             for link in self._links:
                 if link.owns(message.batch_id):
@@ -166,7 +171,7 @@ class ApiCore:
             self._lookups.resolve(message)
         elif isinstance(message, RestartNotice):
             self.metrics.actor_restarts.labels(kind=message.actor_id.kind.value).inc()
-            self._restarted_at[str(message.actor_id)] = time.monotonic()
+            self._restarted_at[str(message.actor_id)] = self._clock()
         elif isinstance(message, Wiring):
             expected = {f"gateway {i + 1}" for i in range(len(message.gateways))}
             expected |= {f"persister {i + 1}" for i in range(len(message.persisters))}
@@ -204,7 +209,7 @@ class ApiCore:
             checks["storage"] = True
         except (StoreError, TimeoutError):
             checks["storage"] = False
-        now = time.monotonic()
+        now = self._clock()
         fresh = {
             str(actor_id)
             for actor_id, (seen, _) in self._reports.items()

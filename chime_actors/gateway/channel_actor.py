@@ -232,14 +232,21 @@ class ChannelActor:
         stats: ChannelStats | None = None,
         clock: Callable[[], float] = time.monotonic,
         hold_max_s: float = 0.0,
+        mailbox_size: int = MAILBOX_SIZE,
+        max_pending: int = MAX_PENDING,
+        catch_up_page: int = CATCH_UP_PAGE,
+        catch_up_turn: int = CATCH_UP_TURN,
+        catch_up_retry_s: float = CATCH_UP_RETRY_S,
     ) -> None:
+        """The bounds (``mailbox_size`` ... ``catch_up_retry_s``) default to the
+        module's constants, which say what each is; tests make them small."""
         self.channel_id = channel_id
         self._store = store
         self._max_resume = max_resume_messages
         self._on_stopped = on_stopped
         self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
-        self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(MAILBOX_SIZE)
+        self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(mailbox_size)
         # Every member; of them, those given live messages, those not activated
         # yet, and those behind whose connection has room (to catch up next).
         # A member in none of the last three is behind, waiting for room.
@@ -257,6 +264,10 @@ class ChannelActor:
         self._retry_scheduled = False
         self._clock = clock
         self._hold_max_s = hold_max_s
+        self._max_pending = max_pending
+        self._catch_up_page = catch_up_page
+        self._catch_up_turn = catch_up_turn
+        self._catch_up_retry_s = catch_up_retry_s
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -506,7 +517,7 @@ class ChannelActor:
         """
         count = 0
         while after < head:
-            up_to = min(head, after + CATCH_UP_PAGE)
+            up_to = min(head, after + self._catch_up_page)
             page = await self._store.events_range(self.channel_id, after_seq=after, up_to_seq=up_to)
             count += len(page)
             if count > limit:
@@ -556,7 +567,7 @@ class ChannelActor:
         """
         subscriber = member.subscriber
         connection_id = subscriber.connection_id
-        budget = CATCH_UP_TURN
+        budget = self._catch_up_turn
         while self._members.get(connection_id) is member:
             replay_to = member.replay_to
             # Up to the newest id delivered live here (no Publish is handled
@@ -574,7 +585,7 @@ class ChannelActor:
                 self._kick()
                 return
             after = member.watermark
-            up_to = min(target, after + CATCH_UP_PAGE)
+            up_to = min(target, after + self._catch_up_page)
             budget -= up_to - after
             try:
                 page = await self._store.events_range(
@@ -582,7 +593,7 @@ class ChannelActor:
                 )
             except StoreError as exc:
                 log.warning("catch-up failed", channelId=self.channel_id, error=str(exc))
-                asyncio.get_running_loop().call_later(CATCH_UP_RETRY_S, member.wake)
+                asyncio.get_running_loop().call_later(self._catch_up_retry_s, member.wake)
                 return
             if self._members.get(connection_id) is not member:
                 return  # it left while storage answered
@@ -737,7 +748,7 @@ class ChannelActor:
                 pending = member.pending
                 if pending is None:
                     continue
-                if len(pending) < MAX_PENDING:
+                if len(pending) < self._max_pending:
                     pending.append((seq, frame))
                 else:  # a long wait: the activation reads them from storage instead
                     member.pending = None

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.gateway.outbox import FlushQueue, Outbox
 from chime_actors.gateway.persist_link import next_token
 from chime_actors.gateway.rate_limit import MessageRate
+from chime_actors.gateway.timers import LOOP_CLOCK, Clock, Timer
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.presence.hub import Member
@@ -207,7 +207,9 @@ class ConnectionActor:
 
     # No per-instance ``__dict__``: tens of thousands of these live in a gateway.
     __slots__ = (
+        "_abort_grace_s",
         "_budget",
+        "_clock",
         "_closing",
         "_expiry",
         "_id",
@@ -231,8 +233,25 @@ class ConnectionActor:
         query_user_id: str | None = None,
         transport_token: str | None = None,
         policy: RestartPolicy = DEFAULT_POLICY,
+        clock: Clock = LOOP_CLOCK,
+        abort_grace_s: float = ABORT_GRACE_S,
     ) -> None:
+        """Serve ``websocket`` for ``services`` (the gateway).
+
+        Args:
+            websocket: the accepted connection.
+            services: what the connection needs of its gateway.
+            query_user_id: the ``userId`` query parameter, if any.
+            transport_token: a token from ``?token=`` or the ``Authorization`` header.
+            policy: the failure budget of the frame handler.
+            clock: the timers' clock (the handshake timeout, the abort grace, the
+                token's exp): the event loop's, or a test's fake.
+            abort_grace_s: how long an aborted connection's close frame may take
+                before the TCP connection is dropped.
+        """
         chat = services.config.chat
+        self._clock = clock
+        self._abort_grace_s = abort_grace_s
         self._ws = websocket
         self._services = services
         self._query_user_id = query_user_id
@@ -241,7 +260,7 @@ class ConnectionActor:
         self._transport_token = transport_token
         self._identity = Identity("")
         # Fires when the token's exp (plus leeway) passes: error unauthorized, close 4001.
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Timer | None = None
         self._rate = services.message_rate.for_connection()
         self._id = uuid.uuid4().hex[:16]
         self._proto = ConnectionProtocol(
@@ -323,7 +342,7 @@ class ConnectionActor:
         # A client that does not read cannot take a close frame either: it waits
         # behind a full write buffer. Give the close a moment, then drop the TCP
         # connection so the reader, the buffer and the memory are released.
-        asyncio.get_running_loop().call_later(ABORT_GRACE_S, self._drop_transport)
+        self._clock.call_later(self._abort_grace_s, self._drop_transport)
 
     def _drop_transport(self) -> None:
         transport = self._ws.transport
@@ -345,7 +364,7 @@ class ConnectionActor:
         """Serve the connection until it closes; never raises."""
         metrics = self._services.metrics
         metrics.connections.inc()
-        timer = asyncio.get_running_loop().call_later(
+        timer = self._clock.call_later(
             self._services.config.chat.handshake_timeout_ms / 1000, self._handshake_timeout
         )
         try:
@@ -617,8 +636,8 @@ class ConnectionActor:
         if expires_at is None:
             return
         # exp is wall-clock time; the timer runs on the loop's monotonic clock.
-        delay = expires_at + self._services.authenticator.leeway_s - time.time()
-        self._expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._token_expired)
+        delay = expires_at + self._services.authenticator.leeway_s - self._clock.time()
+        self._expiry = self._clock.call_later(max(0.0, delay), self._token_expired)
 
     def _token_expired(self) -> None:
         self._expiry = None

@@ -24,7 +24,7 @@ import contextlib
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -69,7 +69,7 @@ from chime_actors.records import (
     SendRecord,
 )
 from chime_actors.storage.factory import make_store
-from chime_actors.storage.store import HistoryPage, annotated_history
+from chime_actors.storage.store import HistoryPage, MessageStore, annotated_history
 
 log = get_logger(__name__)
 
@@ -92,15 +92,34 @@ class GatewayCore:
     """One gateway: connections, channels, links to the persisters."""
 
     def __init__(
-        self, actor_id: ActorId, config: Config, chat_port: int, post: Any, supervisor: Any
+        self,
+        actor_id: ActorId,
+        config: Config,
+        chat_port: int,
+        post: Any,
+        supervisor: Any,
+        *,
+        store: MessageStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """A gateway; nothing listens until :meth:`start`.
+
+        Args:
+            actor_id: who we are.
+            config: the server's configuration.
+            chat_port: the chat port every gateway shares (``SO_REUSEPORT``).
+            post: how to send to other actors.
+            supervisor: the supervisor's address.
+            store: the storage channels and history read (default: the configured one).
+            clock: monotonic seconds, for rate limits, admission and the persist links.
+        """
         self.actor_id = actor_id
         self.config = config
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
         self.fault_injection = config.testing.fault_injection
         self.authenticator = Authenticator(config.auth)
-        self.message_rate = MessageRate(config.limits.messages_per_10s, time.monotonic)
+        self.message_rate = MessageRate(config.limits.messages_per_10s, clock)
         # Every connection's outbox is flushed from this one queue (one callback a turn).
         self.flush_queue = FlushQueue()
         self._chat_port = chat_port
@@ -110,12 +129,13 @@ class GatewayCore:
         self._redis_bridge: Any = None
         self._multi_host = config.bus.backend is BusBackend.REDIS
         self.presence = PresenceHub(actor_id.index, post, multi_host=self._multi_host)
-        self._store = make_store(config)
+        self._store = store if store is not None else make_store(config)
         self._links = [
             PersistLink(
                 actor_id.index,
                 post,
                 ack_timeout_s=config.chat.ack_timeout_ms / 1000,
+                clock=clock,
             )
             for _ in range(config.persisters)
         ]
@@ -138,7 +158,7 @@ class GatewayCore:
         self._admission = Admission(
             replace(config, chat=replace(config.chat, max_connections=share)),
             open_connections=lambda: len(self._connections),
-            clock=time.monotonic,
+            clock=clock,
         )
 
     # --- ActorCore ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import PersistBatch
-from chime_actors.storage.factory import make_store
+from chime_actors.storage.factory import Storage, make_store
 
 log = get_logger(__name__)
 
@@ -34,16 +34,30 @@ class PersisterCore:
         post: Any,
         *,
         wait_writable: Callable[[], Awaitable[None]] | None = None,
+        store: Storage | None = None,
+        ids: RedisIds | None = None,
     ) -> None:
+        """A persister; nothing is opened until :meth:`start`.
+
+        Args:
+            actor_id: who we are.
+            config: the server's configuration.
+            post: how to send to other actors.
+            wait_writable: the lanes' backpressure (see ``PersistWriter``).
+            store: the storage to write to, messages and attachments (default: the
+                configured one).
+            ids: the ids shared by every host (default: Redis's with
+                ``bus.backend: redis``, none with the local bus).
+        """
         self.actor_id = actor_id
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
         self._post = post
-        self._store = make_store(config)
-        self._ids: RedisIds | None = None
-        if config.bus.backend is BusBackend.REDIS:
+        self._store = store if store is not None else make_store(config)
+        if ids is None and config.bus.backend is BusBackend.REDIS:
             # Ids and client-id claims shared by every host (persister.redis_ids).
-            self._ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
+            ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
+        self._ids = ids
         self._writer = PersistWriter(
             self._store,
             post,

@@ -77,11 +77,14 @@ class PersistWriter:
         ids: RedisIds | None = None,
         wait_writable: Callable[[], Awaitable[None]] | None = None,
         attachments: AttachmentStore | None = None,
+        max_records_per_write: int = MAX_RECORDS_PER_WRITE,
     ) -> None:
         self._store = store
         # Where sends' attachments are looked up (persister.attachments); without
         # one a send that lists any is refused as listing unknown files.
         self._attachments = attachments
+        # A group commit takes queued batches up to this many records.
+        self._max_records = max_records_per_write
         # Backpressure from the lanes: a write waits while a gateway's lane is
         # congested, so deliveries never pile up faster than gateways read them.
         self._wait_writable = wait_writable
@@ -143,7 +146,7 @@ class PersistWriter:
             first = await self._inbox.get()
             taken = [first]
             count = len(first[0].records)
-            while count < MAX_RECORDS_PER_WRITE and not self._inbox.empty():
+            while count < self._max_records and not self._inbox.empty():
                 item = self._inbox.get_nowait()
                 taken.append(item)
                 count += len(item[0].records)

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.e2e.load import server_pids
-from tests.e2e.server_process import ServerProcess
+from tests.support.servers import ServerProcess
 
 T = TypeVar("T")
 

@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -24,7 +23,11 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import ServerProcess, running_server
+
+# Importable from here as before (branches written before tests/support); new code
+# imports it from tests.support.polling.
+from tests.support.polling import wait_until as wait_until
+from tests.support.servers import ServerProcess, running_server
 
 T = TypeVar("T")
 
@@ -233,20 +236,6 @@ def http_request(
             status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
     text = raw.decode()
     return status, json.loads(text) if "json" in ctype and text else text
-
-
-def wait_until(
-    check: Callable[[], T], timeout: float = 15, interval: float = 0.1, what: str = ""
-) -> T:
-    """Poll ``check`` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(interval)
 
 
 def assert_chime_message(msg: dict[str, Any]) -> None:

@@ -27,16 +27,19 @@ import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.e2e.server_process import ServerProcess
+from tests.support.polling import until, wait_until
+from tests.support.servers import ServerProcess
 
-T = TypeVar("T")
+# The names these pollers had here (branches written before tests/support use them).
+poll = wait_until
+apoll = until
 
 ACK_TIMEOUT_MS = 3000
 # A send may be answered one maintenance tick (0.5 s) after the ack timeout; the
@@ -51,36 +54,6 @@ OVERRIDES: dict[str, Any] = {
 SEND_PACE_S = 0.005
 SEND_WINDOW = 8
 FIRST_ID = "0" * 16  # ``after`` this id = from the start of a channel
-
-
-# --- polling (never a bare sleep to synchronise) -------------------------------------
-
-
-def _met(value: T | None, deadline: float, timeout: float, what: str) -> bool:
-    """Whether ``value`` is truthy; fails once past ``deadline``."""
-    if value:
-        return True
-    if time.monotonic() > deadline:
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-    return False
-
-
-def poll(cond: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005) -> T:
-    """Return ``cond()`` once it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not _met(value := cond(), deadline, timeout, what):
-        time.sleep(interval)
-    return cast(T, value)
-
-
-async def apoll(
-    cond: Callable[[], T | None], timeout: float, what: str, interval: float = 0.01
-) -> T:
-    """``poll`` for coroutines: yields to the loop between checks."""
-    deadline = time.monotonic() + timeout
-    while not _met(value := cond(), deadline, timeout, what):
-        await asyncio.sleep(interval)
-    return cast(T, value)
 
 
 # --- the server's processes ------------------------------------------------------------
@@ -124,7 +97,9 @@ def server_pids(server: ServerProcess, title: str | None = None) -> list[int]:
 
 
 def one_pid(server: ServerProcess, title: str) -> int:
-    pids = poll(lambda: server_pids(server, title), 10, f"a process titled {title!r}")
+    pids = wait_until(
+        lambda: server_pids(server, title), 10, f"a process titled {title!r}", interval=0.005
+    )
     assert len(pids) == 1, f"{title!r}: {pids}"
     return pids[0]
 
@@ -157,14 +132,14 @@ async def kill_and_wait_restart(server: ServerProcess, actor: str) -> dict[str, 
     log_mark = len(server.log_lines())
     killed_at = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    new = await apoll(
+    new = await until(
         lambda: [p for p in server_pids(server, title) if p != old],
         RESTART_TIMEOUT_S,
         f"a new {title!r}",
         interval=0.002,
     )
     titled_at = time.monotonic()
-    line = await apoll(
+    line = await until(
         lambda: restart_logged(server, actor, log_mark),
         RESTART_TIMEOUT_S,
         f"'actor restarted' for {actor}",
@@ -584,7 +559,7 @@ async def check_watchers_received(
 
 async def wait_flowing(senders: list[Sender], watchers: list[Watcher], count: int = 5) -> None:
     """Wait until every sender has ``count`` acks and every watcher ``count`` messages."""
-    await apoll(
+    await until(
         lambda: (
             all(len(s.acked) >= count for s in senders)
             and all(len(w.ids[c]) >= count for w in watchers for c in w.channels)
@@ -621,4 +596,4 @@ async def wait_acked_since(
     senders: list[Sender], moment: float, count: int, timeout: float, what: str
 ) -> None:
     """Wait until every sender has ``count`` acks after ``moment``."""
-    await apoll(lambda: all(s.acks_since(moment) >= count for s in senders), timeout, what)
+    await until(lambda: all(s.acks_since(moment) >= count for s in senders), timeout, what)

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import ServerProcess, group_pids
+from tests.support.servers import ServerProcess, group_pids
 
 
 def gateway_serving(server: ServerProcess, client: Client, workers: int = 2) -> int:

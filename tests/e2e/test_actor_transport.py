@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import clients, fresh, run, send_message
-from tests.e2e.server_process import ServerProcess, group_pids, running_server
+from tests.support.servers import ServerProcess, group_pids, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from chime_actors.server import child_pids, session_members
-from tests.e2e.server_process import kill_group
+from tests.support.servers import kill_group
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.conftest import run
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

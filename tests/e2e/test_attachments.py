@@ -24,7 +24,7 @@ import pytest
 from tests.e2e import attachment_http as http
 from tests.e2e.client import Client
 from tests.e2e.conftest import received
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -34,9 +34,10 @@ from chime_actors.client import (
     ResumeFailed,
 )
 from tests.e2e.conftest import TIGHT_MAX_RESUME, fresh, run
-from tests.e2e.load import apoll, kill_leftovers, rest_history
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.load import kill_leftovers, rest_history
 from tests.e2e.tcp_proxy import TcpProxy
+from tests.support.polling import until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -103,7 +104,7 @@ def test_send_is_acked_and_received_by_everyone(server: ServerProcess) -> None:
             ack = await alice.send(channel, "hello", metadata={"lang": "en"})
             assert isinstance(ack, Ack) and ack.channel_id == channel
             assert alice.pending == ()
-            await apoll(lambda: b.ids(channel) and a.ids(channel), WAIT_S, "the message")
+            await until(lambda: b.ids(channel) and a.ids(channel), WAIT_S, "the message")
             (got,) = b.of(Message)
             assert got.message.message_id == ack.message_id
             assert (got.message.user_id, got.message.content) == ("alice", "hello")
@@ -130,7 +131,7 @@ def test_subscribe_unsubscribe_and_requests_the_server_lacks(server: ServerProce
             assert alice.channels == (first, second)
             await bob.subscribe([second])
             ack = await bob.send(second, "in the second channel")
-            await apoll(lambda: a.ids(second) == [int(ack.message_id)], WAIT_S, "second")
+            await until(lambda: a.ids(second) == [int(ack.message_id)], WAIT_S, "second")
             unsubscribed = await alice.unsubscribe([first])
             assert unsubscribed is not None and first in unsubscribed.channels
             assert alice.channels == (second,)
@@ -171,22 +172,22 @@ def test_acks_lost_with_the_connection_are_resent_and_stored_once(
                 await sender.send(channel, "before")
                 # Nothing in flight to the sender when replies start to be dropped
                 # (half a frame dropped would break the stream, not lose an ack).
-                await apoll(lambda: s.ids(channel) == [1], WAIT_S, "the sender's own copy")
+                await until(lambda: s.ids(channel) == [1], WAIT_S, "the sender's own copy")
                 proxy.drop_replies = True
                 sent = [sender.send_nowait(channel, f"lost ack {n}") for n in range(3)]
                 # Stored (the watcher has them) though the sender heard nothing.
-                await apoll(lambda: len(w.ids(channel)) == 4, WAIT_S, "the watcher's copies")
+                await until(lambda: len(w.ids(channel)) == 4, WAIT_S, "the watcher's copies")
                 assert len(sender.pending) == 3
                 proxy.drop_replies = False
                 proxy.cut()
-                await apoll(lambda: not sender.pending, WAIT_S, "the resent sends' acks")
+                await until(lambda: not sender.pending, WAIT_S, "the resent sends' acks")
                 acks = {a.client_msg_id: a.message_id for a in s.of(Ack)}
                 stored = {m.message.client_msg_id: m.message.message_id for m in w.of(Message)}
                 for pending in sent:
                     assert acks[pending.client_msg_id] == stored[pending.client_msg_id]
                 assert s.of(Disconnected) and s.of(Connected)[-1].reconnect
                 # The sender's resume replays its own three messages, once each.
-                await apoll(lambda: s.ids(channel) == [1, 2, 3, 4], WAIT_S, "the replay")
+                await until(lambda: s.ids(channel) == [1, 2, 3, 4], WAIT_S, "the replay")
                 assert w.ids(channel) == [1, 2, 3, 4]
             history = await asyncio.get_running_loop().run_in_executor(
                 None, own_history, server, channel, "sender"
@@ -219,24 +220,24 @@ def test_a_server_restart_loses_and_repeats_nothing(tmp_path: Path) -> None:
                 async with recorders(sender, watcher) as (s, w):
                     for n in range(5):
                         await sender.send(channel, f"before {n}")
-                    await apoll(lambda: w.ids(channel) == [1, 2, 3, 4, 5], WAIT_S, "1..5")
+                    await until(lambda: w.ids(channel) == [1, 2, 3, 4, 5], WAIT_S, "1..5")
                     proxy.hold()  # the watcher stays away until released
                     assert await loop.run_in_executor(None, first.stop) == 0
                     while_down = [sender.send_nowait(channel, f"while down {n}") for n in range(3)]
-                    await apoll(lambda: s.of(Disconnected), WAIT_S, "the sender to notice")
+                    await until(lambda: s.of(Disconnected), WAIT_S, "the sender to notice")
                     second = await loop.run_in_executor(
                         None, stack.enter_context, running_server(workdir, ports)
                     )
                     servers.append(second)
-                    await apoll(lambda: not sender.pending, WAIT_S, "the resent sends")
+                    await until(lambda: not sender.pending, WAIT_S, "the resent sends")
                     for n in range(4):
                         await sender.send(channel, f"after {n}")
                     proxy.release()
-                    await apoll(lambda: w.of(Resumed), WAIT_S, "the watcher to resume")
+                    await until(lambda: w.of(Resumed), WAIT_S, "the watcher to resume")
                     assert w.of(Resumed)[-1].count == 7
                     for n in range(2):
                         await sender.send(channel, f"live {n}")
-                    await apoll(lambda: len(w.ids(channel)) >= 14, WAIT_S, "the live ones")
+                    await until(lambda: len(w.ids(channel)) >= 14, WAIT_S, "the live ones")
                     assert w.ids(channel) == list(range(1, 15))
                     replayed = [e.replayed for e in w.of(Message)]
                     assert replayed == [False] * 5 + [True] * 7 + [False] * 2
@@ -295,16 +296,16 @@ def test_a_gap_too_large_to_replay_is_paged_from_history(tight_server: ServerPro
             watcher = ChimeClient(proxy.url, user_id="w", channels=[channel], options=FAST)
             async with recorders(sender, watcher) as (_, w):
                 await sender.send(channel, "first")
-                await apoll(lambda: w.ids(channel) == [1], WAIT_S, "the first message")
+                await until(lambda: w.ids(channel) == [1], WAIT_S, "the first message")
                 proxy.hold()
                 for n in range(missed):
                     await sender.send(channel, f"missed {n}")
                 proxy.release()
-                await apoll(lambda: w.of(GapFilled), WAIT_S, "the gap to be paged")
+                await until(lambda: w.of(GapFilled), WAIT_S, "the gap to be paged")
                 assert w.of(ResumeFailed)[-1].reason == "too_many"
                 assert w.of(GapFilled)[-1] == GapFilled(channel, missed, complete=True)
                 await sender.send(channel, "live")
-                await apoll(lambda: len(w.ids(channel)) >= missed + 2, WAIT_S, "the live one")
+                await until(lambda: len(w.ids(channel)) >= missed + 2, WAIT_S, "the live one")
                 assert w.ids(channel) == list(range(1, missed + 3))
         finally:
             await proxy.close()

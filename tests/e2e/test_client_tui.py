@@ -26,10 +26,11 @@ from pathlib import Path
 import pytest
 
 from chime_actors.client import ChimeClient, Message
-from tests.e2e.conftest import fresh, http_request, run, wait_until
-from tests.e2e.load import apoll, rest_history
-from tests.e2e.server_process import ServerProcess, restart_overrides, running_server
+from tests.e2e.conftest import fresh, http_request, run
+from tests.e2e.load import rest_history
 from tests.e2e.tcp_proxy import TcpProxy
+from tests.support.polling import until, wait_until
+from tests.support.servers import ServerProcess, restart_overrides, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -129,13 +130,13 @@ def test_the_terminal_client_shows_pending_acked_and_live_messages(
             tmux.start(
                 [CHIME, "client", "--url", proxy.url, "--user", "alice", "--channel", channel]
             )
-            await apoll(lambda: "connected as alice" in tmux.text(), WAIT_S, "the client")
+            await until(lambda: "connected as alice" in tmux.text(), WAIT_S, "the client")
             await bob.connect()
             collector = asyncio.ensure_future(collect())
 
             # Half a line typed; a message from bob prints above it, the input stays.
             tmux.type("half typed", enter=False)
-            await apoll(lambda: "half typed" in tmux.text(), WAIT_S, "the typing")
+            await until(lambda: "half typed" in tmux.text(), WAIT_S, "the typing")
             await bob.send(channel, "hi from bob")
 
             def bob_above_the_input(screen: list[str]) -> bool:
@@ -148,26 +149,26 @@ def test_the_terminal_client_shows_pending_acked_and_live_messages(
                     and screen[typing] == f"#{channel}> half typed"
                 )
 
-            await apoll(lambda: bob_above_the_input(tmux.screen()), WAIT_S, "bob's line above")
+            await until(lambda: bob_above_the_input(tmux.screen()), WAIT_S, "bob's line above")
             tmux.keys("C-u")
 
             # The server stores alice's line but its ack is lost: shown pending.
             proxy.drop_replies = True
             tmux.type("hello from alice")
-            await apoll(lambda: "hello from alice" in bob_seen, WAIT_S, "it to be stored")
-            await apoll(
+            await until(lambda: "hello from alice" in bob_seen, WAIT_S, "it to be stored")
+            await until(
                 lambda: '1 sending: "hello from alice" …' in tmux.text(), WAIT_S, "pending mark"
             )
             assert row_of(tmux.screen(), r"alice: hello from alice") is None
             # The connection drops; the client reconnects, resends, is acked: ✓ and the id.
             proxy.drop_replies = False
             proxy.cut()
-            await apoll(
+            await until(
                 lambda: row_of(tmux.screen(), r"^\d\d:\d\d alice: hello from alice ✓ #2$"),
                 WAIT_S,
                 "the acked line",
             )
-            await apoll(
+            await until(
                 lambda: input_row(tmux.screen(), channel) and "sending" not in tmux.text(),
                 WAIT_S,
                 "no pending mark",
@@ -178,14 +179,14 @@ def test_the_terminal_client_shows_pending_acked_and_live_messages(
 
             # /join switches the input line to the new channel; /who answers either way.
             tmux.type(f"/join {side}")
-            await apoll(
+            await until(
                 lambda: any(line.startswith(f"#{side}>") for line in tmux.screen()),
                 WAIT_S,
                 "the new prompt",
             )
-            await apoll(lambda: row_of(tmux.screen(), f"joined #{side}"), WAIT_S, "joined")
+            await until(lambda: row_of(tmux.screen(), f"joined #{side}"), WAIT_S, "joined")
             tmux.type("/who")
-            await apoll(
+            await until(
                 lambda: row_of(tmux.screen(), r"^-- (/who: this server does not support presence"
                                r" yet|online in #)"),
                 WAIT_S,
@@ -193,7 +194,7 @@ def test_the_terminal_client_shows_pending_acked_and_live_messages(
             )  # fmt: skip
 
             tmux.type("/quit")
-            await apoll(lambda: not tmux.alive(), WAIT_S, "the client to exit")
+            await until(lambda: not tmux.alive(), WAIT_S, "the client to exit")
         finally:
             await bob.close()
             if collector is not None:

@@ -48,7 +48,6 @@ from tests.e2e.load import (
     Sender,
     Watcher,
     alive,
-    apoll,
     channel_owned_by,
     check_senders,
     check_stored,
@@ -71,7 +70,8 @@ from tests.e2e.load import (
     wait_flowing,
     write_times,
 )
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.polling import until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -248,7 +248,7 @@ def test_gateway_sigkill_under_load(tmp_path: Path) -> None:
                     restarted_at = time.monotonic()
                     # The other gateway's watchers keep receiving (they are never
                     # disconnected: checked at the end).
-                    await apoll(
+                    await until(
                         lambda: all(w.count_since(channel, killed_at) >= 5 for w in survivors),
                         5,
                         "gateway 2's watchers to receive after the kill",
@@ -257,7 +257,7 @@ def test_gateway_sigkill_under_load(tmp_path: Path) -> None:
                         max(max_stall(w, channel, killed_at, restarted_at) for w in survivors)
                     )
                     # The killed gateway's clients noticed, and resumed.
-                    await apoll(
+                    await until(
                         lambda: (
                             all(w.disconnects >= 1 for w in watchers_on["chime: gateway 1"])
                             and all(s.disconnects >= 1 for s in senders_on["chime: gateway 1"])
@@ -275,14 +275,14 @@ def test_gateway_sigkill_under_load(tmp_path: Path) -> None:
                     # The new gateway 1 serves: a client that lands on it sends and receives.
                     fresh = await on_each_gateway(server, make_watcher, 1)
                     probe_watcher = fresh["chime: gateway 1"][-1]
-                    await apoll(
+                    await until(
                         lambda: len(probe_watcher.ids[channel]) >= 5,
                         10,
                         "the restarted gateway to deliver",
                     )
                     probe = await on_each_gateway(server, make_sender, 1)
                     probe_sender = probe["chime: gateway 1"][-1]
-                    await apoll(
+                    await until(
                         lambda: len(probe_sender.acked) >= 5, 10, "the restarted gateway to ack"
                     )
                 check_senders(senders, allowed_errors={"unavailable"})
@@ -369,12 +369,12 @@ def test_api_sigkill_under_load(tmp_path: Path) -> None:
 
                     loop = asyncio.get_running_loop()
                     # Down first (the kill took), then up again on the same port.
-                    await apoll(lambda: not alive(old), 5, "the API process to die")
+                    await until(lambda: not alive(old), 5, "the API process to die")
                     while not await loop.run_in_executor(None, healthy):
                         assert time.monotonic() - killed_at < RESTART_TIMEOUT_S, "no /healthz"
                         await asyncio.sleep(0.005)
                     healthy_at = time.monotonic()
-                    line = await apoll(
+                    line = await until(
                         lambda: restart_logged(server, "api", 0), 10, "'actor restarted' for api"
                     )
                     assert one_pid(server, "chime: api") != old
@@ -425,7 +425,7 @@ def test_connection_actor_exception(tmp_path: Path) -> None:
                     correlations = []
                     for attempt in range(3):
                         await victim.send(CRASH_CONNECTION)
-                        error = await apoll(
+                        error = await until(
                             lambda n=attempt: [
                                 f for f in victim.frames if f.get("type") == "error"
                             ][n:],
@@ -445,7 +445,7 @@ def test_connection_actor_exception(tmp_path: Path) -> None:
                                 "clientMsgId": f"victim-{attempt}",
                             }
                         )
-                        await apoll(
+                        await until(
                             lambda n=attempt: any(
                                 f.get("type") == "ack" and f.get("clientMsgId") == f"victim-{n}"
                                 for f in victim.frames
@@ -456,12 +456,12 @@ def test_connection_actor_exception(tmp_path: Path) -> None:
                     # Escalation: the 6th failure within 10 s closes the connection 1011.
                     for _ in range(6):
                         await doomed.send(CRASH_CONNECTION)
-                    await apoll(lambda: doomed.close_codes, 10, "the doomed connection to close")
+                    await until(lambda: doomed.close_codes, 10, "the doomed connection to close")
                     assert doomed.close_codes == [1011], doomed.close_codes
                     internal = [f for f in doomed.frames if f.get("code") == "internal"]
                     assert len(internal) == 6, doomed.frames
                     mark = time.monotonic()
-                    await apoll(
+                    await until(
                         lambda: (
                             all(s.acks_since(mark) >= 5 for s in senders)
                             and victim.count_since(channel, mark) >= 5
@@ -516,7 +516,7 @@ def test_channel_actor_exception(tmp_path: Path) -> None:
                             if line.get("message") == "channel actor failed"
                         ]
 
-                    logged = await apoll(
+                    logged = await until(
                         lambda: len(failures()) >= len(crashers) and failures(),
                         10,
                         "the channel actors to fail",
@@ -526,7 +526,7 @@ def test_channel_actor_exception(tmp_path: Path) -> None:
                         title.removeprefix("chime: ") for title in crashers
                     }
                     mark = time.monotonic()
-                    await apoll(
+                    await until(
                         lambda: all(w.count_since(w.channels[0], mark) >= 10 for w in watchers),
                         10,
                         "messages after the crash",
@@ -556,13 +556,13 @@ def test_channel_actor_escalation(tmp_path: Path) -> None:
                     doomed, spared = placed["chime: gateway 1"], placed["chime: gateway 2"]
                     for _ in range(6):
                         await doomed[0].send(crash_channel(channel))
-                    await apoll(
+                    await until(
                         lambda: all(w.close_codes for w in doomed), 10, "the subscribers' close"
                     )
                     for watcher in doomed:
                         assert watcher.close_codes[0] == 1011, watcher.close_codes
                     mark = time.monotonic()
-                    await apoll(
+                    await until(
                         lambda: all(w.count_since(channel, mark) >= 10 for w in watchers),
                         15,
                         "every subscriber to receive again",
@@ -605,7 +605,7 @@ def test_acked_means_durable_through_every_fault(tmp_path: Path) -> None:
                     for channel in channels:
                         await watchers[1].send(crash_channel(channel))
                     await progress("the handler exceptions")
-                    await apoll(
+                    await until(
                         lambda: [f for f in watchers[0].frames if f.get("code") == "internal"],
                         10,
                         "the injected connection failure's error",
@@ -616,7 +616,7 @@ def test_acked_means_durable_through_every_fault(tmp_path: Path) -> None:
                         await progress(f"the kill of {actor}")
                     old_api = one_pid(server, "chime: api")
                     os.kill(old_api, signal.SIGKILL)
-                    await apoll(
+                    await until(
                         lambda: [p for p in server_pids(server, "chime: api") if p != old_api],
                         RESTART_TIMEOUT_S,
                         "a new API process",
@@ -720,11 +720,11 @@ def test_unavailable_means_not_stored_without_a_client_msg_id(tmp_path: Path) ->
             senders = [BareSender(server.url, f"b{n}", channel) for n in range(6)]
             tasks = [asyncio.get_running_loop().create_task(s.run()) for s in senders]
             try:
-                await apoll(lambda: all(len(s.acked) >= 5 for s in senders), 20, "sends flow")
+                await until(lambda: all(len(s.acked) >= 5 for s in senders), 20, "sends flow")
                 for _ in range(3):
                     await kill_and_wait_restart(server, "persister 1")
                     mark = {s.user: len(s.acked) for s in senders}
-                    await apoll(
+                    await until(
                         lambda mark=mark: all(len(s.acked) > mark[s.user] + 3 for s in senders),
                         30,
                         "acks after the restart",
@@ -809,7 +809,7 @@ def test_changes_in_flight_to_a_killed_persister_are_settled(tmp_path: Path) -> 
                     await asyncio.gather(*tasks)
 
                 streaming = asyncio.get_running_loop().create_task(stream())
-                await apoll(lambda: len(answers) >= requests // 4, 30, "a quarter answered")
+                await until(lambda: len(answers) >= requests // 4, 30, "a quarter answered")
                 await kill_and_wait_restart(server, "persister 1")
                 await asyncio.wait_for(streaming, 120)
                 reader.cancel()

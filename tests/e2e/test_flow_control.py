@@ -41,9 +41,9 @@ from tests.e2e.conftest import (
     run,
     seen,
     send_message,
-    wait_until,
 )
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -232,7 +232,6 @@ def test_a_client_that_stops_reading_during_a_replay_is_still_closed(
                         for line in stall_server.log_lines()
                     ),
                     30,
-                    0.1,
                     "slow consumer closed",
                 )
                 replayed = 0

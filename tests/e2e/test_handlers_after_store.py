@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import clients, fresh, received, run, send_message, wait_until
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.conftest import clients, fresh, received, run, send_message
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import clients, expect_error, fresh, received, run, send_message
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

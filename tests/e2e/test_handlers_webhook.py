@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import clients, fresh, run, send_message, wait_until
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.conftest import clients, fresh, run, send_message
 from tests.e2e.webhook_receiver import Receiver, receiver, webhook_handler
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 __all__ = ["receiver"]  # the fixture, used by name
 

@@ -27,9 +27,10 @@ from websockets.sync.client import connect as ws_connect
 
 import chime_actors
 from chime_actors.api import openapi
-from tests.e2e.conftest import fresh, wait_until
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.conftest import fresh
 from tests.openapi_check import ApiDocument, Exchange
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.conftest import clients, expect_error, fresh, run, send_message, wait_until
+from tests.e2e.conftest import clients, expect_error, fresh, run, send_message
 from tests.e2e.presence_helpers import (
     connect_on,
     expect_presence,
@@ -28,7 +28,8 @@ from tests.e2e.presence_helpers import (
     query_presence,
     wait_online,
 )
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

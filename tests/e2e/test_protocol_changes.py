@@ -28,7 +28,7 @@ from tests.e2e.conftest import (
     run,
     send_message,
 )
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

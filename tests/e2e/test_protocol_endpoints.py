@@ -8,8 +8,9 @@ import re
 import orjson
 import pytest
 
-from tests.e2e.conftest import clients, fresh, http_get, run, send_message, wait_until
-from tests.e2e.server_process import ServerProcess
+from tests.e2e.conftest import clients, fresh, http_get, run, send_message
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +68,7 @@ def test_readyz_all_checks_true_after_start(server: ServerProcess) -> None:
         assert status in (200, 503), (status, body)
         return (status, body) if status == 200 else None
 
-    _, body = wait_until(ready, 10, 0.1, "readyz 200")
+    _, body = wait_until(ready, 10, "readyz 200")
     assert body["ready"] is True
     assert body["checks"], body
     assert all(v is True for v in body["checks"].values()), body
@@ -91,7 +92,7 @@ def test_metrics_exposes_counters_per_process(server: ServerProcess) -> None:
                 return text if ok else None
 
             # Metrics are pushed to the API actor once a second: poll.
-            text = await asyncio.to_thread(wait_until, counted, 15, 0.2, "metrics")
+            text = await asyncio.to_thread(wait_until, counted, 15, "metrics", interval=0.2)
             processes = set(_samples(text, "chime_messages_in_total"))
             assert {"gateway 1", "gateway 2"} <= processes, processes
             assert {"persister 1", "persister 2"} <= processes, processes
@@ -105,4 +106,4 @@ def test_metrics_exposes_counters_per_process(server: ServerProcess) -> None:
         conns = _samples(text, "chime_connections")
         return {"gateway 1", "gateway 2"} <= set(conns) and sum(conns.values()) == 0
 
-    wait_until(all_closed, 15, 0.2, "chime_connections back to 0")
+    wait_until(all_closed, 15, "chime_connections back to 0", interval=0.2)

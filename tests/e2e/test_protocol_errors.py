@@ -20,9 +20,9 @@ from tests.e2e.conftest import (
     received,
     run,
     send_message,
-    wait_until,
 )
-from tests.e2e.server_process import ServerProcess
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -400,4 +400,4 @@ def test_connections_closed_badly_are_all_released(server: ServerProcess) -> Non
         ]
         return sum(values) if len(values) == 2 else None
 
-    wait_until(lambda: connections() == 0, 15, 0.2, "chime_connections back to 0")
+    wait_until(lambda: connections() == 0, 15, "chime_connections back to 0", interval=0.2)

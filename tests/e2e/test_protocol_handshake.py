@@ -16,7 +16,7 @@ from tests.e2e.conftest import (
     run,
     send_message,
 )
-from tests.e2e.server_process import ServerProcess
+from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

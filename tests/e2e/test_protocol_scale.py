@@ -16,9 +16,9 @@ from tests.e2e.conftest import (
     received,
     run,
     send_message,
-    wait_until,
 )
-from tests.e2e.server_process import ServerProcess
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def test_200_clients_over_two_gateways_all_receive_a_broadcast(server: ServerPro
                     counts[match["process"]] = float(match["value"])
                 return counts if sum(counts.values()) >= CLIENTS else None
 
-            counts = await asyncio.to_thread(wait_until, by_gateway, 15, 0.2, "gauges")
+            counts = await asyncio.to_thread(wait_until, by_gateway, 15, "gauges", interval=0.2)
             assert set(counts) == {"gateway 1", "gateway 2"}, counts
             assert all(value > 0 for value in counts.values()), counts
 

@@ -20,7 +20,7 @@ from tests.e2e.conftest import (
     seen,
     send_message,
 )
-from tests.e2e.server_process import ServerProcess
+from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

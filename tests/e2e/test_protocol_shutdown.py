@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.client import Client
 from tests.e2e.conftest import clients, expect_close, fresh, http_get, run, send_message
-from tests.e2e.server_process import running_server
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.e2e
 

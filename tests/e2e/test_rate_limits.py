@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import clients, expect_close, fresh, run, send_message
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chime_actors.open_files import RESERVE_FDS
-from tests.e2e.server_process import ServerProcess, group_pids, running_server
+from tests.support.servers import ServerProcess, group_pids, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,9 @@ from websockets.exceptions import ConnectionClosed
 
 from chime_actors.bench.stats import summarize
 from chime_actors.bench.target import Target
-from tests.e2e.conftest import fresh, run, wait_until
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.conftest import fresh, run
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -147,7 +148,7 @@ async def flood(server: ServerProcess, memory: dict[str, int]) -> None:
 
         # The server gave up on the slow one ...
         await asyncio.to_thread(
-            wait_until, lambda: slow_consumer_closed(server), 30, 0.1, "slow consumer closed"
+            wait_until, lambda: slow_consumer_closed(server), 30, "slow consumer closed"
         )
         memory["after"] = Target(server.url, server.proc.pid, server.sessions).memory().rss_kib
         # ... and, once it reads again, it finds a cut-off stream and the end of the

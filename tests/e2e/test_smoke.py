@@ -6,7 +6,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import running_server
+from tests.support.servers import running_server
 
 
 def test_send_ack_broadcast_history(tmp_path: Path) -> None:

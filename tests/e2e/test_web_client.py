@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.e2e.browser import PHONE, Page, browsers, gateways_serving, require_chromium
 from tests.e2e.conftest import fresh, http_get, http_request
 from tests.e2e.load import RESTART_TIMEOUT_S, alive, server_pids
-from tests.e2e.server_process import ServerProcess, restart_overrides, running_server
+from tests.support.servers import ServerProcess, restart_overrides, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ import orjson
 from websockets.sync.client import connect
 
 from tests.e2e.browser import DESKTOP, PHONE, browsers
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 CONVERSATION = [
     ("bob", "general", "Morning! Is the release still on for today?"),

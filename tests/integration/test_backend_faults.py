@@ -45,7 +45,6 @@ from tests.e2e.load import (
     SILENCE_LIMIT_S,
     Sender,
     Watcher,
-    apoll,
     channel_owned_by,
     check_senders,
     check_stored,
@@ -54,7 +53,6 @@ from tests.e2e.load import (
     kill_and_wait_restart,
     kill_leftovers,
     ms,
-    poll,
     rest_history,
     server_pids,
     start_flowing,
@@ -63,8 +61,9 @@ from tests.e2e.load import (
     wait_caught_up,
     write_times,
 )
-from tests.e2e.server_process import ServerProcess, running_server
 from tests.integration.services import backend_overrides, load_services
+from tests.support.polling import until, wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +166,7 @@ class OwnRedis:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
             )
-        poll(self._answers, 10, f"redis-server on port {self.port}", interval=0.01)
+        wait_until(self._answers, 10, f"redis-server on port {self.port}", interval=0.01)
 
     def _answers(self) -> bool:
         assert self.proc is not None
@@ -450,13 +449,13 @@ async def wait_outage(
     """A backend went down at ``down_at``: wait until every sender was answered
     ``unavailable`` once more than ``before``, then until the outage lasted
     ``OUTAGE_S``. Returns the ms from ``down_at`` to the last sender's refusal."""
-    await apoll(
+    await until(
         lambda: all(len(s.errors_with("unavailable")) >= before[s.user] + 1 for s in senders),
         RECOVERY_TIMEOUT_S,
         f"every sender to be answered 'unavailable' while {what}",
     )
     refused_ms = ms(time.monotonic() - down_at)
-    await apoll(lambda: time.monotonic() - down_at >= OUTAGE_S, OUTAGE_S + 1, "the outage to last")
+    await until(lambda: time.monotonic() - down_at >= OUTAGE_S, OUTAGE_S + 1, "the outage to last")
     return refused_ms
 
 
@@ -527,7 +526,7 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
                         ) = await wait_acked_again(senders, restarted_at, "the Redis restart")
                         # Channel 0 is sent to on A only, channel 1 on B only: a watcher on
                         # the other host gets them through Redis alone.
-                        await apoll(
+                        await until(
                             lambda: (
                                 all(w.count_since(channels[0], restarted_at) >= 10 for w in on_b)
                                 and all(
@@ -617,7 +616,7 @@ def test_cassandra_cut_off_under_load(tmp_path: Path) -> None:
                             servers, 200, restored_at, RECOVERY_TIMEOUT_S
                         )
                         mark = time.monotonic()
-                        await apoll(
+                        await until(
                             lambda: (
                                 all(s.acks_since(mark) >= 20 for s in senders)
                                 and all(
@@ -692,7 +691,7 @@ def test_bridge_and_persister_sigkill_under_load(tmp_path: Path) -> None:
             ]
 
             async def cross_host(moment: float, what: str) -> dict[str, float]:
-                await apoll(
+                await until(
                     lambda: (
                         all(w.count_since(c, moment) >= 10 for w in watchers for c in channels)
                         and all(s.acks_since(moment) >= 10 for s in senders)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,6 +20,7 @@ from chime_actors.handlers.redis_feed import RedisFeed
 from chime_actors.handlers.redis_lease import RedisLease, fence_key, lease_key
 from chime_actors.records import ChannelEvent, ChimeMessage
 from tests.integration.services import load_services
+from tests.support.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +40,6 @@ def _client(config: RedisConfig) -> redis_asyncio.Redis:
 
 def _name() -> str:
     return f"h-{uuid.uuid4().hex[:10]}"
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_acquire_renew_release_and_no_stealing(redis_config: RedisConfig) -> None:
@@ -169,11 +161,11 @@ def test_two_keepers_on_one_redis_hold_in_turn(redis_config: RedisConfig) -> Non
         ]
         try:
             keepers[0].start()
-            await _until(lambda: holders[0].active, "the first keeper to hold")
+            await until(lambda: holders[0].active, WAIT_S, "the first keeper to hold")
             keepers[1].start()
             # Past several renewals of the first (each after a refused try of
             # the second), the second still stands by.
-            await _until(lambda: leases[0].renewals >= 4, "renewals")
+            await until(lambda: leases[0].renewals >= 4, WAIT_S, "renewals")
             assert leases[1].acquires >= 1 and holders[1].fences == []
             assert keepers[0].held and not keepers[1].held
             # The first dies: no release, no end.
@@ -182,7 +174,7 @@ def test_two_keepers_on_one_redis_hold_in_turn(redis_config: RedisConfig) -> Non
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             holders[0].active = False  # dead: it hands nothing over any more
-            await _until(lambda: holders[1].active, "the second keeper to take over")
+            await until(lambda: holders[1].active, WAIT_S, "the second keeper to take over")
             assert holders[1].fences == [holders[0].fences[-1] + 1]
             await keepers[1].stop()
             assert await raw.get(lease_key(name)) is None  # released on a clean stop
@@ -237,12 +229,12 @@ def test_the_feed_hands_over_every_publication_of_the_handler_channels(
         feed = RedisFeed(redis_config, globs, offer, lambda: subscribed.append(True))
         task = asyncio.get_running_loop().create_task(feed.run())
         try:
-            await _until(lambda: bool(subscribed), "the subscription")
+            await until(lambda: bool(subscribed), WAIT_S, "the subscription")
             wanted = [_message(f"hook-{tag}-1", 1), _message(f"ci-{tag}-a", 1)]
             for event in [*wanted, _message(f"other-{tag}", 1)]:
                 await raw.publish(topic_for(event.channel_id), encode_publication("x", [event]))
             await raw.publish(topic_for(f"hook-{tag}-2"), b"not json")  # logged, skipped
-            await _until(lambda: len(got) >= 2, "two events")
+            await until(lambda: len(got) >= 2, WAIT_S, "two events")
             # The bracket glob subscribes wider (ci-<tag>-*); the worker narrows it.
             assert got == wanted
         finally:

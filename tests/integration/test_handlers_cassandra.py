@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import clients, fresh, received, run, send_message, wait_until
-from tests.e2e.server_process import ServerProcess, running_server
+from tests.e2e.conftest import clients, fresh, received, run, send_message
 from tests.e2e.webhook_receiver import Receiver, receiver, webhook_handler
 from tests.integration.services import backend_overrides, load_services
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 __all__ = ["receiver"]  # the fixture, used by name
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import running_server
 from tests.integration.services import load_services
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.integration
 

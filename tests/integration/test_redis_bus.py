@@ -23,6 +23,7 @@ from chime_actors.records import ChimeMessage, Deliveries, PersistBatch, Persist
 from chime_actors.storage import MemoryStore
 from chime_actors.storage.store import ChannelState
 from tests.integration.services import load_services
+from tests.support.polling import until, until_async
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +42,6 @@ def _client(address: tuple[str, int]) -> redis_asyncio.Redis:
 
 def _message(channel: str, seq: int) -> ChimeMessage:
     return ChimeMessage(channel, f"{seq:016d}", "alice", f"m{seq}", "2026-11-27T10:00:00.000Z")
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_reserved_ranges_are_contiguous_and_start_after_storage(
@@ -201,13 +193,14 @@ def test_bridge_carries_messages_to_hosts_with_subscribers_only(
     ) -> None:
         host_b.handle(Interest(1, channel, subscribed=True), None)
         # Wait until B's subscription is live (it asks gateways to resync then).
-        await _until(
+        await until(
             lambda: any(isinstance(m, Resync) and channel in m.channels for _, m in out_b.sent),
+            WAIT_S,
             "B to subscribe",
         )
         sent = (_message(channel, 1), _message(channel, 2))
         host_a.handle(Deliveries(sent), None)
-        await _until(lambda: len(out_b.delivered("gw-2")) == 2, "B to receive")
+        await until(lambda: len(out_b.delivered("gw-2")) == 2, WAIT_S, "B to receive")
         assert tuple(out_b.delivered("gw-2")) == sent
         # A has no interest, and never echoes its own publications to itself.
         assert out_a.delivered("gw-1") == []
@@ -224,20 +217,16 @@ def test_bridge_stops_receiving_after_the_last_subscriber_leaves(
         host_a: RedisBridgeCore, host_b: RedisBridgeCore, out_a: _Outbox, out_b: _Outbox
     ) -> None:
         host_b.handle(Interest(1, channel, subscribed=True), None)
-        await _until(lambda: len(out_b.sent) > 0, "B to subscribe")
+        await until(lambda: len(out_b.sent) > 0, WAIT_S, "B to subscribe")
         host_b.handle(Interest(1, channel, subscribed=False), None)
         probe = _client(redis_address)
         try:
 
-            async def subscribers() -> int:
+            async def unsubscribed() -> bool:
                 counts = await probe.pubsub_numsub(f"channel:{channel}")
-                return int(counts[0][1])
+                return int(counts[0][1]) == 0
 
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + WAIT_S
-            while await subscribers() != 0:
-                assert loop.time() < deadline, "B kept its subscription"
-                await asyncio.sleep(0.01)
+            await until_async(unsubscribed, WAIT_S, "B to drop its subscription")
         finally:
             await probe.aclose()
 
@@ -305,14 +294,14 @@ def test_a_write_whose_answer_was_lost_is_not_stored_again_on_retry(
             # B has this channel's state cached already: its local dedupe cannot
             # know what A stores next.
             writer_b.submit(PersistBatch(9, 2, (_send(9, "c-0", channel),)), "gw-b")
-            await _until(lambda: _result(posts, 9) is not None, "B's first write")
+            await until(lambda: _result(posts, 9) is not None, WAIT_S, "B's first write")
             store.lose_next_answer = True
             writer_a.submit(PersistBatch(1, 1, (_send(1, "c-1", channel),)), "gw-a")
-            await _until(lambda: _result(posts, 1) is not None, "the first answer")
+            await until(lambda: _result(posts, 1) is not None, WAIT_S, "the first answer")
             first = _result(posts, 1)
             assert first is not None and first.outcomes[0].error_code == "unavailable"
             writer_b.submit(PersistBatch(2, 2, (_send(2, "c-1", channel),)), "gw-b")
-            await _until(lambda: _result(posts, 2) is not None, "the retry's answer")
+            await until(lambda: _result(posts, 2) is not None, WAIT_S, "the retry's answer")
             retry = _result(posts, 2)
             assert retry is not None
             outcome = retry.outcomes[0]
@@ -333,14 +322,14 @@ def test_repeats_of_another_hosts_send_in_one_batch_share_its_outcome(
     async def scenario() -> None:
         async with two_hosts_writing(redis_address) as (store, posts, writer_a, writer_b):
             writer_b.submit(PersistBatch(9, 2, (_send(9, "c-0", channel),)), "gw-b")
-            await _until(lambda: _result(posts, 9) is not None, "B's first write")
+            await until(lambda: _result(posts, 9) is not None, WAIT_S, "B's first write")
             writer_a.submit(PersistBatch(1, 1, (_send(1, "c-5", channel),)), "gw-a")
-            await _until(lambda: _result(posts, 1) is not None, "A's write")
+            await until(lambda: _result(posts, 1) is not None, WAIT_S, "A's write")
             original = _result(posts, 1)
             assert original is not None and original.outcomes[0].message is not None
             batch = (_send(2, "c-5", channel), _send(3, "c-5", channel), _send(4, "c-6", channel))
             writer_b.submit(PersistBatch(2, 2, batch), "gw-b")
-            await _until(lambda: _result(posts, 2) is not None, "B's batch")
+            await until(lambda: _result(posts, 2) is not None, WAIT_S, "B's batch")
             result = _result(posts, 2)
             assert result is not None
             first, second, new = result.outcomes
@@ -376,11 +365,11 @@ def test_a_counter_found_behind_makes_every_channel_check_storage(
                 ),
                 "gw-a",
             )
-            await _until(lambda: _result(posts, 1) is not None, "A's first write")
+            await until(lambda: _result(posts, 1) is not None, WAIT_S, "A's first write")
             writer_b.submit(
                 PersistBatch(2, 2, tuple(_send(t, f"x-{t}", x) for t in range(5, 10))), "gw-b"
             )
-            await _until(lambda: _result(posts, 2) is not None, "B's write")
+            await until(lambda: _result(posts, 2) is not None, WAIT_S, "B's write")
             before = (await store.history(x, limit=100)).messages
             assert [m.seq for m in before] == [1, 2, 3, 4, 5, 6]
             probe = _client(redis_address)
@@ -393,13 +382,13 @@ def test_a_counter_found_behind_makes_every_channel_check_storage(
                 writer_a.submit(
                     PersistBatch(3, 1, (_send(20, "y-new", y), _send(21, "x-new", x))), "gw-a"
                 )
-                await _until(lambda: _result(posts, 3) is not None, "A's batch")
+                await until(lambda: _result(posts, 3) is not None, WAIT_S, "A's batch")
                 result = _result(posts, 3)
             else:
                 writer_a.submit(PersistBatch(3, 1, (_send(20, "y-new", y),)), "gw-a")
-                await _until(lambda: _result(posts, 3) is not None, "A's write in Y")
+                await until(lambda: _result(posts, 3) is not None, WAIT_S, "A's write in Y")
                 writer_a.submit(PersistBatch(4, 1, (_send(21, "x-new", x),)), "gw-a")
-                await _until(lambda: _result(posts, 4) is not None, "A's write in X")
+                await until(lambda: _result(posts, 4) is not None, WAIT_S, "A's write in X")
                 result = _result(posts, 4)
             assert result is not None
             new = result.outcomes[-1]
@@ -449,7 +438,7 @@ def test_one_loss_of_redis_data_re_reads_each_channel_once(
         try:
             sends = tuple(_send(t, f"m-{t}", channels[t % 3]) for t in range(9))
             writer.submit(PersistBatch(1, 1, sends), "gw")
-            await _until(lambda: _result(posts, 1) is not None, "the first write")
+            await until(lambda: _result(posts, 1) is not None, WAIT_S, "the first write")
             assert store.loads == {x: 1, y: 1, z: 1}
             await probe.delete(f"chime:seq:{y}", f"chime:seq:{z}")  # Redis lost them
             batch_id = 1
@@ -459,7 +448,9 @@ def test_one_loss_of_redis_data_re_reads_each_channel_once(
                     PersistBatch(batch_id, 1, (_send(100 + batch_id, f"n-{batch_id}", channel),)),
                     "gw",
                 )
-                await _until(lambda b=batch_id: _result(posts, b) is not None, f"write {batch_id}")
+                await until(
+                    lambda b=batch_id: _result(posts, b) is not None, WAIT_S, f"write {batch_id}"
+                )
                 result = _result(posts, batch_id)
                 assert result is not None and result.outcomes[0].error_code is None
             # y's loss re-read x and z once; z's, the same loss, re-read nothing more.

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import ServerProcess, running_server
 from tests.integration.services import backend_overrides, load_services
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from chime_actors.presence.messages import (
 )
 from chime_actors.presence.redis_presence import HostPresence, alive_key, online_key
 from tests.integration.services import load_services
+from tests.support.polling import until, until_async
 
 pytestmark = pytest.mark.integration
 
@@ -73,26 +73,6 @@ def bridge(config: Config, host: str) -> tuple[HostPresence, Gateway]:
     return presence, posts
 
 
-async def until(check: Callable[[], Any], what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not (value := check()):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
-
-
-async def until_async(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not (value := await check()):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
-
-
 def snapshot(*entries: tuple[str, str]) -> PresenceSnapshot:
     return PresenceSnapshot(1, "epoch", 0, 1, entries)
 
@@ -115,19 +95,25 @@ def test_a_hosts_state_is_read_by_another_and_looked_up(config: Config) -> None:
         client = redis_client(config.bus.redis)
         try:
             first.handle(snapshot((channel, "alice"), (channel, "bob")), GATEWAY)
-            await until_async(lambda: fields(client, channel), "the first host's entries in Redis")
             await until_async(
-                lambda: client.exists(alive_key(two)), "the second host's liveness key"
+                lambda: fields(client, channel), WAIT_S, "the first host's entries in Redis"
+            )
+            await until_async(
+                lambda: client.exists(alive_key(two)), WAIT_S, "the second host's liveness key"
             )
             await second.load([channel])
             (loaded,) = seen.of(RemoteChannels)
             assert loaded.channels == ((channel, ((one, "alice"), (one, "bob"))),)
             second.handle(PresenceLookup(5, channel), GATEWAY)
-            result = await until(lambda: seen.of(PresenceLookupResult), "the lookup's answer")
+            result = await until(
+                lambda: seen.of(PresenceLookupResult), WAIT_S, "the lookup's answer"
+            )
             assert result == [PresenceLookupResult(5, ("alice", "bob"))]
             # A host does not look itself up: its gateways know their own.
             first.handle(PresenceLookup(6, channel), GATEWAY)
-            await until(lambda: first_seen.of(PresenceLookupResult), "the first host's answer")
+            await until(
+                lambda: first_seen.of(PresenceLookupResult), WAIT_S, "the first host's answer"
+            )
             assert first_seen.of(PresenceLookupResult) == [PresenceLookupResult(6, ())]
         finally:
             await first.close()
@@ -147,7 +133,7 @@ def test_events_already_in_a_read_are_skipped(config: Config) -> None:
         client = redis_client(config.bus.redis)
         try:
             first.handle(snapshot((channel, "alice")), GATEWAY)
-            await until_async(lambda: fields(client, channel), "the entry in Redis")
+            await until_async(lambda: fields(client, channel), WAIT_S, "the entry in Redis")
             await second.load([channel])
             topic = presence_topic(channel)
             # The event that wrote the entry (seq 1) arrives after the read: skipped.
@@ -185,7 +171,7 @@ def test_a_host_that_stops_refreshing_is_declared_gone_and_reaped(config: Config
             await second.load([channel])
             (loaded,) = seen.of(RemoteChannels)
             assert loaded.channels == ((channel, ((one, "alice"),)),)
-            gone = await until(lambda: seen.of(HostsGone), "HostsGone at the second host")
+            gone = await until(lambda: seen.of(HostsGone), WAIT_S, "HostsGone at the second host")
             assert gone == [HostsGone((one,))]
             assert not await fields(client, channel)
             assert not await client.sismember("chime:hosts", one)
@@ -206,13 +192,17 @@ def test_a_host_whose_key_expired_writes_its_state_again(config: Config) -> None
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             first.handle(snapshot((channel, "alice")), GATEWAY)
-            await until_async(lambda: fields(client, channel), "the entry in Redis")
+            await until_async(lambda: fields(client, channel), WAIT_S, "the entry in Redis")
             await pubsub.subscribe(presence_topic(channel))
             # As if the host had stalled past its lifetime and been reaped.
             await client.delete(alive_key(one))
             await client.hdel(online_key(channel), f"{one}|alice")
-            assert await until_async(lambda: fields(client, channel), "the state written again")
-            state = await until_async(lambda: pubsub.get_message(timeout=0.1), "a state event")
+            assert await until_async(
+                lambda: fields(client, channel), WAIT_S, "the state written again"
+            )
+            state = await until_async(
+                lambda: pubsub.get_message(timeout=0.1), WAIT_S, "a state event"
+            )
             event = decode_event(state["data"])
             assert (event.origin, getattr(event, "users", None)) == (one, ("alice",))
         finally:
@@ -230,7 +220,7 @@ def test_a_graceful_stop_deletes_the_liveness_key(config: Config) -> None:
         first, _ = bridge(config, one)
         client = redis_client(config.bus.redis)
         try:
-            await until_async(lambda: client.exists(alive_key(one)), "the liveness key")
+            await until_async(lambda: client.exists(alive_key(one)), WAIT_S, "the liveness key")
             await first.close()
             assert not await client.exists(alive_key(one))
         finally:

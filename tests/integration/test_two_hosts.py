@@ -12,14 +12,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.server_process import ServerProcess, running_server
 from tests.integration.services import backend_overrides, load_services
+from tests.support.servers import ServerProcess, running_hosts
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +27,7 @@ pytestmark = pytest.mark.integration
 def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ...]]:
     services = load_services("redis", "cassandra")
     overrides = backend_overrides(services, f"chime_{uuid.uuid4().hex[:10]}")
-    with ExitStack() as stack:
-        servers = tuple(
-            stack.enter_context(running_server(tmp_path_factory.mktemp(name), overrides, workers=1))
-            for name in ("host-a", "host-b")
-        )
+    with running_hosts(map(tmp_path_factory.mktemp, ("host-a", "host-b")), overrides) as servers:
         yield servers
 
 

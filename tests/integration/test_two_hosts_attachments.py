@@ -12,7 +12,6 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -20,8 +19,8 @@ import pytest
 from tests.e2e import attachment_http as http
 from tests.e2e.client import Client
 from tests.e2e.conftest import received
-from tests.e2e.server_process import ServerProcess, running_server
 from tests.integration.services import backend_overrides, load_services
+from tests.support.servers import ServerProcess, running_hosts
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +31,9 @@ MIB = 1024 * 1024
 def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ...]]:
     services = load_services("redis", "cassandra")
     overrides = backend_overrides(services, f"chime_{uuid.uuid4().hex[:10]}")
-    with ExitStack() as stack:
-        yield tuple(
-            stack.enter_context(running_server(tmp_path_factory.mktemp(name), overrides, workers=1))
-            for name in ("att-host-a", "att-host-b")
-        )
+    names = ("att-host-a", "att-host-b")
+    with running_hosts(map(tmp_path_factory.mktemp, names), overrides) as servers:
+        yield servers
 
 
 def as_user(user: str) -> dict[str, str]:

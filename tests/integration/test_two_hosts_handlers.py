@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import clients, expect_error, received, run, send_message, wait_until
+from tests.e2e.conftest import clients, expect_error, received, run, send_message
 from tests.e2e.presence_helpers import kill_process_group
-from tests.e2e.server_process import ServerProcess, running_server
 from tests.e2e.webhook_receiver import SECRET, Receiver, serving_receiver
 from tests.integration.services import backend_overrides, load_services
+from tests.support.polling import wait_until
+from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ from tests.e2e.presence_helpers import (
     query_presence,
     wait_online,
 )
-from tests.e2e.server_process import ServerProcess, running_server
 from tests.integration.services import backend_overrides, load_services
+from tests.support.servers import ServerProcess, running_hosts, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +47,8 @@ def overrides() -> dict[str, Any]:
 def two_hosts(
     tmp_path_factory: pytest.TempPathFactory, overrides: dict[str, Any]
 ) -> Iterator[tuple[ServerProcess, ...]]:
-    with ExitStack() as stack:
-        yield tuple(
-            stack.enter_context(running_server(tmp_path_factory.mktemp(name), overrides, workers=1))
-            for name in ("host-a", "host-b")
-        )
+    with running_hosts(map(tmp_path_factory.mktemp, ("host-a", "host-b")), overrides) as servers:
+        yield servers
 
 
 def channel_id() -> str:

@@ -9,14 +9,7 @@ from msgspec.structs import replace
 
 from chime_actors.config import Config, load_config
 from chime_actors.gateway.admission import Admission
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def config(**chat: object) -> Config:
@@ -33,7 +26,7 @@ def headers(**values: list[str]) -> Callable[[str], Iterable[str]]:
 
 
 def admission(cfg: Config | None = None, open_now: int = 0) -> tuple[Admission, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     return Admission(cfg or config(), open_connections=lambda: open_now, clock=clock), clock
 
 

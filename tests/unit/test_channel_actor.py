@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from chime_actors.errors import StoreError
-from chime_actors.gateway import channel_actor as channel_actor_module
 from chime_actors.gateway.channel_actor import (
     ChannelActor,
     ChannelStats,
@@ -24,6 +23,8 @@ from chime_actors.ids import format_message_id
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage import HistoryPage, MemoryStore
+from tests.support.clock import FakeClock
+from tests.support.polling import until
 
 CHANNEL = "general"
 TIMEOUT = 5.0
@@ -147,14 +148,6 @@ class FaultyStore(MemoryStore):
         )
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     """One channel actor over a store, plus what it reported."""
 
@@ -177,12 +170,6 @@ class Harness:
         self.actor.tell(Leave(probe.connection_id))
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not condition():
-            await asyncio.sleep(0)
-
-
 Scenario = Callable[[Harness], Awaitable[None]]
 
 
@@ -194,7 +181,10 @@ def run(
     clock: FakeClock | None = None,
     start: bool = True,
     hold_max_s: float = 0.0,
+    **bounds: Any,
 ) -> None:
+    """Run ``scenario`` on a fresh actor; ``bounds`` are its mailbox and catch-up ones."""
+
     async def main() -> None:
         store = FaultyStore()
         await store.open()
@@ -208,6 +198,7 @@ def run(
             stats=ChannelStats(),
             clock=clock or FakeClock(),
             hold_max_s=hold_max_s,
+            **bounds,
         )
         if start:
             actor.start()
@@ -398,16 +389,12 @@ def test_gap_fill_failure_waits_for_storage_instead_of_skipping() -> None:
         await h.stored(msgs(1, 2))
         h.store.fail_next(1)  # events_range
         h.actor.tell(Publish((msg(2),)))
-        await wait_until(lambda: sub.seqs == [1, 2])
+        await until(lambda: sub.seqs == [1, 2], interval=0)
 
     run(scenario)
 
 
-def test_dropped_publish_is_recovered_by_the_next_gap_fill(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(channel_actor_module, "MAILBOX_SIZE", 1)
-
+def test_dropped_publish_is_recovered_by_the_next_gap_fill() -> None:
     async def scenario(h: Harness) -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None)
@@ -415,12 +402,12 @@ def test_dropped_publish_is_recovered_by_the_next_gap_fill(
         assert h.actor.tell(Publish((msg(1),)))
         assert not h.actor.tell(Publish((msg(2),)))  # mailbox full: dropped
         assert h.actor.stats.dropped_mail == 1
-        await wait_until(lambda: sub.seqs == [1])
+        await until(lambda: sub.seqs == [1], interval=0)
         await h.stored([msg(3)])
         h.actor.tell(Publish((msg(3),)))
-        await wait_until(lambda: sub.seqs == [1, 2, 3])
+        await until(lambda: sub.seqs == [1, 2, 3], interval=0)
 
-    run(scenario)
+    run(scenario, mailbox_size=1)
 
 
 # --- failure policy ---------------------------------------------------------------
@@ -497,7 +484,7 @@ def test_repeated_failures_escalate_and_close_subscribers() -> None:
         for _ in range(3):
             h.actor.tell(InjectFault())
         late = asyncio.get_running_loop().create_task(h.actor.join(FakeSubscriber("late"), None))
-        await wait_until(lambda: h.stopped == [CHANNEL])
+        await until(lambda: h.stopped == [CHANNEL], interval=0)
         assert h.actor.stopped
         assert h.actor.stats.restarts == 2
         assert h.actor.member_count == 0
@@ -542,11 +529,11 @@ def test_stops_when_the_last_member_leaves() -> None:
         h.actor.tell(Leave("unknown"))  # harmless
         await h.stored([msg(1)])
         h.actor.tell(Publish((msg(1),)))
-        await wait_until(lambda: b.seqs == [1])
+        await until(lambda: b.seqs == [1], interval=0)
         assert not h.actor.stopped
         assert a.seqs == []
         h.actor.tell(Leave("b"))
-        await wait_until(lambda: h.stopped == [CHANNEL])
+        await until(lambda: h.stopped == [CHANNEL], interval=0)
         assert h.actor.stopped
         assert h.actor.member_count == 0
 
@@ -587,7 +574,7 @@ def test_with_several_hosts_a_later_id_waits_for_an_earlier_one() -> None:
         assert sub.seqs == []  # 2 is not stored yet: 3 waits
         await h.stored([msg(2)])
         h.actor.tell(Publish((msg(2),)))
-        await wait_until(lambda: sub.seqs == [2, 3])
+        await until(lambda: sub.seqs == [2, 3], interval=0)
 
     run(scenario, hold_max_s=1.0)
 
@@ -602,9 +589,9 @@ def test_with_several_hosts_a_hole_that_never_fills_is_skipped_after_the_hold() 
         await h.stored([msg(1), msg(3)])
         h.actor.tell(Publish((msg(1),)))
         h.actor.tell(Publish((msg(3),)))
-        await wait_until(lambda: sub.seqs == [1])
+        await until(lambda: sub.seqs == [1], interval=0)
         clock.now += 2.0  # past the hold: the retry gives up on 2
-        await wait_until(lambda: sub.seqs == [1, 3])
+        await until(lambda: sub.seqs == [1, 3], interval=0)
 
     run(scenario, hold_max_s=1.0, clock=clock)
 
@@ -627,7 +614,7 @@ def test_a_deferred_subscriber_gets_nothing_until_activated_then_everything_once
         assert sub.frames[-1]["type"] == "resumed"
         await h.stored([msg(5)])
         h.actor.tell(Publish((msg(5),)))
-        await wait_until(lambda: sub.seqs == [2, 3, 4, 5])
+        await until(lambda: sub.seqs == [2, 3, 4, 5], interval=0)
 
     run(scenario)
 
@@ -665,13 +652,13 @@ def test_a_member_held_back_catches_up_from_storage_in_order_then_goes_live() ->
         assert a.seqs[-1] == 7
         assert b.seqs == [1, 2] and b.refused == 1  # not even offered
         b.make_room(3)  # its client took some: 3, 4, 5 from storage, then held again
-        await wait_until(lambda: b.refused == 2)
+        await until(lambda: b.refused == 2, interval=0)
         assert b.seqs == [1, 2, 3, 4, 5]
         b.make_room(None)
-        await wait_until(lambda: b.seqs == [1, 2, 3, 4, 5, 6, 7])
+        await until(lambda: b.seqs == [1, 2, 3, 4, 5, 6, 7], interval=0)
         await h.stored([msg(8)])
         h.actor.tell(Publish((msg(8),)))  # live again
-        await wait_until(lambda: b.seqs[-1] == 8)
+        await until(lambda: b.seqs[-1] == 8, interval=0)
         assert a.seqs == b.seqs == list(range(1, 9))
         assert h.actor.stats.caught_up == 5
 
@@ -690,23 +677,18 @@ def test_a_resume_replay_is_paced_by_the_connection_then_resumed_then_live() -> 
         await h.barrier()
         assert sub.seqs == [1, 2, 3]
         sub.make_room(None)
-        await wait_until(lambda: len(sub.frames) == 12)
+        await until(lambda: len(sub.frames) == 12, interval=0)
         assert sub.seqs == list(range(1, 12))
         assert sub.frames[10] == {"type": "resumed", "channelId": CHANNEL, "count": 10}
         await h.stored([msg(12)])
         h.actor.tell(Publish((msg(12),)))
-        await wait_until(lambda: sub.seqs[-1] == 12)
+        await until(lambda: sub.seqs[-1] == 12, interval=0)
         assert sub.seqs == list(range(1, 13))
 
     run(scenario)
 
 
-def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(channel_actor_module, "CATCH_UP_PAGE", 2)
-    monkeypatch.setattr(channel_actor_module, "CATCH_UP_TURN", 4)
-
+def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order() -> None:
     async def scenario(h: Harness) -> None:
         a, b = FakeSubscriber("a"), FakeSubscriber("b", room=0)
         await h.actor.join(a, None)
@@ -719,10 +701,10 @@ def test_a_long_catch_up_lets_other_mail_through_and_stays_in_order(
         for seq in range(21, 25):
             await h.stored([msg(seq)])
             h.actor.tell(Publish((msg(seq),)))
-        await wait_until(lambda: len(b.seqs) == 24)
+        await until(lambda: len(b.seqs) == 24, interval=0)
         assert a.seqs == b.seqs == list(range(1, 25))
 
-    run(scenario)
+    run(scenario, catch_up_page=2, catch_up_turn=4)
 
 
 def test_a_member_behind_that_leaves_is_not_caught_up() -> None:
@@ -742,9 +724,7 @@ def test_a_member_behind_that_leaves_is_not_caught_up() -> None:
     run(scenario)
 
 
-def test_a_catch_up_that_storage_fails_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channel_actor_module, "CATCH_UP_RETRY_S", 0.01)
-
+def test_a_catch_up_that_storage_fails_is_tried_again() -> None:
     async def scenario(h: Harness) -> None:
         sub = FakeSubscriber("c1", room=1)
         await h.actor.join(sub, None)
@@ -754,16 +734,12 @@ def test_a_catch_up_that_storage_fails_is_tried_again(monkeypatch: pytest.Monkey
         assert sub.seqs == [1]
         h.store.fail_next(1)
         sub.make_room(None)
-        await wait_until(lambda: sub.seqs == [1, 2, 3])
+        await until(lambda: sub.seqs == [1, 2, 3], interval=0)
 
-    run(scenario)
+    run(scenario, catch_up_retry_s=0.01)
 
 
-def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_storage(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(channel_actor_module, "MAX_PENDING", 2)
-
+def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_storage() -> None:
     async def scenario(h: Harness) -> None:
         sub = FakeSubscriber("c1")
         await h.actor.join(sub, None, deferred=True)  # baseline 0
@@ -775,7 +751,7 @@ def test_a_deferred_subscriber_that_missed_more_than_it_keeps_reads_them_from_st
         assert sub.seqs == [1, 2, 3, 4, 5]
         assert sub.aborted == []  # it was never the client's fault
 
-    run(scenario)
+    run(scenario, max_pending=2)
 
 
 def test_resume_limit_counts_stored_messages_not_ids() -> None:

@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chime_actors.client.backoff import Backoff, Reconnector
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_bounds_grow_by_the_factor_up_to_the_cap() -> None:
@@ -48,7 +41,7 @@ def test_failed_attempts_in_a_row_back_off_then_give_up() -> None:
     reconnector = Reconnector(
         Backoff(initial_s=1, factor=2, max_s=60, jitter=0.5),
         max_attempts=3,
-        clock=FakeClock(),
+        clock=FakeClock(100.0),
         rand=lambda: next(rands),
     )
     assert [reconnector.next_delay() for _ in range(3)] == [1.0, 1.5, 4.0]
@@ -57,7 +50,7 @@ def test_failed_attempts_in_a_row_back_off_then_give_up() -> None:
 
 
 def test_a_stable_connection_starts_the_count_again() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     reconnector = Reconnector(
         Backoff(initial_s=1, jitter=0), stable_s=5, clock=clock, rand=lambda: 0.0
     )
@@ -68,7 +61,7 @@ def test_a_stable_connection_starts_the_count_again() -> None:
 
 
 def test_a_connection_dropped_at_once_keeps_backing_off() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     reconnector = Reconnector(
         Backoff(initial_s=1, jitter=0), stable_s=5, clock=clock, rand=lambda: 0.0
     )

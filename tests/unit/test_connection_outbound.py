@@ -2,7 +2,8 @@
 
 A small fake WebSocket stands in for websockets' ``ServerConnection``: its
 transport records the bytes written, and its write buffer size can be set to
-play a client that does not read.
+play a client that does not read. The connection's timers (handshake timeout,
+abort grace, token expiry) run on a ``FakeClock``: tests step past them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import cast
 
+import jwt
 import msgspec.structs
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
@@ -21,7 +23,6 @@ from websockets.protocol import State
 from chime_actors.auth import Authenticator
 from chime_actors.config import Config, load_config
 from chime_actors.errors import StoreUnavailable
-from chime_actors.gateway import connection_actor as connection_actor_module
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.connection_actor import ConnectionActor
 from chime_actors.gateway.outbox import FlushQueue
@@ -30,6 +31,8 @@ from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import SendOutcome, SendRecord
 from chime_actors.storage.store import HistoryPage
+from tests.support.clock import FakeClock
+from tests.support.polling import until
 
 TIMEOUT = 5.0
 
@@ -175,6 +178,7 @@ class Harness:
     ws: FakeWebSocket
     services: FakeServices
     actor: ConnectionActor
+    clock: FakeClock
 
     def waiting(self) -> int:
         return getattr(self.actor, "_outbox").waiting  # type: ignore[no-any-return]  # noqa: B009
@@ -191,6 +195,7 @@ def run(
     max_bytes: int = 4 * 1024 * 1024,
     stall_ms: int = 60_000,
     handshake_timeout_ms: int = 60_000,
+    abort_grace_s: float = 2.0,
 ) -> None:
     async def main() -> None:
         config = load_config(env={})
@@ -202,10 +207,15 @@ def run(
             handshake_timeout_ms=handshake_timeout_ms,
         )
         services = FakeServices(msgspec.structs.replace(config, chat=chat))
+        clock = FakeClock()
+        # Held outboxes are polled on the loop (every 10 ms), their stall timed on the clock.
+        services.flush_queue = FlushQueue(clock=clock)
         ws = FakeWebSocket()
-        actor = ConnectionActor(cast(ServerConnection, ws), services)
+        actor = ConnectionActor(
+            cast(ServerConnection, ws), services, clock=clock, abort_grace_s=abort_grace_s
+        )
         runner = asyncio.get_running_loop().create_task(actor.run())
-        harness = Harness(ws, services, actor)
+        harness = Harness(ws, services, actor, clock)
         await harness.settle()
         try:
             await scenario(harness)
@@ -271,11 +281,7 @@ def test_a_burst_past_the_frame_bound_is_held_back_not_closed() -> None:
     run(scenario, frames=3)
 
 
-def test_a_client_that_does_not_read_is_closed_1008_once_it_stalls_past_the_bound(
-    monkeypatch: Any,
-) -> None:
-    monkeypatch.setattr(connection_actor_module, "ABORT_GRACE_S", 0.05)
-
+def test_a_client_that_does_not_read_is_closed_1008_once_it_stalls_past_the_bound() -> None:
     async def scenario(h: Harness) -> None:
         h.ws.transport.unread = 900  # the client stopped reading
         assert h.actor.offer(WireFrame.of("x" * 10), lambda: None)
@@ -285,16 +291,25 @@ def test_a_client_that_does_not_read_is_closed_1008_once_it_stalls_past_the_boun
         await h.settle()
         assert h.ws.sent == ["x" * 10, "y" * 100]
         assert h.ws.closes == []  # not yet: a client may be slow and still read
-        async with asyncio.timeout(TIMEOUT):
-            while not h.ws.closes:  # it takes nothing for send_stall_ms
-                await asyncio.sleep(0.01)
+
+        def stalled() -> bool:
+            """Whether it was closed; else send_stall_ms more pass with nothing taken."""
+            if h.ws.closes:
+                return True
+            h.clock.advance(0.05)
+            return False
+
+        await until(stalled, TIMEOUT, "the slow consumer to be closed")
         assert h.ws.closes == [(1008, "slow consumer: send queue full")]
         assert h.services.value("chime_errors_total", "slow_consumer") == 1
-        async with asyncio.timeout(TIMEOUT):
-            while not h.ws.transport.aborted:  # nor the close frame: dropped
-                await asyncio.sleep(0.01)
+        # The client cannot take the close frame either: the socket is dropped
+        # once the abort grace has passed, not before.
+        h.clock.advance(0.49)
+        assert not h.ws.transport.aborted
+        h.clock.advance(0.01)
+        assert h.ws.transport.aborted
 
-    run(scenario, max_bytes=1024, stall_ms=50)
+    run(scenario, max_bytes=1024, stall_ms=50, abort_grace_s=0.5)
 
 
 def test_a_held_client_that_reads_is_released_not_closed() -> None:
@@ -306,9 +321,7 @@ def test_a_held_client_that_reads_is_released_not_closed() -> None:
         assert h.ws.sent == ["a"]
         assert not h.actor.offer(WireFrame.of("b"), lambda: woken.append("room"))
         h.ws.transport.unread = 100  # it reads: below the low-water mark
-        async with asyncio.timeout(TIMEOUT):
-            while not woken:
-                await asyncio.sleep(0.01)
+        await until(lambda: woken, TIMEOUT, "the room callback")
         assert h.actor.offer(WireFrame.of("b"), lambda: None)
         await h.settle()
         assert h.ws.sent == ["a", "b"]
@@ -346,22 +359,16 @@ def test_past_the_bound_the_client_s_requests_wait_until_it_takes_the_replies() 
         actor = ConnectionActor(cast(ServerConnection, ws), services)
         runner = asyncio.get_running_loop().create_task(actor.run())
         ws.receive('{"type": "connect", "channels": [], "userId": "alice"}')
-        async with asyncio.timeout(TIMEOUT):
-            while not ws.sent:
-                await asyncio.sleep(0.01)
+        await until(lambda: ws.sent, TIMEOUT, "connected")
         ws.transport.unread = 5000  # "connected" and more wait unread: it stopped reading
         for i in range(3):
             ws.receive(f'{{"type": "history", "channelId": "general", "requestId": "r{i}"}}')
-        async with asyncio.timeout(TIMEOUT):
-            while services.pages < 1:
-                await asyncio.sleep(0.01)
-        for _ in range(20):
-            await asyncio.sleep(0.005)
+        await until(lambda: services.pages >= 1, TIMEOUT, "the first page")
+        for _ in range(50):  # every frame is there to read: nothing but the bound stops it
+            await asyncio.sleep(0)
         assert services.pages == 1  # the next requests are not read
-        ws.transport.unread = 0  # it read them
-        async with asyncio.timeout(TIMEOUT):
-            while services.pages < 3:
-                await asyncio.sleep(0.01)
+        ws.transport.unread = 0  # it read them (the outbox's poll notices)
+        await until(lambda: services.pages == 3, TIMEOUT, "the other pages")
         assert ws.closes == []
         ws.peer_closes()
         await asyncio.wait_for(runner, TIMEOUT)
@@ -406,7 +413,10 @@ def test_the_peer_closing_gets_a_1000_and_the_gauge_goes_back() -> None:
 
 def test_no_connect_frame_in_time_closes_4008() -> None:
     async def scenario(h: Harness) -> None:
-        await asyncio.sleep(0.1)
+        h.clock.advance(0.019)
+        await h.settle()
+        assert h.ws.closes == []
+        h.clock.advance(0.001)  # chat.handshake_timeout_ms has passed
         await h.settle()
         assert [code for code, _ in h.ws.closes] == [4008]
 
@@ -442,8 +452,7 @@ def test_a_failed_join_is_reported_and_the_channel_is_not_kept() -> None:
         runner = asyncio.get_running_loop().create_task(actor.run())
         ws.receive('{"type": "connect", "channels": ["general"], "userId": "alice"}')
         ws.receive('{"type": "send", "channelId": "general", "content": "hi"}')
-        for _ in range(50):
-            await asyncio.sleep(0)
+        await until(lambda: len(ws.sent) >= 3, TIMEOUT, "connected and two errors")
         ws.peer_closes()
         await asyncio.wait_for(runner, TIMEOUT)
         kinds = [json.loads(frame)["type"] for frame in ws.sent]
@@ -493,16 +502,14 @@ def test_a_connect_racing_the_handshake_timeout_leaves_no_memberships() -> None:
         chat = msgspec.structs.replace(config.chat, handshake_timeout_ms=50)
         services = SlowJoins(msgspec.structs.replace(config, chat=chat))
         ws = FakeWebSocket()
-        actor = ConnectionActor(cast(ServerConnection, ws), services)
+        clock = FakeClock()
+        actor = ConnectionActor(cast(ServerConnection, ws), services, clock=clock)
         runner = asyncio.get_running_loop().create_task(actor.run())
         ws.receive(json.dumps({"type": "connect", "channels": ["a", "b"], "userId": "u"}))
-        for _ in range(100):  # until the first join is in flight
-            if services.members:
-                break
-            await asyncio.sleep(0.01)
-        assert services.members
-        await asyncio.sleep(0.1)  # the handshake timeout passes meanwhile
-        assert ws.closes and ws.closes[0][0] == 4008
+        await until(lambda: services.members, TIMEOUT, "the first join in flight")
+        clock.advance(0.05)  # the handshake timeout passes meanwhile
+        await until(lambda: ws.closes, TIMEOUT, "the close")
+        assert ws.closes[0][0] == 4008
         services.release.set()
         await asyncio.wait_for(runner, TIMEOUT)
         assert services.members == set()
@@ -553,10 +560,11 @@ def test_error_texts_sent_to_clients_name_no_paths_or_hosts() -> None:
         ws.receive(json.dumps({"type": "connect", "channels": ["a"], "userId": "u"}))
         ws.receive(json.dumps({"type": "history", "requestId": "h", "channelId": "a"}))
         ws.receive(json.dumps({"type": "subscribe", "channels": ["b"]}))
-        for _ in range(200):
-            if sum('"unavailable"' in frame for frame in ws.sent) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: sum('"unavailable"' in frame for frame in ws.sent) >= 3,
+            TIMEOUT,
+            "three unavailable errors",
+        )
         ws.peer_closes()
         await asyncio.wait_for(runner, TIMEOUT)
         errors = [json.loads(f) for f in ws.sent if '"error"' in f]
@@ -577,3 +585,51 @@ def test_every_request_the_protocol_passes_on_has_a_handler() -> None:
 
     handled = set(ConnectionActor._HANDLERS)
     assert {t for t in CLIENT_EVENT_TYPES if t is not Ping} == handled  # ping: the core answers
+
+
+SECRET = "s" * 32
+
+
+def jwt_token(exp: float, user: str = "alice") -> str:
+    return jwt.encode({"sub": user, "exp": int(exp)}, SECRET, "HS256")
+
+
+def test_a_token_expires_on_the_clock_and_a_refresh_moves_the_deadline() -> None:
+    """exp (plus auth.jwt.leeway_s, 10 s) passes: ``unauthorized``, close 4001; a
+    ``refresh`` before it replaces the deadline with the new token's."""
+
+    async def main() -> None:
+        config = load_config(env={}, overrides={"auth.mode": "jwt", "auth.jwt.secret": SECRET})
+        services = FakeServices(config)
+        # Wall-clock time on the fake clock is real now: the tokens must verify.
+        clock = FakeClock(float(int(time.time())))
+        ws = FakeWebSocket()
+        actor = ConnectionActor(cast(ServerConnection, ws), services, clock=clock)
+        runner = asyncio.get_running_loop().create_task(actor.run())
+        try:
+            connect = {"type": "connect", "channels": [], "token": jwt_token(clock() + 60)}
+            ws.receive(json.dumps(connect))
+            await until(lambda: ws.sent, TIMEOUT, "connected")
+            # The handshake timeout (moot once connected), then exp + leeway.
+            assert clock.pending == [10.0, 60 + 10]
+            clock.advance(30)
+            assert ws.closes == []
+            refresh = {"type": "refresh", "requestId": "r", "token": jwt_token(clock() + 100)}
+            ws.receive(json.dumps(refresh))
+            await until(lambda: len(ws.sent) == 2, TIMEOUT, "refreshed")
+            assert json.loads(ws.sent[1])["type"] == "refreshed"
+            clock.advance(40 + 10)  # the first token's deadline: moved, nothing happens
+            assert ws.closes == [] and len(ws.sent) == 2
+            clock.advance(60 - 0.5)
+            assert ws.closes == []
+            clock.advance(0.5)  # the refreshed token's exp + leeway
+            await until(lambda: ws.closes, TIMEOUT, "the close")
+            error = json.loads(ws.sent[-1])
+            assert (error["type"], error["code"]) == ("error", "unauthorized")
+            assert "token expired" in error["message"]
+            assert ws.closes == [(4001, "token expired")]
+        finally:
+            ws.peer_closes()
+            await asyncio.wait_for(runner, TIMEOUT)
+
+    asyncio.run(main())

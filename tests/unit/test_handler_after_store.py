@@ -32,6 +32,8 @@ from chime_actors.records import (
     SendRecord,
 )
 from chime_actors.storage.memory_store import MemoryStore
+from tests.support.clock import FakeClock
+from tests.support.polling import until
 
 WAIT_S = 10.0
 
@@ -91,14 +93,6 @@ class Sent:
         return SendOutcome(record.token, message=message(1, record.channel_id, record.content))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     def __init__(
         self,
@@ -113,7 +107,7 @@ class Harness:
         self.handler = Handler()
         self.sent = Sent()
         self.sleeps: list[float] = []
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.registry = MetricsRegistry()
 
         async def sleep(seconds: float) -> None:
@@ -146,13 +140,6 @@ class Harness:
         with pytest.raises(asyncio.CancelledError):
             await self._task
 
-    async def until(self, check: Callable[[], bool]) -> None:
-        async def poll() -> None:
-            while not check():
-                await asyncio.sleep(0.001)
-
-        await asyncio.wait_for(poll(), WAIT_S)
-
     def _on_fenced(self) -> None:
         self.fenced_out += 1
 
@@ -173,7 +160,9 @@ def test_the_first_start_begins_at_every_channel_head() -> None:
     async def scenario(store: MemoryStore) -> None:
         await store.append([message(1), message(2), message(1, "other"), message(1, "ignored")])
         async with Harness(store, spec()) as h:
-            await h.until(lambda: not h.worker._scan_wanted)  # the start-up scan ran
+            await until(
+                lambda: not h.worker._scan_wanted, WAIT_S, interval=0
+            )  # the start-up scan ran
             assert h.handler.seen == []  # history before the handler existed is not handed over
         cursors = await store.handler_cursors("h")
         assert dict(cursors) == {"room": 2, "other": 1, REGISTERED: 0}
@@ -187,7 +176,7 @@ def test_live_messages_are_handed_over_in_order_and_confirmed() -> None:
             batch = [message(1), message(1, "other"), message(2), message(1, "ignored")]
             await store.append(batch)
             h.worker.offer(batch)
-            await h.until(lambda: len(h.handler.seen) == 3)
+            await until(lambda: len(h.handler.seen) == 3, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("other", 1), ("room", 2)]
             await h.worker.flush()
         assert dict(await store.handler_cursors("h")) == {"room": 2, "other": 1, REGISTERED: 0}
@@ -215,11 +204,11 @@ def test_a_message_ahead_of_its_predecessors_waits_for_them_from_storage() -> No
             events = [message(1), message(2), message(3), change(4, of=2), message(5)]
             await store.append(events)
             h.worker.offer([message(5)])  # 1-4 never arrived live
-            await h.until(lambda: h.worker.cursors.of("room") == 5)
+            await until(lambda: h.worker.cursors.of("room") == 5, WAIT_S, interval=0)
             # Message 2 is deleted: the delete (4) is handed over, the message is not.
             assert h.handler.seen == [("room", 1), ("room", 3), ("room", 4), ("room", 5)]
             h.worker.offer([message(3), message(5)])  # late repeats: not handed over again
-            await h.until(lambda: len(h.worker.backlog) == 0)
+            await until(lambda: len(h.worker.backlog) == 0, WAIT_S, interval=0)
             assert len(h.handler.seen) == 4
 
     run(scenario)
@@ -231,7 +220,7 @@ def test_changes_are_handed_over_in_the_channel_order_with_the_messages() -> Non
             events = [message(1), change(2, of=1, kind=ChangeKind.REACTION_ADD), message(3)]
             await store.append(events)
             h.worker.offer(events)
-            await h.until(lambda: len(h.handler.seen) == 3)
+            await until(lambda: len(h.handler.seen) == 3, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
             assert isinstance(h.handler.events[1], MessageChange)
 
@@ -244,7 +233,7 @@ def test_a_failing_call_is_retried_with_backoff_until_it_succeeds() -> None:
             await store.append([message(1), message(2)])
             h.handler.fail_next = 3
             h.worker.offer([message(1), message(2)])
-            await h.until(lambda: len(h.handler.seen) == 2)
+            await until(lambda: len(h.handler.seen) == 2, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("room", 2)]
             assert h.sleeps[:3] == [FIRST_RETRY_S, FIRST_RETRY_S * 2, FIRST_RETRY_S * 4]
             assert h.counter("chime_handler_failures_total") == 3
@@ -258,7 +247,7 @@ def test_with_on_failure_accept_a_failed_message_is_skipped() -> None:
             await store.append([message(1), message(2)])
             h.handler.fail_next = 1
             h.worker.offer([message(1), message(2)])
-            await h.until(lambda: h.worker.cursors.of("room") == 2)
+            await until(lambda: h.worker.cursors.of("room") == 2, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 2)]
             assert h.sleeps == []
 
@@ -283,7 +272,7 @@ def test_past_the_backlog_bound_it_pauses_and_reads_storage_dropping_nothing() -
             assert h.worker.backlog.paused
             assert h.worker.backlog.behind == 2  # both channels will be read from storage
             gate.set()
-            await h.until(lambda: len(h.handler.seen) == 22)
+            await until(lambda: len(h.handler.seen) == 22, WAIT_S, interval=0)
             assert h.handler.seen[:20] == [("room", n) for n in range(1, 21)]
             assert sorted(h.handler.seen) == sorted({(m.channel_id, m.seq) for m in batch})
             assert not h.worker.backlog.paused
@@ -296,7 +285,7 @@ def test_a_restart_resumes_after_the_saved_cursor_without_gaps() -> None:
         await store.save_handler_cursors("h", {REGISTERED: 0, "room": 2})
         await store.append([message(n) for n in range(1, 6)] + [message(1, "other")])
         async with Harness(store, spec()) as h:
-            await h.until(lambda: len(h.handler.seen) == 4)
+            await until(lambda: len(h.handler.seen) == 4, WAIT_S, interval=0)
             assert [s for s in h.handler.seen if s[0] == "room"] == [("room", n) for n in (3, 4, 5)]
             assert ("other", 1) in h.handler.seen
 
@@ -309,7 +298,7 @@ def test_storage_down_during_a_catch_up_is_retried_later() -> None:
             await store.append([message(n) for n in range(1, 4)])
             store.fail_next(1)
             h.worker.offer([message(3)])
-            await h.until(lambda: len(h.handler.seen) == 3)
+            await until(lambda: len(h.handler.seen) == 3, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
 
     run(scenario)
@@ -322,9 +311,9 @@ def test_replies_are_stored_with_a_key_per_message_and_failures_retried() -> Non
             h.sent.refuse = True
             await store.append([message(1)])
             h.worker.offer([message(1)])
-            await h.until(lambda: len(h.sent.records) >= 2)
+            await until(lambda: len(h.sent.records) >= 2, WAIT_S, interval=0)
             h.sent.refuse = False
-            await h.until(lambda: h.worker.cursors.of("room") == 1)
+            await until(lambda: h.worker.cursors.of("room") == 1, WAIT_S, interval=0)
             first, second = h.sent.records[0], h.sent.records[-1]
             assert first.client_msg_id == second.client_msg_id  # the same send, retried
             assert first.client_msg_id is not None and first.client_msg_id.startswith("handler:")
@@ -351,7 +340,7 @@ def test_an_invalid_reply_is_a_failure(bad: Any) -> None:
             h.handler.replies = lambda m: (bad,)
             await store.append([message(1)])
             h.worker.offer([message(1)])
-            await h.until(lambda: h.worker.cursors.of("room") == 1)
+            await until(lambda: h.worker.cursors.of("room") == 1, WAIT_S, interval=0)
             assert h.sent.records == []
             assert h.counter("chime_handler_failures_total") == 1
 
@@ -365,13 +354,13 @@ def test_stuck_while_it_has_work_and_confirms_nothing() -> None:
             h.handler.fail_next = 10**6
             await store.append([message(1)])
             h.worker.offer([message(1)])
-            await h.until(lambda: len(h.sleeps) > 2)
+            await until(lambda: len(h.sleeps) > 2, WAIT_S, interval=0)
             assert h.worker.lag == 1
             assert not h.worker.stuck
             h.clock.now += STUCK_AFTER_S + 1
             assert h.worker.stuck
             h.handler.fail_next = 0
-            await h.until(lambda: h.worker.cursors.of("room") == 1)
+            await until(lambda: h.worker.cursors.of("room") == 1, WAIT_S, interval=0)
             assert not h.worker.stuck
 
     run(scenario)
@@ -410,12 +399,12 @@ def test_under_a_fence_cursors_are_saved_until_a_newer_holder_claims() -> None:
         async with Harness(store, spec(), fence=3) as h:
             await store.append([message(1), message(2)])
             h.worker.offer([message(1)])
-            await h.until(lambda: h.worker.cursors.of("room") == 1)
+            await until(lambda: h.worker.cursors.of("room") == 1, WAIT_S, interval=0)
             await h.worker.flush()
             assert dict(await store.handler_cursors("h"))["room"] == 1
             await store.claim_handler_fence("h", 4)  # another host took over
             h.worker.offer([message(2)])
-            await h.until(lambda: h.worker.cursors.of("room") == 2)
+            await until(lambda: h.worker.cursors.of("room") == 2, WAIT_S, interval=0)
             await h.worker.flush()
             assert h.fenced_out == 1
             assert dict(await store.handler_cursors("h"))["room"] == 1  # not overwritten
@@ -439,10 +428,12 @@ def test_an_event_arriving_twice_is_queued_once_and_one_ahead_is_read_from_stora
             await store.append([message(1), message(2), message(3)])
             h.worker.offer([message(1), message(3)])  # from another host, ahead of 2
             h.worker.offer([message(1), message(2), message(3)])  # the local persister's
-            await h.until(lambda: h.worker.backlog.paused or len(h.worker.backlog) <= 2)
+            await until(
+                lambda: h.worker.backlog.paused or len(h.worker.backlog) <= 2, WAIT_S, interval=0
+            )
             assert len(h.worker.backlog) <= 2  # 1 (perhaps taken already) and 3, once each
             gate.set()
-            await h.until(lambda: h.worker.cursors.of("room") == 3)
+            await until(lambda: h.worker.cursors.of("room") == 3, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
 
     run(scenario)
@@ -453,11 +444,13 @@ def test_with_several_hosts_a_hole_is_held_until_another_host_stores_it() -> Non
         async with Harness(store, spec(), hold_max_s=1.0) as h:
             await store.append([message(1), message(3)])  # 2: still being stored elsewhere
             h.worker.offer([message(3)])
-            await h.until(lambda: h.handler.seen == [("room", 1)])
-            await h.until(lambda: h.sleeps.count(HOLD_RETRY_S) >= 3)  # asking storage again
+            await until(lambda: h.handler.seen == [("room", 1)], WAIT_S, interval=0)
+            await until(
+                lambda: h.sleeps.count(HOLD_RETRY_S) >= 3, WAIT_S, interval=0
+            )  # asking storage again
             assert h.worker.cursors.of("room") == 1
             await store.append([message(2)])
-            await h.until(lambda: h.worker.cursors.of("room") == 3)
+            await until(lambda: h.worker.cursors.of("room") == 3, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("room", 2), ("room", 3)]
 
     run(scenario)
@@ -468,16 +461,16 @@ def test_with_several_hosts_a_hole_that_never_comes_is_skipped_after_the_hold() 
         async with Harness(store, spec(), hold_max_s=1.0) as h:
             await store.append([message(1), message(3), message(5)])  # 2, 4: writes that failed
             h.worker.offer([message(5)])
-            await h.until(lambda: h.handler.seen == [("room", 1)])
-            await h.until(lambda: h.sleeps.count(HOLD_RETRY_S) >= 3)
+            await until(lambda: h.handler.seen == [("room", 1)], WAIT_S, interval=0)
+            await until(lambda: h.sleeps.count(HOLD_RETRY_S) >= 3, WAIT_S, interval=0)
             h.clock.now += 1.0  # the hold is over for every id below the head seen then
-            await h.until(lambda: h.worker.cursors.of("room") == 5)
+            await until(lambda: h.worker.cursors.of("room") == 5, WAIT_S, interval=0)
             assert h.handler.seen == [("room", 1), ("room", 3), ("room", 5)]
             held = h.sleeps.count(HOLD_RETRY_S)
             # A hole below a head seen long ago is not held again.
             await store.append([message(7, "other"), message(6)])
             h.worker.offer([message(6)])
-            await h.until(lambda: h.worker.cursors.of("room") == 6)
+            await until(lambda: h.worker.cursors.of("room") == 6, WAIT_S, interval=0)
             assert h.sleeps.count(HOLD_RETRY_S) == held
 
     run(scenario)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chime_actors.actors import lanes as lanes_module
 from chime_actors.actors.lanes import LaneServer, LaneStats, Router
 from chime_actors.errors import ActorError
+from tests.support.polling import until
 
 KEY = b"k" * 32
 
@@ -32,12 +32,6 @@ class Received:
     @property
     def messages(self) -> list[Any]:
         return [m for frame, _ in self.frames for m in frame]
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.005)
 
 
 def run(scenario: Callable[[Path], Awaitable[None]], tmp_path: Path) -> None:
@@ -147,13 +141,9 @@ def test_new_wiring_moves_a_lane_to_the_restarted_peer(tmp_path: Path) -> None:
     run(scenario, tmp_path)
 
 
-def test_a_producer_without_a_window_is_stopped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lanes_module, "MAX_PENDING", 10)
-
+def test_a_producer_without_a_window_is_stopped(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        router = Router("me", KEY, lambda a, m: None)
+        router = Router("me", KEY, lambda a, m: None, max_pending=10)
         router.update({"peer": str(tmp / "slow.sock")})  # never connects: all stays queued
         for n in range(10):
             router.post("peer", n)
@@ -181,10 +171,7 @@ def test_a_peer_that_closes_is_noticed_and_its_lane_drops(tmp_path: Path) -> Non
     run(scenario, tmp_path)
 
 
-def test_wait_writable_holds_a_producer_until_the_reader_catches_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lanes_module, "HIGH_WATER_BYTES", 64 * 1024)
+def test_wait_writable_holds_a_producer_until_the_reader_catches_up(tmp_path: Path) -> None:
     path = tmp_path / "stuck.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
@@ -209,7 +196,7 @@ def test_wait_writable_holds_a_producer_until_the_reader_catches_up(
     peer.start()
 
     async def scenario(tmp: Path) -> None:
-        router = Router("me", KEY, lambda a, m: None)
+        router = Router("me", KEY, lambda a, m: None, high_water_bytes=64 * 1024)
         router.update({"peer": str(path)})
         blob = b"x" * 256 * 1024
         lane = None

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_default_policy_is_five_restarts_in_ten_seconds() -> None:
@@ -18,7 +11,7 @@ def test_default_policy_is_five_restarts_in_ten_seconds() -> None:
 
 
 def test_restarts_up_to_the_limit_then_escalates() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     budget = RestartBudget(RestartPolicy(max_restarts=3, within_s=10.0), clock)
     assert budget.restarts == 0
     assert [budget.allow_restart() for _ in range(3)] == [True, True, True]
@@ -28,7 +21,7 @@ def test_restarts_up_to_the_limit_then_escalates() -> None:
 
 
 def test_old_failures_leave_the_window() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     budget = RestartBudget(RestartPolicy(max_restarts=2, within_s=10.0), clock)
     assert budget.allow_restart()  # t=100
     clock.now = 105.0
@@ -44,5 +37,5 @@ def test_old_failures_leave_the_window() -> None:
 
 
 def test_zero_restarts_always_escalates() -> None:
-    budget = RestartBudget(RestartPolicy(max_restarts=0, within_s=10.0), FakeClock())
+    budget = RestartBudget(RestartPolicy(max_restarts=0, within_s=10.0), FakeClock(100.0))
     assert not budget.allow_restart()

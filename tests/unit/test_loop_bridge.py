@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from chime_actors.actors import loop_bridge as loop_bridge_module
 from chime_actors.actors.loop_bridge import LoopBridge
 from chime_actors.errors import ActorError
 
@@ -105,13 +104,17 @@ def test_run_sync_timeout_cancels_the_task(bridge: LoopBridge) -> None:
     assert not never.is_set()
 
 
-def test_outbox_overflow_is_loud(monkeypatch: pytest.MonkeyPatch, bridge: LoopBridge) -> None:
-    monkeypatch.setattr(loop_bridge_module, "MAX_OUTBOX", 2)
-    bridge.post("a", 1)
-    bridge.post("a", 2)
-    with pytest.raises(ActorError, match="overflow"):
-        bridge.post("a", 3)
-    assert bridge.drain() == [("a", 1), ("a", 2)]
+def test_outbox_overflow_is_loud() -> None:
+    bridge = LoopBridge("test-loop-small", max_outbox=2)
+    bridge.start()
+    try:
+        bridge.post("a", 1)
+        bridge.post("a", 2)
+        with pytest.raises(ActorError, match="overflow"):
+            bridge.post("a", 3)
+        assert bridge.drain() == [("a", 1), ("a", 2)]
+    finally:
+        bridge.stop()
 
 
 def test_stop_joins_the_thread_and_closes_everything() -> None:

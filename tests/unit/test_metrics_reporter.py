@@ -1,14 +1,16 @@
-"""MetricsReporter: reports go to the API's current address, at once when it changes."""
+"""MetricsReporter: reports go to the API's current address, at once when it changes,
+and then every interval (on a fake clock: no test waits a real second)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from chime_actors.actors import metrics_reporter as reporter_module
 from chime_actors.actors.messages import ActorId, ActorKind, MetricsReport
 from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from tests.support.clock import FakeClock
+from tests.support.polling import until
 
 GATEWAY = ActorId(ActorKind.GATEWAY, 1)
 
@@ -22,13 +24,26 @@ class Posts:
     def __call__(self, address: Any, message: Any) -> None:
         self.sent.append((address, message))
 
+    def depths(self) -> list[float | None]:
+        """The ``persist_link`` queue depth each report carried."""
+        return [m.snapshot.value("chime_queue_depth", "persist_link") for _, m in self.sent]
 
-def make() -> tuple[MetricsReporter, Posts, ChimeMetrics, list[int]]:
+
+def make(
+    clock: FakeClock | None = None,
+) -> tuple[MetricsReporter, Posts, ChimeMetrics, list[int]]:
     registry = MetricsRegistry()
     metrics = ChimeMetrics.register(registry)
     posts = Posts()
     refreshed: list[int] = []
-    reporter = MetricsReporter(GATEWAY, registry, posts, lambda: refreshed.append(1))
+
+    def refresh() -> None:
+        refreshed.append(1)
+        metrics.queue_depth.labels(queue="persist_link").set(len(refreshed))
+
+    if clock is None:
+        return MetricsReporter(GATEWAY, registry, posts, refresh), posts, metrics, refreshed
+    reporter = MetricsReporter(GATEWAY, registry, posts, refresh, interval_s=2.0, sleep=clock.sleep)
     return reporter, posts, metrics, refreshed
 
 
@@ -49,23 +64,59 @@ def test_a_new_api_address_gets_a_report_at_once_with_fresh_gauges() -> None:
     assert report.snapshot.process == "gateway 1"
     assert report.snapshot.value("chime_messages_in_total") == 3
     assert refreshed == [1]
+    assert posts.depths() == [1]  # refreshed before the snapshot was taken
     reporter.set_api("api-1")  # the same address: no extra report
     assert len(posts.sent) == 1
     reporter.set_api("api-2")  # a restarted API: reported at once
     assert [a for a, _ in posts.sent] == ["api-1", "api-2"]
 
 
-def test_run_reports_every_interval(monkeypatch: Any) -> None:
-    monkeypatch.setattr(reporter_module, "INTERVAL_S", 0.01)
-    reporter, posts, _, _ = make()
-    reporter.set_api("api")
-
+def test_run_reports_once_per_interval_to_the_current_api() -> None:
     async def main() -> None:
+        clock = FakeClock()
+        reporter, posts, _, refreshed = make(clock)
         task = asyncio.get_running_loop().create_task(reporter.run())
-        async with asyncio.timeout(5):
-            while len(posts.sent) < 4:
-                await asyncio.sleep(0.005)
-        task.cancel()
+        try:
+            await until(lambda: clock.pending == [2.0], interval=0)
+            clock.advance(2.0)  # nothing yet: the API is unknown
+            await until(lambda: clock.pending == [2.0], interval=0)
+            assert posts.sent == [] and refreshed == []
+            reporter.set_api("api-1")  # one at once ...
+            for _ in range(3):  # ... and one per interval, no more
+                clock.advance(1.5)
+                assert clock.pending == [0.5]
+                clock.advance(0.5)
+                await until(lambda: clock.pending == [2.0], interval=0)
+            assert [a for a, _ in posts.sent] == ["api-1"] * 4
+            assert posts.depths() == [1, 2, 3, 4]  # gauges refreshed for each report
+            reporter.set_api("api-2")
+            clock.advance(2.0)
+            await until(lambda: clock.pending == [2.0], interval=0)
+            assert [a for a, _ in posts.sent][4:] == ["api-2", "api-2"]
+        finally:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert clock.pending == []  # a cancelled run leaves no timer behind
 
     asyncio.run(main())
-    assert len(posts.sent) >= 4
+
+
+def test_an_api_set_to_none_stops_the_reports() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        reporter, posts, _, _ = make(clock)
+        reporter.set_api("api-1")
+        task = asyncio.get_running_loop().create_task(reporter.run())
+        try:
+            await until(lambda: clock.pending == [2.0], interval=0)
+            reporter.set_api(None)  # the API died: Wiring names none until it is back
+            clock.advance(2.0)
+            await until(lambda: clock.pending == [2.0], interval=0)
+            assert len(posts.sent) == 1
+            reporter.set_api("api-1")  # back at the same address: reported at once
+            assert len(posts.sent) == 2
+        finally:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from chime_actors.gateway.outbox import FlushQueue, Outbox
+from tests.support.clock import FakeClock
+from tests.support.polling import until
 
 
 class FakeSink:
@@ -41,20 +42,6 @@ def make(
         on_written=lambda _: None,
         on_overflow=lambda: overflows.append("overflow"),
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 def test_one_callback_flushes_every_waiting_outbox_once_per_turn() -> None:
@@ -129,7 +116,7 @@ def test_offers_past_the_bound_are_refused_until_the_client_takes_the_backlog() 
         await asyncio.sleep(0.01)
         assert box.held and wakes == []
         sink.unread = 250
-        await until(lambda: not box.held)
+        await until(lambda: not box.held, interval=0)
         assert wakes == ["one", "two"]
         assert box.offer(b"e", wake)
 
@@ -191,7 +178,7 @@ def test_a_held_client_that_takes_nothing_for_the_stall_time_overflows() -> None
         await asyncio.sleep(0.01)
         assert overflows == [] and box.held
         clock.now = 19.5  # nothing taken for 10.5 s
-        await until(lambda: overflows == ["overflow"])
+        await until(lambda: overflows == ["overflow"], interval=0)
         assert wakes == []  # closed: nobody is woken to send it more
         assert not box.held
 

@@ -18,6 +18,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from tests.support.clock import FakeClock
 
 GATEWAY = 3
 
@@ -35,14 +36,6 @@ class Posts:
     @property
     def batches(self) -> list[PersistBatch]:
         return [batch for _, batch in self.sent]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rec(token: int) -> SendRecord:
@@ -80,7 +73,7 @@ Scenario = Callable[[PersistLink, Posts, FakeClock], Awaitable[None]]
 def run(scenario: Scenario, *, address: Any = "persister-1", **options: Any) -> None:
     async def main() -> None:
         posts = Posts()
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         link = PersistLink(GATEWAY, posts, clock=clock, **options)
         link.rewire(address)
         await scenario(link, posts, clock)

@@ -22,6 +22,7 @@ from chime_actors.records import (
     SendRecord,
 )
 from chime_actors.storage import MemoryStore
+from tests.support.polling import until
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 GATEWAYS = ("gateway-1", "gateway-2")
@@ -57,13 +58,6 @@ class Posts:
 
     def deliveries(self, address: Any) -> list[Deliveries]:
         return [m for a, m in self.sent if a == address and isinstance(m, Deliveries)]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition`` (polled on every loop iteration) or fail."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0)
 
 
 def rec(token: int, channel: str = "general", client_msg_id: str | None = None) -> SendRecord:
@@ -109,15 +103,15 @@ def ids(outcomes: Sequence[SendOutcome]) -> list[int | None]:
 Scenario = Callable[[PersistWriter, CountingStore, Posts], Awaitable[None]]
 
 
-def run(scenario: Scenario, *, start: bool = True) -> None:
-    """Run ``scenario`` with an open store and a writer; close both afterwards."""
+def run(scenario: Scenario, *, start: bool = True, **options: Any) -> None:
+    """Run ``scenario`` with an open store and a writer (given ``options``); close both."""
 
     async def main() -> None:
         store = CountingStore()
         await store.open()
         posts = Posts()
         writer = PersistWriter(
-            store, posts, ChimeMetrics.register(MetricsRegistry()), clock=lambda: NOW
+            store, posts, ChimeMetrics.register(MetricsRegistry()), clock=lambda: NOW, **options
         )
         writer.set_gateways(GATEWAYS)
         if start:
@@ -134,7 +128,7 @@ def run(scenario: Scenario, *, start: bool = True) -> None:
 def test_batch_is_acked_and_delivered_to_every_gateway() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(10, rec(1), rec(2)), "reply")
-        await wait_until(lambda: len(posts.sent) == 3)
+        await until(lambda: len(posts.sent) == 3, interval=0)
         (result,) = posts.results("reply")
         assert result.batch_id == 10
         assert [o.token for o in result.outcomes] == [1, 2]
@@ -158,7 +152,7 @@ def test_queued_batches_are_written_in_one_group_commit() -> None:
         writer.submit(batch(2, rec(2, "random"), gateway=2), "reply-2")
         writer.submit(batch(3, rec(3), gateway=1), "reply-3")
         assert writer.queue_depth == 3
-        await wait_until(lambda: len(posts.results("reply-3")) == 1)
+        await until(lambda: len(posts.results("reply-3")) == 1, interval=0)
         assert store.appends == [3]
         assert ids(posts.results("reply-1")[0].outcomes) == [1]
         assert ids(posts.results("reply-2")[0].outcomes) == [1]
@@ -174,31 +168,29 @@ def test_queued_batches_are_written_in_one_group_commit() -> None:
     run(scenario)
 
 
-def test_group_commit_is_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(writer_module, "MAX_RECORDS_PER_WRITE", 2)
-
+def test_group_commit_is_bounded() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         for n in range(1, 4):
             writer.submit(batch(n, rec(n)), f"reply-{n}")
-        await wait_until(lambda: len(posts.results("reply-3")) == 1)
+        await until(lambda: len(posts.results("reply-3")) == 1, interval=0)
         assert store.appends == [2, 1]
 
-    run(scenario)
+    run(scenario, max_records_per_write=2)
 
 
 def test_store_failure_answers_unavailable_and_keeps_ids_contiguous() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         store.fail_next(1)  # the append of the next write
         writer.submit(batch(2, rec(2), rec(3)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         failed = posts.results("reply")[1]
         assert [o.error_code for o in failed.outcomes] == ["unavailable", "unavailable"]
         assert all(o.message is None for o in failed.outcomes)
         assert len(posts.deliveries(GATEWAYS[0])) == 1  # nothing delivered for the failure
         writer.submit(batch(3, rec(4)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 3)
+        await until(lambda: len(posts.results("reply")) == 3, interval=0)
         assert ids(posts.results("reply")[2].outcomes) == [2]
         assert [m.seq for m in (await store.history("general")).messages] == [1, 2]
 
@@ -209,12 +201,12 @@ def test_load_failure_answers_unavailable() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         store.fail_next(1)  # load_channel_state
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         (outcome,) = posts.results("reply")[0].outcomes
         assert outcome.error_code == "unavailable"
         assert store.appends == []
         writer.submit(batch(2, rec(2)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         assert ids(posts.results("reply")[1].outcomes) == [1]
 
     run(scenario)
@@ -223,11 +215,11 @@ def test_load_failure_answers_unavailable() -> None:
 def test_duplicate_of_a_stored_message_is_acked_while_storage_is_down() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1, client_msg_id="c-1")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         original = posts.results("reply")[0].outcomes[0].message
         store.set_available(False)
         writer.submit(batch(2, rec(2, client_msg_id="c-1"), rec(3, client_msg_id="c-2")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         dup, new = posts.results("reply")[1].outcomes
         assert original is not None and dup.message is not None
         # Acked as the original: its id and time (the cache keeps no content).
@@ -246,10 +238,10 @@ def test_duplicate_of_a_stored_message_is_acked_while_storage_is_down() -> None:
 def test_duplicate_only_write_touches_no_storage() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1, client_msg_id="c-1")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         store.set_available(False)
         writer.submit(batch(2, rec(2, client_msg_id="c-1")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         (outcome,) = posts.results("reply")[1].outcomes
         assert outcome.duplicate and outcome.message is not None
         assert outcome.message.seq == 1
@@ -260,15 +252,15 @@ def test_duplicate_only_write_touches_no_storage() -> None:
 def test_repeat_within_one_write_shares_its_fate() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")  # loads the channel
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         writer.submit(batch(2, rec(2, client_msg_id="c-1"), rec(3, client_msg_id="c-1")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         first, repeat = posts.results("reply")[1].outcomes
         assert first.message is not None and not first.duplicate
         assert repeat == SendOutcome(3, message=first.message, duplicate=True)
         store.fail_next(1)
         writer.submit(batch(3, rec(4, client_msg_id="c-9"), rec(5, client_msg_id="c-9")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 3)
+        await until(lambda: len(posts.results("reply")) == 3, interval=0)
         outcomes = posts.results("reply")[2].outcomes
         assert [o.error_code for o in outcomes] == ["unavailable", "unavailable"]
 
@@ -325,16 +317,16 @@ _OVERLOADED = "persister overloaded"
 def test_store_bug_answers_unavailable_and_gives_the_ids_back() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         store.crash_next = True
         writer.submit(batch(2, rec(2)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         (outcome,) = posts.results("reply")[1].outcomes
         assert outcome.error_code == "unavailable"
         assert outcome.error_message == "internal error while storing"
         # The writer goes on, and the failed id is reused: no gap.
         writer.submit(batch(3, rec(3)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 3)
+        await until(lambda: len(posts.results("reply")) == 3, interval=0)
         assert ids(posts.results("reply")[2].outcomes) == [2]
         assert [m.seq for m in (await store.history("general")).messages] == [1, 2]
 
@@ -344,7 +336,7 @@ def test_store_bug_answers_unavailable_and_gives_the_ids_back() -> None:
 def test_message_ids_are_the_wire_format() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         message = posts.results("reply")[0].outcomes[0].message
         assert message is not None and message.message_id == format_message_id(1)
 
@@ -361,7 +353,7 @@ def test_stop_without_start_is_a_no_op() -> None:
 def test_changes_are_checked_numbered_stored_and_delivered_with_the_sends() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1), rec(2)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         writer.submit(
             batch(
                 2,
@@ -372,7 +364,7 @@ def test_changes_are_checked_numbered_stored_and_delivered_with_the_sends() -> N
             ),
             "reply",
         )
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         outcomes = posts.results("reply")[1].outcomes
         assert [o.error_code for o in outcomes] == [None] * 4
         edit, message, reaction, delete = outcomes
@@ -398,7 +390,7 @@ def test_changes_are_checked_numbered_stored_and_delivered_with_the_sends() -> N
 def test_refused_changes_take_no_id() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         writer.submit(
             batch(
                 2,
@@ -411,7 +403,7 @@ def test_refused_changes_take_no_id() -> None:
             ),
             "reply",
         )
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         outcomes = posts.results("reply")[1].outcomes
         codes = [o.error_code for o in outcomes]
         assert codes == ["forbidden", "forbidden", "not_found", "not_found", None, "not_found"]
@@ -427,15 +419,15 @@ def test_refused_changes_take_no_id() -> None:
 def test_reactions_are_idempotent() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         add = ChangeKind.REACTION_ADD
         remove = ChangeKind.REACTION_REMOVE
         writer.submit(
             batch(2, change(2, add, 1, emoji="👍"), change(3, add, 1, emoji="👍")), "reply"
         )
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         writer.submit(batch(3, change(4, add, 1, emoji="👍")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 3)
+        await until(lambda: len(posts.results("reply")) == 3, interval=0)
         writer.submit(
             batch(
                 4,
@@ -445,7 +437,7 @@ def test_reactions_are_idempotent() -> None:
             ),
             "reply",
         )
-        await wait_until(lambda: len(posts.results("reply")) == 4)
+        await until(lambda: len(posts.results("reply")) == 4, interval=0)
         done = [o for r in posts.results("reply")[1:] for o in r.outcomes]
         assert all(o.error_code is None for o in done)
         # Only the first add and the first remove changed anything.
@@ -459,13 +451,13 @@ def test_reactions_are_idempotent() -> None:
 def test_a_retried_delete_of_a_message_already_gone_is_done() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         writer.submit(batch(2, change(2, ChangeKind.DELETE, 1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         # The first attempt landed, its answer was lost with its persister.
         writer.submit(batch(3, change(3, ChangeKind.DELETE, 1, retried=True)), "reply")
         writer.submit(batch(4, change(4, ChangeKind.DELETE, 1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 4)
+        await until(lambda: len(posts.results("reply")) == 4, interval=0)
         (retried,) = posts.results("reply")[2].outcomes
         assert (retried.error_code, retried.change) == (None, None)
         assert posts.results("reply")[3].outcomes[0].error_code == "not_found"
@@ -477,10 +469,10 @@ def test_a_retried_delete_of_a_message_already_gone_is_done() -> None:
 def test_a_change_whose_check_cannot_read_storage_is_unavailable() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         store.fail_next(1)  # the check's read of the message
         writer.submit(batch(2, change(2, ChangeKind.EDIT, 1, content="x"), rec(3)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         edit, send = posts.results("reply")[1].outcomes
         assert edit.error_code == "unavailable"
         assert ids([send]) == [2]
@@ -491,13 +483,13 @@ def test_a_change_whose_check_cannot_read_storage_is_unavailable() -> None:
 def test_a_failed_write_answers_changes_unavailable_and_gives_their_ids_back() -> None:
     async def scenario(writer: PersistWriter, store: CountingStore, posts: Posts) -> None:
         writer.submit(batch(1, rec(1)), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 1)
+        await until(lambda: len(posts.results("reply")) == 1, interval=0)
         store.crash_next = True
         writer.submit(batch(2, change(2, ChangeKind.EDIT, 1, content="x")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 2)
+        await until(lambda: len(posts.results("reply")) == 2, interval=0)
         assert posts.results("reply")[1].outcomes[0].error_code == "unavailable"
         writer.submit(batch(3, change(3, ChangeKind.EDIT, 1, content="y")), "reply")
-        await wait_until(lambda: len(posts.results("reply")) == 3)
+        await until(lambda: len(posts.results("reply")) == 3, interval=0)
         (edit,) = posts.results("reply")[2].outcomes
         assert edit.change is not None and edit.change.seq == 2
 

@@ -25,6 +25,7 @@ from chime_actors.presence.messages import (
     TypingEvent,
 )
 from chime_actors.protocol.wire_frames import WireFrame
+from tests.support.clock import FakeClock
 
 BRIDGE = "bridge"
 PEER = "gateway-2"
@@ -67,14 +68,6 @@ class Member:
         return [f["userId"] for f in self.frames if f["type"] == "typing"]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Posts:
     def __init__(self) -> None:
         self.sent: list[tuple[Any, Any]] = []
@@ -95,8 +88,8 @@ async def turn() -> None:
         await asyncio.sleep(0)
 
 
-def hub(**kw: Any) -> tuple[PresenceHub, Posts, Clock]:
-    posts, clock = Posts(), Clock()
+def hub(**kw: Any) -> tuple[PresenceHub, Posts, FakeClock]:
+    posts, clock = Posts(), FakeClock()
     return PresenceHub(1, posts, clock=clock, typing_delay_s=0.0, **kw), posts, clock
 
 

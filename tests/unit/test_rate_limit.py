@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chime_actors.gateway.rate_limit import MAX_KEYS, KeyedBuckets, MessageRate, TokenBucket
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_a_bucket_allows_a_burst_then_refills_evenly() -> None:
@@ -25,7 +18,7 @@ def test_a_bucket_allows_a_burst_then_refills_evenly() -> None:
 
 
 def test_keyed_buckets_are_bounded_and_evict_the_least_recent() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     table = KeyedBuckets(1, clock)
     for n in range(MAX_KEYS + 10):
         table.take(f"a{n}")
@@ -35,14 +28,14 @@ def test_keyed_buckets_are_bounded_and_evict_the_least_recent() -> None:
 
 
 def test_zero_means_no_limit() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     assert all(KeyedBuckets(0, clock).take("x") is None for _ in range(1000))
     connection = MessageRate(0, clock).for_connection()
     assert all(connection.check("alice") is None for _ in range(1000))
 
 
 def test_a_connection_is_refused_past_the_limit_with_retry_after() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     connection = MessageRate(10, clock).for_connection()
     assert [connection.check("alice") for _ in range(10)] == [None] * 10
     limited = connection.check("alice")
@@ -53,7 +46,7 @@ def test_a_connection_is_refused_past_the_limit_with_retry_after() -> None:
 
 
 def test_a_connection_that_keeps_flooding_past_twice_the_limit_is_closed() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     connection = MessageRate(10, clock).for_connection()
     verdicts = [connection.check("alice") for _ in range(21)]
     assert verdicts[:10] == [None] * 10
@@ -63,7 +56,7 @@ def test_a_connection_that_keeps_flooding_past_twice_the_limit_is_closed() -> No
 
 
 def test_the_user_bucket_is_shared_by_the_users_connections() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rate = MessageRate(10, clock)
     first, second, other = rate.for_connection(), rate.for_connection(), rate.for_connection()
     assert [first.check("alice") for _ in range(6)] == [None] * 6
@@ -73,7 +66,7 @@ def test_the_user_bucket_is_shared_by_the_users_connections() -> None:
 
 
 def test_a_refused_frame_uses_no_token() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rate = MessageRate(2, clock)
     busy, idle = rate.for_connection(), rate.for_connection()
     assert [busy.check("alice") for _ in range(2)] == [None, None]
