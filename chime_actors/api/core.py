@@ -118,6 +118,7 @@ class ApiCore:
                 auth_mode=config.auth.mode.value,
                 chat_port=chat_port or config.chat.port,
                 max_content_chars=config.chat.max_content_chars,
+                max_attachment_bytes=config.attachments.max_bytes,
             )
         )
         # Uploads are streamed to storage, never read whole (api.attachment_routes).

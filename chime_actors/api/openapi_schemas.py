@@ -311,12 +311,19 @@ def schemas() -> dict[str, Schema]:
         },
         "ClientConfig": {
             "type": "object",
-            "required": ["authMode", "chatPort", "chatPath", "maxContentChars"],
+            "required": [
+                "authMode",
+                "chatPort",
+                "chatPath",
+                "maxContentChars",
+                "maxAttachmentBytes",
+            ],
             "properties": {
                 "authMode": {"type": "string", "enum": ["insecure", "jwt"]},
                 "chatPort": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "chatPath": {"type": "string"},
                 "maxContentChars": {"type": "integer", "minimum": 1},
+                "maxAttachmentBytes": {"type": "integer", "minimum": 1},
             },
         },
         "Emoji": {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS},

@@ -4,9 +4,10 @@
 ``GET /``                  the page (``chime_actors/web/index.html``)
 ``GET /static/{name}``     the page's modules, stylesheet and icon (the other files of
                            ``chime_actors/web/``, shipped as package data)
-``GET /v1/client-config``  ``{"authMode", "chatPort", "chatPath", "maxContentChars"}``:
-                           what the page needs to reach the chat port, which differs
-                           from the API port it was loaded from
+``GET /v1/client-config``  ``{"authMode", "chatPort", "chatPath", "maxContentChars",
+                           "maxAttachmentBytes"}``: what the page needs to reach the
+                           chat port, which differs from the API port it was loaded
+                           from, and the limits it checks before sending
 =========================  ==========================================================
 
 There is no build step: the files are served as they are in the package. Their
@@ -15,9 +16,11 @@ with an ``ETag``: a browser revalidates (a cheap 304) and never runs an old
 ``chime.js`` next to a new ``app.js`` after an upgrade.
 
 The page's ``Content-Security-Policy`` allows scripts, styles and images from the
-API origin only (nothing inline, nothing from elsewhere) and WebSocket
-connections to the chat port of the host the page was loaded from; the chat
-port's ``Origin`` check accepts that host (PROTOCOL.md "Origins").
+API origin only (nothing inline, nothing from elsewhere), images also from
+``blob:`` URLs (the page makes them of attachments it fetched with the user's
+credentials, which an ``<img src>`` of the download URL cannot send), and
+WebSocket connections to the chat port of the host the page was loaded from; the
+chat port's ``Origin`` check accepts that host (PROTOCOL.md "Origins").
 """
 
 from __future__ import annotations
@@ -71,12 +74,15 @@ class ClientConfig:
         chat_port: the chat WebSocket's port; the page connects to it on the host
             it was loaded from.
         max_content_chars: the longest message the server takes.
+        max_attachment_bytes: the largest file ``POST /v1/attachments`` takes
+            (``attachments.max_bytes``): the page refuses a larger one itself.
         chat_path: the WebSocket path (any path works; ``/`` is the documented one).
     """
 
     auth_mode: str
     chat_port: int
     max_content_chars: int
+    max_attachment_bytes: int
     chat_path: str = "/"
 
     def to_wire(self) -> dict[str, object]:
@@ -86,6 +92,7 @@ class ClientConfig:
             "chatPort": self.chat_port,
             "chatPath": self.chat_path,
             "maxContentChars": self.max_content_chars,
+            "maxAttachmentBytes": self.max_attachment_bytes,
         }
 
 
@@ -184,7 +191,8 @@ class WebClient:
                 "default-src 'none'",
                 "script-src 'self'",
                 "style-src 'self'",
-                "img-src 'self'",
+                # blob: only for the attachments the page fetched itself.
+                "img-src 'self' blob:",
                 f"connect-src {' '.join(connect)}",
                 "base-uri 'none'",
                 "form-action 'none'",

@@ -23,6 +23,9 @@ Example::
 
     asyncio.run(main())
 
+Files go first to ``POST /v1/attachments`` (:func:`upload`, or
+``ChimeClient(..., api_url=...).upload(path)``); a send lists their ids.
+
 The bookkeeping is sans I/O (:mod:`chime_actors.client.state`,
 :mod:`chime_actors.client.backoff`); :mod:`chime_actors.client.websocket_client`
 does the I/O. See docs/client.md.
@@ -56,6 +59,7 @@ from chime_actors.client.events import (
     parse_event,
 )
 from chime_actors.client.state import ClientState, PendingSend
+from chime_actors.client.uploads import UploadSource, upload
 from chime_actors.client.websocket_client import ChimeClient, ClientOptions
 from chime_actors.errors import (
     ClientClosed,
@@ -106,5 +110,7 @@ __all__ = [
     "Typing",
     "UnknownFrame",
     "Unsubscribed",
+    "UploadSource",
     "parse_event",
+    "upload",
 ]

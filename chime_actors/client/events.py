@@ -22,12 +22,32 @@ Pairs = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file referenced by a message (PROTOCOL.md "Attachments")."""
+    """A file referenced by a message (PROTOCOL.md "Attachments").
+
+    ``sha256`` (hex) is known from an upload's answer only: messages do not list it.
+    """
 
     attachment_id: str
     filename: str
     content_type: str
     size: int
+    sha256: str | None = None
+
+    @classmethod
+    def from_wire(cls, raw: object) -> Attachment:
+        """Parse an attachment as a message lists it, or an upload's answer.
+
+        Raises:
+            ValueError: a required field is missing or has the wrong type.
+        """
+        wire = _object(raw, "attachment")
+        return cls(
+            attachment_id=_req_str(wire, "attachmentId"),
+            filename=_req_str(wire, "filename"),
+            content_type=_req_str(wire, "contentType"),
+            size=_int(wire.get("size", 0), "size"),
+            sha256=_opt_str(wire, "sha256"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,10 +464,4 @@ def _str_tuple(value: object, what: str) -> tuple[str, ...]:
 
 
 def _attachment(raw: object) -> Attachment:
-    wire = _object(raw, "attachment")
-    return Attachment(
-        attachment_id=_req_str(wire, "attachmentId"),
-        filename=_req_str(wire, "filename"),
-        content_type=_req_str(wire, "contentType"),
-        size=_int(wire.get("size", 0), "size"),
-    )
+    return Attachment.from_wire(raw)

@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from chime_actors.client.backoff import Backoff, Reconnector
 from chime_actors.client.events import (
     Ack,
+    Attachment,
     Connected,
     Disconnected,
     Error,
@@ -46,8 +47,10 @@ from chime_actors.client.events import (
     Unsubscribed,
 )
 from chime_actors.client.state import ClientState, PendingSend
+from chime_actors.client.uploads import DEFAULT_UPLOAD_TIMEOUT_S, UploadSource, upload
 from chime_actors.errors import (
     ClientClosed,
+    ClientError,
     ConnectFailed,
     ConnectionLost,
     RequestFailed,
@@ -76,6 +79,7 @@ class ClientOptions:
         open_timeout_s: one WebSocket opening handshake.
         handshake_timeout_s: the ``connect`` frame until ``connected``.
         request_timeout_s: default wait for an ack or a reply.
+        upload_timeout_s: default wait for a whole ``upload``.
         close_timeout_s: the WebSocket closing handshake.
         backoff: the delays between reconnect attempts.
         max_attempts: failed attempts in a row before giving up (None: never).
@@ -90,6 +94,7 @@ class ClientOptions:
     open_timeout_s: float = 10.0
     handshake_timeout_s: float = 10.0
     request_timeout_s: float = 10.0
+    upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S
     close_timeout_s: float = 5.0
     backoff: Backoff = field(default_factory=Backoff)
     max_attempts: int | None = None
@@ -130,6 +135,7 @@ class ChimeClient:
         token: a JWT in jwt mode.
         channels: channels to join on connect.
         options: timeouts and bounds.
+        api_url: the API's base URL (``http://127.0.0.1:3142``), for ``upload``.
 
     Example::
 
@@ -149,8 +155,10 @@ class ChimeClient:
         channels: Iterable[str] = (),
         options: ClientOptions | None = None,
         reconnector: Reconnector | None = None,
+        api_url: str | None = None,
     ) -> None:
         self._url = url
+        self._api_url = api_url
         self._options = options or ClientOptions()
         opts = self._options
         self._state = ClientState(
@@ -357,6 +365,37 @@ class ChimeClient:
         answer = await self._wait(self._add_waiter(outcome, survives_reconnect=True), timeout)
         assert isinstance(answer, Ack)
         return answer
+
+    async def upload(
+        self,
+        source: UploadSource,
+        filename: str | None = None,
+        content_type: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Attachment:
+        """Upload a file (a path, or bytes with ``filename``) as this client's user.
+
+        List the returned record's ``attachment_id`` in a ``send``. It goes over
+        REST to ``api_url``, with the token (jwt mode) or the user id (insecure
+        mode), connected or not. See :func:`chime_actors.client.uploads.upload`
+        for the arguments and the errors.
+
+        Raises:
+            ClientError: the client was made without ``api_url``.
+            RequestFailed, ConnectionLost, RequestTimeout, OSError: as ``upload``.
+        """
+        if self._api_url is None:
+            raise ClientError("uploads go to the API port: make the client with api_url=...")
+        return await upload(
+            self._api_url,
+            source,
+            filename,
+            content_type,
+            user_id=self._state.user_id,
+            token=self._state.token,
+            timeout_s=self._options.upload_timeout_s if timeout is None else timeout,
+        )
 
     # --- requests ---------------------------------------------------------------------
 

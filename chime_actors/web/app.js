@@ -1,7 +1,9 @@
 // The web chat page: renders what chime.js reports and turns input into its calls.
 // All connection logic (reconnect, resume, resends) lives in chime.js; the DOM of
-// a list of messages in render.js, the thread panel in thread.js.
+// a list of messages in render.js, the thread panel in thread.js, the files
+// chosen for a message in attach.js.
 
+import { AttachmentTray } from "./attach.js";
 import { ChimeClient, chatUrlFor, fetchClientConfig } from "./chime.js";
 import { MessagePane, isReply } from "./render.js";
 import { ThreadPanel } from "./thread.js";
@@ -49,6 +51,7 @@ const ui = {
   composerForm: $("composer-form"),
   composer: $("composer"),
   chatError: $("chat-error"),
+  threadError: $("thread-error"),
 };
 
 let config = null; // /v1/client-config
@@ -56,6 +59,11 @@ let client = null; // the ChimeClient of the session
 let session = null; // {user, token, channels, active}
 let lastTypingSent = 0;
 const channels = new Map(); // channelId -> ChannelView
+// attachmentId -> Promise of a blob: URL of its bytes: the thumbnails shown, each
+// fetched once per session (revoked at sign-out).
+const thumbnails = new Map();
+// A saved file's blob: URL outlives the click that starts its download this long.
+const DOWNLOAD_URL_KEPT_MS = 60000;
 
 /** What the page knows of one channel, whether or not it is shown. */
 class ChannelView {
@@ -135,11 +143,33 @@ const paneHooks = {
   remove: (channelId, messageId) => {
     if (window.confirm("Delete this message for everyone?")) client?.remove(channelId, messageId);
   },
+  attachmentUrl: (attachment) => thumbnailUrl(attachment),
+  downloadHref: (attachment) => client?.attachmentUrl(attachment.attachmentId) ?? "#",
+  saveAttachment: (attachment) => saveAttachment(attachment),
 };
+
+// The files of the next message, and of the next reply in the thread panel.
+const trayHooks = (error) => ({
+  upload: (file, options) => client.upload(file, options),
+  maxBytes: () => config?.maxAttachmentBytes ?? null,
+  error: (text) => {
+    error.textContent = text;
+  },
+});
+const composerTray = new AttachmentTray(
+  { input: $("attach-input"), list: $("attach-list") }, trayHooks(ui.chatError),
+);
+const threadTray = new AttachmentTray(
+  { input: $("thread-attach-input"), list: $("thread-attach-list") }, trayHooks(ui.threadError),
+);
 
 const channelPane = new MessagePane(ui.messages, ui.scroller, {
   ...paneHooks,
-  openThread: (channelId, rootId) => threadPanel.open(channelId, rootId),
+  openThread: (channelId, rootId) => {
+    // Files chosen for another thread's reply are not this one's.
+    if (!threadPanel.showing(channelId, rootId)) threadTray.clear();
+    threadPanel.open(channelId, rootId);
+  },
   replyCount: (channelId, rootId) => channels.get(channelId)?.replyCount(rootId) ?? 0,
 });
 
@@ -156,7 +186,7 @@ const threadPanel = new ThreadPanel({
 }, {
   ...paneHooks,
   history: (channelId, options) => client.history(channelId, options),
-  send: (channelId, content, threadId) => sendText(channelId, content, threadId),
+  send: (channelId, content, threadId) => sendText(channelId, content, threadId, threadTray),
   known: (channelId, rootId) => {
     const view = channels.get(channelId);
     if (!view) return [];
@@ -167,6 +197,7 @@ const threadPanel = new ThreadPanel({
     [...(channels.get(channelId)?.pending.values() ?? [])].filter((s) => s.threadId === rootId),
   typing: (channelId) => sendTyping(channelId),
   closed: (channelId, rootId) => {
+    threadTray.clear();
     // Back to where the thread was opened from, or to the message box.
     const opener = channelId === session?.active
       ? channelPane.find(rootId)?.querySelector(".reply-button") : null;
@@ -285,6 +316,7 @@ function start(value) {
     token: value.token ?? undefined,
     channels: value.channels,
     storage: sessionStorage,
+    maxAttachmentBytes: config.maxAttachmentBytes,
   });
   for (const id of value.channels) channelView(id);
   for (const send of client.pendingSends()) channelView(send.channelId).pending.set(send.clientMsgId, send);
@@ -301,6 +333,8 @@ function stop() {
   sessionStorage.removeItem(SESSION_KEY);
   session = null;
   threadPanel.close();
+  composerTray.clear();
+  forgetThumbnails();
   channels.clear();
   ui.messages.replaceChildren();
   showLogin();
@@ -381,6 +415,7 @@ function wire(c) {
         channelId: send.channelId, messageId: ack.messageId, userId: client.userId,
         content: send.content, createdAt: ack.createdAt, editedAt: null,
         metadata: send.metadata, threadId: send.threadId, clientMsgId: send.clientMsgId,
+        attachments: send.attachments?.length ? send.attachments : undefined,
       });
     }
     show(view.messages.get(ack.messageId));
@@ -625,6 +660,7 @@ function showChannel(id) {
   ui.title.textContent = view ? `# ${view.id}` : "No channel: join one";
   ui.composer.disabled = !view;
   ui.composerForm.querySelector("button").disabled = !view;
+  composerTray.enable(Boolean(view));
   if (view) view.unread = 0;
   renderChannelList();
   renderMessages(view);
@@ -724,19 +760,76 @@ function sendTyping(channelId) {
 }
 
 function sendComposed() {
-  if (session?.active && sendText(session.active, ui.composer.value)) ui.composer.value = "";
+  if (session?.active && sendText(session.active, ui.composer.value, null, composerTray)) {
+    ui.composer.value = "";
+  }
 }
 
-/** Send `text` (in the thread of `threadId`, if given); false if there was nothing to send. */
-function sendText(channelId, text, threadId = null) {
-  if (!text.trim() || !client) return false;
-  if ([...text].length > config.maxContentChars) {
-    showError(`A message holds at most ${config.maxContentChars} characters.`);
+/**
+ * Send `text` (in the thread of `threadId`, if given) with the files uploaded
+ * in `tray`; false if there was nothing to send, or it must wait.
+ */
+function sendText(channelId, text, threadId = null, tray = null) {
+  if (!client) return false;
+  const error = threadId ? ui.threadError : ui.chatError;
+  if (tray?.uploading) {
+    error.textContent = "Wait until the files are uploaded, then send.";
     return false;
   }
-  ui.chatError.textContent = "";
-  client.send(channelId, text, { threadId });
+  const files = tray?.ready() ?? [];
+  if (!text.trim()) {
+    if (!files.length) return false;
+    // The server stores no message without text: the files' names are its text.
+    text = [...files.map((file) => file.filename).join(", ")]
+      .slice(0, config.maxContentChars).join("");
+  }
+  if ([...text].length > config.maxContentChars) {
+    error.textContent = `A message holds at most ${config.maxContentChars} characters.`;
+    return false;
+  }
+  error.textContent = "";
+  client.send(channelId, text, { threadId, attachments: files });
+  tray?.clear();
   return true;
+}
+
+// --- attachments: fetched with the credentials, shown from blob: URLs ---------------------
+
+function thumbnailUrl(attachment) {
+  const id = attachment.attachmentId;
+  if (!thumbnails.has(id)) {
+    const url = client
+      ? client.fetchAttachment(id).then((blob) => URL.createObjectURL(blob))
+      : Promise.reject(new Error("not signed in"));
+    // A failed fetch is tried again the next time the message is drawn.
+    url.catch(() => thumbnails.delete(id));
+    thumbnails.set(id, url);
+  }
+  return thumbnails.get(id);
+}
+
+function forgetThumbnails() {
+  for (const url of thumbnails.values()) url.then((href) => URL.revokeObjectURL(href), () => {});
+  thumbnails.clear();
+}
+
+async function saveAttachment(attachment) {
+  const name = attachment.filename ?? "file";
+  try {
+    const blob = await client.fetchAttachment(attachment.attachmentId);
+    // Saved, never shown: typed as bytes, so no browser renders it (an HTML file).
+    const href = URL.createObjectURL(blob.slice(0, blob.size, "application/octet-stream"));
+    const link = document.createElement("a");
+    link.href = href;
+    link.download = name;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(href), DOWNLOAD_URL_KEPT_MS);
+  } catch (err) {
+    showError(`Could not download ${name}: ${err.message}`);
+  }
 }
 
 ui.joinForm.addEventListener("submit", (event) => {

@@ -11,7 +11,8 @@
 //   failed) is caught up from REST history instead;
 // * keep every send pending until its `ack`, and resend unacked sends with the
 //   same `clientMsgId` after a reconnect (the server stores each once);
-// * deliver each message of a channel once, in id order, as a `message` event.
+// * deliver each message of a channel once, in id order, as a `message` event;
+// * upload files and fetch attachments with the user's credentials.
 //
 // It knows nothing of the DOM. See docs/web-client.md for the API and an example.
 
@@ -65,6 +66,22 @@ export function chatUrlFor(config, pageUrl = globalThis.location?.href) {
     `:${config.chatPort}${config.chatPath || "/"}`;
 }
 
+// An attachment as a message lists it; an id alone stands for a file not described.
+function attachmentRecord(attachment) {
+  if (typeof attachment === "string") return { attachmentId: attachment };
+  const { attachmentId, filename, contentType, size } = attachment;
+  return { attachmentId, filename, contentType, size };
+}
+
+// A REST answer that is not ok as a ChimeError: an RFC 9457 problem's `code`
+// (PROTOCOL.md's) and `detail` (the human text), else the status.
+function problemError(response, body, what) {
+  return new ChimeError(
+    body.code ?? (response.status === 413 ? "too_large" : "unavailable"),
+    body.detail ?? body.title ?? `${what}: HTTP ${response.status}`,
+  );
+}
+
 function randomId() {
   const bytes = new Uint8Array(8);
   globalThis.crypto.getRandomValues(bytes);
@@ -101,6 +118,9 @@ export class ChimeClient {
    * @param {Storage} [options.storage] where unacked sends are kept across reloads
    *   (e.g. `sessionStorage`); without it they live as long as the object
    * @param {number} [options.initialHistory] messages fetched when a channel is joined
+   * @param {number} [options.maxAttachmentBytes] the largest file `upload` sends
+   *   (`maxAttachmentBytes` of `/v1/client-config`); a larger one is refused
+   *   without a request. Without it the server's 413 says so.
    */
   constructor(options) {
     this.options = { ...DEFAULTS, ...options };
@@ -451,15 +471,19 @@ export class ChimeClient {
   /**
    * Send a message. It stays pending until the server's `ack` (then `ack` is
    * emitted) and is resent with the same `clientMsgId` after a reconnect.
-   * @returns the pending send: {clientMsgId, channelId, content, metadata, threadId, createdAt}
+   * `attachments` lists files you uploaded (`upload`'s records, or their ids):
+   * the frame carries the ids, the pending send keeps the records to show.
+   * @returns the pending send: {clientMsgId, channelId, content, metadata, threadId,
+   *   attachments, createdAt}
    */
-  send(channelId, content, { metadata, threadId } = {}) {
+  send(channelId, content, { metadata, threadId, attachments } = {}) {
     const send = {
       clientMsgId: `c-${randomId()}`,
       channelId,
       content,
       metadata: metadata ?? {},
       threadId: threadId ?? null,
+      attachments: (attachments ?? []).map(attachmentRecord),
       createdAt: new Date().toISOString(),
       userId: this.userId,
     };
@@ -485,6 +509,7 @@ export class ChimeClient {
       metadata: send.metadata,
     };
     if (send.threadId) frame.threadId = send.threadId;
+    if (send.attachments?.length) frame.attachments = send.attachments.map((a) => a.attachmentId);
     this._write(frame);
   }
 
@@ -535,6 +560,80 @@ export class ChimeClient {
         `history: HTTP ${response.status}`);
     }
     return { messages: body.messages ?? [], hasMore: Boolean(body.hasMore) };
+  }
+
+  // --- attachments ----------------------------------------------------------------
+
+  /**
+   * Upload a file (a `File`, or any `Blob` with `filename` given) with
+   * `POST /v1/attachments`. Resolves with the server's record
+   * `{attachmentId, filename, contentType, size, sha256}`: pass it (or its id)
+   * in `send`'s `attachments`. Rejects with a `ChimeError`: `too_large` (over
+   * `maxAttachmentBytes`, then without a request, or the server's 413),
+   * `bad_request` (an empty file, a bad name), `unauthorized`, `unavailable`
+   * (the network); `message` is the server's `detail`. `signal` aborts it.
+   * Works whether or not the socket is connected.
+   */
+  async upload(file, { filename, contentType, signal } = {}) {
+    const name = filename ?? file.name;
+    if (!name) throw new ChimeError("bad_request", "the file needs a name");
+    const limit = this.options.maxAttachmentBytes;
+    if (limit && file.size > limit) {
+      throw new ChimeError("too_large",
+        `${name} is ${file.size} bytes; the largest file this server takes is ${limit} bytes`);
+    }
+    const url = new URL("/v1/attachments", this.options.apiUrl ?? globalThis.location.origin);
+    url.searchParams.set("filename", name);
+    const headers = {
+      ...this._credentials(),
+      "Content-Type": contentType || file.type || "application/octet-stream",
+    };
+    let response;
+    try {
+      response = await fetch(url, { method: "POST", headers, body: file, signal, cache: "no-store" });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ChimeError("unavailable", `upload failed: ${err.message}`);
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw problemError(response, body, "upload");
+    return body;
+  }
+
+  /** The download URL of an attachment (it needs the credentials: see `fetchAttachment`). */
+  attachmentUrl(attachmentId) {
+    return new URL(
+      `/v1/attachments/${encodeURIComponent(attachmentId)}`,
+      this.options.apiUrl ?? globalThis.location.origin,
+    ).href;
+  }
+
+  /**
+   * An attachment's bytes as a `Blob` (of its stored type), fetched with the
+   * credentials (a Bearer token in jwt mode), which a plain link or `<img src>`
+   * cannot send: show it with `URL.createObjectURL`. Rejects with a `ChimeError`
+   * (`not_found` for a file you may not read).
+   */
+  async fetchAttachment(attachmentId, { signal } = {}) {
+    let response;
+    try {
+      response = await fetch(this.attachmentUrl(attachmentId), {
+        headers: this._credentials(), signal, cache: "no-store",
+      });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ChimeError("unavailable", `download failed: ${err.message}`);
+    }
+    if (!response.ok) {
+      throw problemError(response, await response.json().catch(() => ({})), "download");
+    }
+    return response.blob();
+  }
+
+  // Who is asking, for the attachment routes: the token, or the user in insecure mode.
+  _credentials() {
+    if (this.token) return { Authorization: `Bearer ${this.token}` };
+    return this.userId ? { "X-Chime-User": this.userId } : {};
   }
 
   /** Edit one of your messages (`message_edited` follows). */

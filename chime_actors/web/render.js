@@ -5,7 +5,17 @@
 // last, and keeps the reader's place. It holds no state of its own beyond the
 // DOM: app.js tells it what to show, and what the buttons of a message do.
 
+import { formatSize } from "./attach.js";
+
 const NEAR_BOTTOM_PX = 80;
+// Shown inline as well as listed; any other type is a download link only.
+const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+
+/** Whether an attachment's type is one shown as an inline thumbnail. */
+export function isImage(attachment) {
+  const type = (attachment.contentType ?? "").split(";")[0].trim().toLowerCase();
+  return IMAGE_TYPES.has(type);
+}
 
 /** A message's time: hours and minutes today, with the date on other days. */
 export function formatTime(iso) {
@@ -34,6 +44,10 @@ export class MessagePane {
    * @param {(channelId, messageId) => void} [hooks.openThread] given: the pane's
    *   messages have "Reply in thread" and show their thread's reply count
    * @param {(channelId, messageId) => number} [hooks.replyCount]
+   * @param {(attachment) => Promise<string>} hooks.attachmentUrl a `blob:` URL of an
+   *   attachment's bytes (fetched with the user's credentials)
+   * @param {(attachment) => string} hooks.downloadHref the link's URL (the download route)
+   * @param {(attachment) => void} hooks.saveAttachment download it (its link was used)
    */
   constructor(list, scroller, hooks) {
     this.list = list;
@@ -135,9 +149,13 @@ export class MessagePane {
     const content = document.createElement("p");
     content.className = "content";
 
+    const files = document.createElement("ul");
+    files.className = "attachments";
+    files.hidden = true;
+
     const extras = document.createElement("p");
     extras.className = "extras";
-    li.append(meta, content, extras);
+    li.append(meta, content, files, extras);
     if (this.hooks.openThread) li.append(this._threadSummary(li, message));
     li.append(this._actions(li, message));
     this.fill(li, message);
@@ -149,6 +167,7 @@ export class MessagePane {
 
   fill(li, message) {
     li.querySelector(".content").textContent = message.content;
+    this._fillAttachments(li.querySelector(".attachments"), message.attachments ?? []);
     const extras = li.querySelector(".extras");
     const parts = [];
     if (message.editedAt) {
@@ -176,6 +195,52 @@ export class MessagePane {
       summary.hidden = count === 0;
       summary.querySelector("button").textContent = count === 1 ? "1 reply" : `${count} replies`;
     }
+  }
+
+  // Each attachment as a download link (name, size), images with a thumbnail
+  // too. Built once per set of files: an edit or a reaction redraws the message
+  // without fetching its images again.
+  _fillAttachments(list, attachments) {
+    const key = attachments.map((a) => a.attachmentId).join(" ");
+    if (list.dataset.files === key) return;
+    list.dataset.files = key;
+    list.hidden = attachments.length === 0;
+    list.replaceChildren(...attachments.map((attachment) => this._attachment(attachment)));
+  }
+
+  _attachment(attachment) {
+    const item = document.createElement("li");
+    item.className = "attachment";
+    item.dataset.attachmentId = attachment.attachmentId;
+    const name = attachment.filename ?? "file";
+    if (isImage(attachment)) {
+      const img = document.createElement("img");
+      img.className = "thumbnail";
+      img.alt = name;
+      img.decoding = "async";
+      img.hidden = true; // until its bytes are in
+      this.hooks.attachmentUrl(attachment).then((url) => {
+        img.src = url;
+        img.hidden = false;
+      }, () => {}); // the link stays, and says what failed when used
+      item.append(img);
+    }
+    const link = document.createElement("a");
+    link.className = "attachment-link";
+    link.href = this.hooks.downloadHref(attachment);
+    link.download = name;
+    link.textContent = name;
+    link.addEventListener("click", (event) => {
+      // The download needs the credentials (a token in jwt mode), which a
+      // plain link cannot send: fetch it, then save what was fetched.
+      event.preventDefault();
+      this.hooks.saveAttachment(attachment);
+    });
+    const size = document.createElement("span");
+    size.className = "attachment-size";
+    size.textContent = formatSize(attachment.size);
+    item.append(link, " ", size);
+    return item;
   }
 
   /** Insert `el` in id order (pending ones, with no id, stay last), keeping the view steady. */

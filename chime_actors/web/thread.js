@@ -15,7 +15,7 @@ export class ThreadPanel {
    *   list, form, composer, error
    * @param {object} hooks the MessagePane hooks (me, reactions, react, edit, remove) and
    * @param {(channelId, options) => Promise<{messages, hasMore}>} hooks.history
-   * @param {(channelId, content, threadId) => void} hooks.send
+   * @param {(channelId, content, threadId) => boolean} hooks.send false: nothing was sent
    * @param {(channelId, rootId) => object[]} hooks.known the thread's messages the page has
    * @param {(channelId, rootId) => object[]} hooks.pending the thread's unacked sends
    * @param {(channelId) => void} hooks.typing
@@ -195,7 +195,8 @@ export class ThreadPanel {
 
   _sendComposed() {
     const text = this.ui.composer.value;
-    if (!text.trim() || !this.thread) return;
+    // Blank text may still send: the reply's files (app.js decides).
+    if (!this.thread) return;
     if (this.hooks.send(this.thread.channelId, text, this.thread.rootId)) this.ui.composer.value = "";
   }
 }

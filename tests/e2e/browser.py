@@ -47,6 +47,31 @@ return Array.from(document.querySelectorAll('#messages > li.message')).map((li) 
 }));
 """
 
+# The files listed under a message (found by its content), or null if no message has it.
+_READ_ATTACHMENTS = """
+const li = Array.from(document.querySelectorAll(arguments[1] + ' > li.message'))
+  .find((li) => li.querySelector('.content').textContent === arguments[0]);
+if (!li) return null;
+return Array.from(li.querySelectorAll('.attachment')).map((item) => {
+  const link = item.querySelector('.attachment-link');
+  const img = item.querySelector('img.thumbnail');
+  return {
+    attachmentId: item.dataset.attachmentId,
+    name: link.textContent,
+    href: link.href,
+    size: item.querySelector('.attachment-size').textContent,
+    image: img ? {src: img.src, alt: img.alt, shown: !img.hidden && img.complete,
+                  naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight} : null,
+  };
+});
+"""
+_READ_PENDING_FILES = """
+return Array.from(document.querySelectorAll('#' + arguments[0] + ' > li')).map((li) => ({
+  name: li.querySelector('.file-name').textContent,
+  state: li.dataset.state,
+}));
+"""
+
 
 def _find(names: tuple[str, ...], env: str) -> str | None:
     if os.environ.get(env):
@@ -155,6 +180,21 @@ class Page:
         )
         return [str(n) for n in names]
 
+    def attachments(self, content: str, list_selector: str = "#messages") -> list[Any] | None:
+        """The files shown under the message reading ``content`` (None: no such message).
+
+        Each is a dict: ``attachmentId``, ``name``, ``href``, ``size`` (as shown),
+        and ``image`` (the thumbnail's ``src``, ``alt``, ``shown``,
+        ``naturalWidth``, ``naturalHeight``) or None.
+        """
+        found = self.driver.execute_script(_READ_ATTACHMENTS, content, list_selector)
+        return None if found is None else list(found)
+
+    def pending_files(self, list_id: str = "attach-list") -> list[tuple[str, str]]:
+        """(name, state) of each file waiting for the next message, in order."""
+        rows = self.driver.execute_script(_READ_PENDING_FILES, list_id)
+        return [(str(r["name"]), str(r["state"])) for r in rows]
+
     def browser_errors(self) -> list[str]:
         """Severe console entries (uncaught exceptions, failed loads, CSP refusals)."""
         return [
@@ -213,6 +253,12 @@ class Page:
         box = self.composer()
         box.send_keys(text)
         box.send_keys(Keys.ENTER)
+
+    def attach(self, *paths: Path, input_id: str = "attach-input") -> None:
+        """Choose ``paths`` in the labelled file input, as the file picker would."""
+        box = self.element(input_id)
+        # One send_keys with the paths on lines of their own is one choice of them all.
+        box.send_keys("\n".join(str(path) for path in paths))
 
     def send(self, text: str) -> Message:
         """Send ``text`` from the message box; wait until the page shows it stored."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,8 +23,10 @@ import pytest
 
 from chime_actors.client import (
     Ack,
+    Attachment,
     Backoff,
     ChimeClient,
+    ClientError,
     ClientOptions,
     Connected,
     ConnectFailed,
@@ -32,7 +37,11 @@ from chime_actors.client import (
     RequestFailed,
     Resumed,
     ResumeFailed,
+    upload,
 )
+from chime_actors.config import AttachmentsConfig
+from chime_actors.errors import ConnectionLost
+from tests.e2e import attachment_http
 from tests.e2e.conftest import TIGHT_MAX_RESUME, fresh, run
 from tests.e2e.load import kill_leftovers, rest_history
 from tests.e2e.tcp_proxy import TcpProxy
@@ -321,5 +330,104 @@ def test_a_malformed_connect_is_refused_at_once(server: ServerProcess) -> None:
         # Refused, not retried until the connect timeout (that has no code).
         assert caught.value.code == "bad_request"
         assert client.closed
+
+    run(scenario())
+
+
+def listed(attachment: Attachment) -> Attachment:
+    """An upload's record as a message lists it (messages carry no sha256)."""
+    return dataclasses.replace(attachment, sha256=None)
+
+
+def test_files_are_uploaded_sent_with_their_ids_and_received(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Alice uploads a file from disk (``ChimeClient.upload``: streamed, its name
+    and type from the path) and bytes (``upload``), sends a message listing both
+    ids; Bob receives it listing them, history lists them too, and the download
+    route serves the exact bytes. Refusals come back in the server's words: an
+    empty file (400), one over ``attachments.max_bytes`` (413, answered before the
+    body is sent), a send listing another user's file; a client made without
+    ``api_url`` says so, and a closed port is ``ConnectionLost``."""
+    channel = fresh("lib")
+    report = tmp_path / "report.csv"
+    report.write_bytes(b"day,sent\nmon,3\n" * 500)
+    picture = b"\x89PNG\r\n\x1a\n not really a picture"
+
+    async def scenario() -> None:
+        alice = ChimeClient(
+            server.url, user_id="alice", channels=[channel], options=FAST, api_url=server.api
+        )
+        bob = ChimeClient(server.url, user_id="bob", channels=[channel], options=FAST)
+        async with recorders(alice, bob) as (_, b):
+            from_disk = await alice.upload(report)
+            assert (from_disk.filename, from_disk.content_type) == ("report.csv", "text/csv")
+            assert from_disk.size == report.stat().st_size
+            assert from_disk.sha256 == hashlib.sha256(report.read_bytes()).hexdigest()
+            in_memory = await upload(
+                server.api, picture, "pic.png", "image/png", user_id="alice", timeout_s=20
+            )
+            assert (in_memory.content_type, in_memory.size) == ("image/png", len(picture))
+
+            ids = [from_disk.attachment_id, in_memory.attachment_id]
+            ack = await alice.send(channel, "this week", attachments=ids)
+            got = (await until(lambda: b.of(Message), WAIT_S, "the message at bob"))[0].message
+            assert got.message_id == ack.message_id
+            assert got.attachments == (listed(from_disk), listed(in_memory))
+            (stored,) = (await bob.history(channel)).messages
+            assert stored.attachments == got.attachments
+            served = attachment_http.download(server.api_port, from_disk.attachment_id)
+            assert (served.status, served.body) == (200, report.read_bytes())
+
+            with pytest.raises(RequestFailed) as empty:
+                await alice.upload(b"", "empty.txt")
+            assert (empty.value.code, empty.value.message) == ("bad_request", "the file is empty")
+            # A sparse file: its size says it is over the limit, and no byte is sent.
+            limit = AttachmentsConfig().max_bytes
+            big = tmp_path / "big.bin"
+            with big.open("wb") as f:
+                f.truncate(limit + 1)
+            with pytest.raises(RequestFailed) as too_large:
+                await alice.upload(big)
+            assert too_large.value.code == "too_large"
+            assert too_large.value.message == (
+                f"the file is larger than attachments.max_bytes ({limit} bytes)"
+            )
+            with pytest.raises(RequestFailed) as foreign:
+                await bob.send(channel, "mine now", attachments=[from_disk.attachment_id])
+            assert foreign.value.code == "bad_request"
+            with pytest.raises(ClientError, match="api_url"):
+                await bob.upload(report)
+            with pytest.raises(ClientError, match="filename"):
+                await alice.upload(b"no name")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        with pytest.raises(ConnectionLost):
+            await upload(closed, report, user_id="alice")
+
+    run(scenario())
+
+
+def test_an_upload_with_a_token_is_the_token_subjects(jwt_server: ServerProcess) -> None:
+    """In jwt mode ``upload`` sends the client's token: the file is its subject's,
+    who may send it; without a token the server refuses the upload (401)."""
+    token = jwt.encode({"sub": "dora", "exp": int(time.time()) + 300}, SECRET, "HS256")
+
+    async def scenario() -> None:
+        client = ChimeClient(
+            jwt_server.url, token=token, channels=["general"], api_url=jwt_server.api
+        )
+        async with client:
+            attachment = await client.upload(b"signed", "signed.txt")
+            ack = await client.send(
+                "general", "with a token", attachments=[attachment.attachment_id]
+            )
+            page = await client.history("general", limit=100)
+            sent = next(m for m in page.messages if m.message_id == ack.message_id)
+            assert sent.attachments == (listed(attachment),)
+        with pytest.raises(RequestFailed) as anonymous:
+            await upload(jwt_server.api, b"anonymous", "a.txt")
+        assert anonymous.value.code == "unauthorized"
 
     run(scenario())

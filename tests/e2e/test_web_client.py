@@ -12,8 +12,10 @@ import contextlib
 import os
 import re
 import signal
+import struct
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import orjson
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.e2e import attachment_http
 from tests.e2e.browser import PHONE, Page, browsers, gateways_serving, require_chromium
 from tests.e2e.conftest import fresh, http_get, http_request
 from tests.e2e.load import RESTART_TIMEOUT_S, alive, server_pids
@@ -37,9 +40,14 @@ def chromium() -> None:
     require_chromium()
 
 
+# Small, so a test can pick a file just over it (the page refuses it before uploading).
+ATTACHMENT_MAX_BYTES = 64 * 1024
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("web")) as srv:
+    overrides = {"attachments.max_bytes": ATTACHMENT_MAX_BYTES}
+    with running_server(tmp_path_factory.mktemp("web"), overrides) as srv:
         yield srv
 
 
@@ -700,4 +708,278 @@ def test_threads_are_opened_answered_and_counted_live(server: ServerProcess) -> 
         alice.wait(lambda: not alice.element("thread").is_displayed(), "the panel to close")
         active = alice.driver.switch_to.active_element
         assert active.get_attribute("aria-label") == "Reply in thread"
+        assert alice.browser_errors() == [] and bob.browser_errors() == []
+
+
+# --- attachments ---------------------------------------------------------------------------
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid PNG of one colour (8-bit RGB, no filter), made here so no fixture file is needed."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def allow_downloads(page: Page, into: Path) -> None:
+    """Let headless Chromium save downloads into ``into`` (it refuses them by default)."""
+    into.mkdir(parents=True, exist_ok=True)
+    page.driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(into)}
+    )
+
+
+def downloaded(path: Path) -> bytes | None:
+    """The bytes of a finished download (Chromium writes ``.crdownload`` first), or None."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def upload_requests(page: Page) -> int:
+    """How many uploads the page started (resource timing names each ``?filename=`` URL)."""
+    count = page.driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter((e) => e.name.includes('/v1/attachments?filename=')).length"
+    )
+    return int(count)
+
+
+def _click_link(page: Page, content: str, name: str, list_selector: str = "#messages") -> None:
+    page.driver.find_element(
+        "xpath",
+        f"//*[@id='{list_selector.lstrip('#')}']/li[p[@class='content' and text()='{content}']]"
+        f"//a[@class='attachment-link' and text()='{name}']",
+    ).click()
+
+
+def test_attachments_are_uploaded_sent_shown_and_downloaded(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Alice attaches a PNG and a text file with the labelled "Attach files" input
+    (listed as uploading, then ready) and sends; Bob, on a phone, sees both under
+    the message as download links with their sizes, the image also as a thumbnail
+    that really decoded (from a blob: URL the CSP admits), and the text file's
+    link saves its exact bytes; the href is the download route, which serves the
+    same bytes; the server stored the message listing both. A file over
+    ``attachments.max_bytes`` is refused by the page before any upload, an empty
+    one by the server (400) in its words, and neither sends anything."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    picture = png(3, 2, (200, 30, 30))
+    text = "notes for bob\nline two ✓\n".encode()
+    (tmp_path / "red.png").write_bytes(picture)
+    (tmp_path / "notes.txt").write_bytes(text)
+    with browsers(server.api) as open_window:
+        alice = open_window().open("alice", [channel])
+        bob = open_window(PHONE).open("bob", [channel])
+        alice.wait_connected()
+        bob.wait_connected()
+
+        box = alice.element("attach-input")
+        assert box.accessible_name == "Attach files"
+        alice.attach(tmp_path / "red.png", tmp_path / "notes.txt")
+        alice.wait(
+            lambda: alice.pending_files() == [("red.png", "ready"), ("notes.txt", "ready")],
+            "both files uploaded and listed as ready",
+        )
+        alice.composer().send_keys("the report" + Keys.ENTER)
+        alice.wait_contents(["the report"])
+        assert alice.pending_files() == []  # they went with the message
+
+        files = bob.wait(
+            lambda: (
+                (found := bob.attachments("the report"))
+                and len(found) == 2
+                and found[0]["image"]
+                and found[0]["image"]["shown"]
+                and found
+            ),
+            "bob to see both files, the thumbnail loaded",
+        )
+        image, notes = files
+        assert (image["name"], image["size"]) == ("red.png", f"{len(picture)} B")
+        assert image["image"]["src"].startswith("blob:") and image["image"]["alt"] == "red.png"
+        assert (image["image"]["naturalWidth"], image["image"]["naturalHeight"]) == (3, 2)
+        assert (notes["name"], notes["size"], notes["image"]) == (
+            "notes.txt",
+            f"{len(text)} B",
+            None,
+        )
+        assert notes["href"] == f"{server.api}/v1/attachments/{notes['attachmentId']}"
+
+        # Bob's link saves exactly the bytes alice attached.
+        saved = tmp_path / "bob-downloads"
+        allow_downloads(bob, saved)
+        _click_link(bob, "the report", "notes.txt")
+        bob.wait(lambda: downloaded(saved / "notes.txt") == text, "notes.txt saved by bob")
+        reply = attachment_http.download(
+            server.api_port, notes["attachmentId"], headers={"X-Chime-User": "bob"}
+        )
+        assert (reply.status, reply.body) == (200, text)
+        (message,) = stored(server, channel)
+        assert [(a["filename"], a["contentType"], a["size"]) for a in message["attachments"]] == [
+            ("red.png", "image/png", len(picture)),
+            ("notes.txt", "text/plain", len(text)),
+        ]
+        assert [a["attachmentId"] for a in message["attachments"]] == [
+            image["attachmentId"],
+            notes["attachmentId"],
+        ]
+
+        # Too large: refused by the page, with the limit, before any upload.
+        (tmp_path / "big.bin").write_bytes(b"x" * (ATTACHMENT_MAX_BYTES + 1))
+        uploads = upload_requests(alice)
+        alice.attach(tmp_path / "big.bin")
+        alice.wait(
+            lambda: "big.bin is too large" in alice.element("chat-error").text,
+            "the oversize file to be refused",
+        )
+        assert "64 KiB" in alice.element("chat-error").text
+        assert alice.pending_files() == [] and upload_requests(alice) == uploads
+        # Empty: the server refuses it (400), and the page says why in its words.
+        (tmp_path / "empty.txt").write_bytes(b"")
+        alice.attach(tmp_path / "empty.txt")
+        alice.wait(
+            lambda: (
+                alice.element("chat-error").text == "Could not attach empty.txt: the file is empty"
+            ),
+            "the server's refusal of the empty file",
+        )
+        assert alice.pending_files() == []
+        alice.composer().send_keys(Keys.ENTER)  # nothing to send: no text, no file
+        assert [m["content"] for m in stored(server, channel)] == ["the report"]
+        assert alice.contents() == ["the report"]
+        assert bob.browser_errors() == []
+        # Alice's only console errors are the refused upload's HTTP status.
+        assert all("/v1/attachments" in e and "400" in e for e in alice.browser_errors())
+
+
+def test_server_413_reaches_an_upload_as_a_clear_error(server: ServerProcess) -> None:
+    """chime.js ``upload`` without the page's own size check: the server's 413
+    problem comes back as a ``ChimeError`` with ``too_large`` and the server's
+    ``detail``; with ``maxAttachmentBytes`` it is refused without a request."""
+    with browsers(server.api) as open_window:
+        page = open_window().open("alice", [fresh("web")])
+        page.wait_connected()
+        script = """
+        const [size, limit, done] = arguments;
+        import("/static/chime.js").then(async ({ ChimeClient }) => {
+          const client = new ChimeClient({ url: "ws://unused/", userId: "alice",
+                                           maxAttachmentBytes: limit });
+          try {
+            await client.upload(new Blob([new Uint8Array(size)]), { filename: "big.bin" });
+            done({ ok: true });
+          } catch (err) {
+            done({ name: err.name, code: err.code, message: err.message });
+          }
+        });
+        """
+        over = ATTACHMENT_MAX_BYTES + 1
+        refused = page.driver.execute_async_script(script, over, None)
+        assert refused == {
+            "name": "ChimeError",
+            "code": "too_large",
+            "message": (
+                f"the file is larger than attachments.max_bytes ({ATTACHMENT_MAX_BYTES} bytes)"
+            ),
+        }
+        uploads = upload_requests(page)
+        early = page.driver.execute_async_script(script, over, ATTACHMENT_MAX_BYTES)
+        assert early["code"] == "too_large" and upload_requests(page) == uploads
+
+
+def test_a_thread_reply_carries_files_and_the_box_works_by_keyboard_on_a_phone(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """On a phone the composer's "Attach" label fits beside the message box and the
+    input is the next Tab stop after it; in the thread panel a reply of files
+    alone (no text) is sent with their names as its text and lists them."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    (tmp_path / "plan.txt").write_bytes(b"step one\n")
+    with (
+        chat_socket(server, "carol", [channel]) as carol,
+        browsers(server.api) as open_window,
+    ):
+        root = carol.send(channel, "the plan?")["messageId"]
+        page = open_window(PHONE).open("alice", [channel])
+        page.wait_contents(["the plan?"])
+        label = page.driver.find_element("css selector", "label[for=attach-input]")
+        assert (
+            label.is_displayed() and page.element("attach-input").accessible_name == "Attach files"
+        )
+        assert label.rect["x"] + label.rect["width"] <= PHONE[0]
+        page.composer().send_keys(Keys.TAB)
+        assert page.driver.switch_to.active_element == page.element("attach-input")
+
+        page.driver.find_element(
+            "css selector", f'#messages li[data-message-id="{root}"] .reply-button'
+        ).click()
+        page.wait(lambda: page.element("thread").is_displayed(), "the thread panel")
+        page.attach(tmp_path / "plan.txt", input_id="thread-attach-input")
+        page.wait(
+            lambda: page.pending_files("thread-attach-list") == [("plan.txt", "ready")],
+            "the reply's file uploaded",
+        )
+        page.element("thread-composer").send_keys(Keys.ENTER)
+        files = page.wait(
+            lambda: page.attachments("plan.txt", "#thread-messages"), "the reply with its file"
+        )
+        assert [f["name"] for f in files] == ["plan.txt"]
+        reply = carol.received("plan.txt")
+        assert reply["threadId"] == root
+        assert [a["filename"] for a in reply["attachments"]] == ["plan.txt"]
+        assert page.pending_files("thread-attach-list") == []
+        assert page.browser_errors() == []
+
+
+def test_jwt_mode_fetches_files_with_the_token(tmp_path: Path) -> None:
+    """In jwt mode the download route needs the Bearer token, which neither a link
+    nor an ``<img src>`` sends: the page uploads with it, and the other user's
+    window shows the thumbnail and saves the file by fetching them with theirs."""
+    from selenium.webdriver.common.keys import Keys
+
+    channel = fresh("web")
+    picture = png(4, 4, (20, 120, 220))
+    (tmp_path / "blue.png").write_bytes(picture)
+    overrides = {"auth.mode": "jwt", "auth.jwt.secret": JWT_SECRET}
+    with (
+        running_server(tmp_path / "jwt", overrides) as server,
+        browsers(server.api) as open_window,
+    ):
+        alice = open_window().open(token=jwt_token("alice"), channels=[channel])
+        bob = open_window().open(token=jwt_token("bob", channels=[channel]), channels=[channel])
+        alice.wait_connected()
+        bob.wait_connected()
+        alice.attach(tmp_path / "blue.png")
+        alice.wait(lambda: alice.pending_files() == [("blue.png", "ready")], "the upload")
+        alice.composer().send_keys("a picture" + Keys.ENTER)
+        (image,) = bob.wait(
+            lambda: (
+                (found := bob.attachments("a picture")) and found[0]["image"]["shown"] and found
+            ),
+            "the thumbnail at bob",
+        )
+        assert image["image"]["naturalWidth"] == 4
+        # Without the token the route does not serve it.
+        anonymous = attachment_http.download(server.api_port, image["attachmentId"])
+        assert anonymous.status == 401
+        saved = tmp_path / "downloads"
+        allow_downloads(bob, saved)
+        _click_link(bob, "a picture", "blue.png")
+        bob.wait(lambda: downloaded(saved / "blue.png") == picture, "blue.png saved by bob")
         assert alice.browser_errors() == [] and bob.browser_errors() == []

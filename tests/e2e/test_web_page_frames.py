@@ -109,7 +109,7 @@ def fake_servers(chat: FakeChat) -> Iterator[str]:
     """Run the fake chat port and an HTTP server of the page; yields the page's base URL."""
     with serve(chat.handle, "127.0.0.1", 0) as ws_server:
         chat_port = ws_server.socket.getsockname()[1]
-        web = WebClient(ClientConfig("insecure", chat_port, 4000))
+        web = WebClient(ClientConfig("insecure", chat_port, 4000, 10 * 1024 * 1024))
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:

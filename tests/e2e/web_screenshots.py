@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.e2e.web_screenshots [docs/images]
 
 Starts a real ``chime serve`` on free ports, has a few Python clients chat in it
-(a thread too, and someone typing), opens the page in headless Chromium at both
+(a thread, a file attached, and someone typing), opens the page in headless Chromium at both
 sizes (the desktop one with the thread open) and saves ``web-desktop.png`` and
 ``web-phone.png``. Without an emoji font (Debian's ``fonts-noto-color-emoji``)
 the 👍 buttons show as empty boxes.
@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 from websockets.sync.client import connect
 
+from tests.e2e import attachment_http
 from tests.e2e.browser import DESKTOP, PHONE, browsers
 from tests.support.servers import ServerProcess, running_server
 
@@ -29,6 +30,8 @@ CONVERSATION = [
     ("carol", "general", "Reconnects work now too: I restarted a gateway and nothing was lost."),
     ("bob", "random", "Anyone up for coffee?"),
 ]
+# A file under CONVERSATION[1], uploaded by its author.
+ATTACHED = ("browser-tests.txt", b"16 passed in 212.4s\n" * 40)
 THREAD = [
     ("bob", "Which gateway? I want to try that on staging."),
     ("carol", "Gateway 2, with kill -9. The page resent what was pending."),
@@ -41,22 +44,39 @@ LIVE = [
 
 
 def post(
-    server: ServerProcess, user: str, channel: str, content: str, thread_id: str | None = None
+    server: ServerProcess,
+    user: str,
+    channel: str,
+    content: str,
+    thread_id: str | None = None,
+    attachments: list[str] | None = None,
 ) -> str:
     """Send one message as ``user``; returns its messageId once acked."""
     with connect(server.url, open_timeout=10) as ws:
         ws.send(orjson.dumps({"type": "connect", "userId": user, "channels": [channel]}).decode())
         send = {"type": "send", "content": content, "clientMsgId": uuid.uuid4().hex}
+        if attachments:
+            send["attachments"] = attachments
         ws.send(orjson.dumps({**send, "threadId": thread_id}).decode())
         while (frame := orjson.loads(ws.recv(10))).get("type") != "ack":
             pass
         return str(frame["messageId"])
 
 
+def upload(server: ServerProcess, user: str, filename: str, data: bytes) -> str:
+    """Upload a file as ``user``; returns its attachmentId."""
+    reply = attachment_http.upload(server.api_port, data, filename, headers={"X-Chime-User": user})
+    assert reply.status == 201, reply
+    return str(reply.json()["attachmentId"])
+
+
 def take(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
-        ids = [post(server, user, channel, content) for user, channel, content in CONVERSATION]
+        ids = []
+        for n, (user, channel, content) in enumerate(CONVERSATION):
+            files = [upload(server, user, *ATTACHED)] if n == 1 else None
+            ids.append(post(server, user, channel, content, attachments=files))
         # A thread under carol's news about reconnects.
         for user, content in THREAD:
             post(server, user, "general", content, thread_id=ids[3])

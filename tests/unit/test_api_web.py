@@ -16,7 +16,9 @@ from chime_actors.api.routes import make_handler
 from chime_actors.api.web import ClientConfig, StaticFile, WebClient, load_static_files
 from tests.unit.test_api_routes import FakeBackend
 
-CONFIG = ClientConfig(auth_mode="insecure", chat_port=3143, max_content_chars=4000)
+CONFIG = ClientConfig(
+    auth_mode="insecure", chat_port=3143, max_content_chars=4000, max_attachment_bytes=1_000_000
+)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +37,15 @@ def must_get(target: str, method: str = "GET", **kwargs: str) -> HttpResponse:
 
 def test_the_package_ships_the_page_and_its_modules() -> None:
     files = load_static_files()
-    shipped = {"index.html", "app.js", "chime.js", "render.js", "thread.js", "style.css"}
+    shipped = {
+        "index.html",
+        "app.js",
+        "chime.js",
+        "render.js",
+        "thread.js",
+        "attach.js",
+        "style.css",
+    }
     assert shipped | {"icon.svg"} <= set(files)
     assert files["chime.js"].content_type == "text/javascript; charset=utf-8"
     assert files["style.css"].content_type == "text/css; charset=utf-8"
@@ -63,6 +73,8 @@ def test_root_serves_the_page_with_a_strict_csp() -> None:
     assert csp["script-src"] == "'self'"  # no 'unsafe-inline', no other origin
     assert csp["style-src"] == "'self'"
     assert csp["frame-ancestors"] == "'none'"
+    # Images from the origin, and the blob: URLs of attachments the page fetched.
+    assert csp["img-src"] == "'self' blob:"
     # The chat port of the host the page came from, and nothing else.
     assert csp["connect-src"] == "'self' ws://127.0.0.1:3143 wss://127.0.0.1:3143"
 
@@ -135,6 +147,7 @@ def test_client_config_tells_the_page_how_to_reach_the_chat_port() -> None:
         "chatPort": 3143,
         "chatPath": "/",
         "maxContentChars": 4000,
+        "maxAttachmentBytes": 1_000_000,
     }
 
 

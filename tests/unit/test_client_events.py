@@ -116,6 +116,19 @@ def test_history_messages_carry_reactions_and_attachments() -> None:
     assert msg.metadata_dict == {"k": "v"}
 
 
+def test_an_uploads_answer_parses_with_its_sha256() -> None:
+    answer = {
+        "attachmentId": "a2",
+        "filename": "f.png",
+        "contentType": "image/png",
+        "size": 9,
+        "sha256": "ab" * 32,
+    }
+    assert Attachment.from_wire(answer) == Attachment("a2", "f.png", "image/png", 9, "ab" * 32)
+    with pytest.raises(ValueError):
+        Attachment.from_wire({**answer, "filename": None})
+
+
 @pytest.mark.parametrize(
     "frame",
     [
