@@ -1,13 +1,16 @@
-"""PROTOCOL.md "Edits, deletes, reactions, threads" over real sockets (SQLite).
+"""PROTOCOL.md "Edits, deletes, reactions, threads" over real sockets, on both backends.
 
-Edits and deletes (author only), reactions (idempotent), threads and their reply
-counts, over WebSocket and over the REST twins, as every subscriber on both
-gateways sees them, as history returns them, and as a resume replays them.
+Every test taking ``server`` runs twice: on the embedded default (SQLite, local
+bus) and on Cassandra with the Redis bus. Edits and deletes (author only),
+reactions (idempotent), threads and their reply counts, over WebSocket and over
+the REST twins, as every subscriber on both gateways sees them, as history
+returns them, and as a resume replays them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +31,7 @@ from tests.e2e.conftest import (
     run,
     send_message,
 )
+from tests.integration.services import backend_overrides, load_services
 from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +39,20 @@ pytestmark = pytest.mark.e2e
 # Enough subscribers that the kernel puts some on each of the two gateways.
 WATCHERS = 8
 RATE_LIMIT = 4
+
+
+@pytest.fixture(scope="module", params=["sqlite", "cassandra"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """This module's server, once per backend (the authorship checks, the change
+    sequencing and the reply counts live beside each store's own queries)."""
+    overrides: dict[str, Any] = {}
+    if request.param == "cassandra":
+        services = load_services("redis", "cassandra")
+        overrides = backend_overrides(services, f"chime_changes_{uuid.uuid4().hex[:8]}")
+    with running_server(tmp_path_factory.mktemp(request.param), overrides=overrides) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
