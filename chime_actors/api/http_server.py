@@ -258,9 +258,15 @@ def _never(method: str, path: str) -> bool:
     return False
 
 
+_NO_CONTENT = frozenset({204, 304})
+
+
 def _to_aiohttp(response: HttpResponse) -> web.Response:
     # Content-Type as a header, verbatim: aiohttp's content_type/charset arguments
     # would rebuild it and drop parameters such as Prometheus' "version=0.0.4".
+    if response.status in _NO_CONTENT:
+        # No content, so nothing to describe (RFC 9110 sections 15.3.5, 15.4.5).
+        return web.Response(status=response.status, headers=dict(response.headers))
     headers = {**response.headers, "Content-Type": response.content_type}
     return web.Response(status=response.status, body=response.body, headers=headers)
 

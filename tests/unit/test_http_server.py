@@ -81,6 +81,8 @@ async def echo(request: HttpRequest) -> HttpResponse:
     if request.path == "/aiohttp-405":
         # aiohttp's own refusal, as its router raises it for a method it lacks.
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    if request.path == "/nothing":
+        return HttpResponse(204)
     if request.path == "/metrics":
         return text_response("m 1\n", content_type="text/plain; version=0.0.4; charset=utf-8")
     return json_response(
@@ -305,6 +307,19 @@ def test_the_content_type_is_sent_verbatim() -> None:
         _, headers, body = await client.response()
         assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert body == b"m 1\n"
+
+    run_with_server(test)
+
+
+def test_a_204_carries_no_body_headers() -> None:
+    """RFC 9110 section 15.3.5: a 204 has no content, so no ``Content-Type`` for it."""
+
+    async def test(server: HttpServer, client: Client) -> None:
+        await client.send(get("/nothing"))
+        status, headers, body = await client.response()
+        assert (status, body) == (204, b"")
+        assert "content-type" not in headers, headers
+        assert "content-length" not in headers, headers
 
     run_with_server(test)
 
