@@ -1,9 +1,10 @@
 """Channel handlers on two servers sharing one Redis and one Cassandra (docs/handlers.md).
 
 Both hosts configure the same handlers: a ``before_store`` word filter (each
-gateway runs it, nothing is shared) and an ``after_store`` webhook, whose
-lease lets exactly one host run its cursor. Each host posts to a URL of its own
-(``/hook/<host>``), so the receiver knows which host delivered what.
+gateway runs it, nothing is shared), an ``after_store`` webhook and an
+``after_store`` echo bot, whose leases let exactly one host run each cursor.
+Each host posts to a URL of its own (``/hook/<host>``), so the receiver knows
+which host delivered what.
 
 The last test SIGKILLs the host holding the lease; the module's servers are
 not used after it.
@@ -69,6 +70,14 @@ def handlers(receiver: Receiver, host: str) -> list[dict[str, Any]]:
             "timeout_ms": 10_000,
             "lease_ttl_ms": LEASE_TTL_MS,
             "options": {"url": f"http://127.0.0.1:{receiver.port}/hook/{host}", "secret": SECRET},
+        },
+        {
+            "name": "echo",
+            "use": "echo_bot",
+            "stage": "after_store",
+            "channels": ["echo-*"],
+            "lease_ttl_ms": LEASE_TTL_MS,
+            "options": {"user": "echo-bot", "prefix": "!echo "},
         },
     ]
 
@@ -183,6 +192,33 @@ def test_an_after_store_handler_runs_on_exactly_one_host(
     assert {h for h, _ in got} == {before}, "by the one host holding the lease"
     assert holder(two_hosts) == before
     assert receiver.bad_signatures == 0
+
+
+def test_the_echo_bot_answers_each_prompt_once_whichever_host_it_was_sent_on(
+    two_hosts: dict[str, ServerProcess],
+) -> None:
+    """One host runs the bot; a prompt sent on either host gets one reply, on both."""
+    channel = f"echo-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        async with clients(two_hosts["a"]) as on_a, clients(two_hosts["b"]) as on_b:
+            alice = await on_a.connect("alice", [channel])
+            bob = await on_b.connect("bob", [channel])
+            await send_message(alice, channel, "!echo from a")
+            await send_message(bob, channel, "!echo from b")
+            await send_message(alice, channel, "just talking")
+            for watcher in (alice, bob):
+                got = await received(watcher, 5, channel, timeout=30)
+                replies = sorted(m["content"] for m in got if m["userId"] == "echo-bot")
+                assert replies == ["from a", "from b"], got
+            # Nothing more comes: a bot running on both hosts would answer twice.
+            await send_message(alice, channel, "!echo last")
+            for watcher in (alice, bob):
+                got = await received(watcher, 7, channel, timeout=30)
+                assert [m["content"] for m in got if m["userId"] == "echo-bot"].count("from a") == 1
+                assert got[-1]["content"] == "last" and got[-1]["userId"] == "echo-bot", got
+
+    run(scenario())
 
 
 def test_when_the_holder_is_killed_the_other_host_takes_over_and_misses_nothing(
