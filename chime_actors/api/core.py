@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.presence_routes import Caller
@@ -66,6 +65,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.storage.attachments import AttachmentStore
 from chime_actors.storage.factory import Storage, make_store
 from chime_actors.storage.store import HistoryPage, annotated_history

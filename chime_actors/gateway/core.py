@@ -33,8 +33,6 @@ from msgspec.structs import replace
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
-from chime_actors.actors.messages import ActorId, Drain, Drained, Wiring
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import BusBackend, Config
@@ -68,6 +66,8 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, Drain, Drained, Wiring
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, MessageStore, annotated_history
 

@@ -28,8 +28,6 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, Wiring
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.bus.redis_bridge import redis_client
 from chime_actors.config import BusBackend, Config
 from chime_actors.gateway.channel_actor import MULTI_HOST_HOLD_MAX_S
@@ -53,6 +51,8 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, Wiring
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 from chime_actors.storage.factory import make_store
 
 log = get_logger(__name__)

@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from uuid import uuid4
 
-from chime_actors.actors.messages import Wiring
 from chime_actors.errors import PresenceUnavailable
 from chime_actors.gateway.channel_actor import Subscriber
 from chime_actors.logs import get_logger
@@ -72,6 +71,7 @@ from chime_actors.presence.table import (
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.events import PresenceStatus
 from chime_actors.protocol.wire_frames import WireFrame
+from chime_actors.runtime.messages import Wiring
 
 log = get_logger(__name__)
 
