@@ -48,7 +48,7 @@ from chime_actors.gateway.channel_actor import (
     Leave,
     Publish,
 )
-from chime_actors.gateway.connection_actor import ConnectionActor
+from chime_actors.gateway.connection_actor import ConnectionActor, Member
 from chime_actors.gateway.outbox import FlushQueue
 from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.gateway.rate_limit import MessageRate
@@ -57,7 +57,7 @@ from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.presence import unread
-from chime_actors.presence.hub import PRESENCE_MESSAGES, Member, PresenceHub
+from chime_actors.presence.hub import PRESENCE_MESSAGES, PresenceHub
 from chime_actors.records import (
     ChangeRecord,
     ChannelEvent,
