@@ -50,11 +50,11 @@ from chime_actors.errors import MessageNotFound, PresenceUnavailable, ProtocolEr
 from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.gateway.outbox import FlushQueue, Outbox
-from chime_actors.gateway.persist_link import next_token
 from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.gateway.timers import LOOP_CLOCK, Clock, Timer
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
+from chime_actors.persister.link import next_token
 from chime_actors.presence.hub import Member as PresenceMember
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.codes import CloseCode, ErrorCode

@@ -39,7 +39,6 @@ from chime_actors.config import BusBackend, Config
 from chime_actors.errors import StoreError
 from chime_actors.gateway.admission import Admission
 from chime_actors.gateway.channel_actor import (
-    MULTI_HOST_HOLD_MAX_S,
     CatchUp,
     ChannelActor,
     ChannelStats,
@@ -50,11 +49,12 @@ from chime_actors.gateway.channel_actor import (
 )
 from chime_actors.gateway.connection_actor import ConnectionActor, Member
 from chime_actors.gateway.outbox import FlushQueue
-from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.persister.link import PersistLink
+from chime_actors.persister.redis_ids import MULTI_HOST_HOLD_MAX_S
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.presence import unread
 from chime_actors.presence.hub import PRESENCE_MESSAGES, PresenceHub
