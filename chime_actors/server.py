@@ -28,8 +28,13 @@ from typing import Any
 import orjson
 import setproctitle
 
-from chime_actors.actors.lifeline import tie_to_main
-from chime_actors.actors.messages import (
+from chime_actors.config import Config, StorageBackend, durability_warnings
+from chime_actors.errors import ActorError, StoreError
+from chime_actors.handlers.registry import check_handlers
+from chime_actors.logs import configure_logging, get_logger
+from chime_actors.open_files import needed_fds, raise_open_file_limit
+from chime_actors.runtime.lifeline import tie_to_main
+from chime_actors.runtime.messages import (
     ShutdownRequest,
     Started,
     StartFailed,
@@ -38,12 +43,7 @@ from chime_actors.actors.messages import (
     StatusQuery,
     Stopped,
 )
-from chime_actors.actors.sealed_transport import new_key, seal
-from chime_actors.config import Config, StorageBackend, durability_warnings
-from chime_actors.errors import ActorError, StoreError
-from chime_actors.handlers.registry import check_handlers
-from chime_actors.logs import configure_logging, get_logger
-from chime_actors.open_files import needed_fds, raise_open_file_limit
+from chime_actors.runtime.sealed_transport import new_key, seal
 from chime_actors.storage.factory import init_storage
 
 log = get_logger(__name__)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from chime_actors.actors.lanes import Router
-from chime_actors.actors.loop_actor import ActorCore, LoopActor
-from chime_actors.actors.messages import Configure
 from chime_actors.handlers.core import HandlerCore
+from chime_actors.runtime.lanes import Router
+from chime_actors.runtime.loop_actor import ActorCore, LoopActor
+from chime_actors.runtime.messages import Configure
 
 
 class HandlerActor(LoopActor):

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, ActorKind, Wiring
 from chime_actors.config import BusBackend, Config
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.handlers.registry import after_store_indexes
+from chime_actors.runtime.messages import ActorId, ActorKind, Wiring
 
 # More than this many restarts (handlers aside) and the server gives up (exit 1).
 INTENSITY = RestartPolicy(max_restarts=10, within_s=60.0)

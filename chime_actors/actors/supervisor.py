@@ -50,7 +50,12 @@ from thespian.actors import (
 from chime_actors.actors.api_actor import ApiActor
 from chime_actors.actors.gateway_actor import GatewayActor
 from chime_actors.actors.handler_actor import HandlerActor
-from chime_actors.actors.messages import (
+from chime_actors.actors.persister_actor import PersisterActor
+from chime_actors.actors.redis_bridge_actor import RedisBridgeActor
+from chime_actors.actors.supervision import STOP_ORDER, Child, Restarts, actor_ids, wiring_of
+from chime_actors.config import Config
+from chime_actors.logs import configure_logging, get_logger
+from chime_actors.runtime.messages import (
     ActorId,
     ActorKind,
     Bundle,
@@ -67,11 +72,6 @@ from chime_actors.actors.messages import (
     StatusQuery,
     Stopped,
 )
-from chime_actors.actors.persister_actor import PersisterActor
-from chime_actors.actors.redis_bridge_actor import RedisBridgeActor
-from chime_actors.actors.supervision import STOP_ORDER, Child, Restarts, actor_ids, wiring_of
-from chime_actors.config import Config
-from chime_actors.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
 

@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.presence_routes import Caller
@@ -45,12 +44,12 @@ from chime_actors.api.web import ClientConfig, WebClient
 from chime_actors.auth import Authenticator, Identity, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
 from chime_actors.errors import PresenceUnavailable, ProtocolError, StoreError
-from chime_actors.gateway.persist_link import PersistLink, next_token
 from chime_actors.gateway.rate_limit import KeyedBuckets
 from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.handlers.registry import after_store_indexes
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry, MetricsSnapshot
+from chime_actors.persister.link import PersistLink, next_token
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.presence import unread
 from chime_actors.presence.lookups import Lookups
@@ -66,6 +65,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.storage.attachments import AttachmentStore
 from chime_actors.storage.factory import Storage, make_store
 from chime_actors.storage.store import HistoryPage, annotated_history

@@ -58,9 +58,9 @@ from chime_actors.api.http_server import (
 from chime_actors.api.router import Route, Router
 from chime_actors.api.web import CLIENT_CONFIG_PATH, STATIC_PREFIX, WebClient
 from chime_actors.errors import ChimeError, ProtocolError, StoreError, StoreUnavailable
-from chime_actors.gateway.persist_link import next_token
 from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
+from chime_actors.persister.link import next_token
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.events import Send
 from chime_actors.protocol.frames import MAX_EMOJI_CHARS, Limits, parse_frame

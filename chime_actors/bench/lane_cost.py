@@ -23,8 +23,8 @@ from typing import Any
 import uvloop
 from thespian.actors import Actor, ActorSystem
 
-from chime_actors.actors.lanes import LaneServer, LaneStats, Router
-from chime_actors.actors.sealed_transport import new_key, seal
+from chime_actors.runtime.lanes import LaneServer, LaneStats, Router
+from chime_actors.runtime.sealed_transport import new_key, seal
 
 KEY = b"bench-key-" + b"0" * 22
 

@@ -35,8 +35,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from chime_actors.actors.messages import ActorId, Wiring
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.bus.codec import channel_of, decode_publication, encode_publication, topic_for
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import Config, RedisConfig
@@ -46,6 +44,8 @@ from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.presence.codec import is_presence_topic, presence_topic
 from chime_actors.presence.redis_presence import BRIDGE_MESSAGES, HostPresence
 from chime_actors.records import ChannelEvent, Deliveries
+from chime_actors.runtime.messages import ActorId, Wiring
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 
 log = get_logger(__name__)
 

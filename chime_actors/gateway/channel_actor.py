@@ -76,9 +76,8 @@ CATCH_UP_TURN = 512
 CATCH_UP_RETRY_S = 0.5
 DEFAULT_POLICY = RestartPolicy()
 GAP_FILL_LIMIT = 10_000
-# With several hosts, how long a message waits behind a hole in the ids (see
-# _release_held), and how often storage is asked again meanwhile.
-MULTI_HOST_HOLD_MAX_S = 1.0
+# With several hosts, how often storage is asked again while a message waits
+# behind a hole in the ids (see _release_held; how long: MULTI_HOST_HOLD_MAX_S).
 HOLD_RETRY_S = 0.05
 # Past this many held messages a hole is skipped even while storage is down
 # (bounded memory beats completeness; those subscribers can resume).

@@ -47,15 +47,15 @@ from websockets.protocol import State
 from chime_actors.auth import Authenticator, Identity
 from chime_actors.config import AuthMode, Config
 from chime_actors.errors import MessageNotFound, PresenceUnavailable, ProtocolError, StoreError
-from chime_actors.gateway.channel_actor import JoinResult
+from chime_actors.gateway.channel_actor import JoinResult, Subscriber
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.gateway.outbox import FlushQueue, Outbox
-from chime_actors.gateway.persist_link import next_token
 from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.gateway.timers import LOOP_CLOCK, Clock, Timer
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
-from chime_actors.presence.hub import Member
+from chime_actors.persister.link import next_token
+from chime_actors.presence.hub import Member as PresenceMember
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.codes import CloseCode, ErrorCode
 from chime_actors.protocol.connection import (
@@ -103,6 +103,10 @@ CLOSE_WAIT_S = 5.0
 DEFAULT_POLICY = RestartPolicy()
 # The frames limits.messages_per_10s counts (PROTOCOL.md "Errors and limits").
 _RATE_LIMITED = (Send, Edit, React, Typing)
+
+
+class Member(Subscriber, PresenceMember, Protocol):
+    """What the gateway needs of a connection: a channel subscriber and a presence member."""
 
 
 class GatewayServices(Protocol):

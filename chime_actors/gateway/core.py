@@ -33,15 +33,12 @@ from msgspec.structs import replace
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
-from chime_actors.actors.messages import ActorId, Drain, Drained, Wiring
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.auth import Authenticator, bearer_token
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import BusBackend, Config
 from chime_actors.errors import StoreError
 from chime_actors.gateway.admission import Admission
 from chime_actors.gateway.channel_actor import (
-    MULTI_HOST_HOLD_MAX_S,
     CatchUp,
     ChannelActor,
     ChannelStats,
@@ -50,16 +47,17 @@ from chime_actors.gateway.channel_actor import (
     Leave,
     Publish,
 )
-from chime_actors.gateway.connection_actor import ConnectionActor
+from chime_actors.gateway.connection_actor import ConnectionActor, Member
 from chime_actors.gateway.outbox import FlushQueue
-from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.gateway.rate_limit import MessageRate
 from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.persister.link import PersistLink
+from chime_actors.persister.redis_ids import MULTI_HOST_HOLD_MAX_S
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.presence import unread
-from chime_actors.presence.hub import PRESENCE_MESSAGES, Member, PresenceHub
+from chime_actors.presence.hub import PRESENCE_MESSAGES, PresenceHub
 from chime_actors.records import (
     ChangeRecord,
     ChannelEvent,
@@ -68,6 +66,8 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, Drain, Drained, Wiring
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, MessageStore, annotated_history
 

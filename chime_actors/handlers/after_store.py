@@ -58,12 +58,12 @@ from typing import Any
 
 from chime_actors.config import HandlerConfig, HandlerFailure
 from chime_actors.errors import FencedOut, HandlerError, StoreError
-from chime_actors.gateway.persist_link import next_token
 from chime_actors.handlers.api import Reply
 from chime_actors.handlers.checks import content_problem, metadata_problem
 from chime_actors.handlers.metrics import HandlerCounters
 from chime_actors.handlers.registry import channel_matches
 from chime_actors.logs import get_logger
+from chime_actors.persister.link import next_token
 from chime_actors.protocol.frames import is_channel_id, is_user_id
 from chime_actors.records import ChannelEvent, ChimeMessage, MessageChange, SendOutcome, SendRecord
 from chime_actors.storage.store import MessageStore

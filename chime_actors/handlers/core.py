@@ -28,12 +28,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, Wiring
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.bus.redis_bridge import redis_client
 from chime_actors.config import BusBackend, Config
-from chime_actors.gateway.channel_actor import MULTI_HOST_HOLD_MAX_S
-from chime_actors.gateway.persist_link import PersistLink
 from chime_actors.handlers.after_store import AfterStoreWorker
 from chime_actors.handlers.api import Reply
 from chime_actors.handlers.lease import LeaseKeeper
@@ -44,6 +40,8 @@ from chime_actors.handlers.registry import after_store_indexes, build_handler
 from chime_actors.handlers.runner import HandlerRunner
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.persister.link import PersistLink
+from chime_actors.persister.redis_ids import MULTI_HOST_HOLD_MAX_S
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.records import (
     ChannelEvent,
@@ -53,6 +51,8 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, Wiring
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 from chime_actors.storage.factory import make_store
 
 log = get_logger(__name__)

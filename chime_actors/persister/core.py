@@ -10,8 +10,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, Wiring
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.bus.redis_bridge import redis_client
 from chime_actors.config import BusBackend, Config
 from chime_actors.logs import get_logger
@@ -19,6 +17,8 @@ from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import PersistBatch
+from chime_actors.runtime.messages import ActorId, Wiring
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 from chime_actors.storage.factory import Storage, make_store
 
 log = get_logger(__name__)

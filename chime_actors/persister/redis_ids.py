@@ -56,6 +56,11 @@ CMID_PREFIX = "chime:cmid:"
 CMID_TTL_S = 600
 PENDING = b"pending"
 UNKNOWN = "unknown:"
+# How long a reader (a gateway's ChannelActor, a handler's after-store worker)
+# holds a message back behind a hole in these ids before moving on: a hole is
+# a range lost to a failed write, or one another host has not finished storing.
+# Here, with the ids that make the holes, so both readers share it.
+MULTI_HOST_HOLD_MAX_S = 1.0
 
 # How the reserve script found a counter.
 _ABOVE_FLOOR = 0

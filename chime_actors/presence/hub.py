@@ -43,9 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from uuid import uuid4
 
-from chime_actors.actors.messages import Wiring
 from chime_actors.errors import PresenceUnavailable
-from chime_actors.gateway.channel_actor import Subscriber
 from chime_actors.logs import get_logger
 from chime_actors.presence.lookups import Lookups
 from chime_actors.presence.messages import (
@@ -72,6 +70,7 @@ from chime_actors.presence.table import (
 from chime_actors.protocol import server_frames
 from chime_actors.protocol.events import PresenceStatus
 from chime_actors.protocol.wire_frames import WireFrame
+from chime_actors.runtime.messages import Wiring
 
 log = get_logger(__name__)
 
@@ -95,16 +94,31 @@ PRESENCE_MESSAGES = (
 """Everything ``PresenceHub.handle`` takes."""
 
 
-class Member(Subscriber, Protocol):
-    """A channel subscriber with its user: what presence needs of a connection.
+class Member(Protocol):
+    """What presence needs of a connection: its ids, and a way to reach its client.
 
     ``ConnectionActor`` is one. Presence pushes ``presence_changed`` (never
     refused) and offers ``typing`` (refused while the client is held back).
+    Defined here, on the receiving side, so presence imports nothing of the
+    gateway (the gateway's connections satisfy it structurally).
     """
+
+    @property
+    def connection_id(self) -> str:
+        """Unique id of the connection."""
+        ...
 
     @property
     def user_id(self) -> str:
         """The connected user."""
+        ...
+
+    def push(self, frame: str | WireFrame) -> None:
+        """Queue a text frame for the client (never refused); never blocks."""
+        ...
+
+    def offer(self, frame: WireFrame, on_room: Callable[[], None]) -> bool:
+        """Queue a frame unless the client is held back (then False); never blocks."""
         ...
 
 

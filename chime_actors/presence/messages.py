@@ -1,6 +1,6 @@
 """What gateways, the Redis bridge and the API tell each other about presence and typing.
 
-All of it travels on lanes (``actors/lanes.py``), never through Thespian: frozen,
+All of it travels on lanes (``runtime/lanes.py``), never through Thespian: frozen,
 slotted, picklable records. Who sends what:
 
 ==========================  ===============================  ==============================

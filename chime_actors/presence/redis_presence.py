@@ -42,7 +42,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from chime_actors.actors.messages import Wiring
 from chime_actors.config import Config
 from chime_actors.errors import BusError
 from chime_actors.logs import get_logger
@@ -70,6 +69,7 @@ from chime_actors.presence.messages import (
 )
 from chime_actors.presence.replicas import GatewayReplicas
 from chime_actors.presence.table import PresenceChange, PresenceTable
+from chime_actors.runtime.messages import Wiring
 
 log = get_logger(__name__)
 

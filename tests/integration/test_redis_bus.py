@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import redis.asyncio as redis_asyncio
 
-from chime_actors.actors.messages import ActorId, ActorKind, Wiring
 from chime_actors.bus.messages import Interest, Resync
 from chime_actors.bus.redis_bridge import RedisBridgeCore
 from chime_actors.config import load_config
@@ -20,6 +19,7 @@ from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.redis_ids import RedisIds
 from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import ChimeMessage, Deliveries, PersistBatch, PersistResult, SendRecord
+from chime_actors.runtime.messages import ActorId, ActorKind, Wiring
 from chime_actors.storage import MemoryStore
 from chime_actors.storage.store import ChannelState
 from tests.integration.services import load_services

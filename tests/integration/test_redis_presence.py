@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import redis.asyncio as redis_asyncio
 
-from chime_actors.actors.messages import Wiring
 from chime_actors.bus.redis_bridge import redis_client
 from chime_actors.config import Config, load_config
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
@@ -28,6 +27,7 @@ from chime_actors.presence.messages import (
     RemotePresence,
 )
 from chime_actors.presence.redis_presence import HostPresence, alive_key, online_key
+from chime_actors.runtime.messages import Wiring
 from tests.integration.services import load_services
 from tests.support.polling import until, until_async
 

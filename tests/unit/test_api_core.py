@@ -15,13 +15,6 @@ from typing import Any
 import jwt
 import pytest
 
-from chime_actors.actors.messages import (
-    ActorId,
-    ActorKind,
-    MetricsReport,
-    RestartNotice,
-    Wiring,
-)
 from chime_actors.api.core import STALE_AFTER_S, ApiCore
 from chime_actors.config import Config, load_config
 from chime_actors.errors import PresenceUnavailable, ProtocolError
@@ -36,6 +29,13 @@ from chime_actors.records import (
     PersistResult,
     SendOutcome,
     SendRecord,
+)
+from chime_actors.runtime.messages import (
+    ActorId,
+    ActorKind,
+    MetricsReport,
+    RestartNotice,
+    Wiring,
 )
 from chime_actors.storage import MemoryStore
 from tests.support.clock import FakeClock

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from chime_actors.actors.messages import ActorId, ActorKind, MetricsReport, RestartNotice, Wiring
 from chime_actors.api.core import ApiCore
 from chime_actors.config import load_config
 from chime_actors.handlers.metrics import HandlerMetrics
 from chime_actors.metrics import MetricsRegistry
+from chime_actors.runtime.messages import ActorId, ActorKind, MetricsReport, RestartNotice, Wiring
 
 GATEWAY = ActorId(ActorKind.GATEWAY, 1)
 PERSISTER = ActorId(ActorKind.PERSISTER, 1)

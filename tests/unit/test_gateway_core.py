@@ -14,7 +14,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, ActorKind, Drain, Drained, MetricsReport, Wiring
 from chime_actors.bus.messages import Interest, InterestSnapshot, Resync
 from chime_actors.config import Config, load_config
 from chime_actors.gateway.core import GatewayCore
@@ -28,6 +27,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, ActorKind, Drain, Drained, MetricsReport, Wiring
 from chime_actors.storage import MemoryStore
 from tests.support.clock import FakeClock
 from tests.support.polling import until

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from chime_actors.actors.lanes import LaneServer, LaneStats, Router
 from chime_actors.errors import ActorError
+from chime_actors.runtime.lanes import LaneServer, LaneStats, Router
 from tests.support.polling import until
 
 KEY = b"k" * 32

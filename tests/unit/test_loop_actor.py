@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from chime_actors.actors.loop_actor import run_bundle, run_guarded
-from chime_actors.actors.messages import ActorId, ActorKind, Bundle, bundle_by_target
+from chime_actors.runtime.loop_actor import run_bundle, run_guarded
+from chime_actors.runtime.messages import ActorId, ActorKind, Bundle, bundle_by_target
 
 
 class _Core:

@@ -1,4 +1,4 @@
-"""Tests for chime_actors.actors.loop_bridge: the loop thread and the Thespian side."""
+"""Tests for chime_actors.runtime.loop_bridge: the loop thread and the Thespian side."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from chime_actors.actors.loop_bridge import LoopBridge
 from chime_actors.errors import ActorError
+from chime_actors.runtime.loop_bridge import LoopBridge
 
 TIMEOUT = 5.0
 

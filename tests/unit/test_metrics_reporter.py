@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, ActorKind, MetricsReport
-from chime_actors.actors.metrics_reporter import MetricsReporter
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.runtime.messages import ActorId, ActorKind, MetricsReport
+from chime_actors.runtime.metrics_reporter import MetricsReporter
 from tests.support.clock import FakeClock
 from tests.support.polling import until
 

@@ -14,7 +14,6 @@ import yaml
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 import chime_actors
-from chime_actors.actors.messages import ActorId, ActorKind
 from chime_actors.api import openapi
 from chime_actors.api.core import ApiCore
 from chime_actors.api.http_server import PROBLEM_CONTENT_TYPE, HttpRequest, error_response
@@ -22,6 +21,7 @@ from chime_actors.api.router import Router
 from chime_actors.config import load_config
 from chime_actors.protocol import server_frames
 from chime_actors.records import Attachment, ChimeMessage
+from chime_actors.runtime.messages import ActorId, ActorKind
 from tests.openapi_check import METHODS, ApiDocument, Exchange
 
 DOC = ApiDocument(openapi.document())

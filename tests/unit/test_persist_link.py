@@ -1,4 +1,4 @@
-"""Tests for chime_actors.gateway.persist_link: batching, window, timeouts, rewiring."""
+"""Tests for chime_actors.persister.link: batching, window, timeouts, rewiring."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from chime_actors.gateway.persist_link import PersistLink, next_token
 from chime_actors.ids import format_message_id
+from chime_actors.persister.link import PersistLink, next_token
 from chime_actors.records import (
     ChangeKind,
     ChangeRecord,

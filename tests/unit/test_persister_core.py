@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, ActorKind, MetricsReport, Wiring
 from chime_actors.config import load_config
 from chime_actors.persister.core import PersisterCore
 from chime_actors.records import (
@@ -24,6 +23,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.messages import ActorId, ActorKind, MetricsReport, Wiring
 from chime_actors.storage import MemoryStore
 from tests.support.polling import until
 

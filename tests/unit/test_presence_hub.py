@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from chime_actors.actors.messages import Wiring
 from chime_actors.errors import PresenceUnavailable
 from chime_actors.presence.hub import PresenceHub
 from chime_actors.presence.messages import (
@@ -25,6 +24,7 @@ from chime_actors.presence.messages import (
     TypingEvent,
 )
 from chime_actors.protocol.wire_frames import WireFrame
+from chime_actors.runtime.messages import Wiring
 from tests.support.clock import FakeClock
 
 BRIDGE = "bridge"

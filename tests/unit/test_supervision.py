@@ -3,7 +3,6 @@ backoff, when it gives up, and the Wiring it sends. Plain state on a fake clock.
 
 from __future__ import annotations
 
-from chime_actors.actors.messages import ActorId, ActorKind
 from chime_actors.actors.supervision import (
     FIRST_BACKOFF_S,
     INTENSITY,
@@ -17,6 +16,7 @@ from chime_actors.actors.supervision import (
 )
 from chime_actors.config import load_config
 from chime_actors.gateway.local_supervisor import RestartPolicy
+from chime_actors.runtime.messages import ActorId, ActorKind
 from tests.support.clock import FakeClock
 
 GATEWAY_1 = ActorId(ActorKind.GATEWAY, 1)

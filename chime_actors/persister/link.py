@@ -1,4 +1,7 @@
-"""The gateway's link to one persister: batching, a bounded window, timeouts.
+"""A link to one persister: batching, a bounded window, timeouts.
+
+The persister's client side, used by gateways, the handler process and the API
+(it lives with the persister, so none of them imports another to reach it).
 
 Thespian drops sends past ~1,050 queued per link ("Dropping TX: overloaded"), so a
 link never relies on Thespian to absorb load. Instead:

@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chime_actors.actors.messages import ActorId, MetricsReport
 from chime_actors.metrics import MetricsRegistry
+from chime_actors.runtime.messages import ActorId, MetricsReport
 
 INTERVAL_S = 1.0
 

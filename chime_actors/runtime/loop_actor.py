@@ -40,9 +40,11 @@ from thespian.actors import (
     WatchMessage,
 )
 
-from chime_actors.actors.lanes import LaneServer, Router, address_key
-from chime_actors.actors.loop_bridge import LoopBridge
-from chime_actors.actors.messages import (
+from chime_actors.logs import configure_logging, get_logger
+from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.runtime.lanes import LaneServer, Router, address_key
+from chime_actors.runtime.loop_bridge import LoopBridge
+from chime_actors.runtime.messages import (
     ActorId,
     Bundle,
     Configure,
@@ -50,9 +52,7 @@ from chime_actors.actors.messages import (
     Wiring,
     bundle_by_target,
 )
-from chime_actors.actors.sealed_transport import transport_key
-from chime_actors.logs import configure_logging, get_logger
-from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.runtime.sealed_transport import transport_key
 
 log = get_logger(__name__)
 

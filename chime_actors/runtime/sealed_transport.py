@@ -85,7 +85,7 @@ _sealed_with: bytes | None = None
 def transport_key() -> bytes:
     """The key this process was sealed with (inherited from the main process).
 
-    Lanes (``actors.lanes``) authenticate their peers with it too.
+    Lanes (``runtime.lanes``) authenticate their peers with it too.
 
     Raises:
         ActorError: :func:`seal` has not run in this process or its parent.

@@ -25,7 +25,7 @@ Thespian keeps the control plane (creation, supervision, ``Configure``,
 * **Framing.** ``<4-byte big-endian length><pickle protocol 5 of a tuple>``:
   one frame carries every message one loop turn posted to that peer (batching
   without a timer). The messages are the frozen records of ``records`` and
-  ``actors.messages``.
+  ``runtime.messages``.
 * **Bounded, with flow control.** A lane holds at most ``MAX_PENDING`` unsent
   messages (past that a producer has no window of its own: ``ActorError``, as
   the loop bridge does). When the socket's write buffer passes
