@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chime_actors.actors.wiring import handler_adapters
 from chime_actors.handlers.core import HandlerCore
 from chime_actors.runtime.lanes import Router
 from chime_actors.runtime.loop_actor import ActorCore, LoopActor
@@ -14,4 +15,12 @@ class HandlerActor(LoopActor):
     """Thin Thespian shell around a ``HandlerCore``."""
 
     def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
-        return HandlerCore(configure.actor_id, configure.config, router.post)
+        adapters = handler_adapters(configure.config, configure.actor_id.index)
+        return HandlerCore(
+            configure.actor_id,
+            configure.config,
+            router.post,
+            store=adapters.store,
+            lease=adapters.lease,
+            feed=adapters.feed,
+        )

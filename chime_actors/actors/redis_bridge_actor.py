@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chime_actors.actors.wiring import bridge_adapters
 from chime_actors.bus.redis_bridge import RedisBridgeCore
 from chime_actors.runtime.lanes import Router
 from chime_actors.runtime.loop_actor import ActorCore, LoopActor
@@ -14,4 +15,7 @@ class RedisBridgeActor(LoopActor):
     """Thin Thespian shell around a ``RedisBridgeCore``."""
 
     def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
-        return RedisBridgeCore(configure.actor_id, configure.config, router.post)
+        adapters = bridge_adapters(configure.config)
+        return RedisBridgeCore(
+            configure.actor_id, configure.config, router.post, connect=adapters.connect
+        )

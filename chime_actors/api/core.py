@@ -67,7 +67,7 @@ from chime_actors.records import (
 )
 from chime_actors.runtime.messages import ActorId, MetricsReport, RestartNotice, Wiring
 from chime_actors.storage.attachments import AttachmentStore
-from chime_actors.storage.factory import Storage, make_store
+from chime_actors.storage.factory import Storage
 from chime_actors.storage.store import HistoryPage, annotated_history
 
 log = get_logger(__name__)
@@ -90,7 +90,7 @@ class ApiCore:
         chat_port: int = 0,
         *,
         post: Callable[[Any, Any], None] | None = None,
-        store: Storage | None = None,
+        store: Storage,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Prepare the API; nothing listens until :meth:`start`.
@@ -102,7 +102,8 @@ class ApiCore:
             chat_port: the chat port actually bound (0: ``chat.port``), for the web page.
             post: how to send to other actors (the router of its ``LoopActor``);
                 without it (a core on its own, in tests) REST changes are unavailable.
-            store: the storage of REST reads and attachments (default: the configured one).
+            store: the storage of REST reads and attachments (unopened: :meth:`start`
+                opens it).
             clock: monotonic seconds, for report ages, restarts, rates and link timeouts.
         """
         self.actor_id = actor_id
@@ -111,7 +112,7 @@ class ApiCore:
         self._clock = clock
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
-        self._store = store if store is not None else make_store(config)
+        self._store = store
         self._auth = Authenticator(config.auth)
         web = WebClient(
             ClientConfig(

@@ -28,6 +28,7 @@ import contextlib
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as redis_asyncio
@@ -99,12 +100,28 @@ def backoff_delays() -> Any:
 class RedisBridgeCore:
     """Publishes this host's messages and subscribes to other hosts' for it."""
 
-    def __init__(self, actor_id: ActorId, config: Config, post: Any) -> None:
+    def __init__(
+        self,
+        actor_id: ActorId,
+        config: Config,
+        post: Any,
+        *,
+        connect: Callable[[], redis_asyncio.Redis],
+    ) -> None:
+        """A bridge; nothing connects until :meth:`start`.
+
+        Args:
+            actor_id: who we are.
+            config: the server's configuration.
+            post: how to send to other actors.
+            connect: makes a new Redis client (``redis_client``), one per
+                connection and reconnection, of the bridge and of its presence.
+        """
         self.actor_id = actor_id
         self.origin = uuid.uuid4().hex
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
-        self._config = config
+        self._connect = connect
         self._post = post
         self._gateways: tuple[Any, ...] = ()
         self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)
@@ -112,9 +129,7 @@ class RedisBridgeCore:
         self._publish_queue: asyncio.Queue[Deliveries] = asyncio.Queue(MAX_PUBLISH_BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False
-        self.presence = HostPresence(
-            self.origin, config, post, self.metrics, lambda: redis_client(config.bus.redis)
-        )
+        self.presence = HostPresence(self.origin, config, post, self.metrics, connect)
 
     # --- ActorCore ------------------------------------------------------------------
 
@@ -173,7 +188,7 @@ class RedisBridgeCore:
         return wanted
 
     async def _publish_loop(self) -> None:
-        client = redis_client(self._config.bus.redis)
+        client = self._connect()
         delays = backoff_delays()
         try:
             while True:
@@ -203,7 +218,7 @@ class RedisBridgeCore:
         delays = backoff_delays()
         first = True
         while True:
-            client = redis_client(self._config.bus.redis)
+            client = self._connect()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             subscribed: set[str] = set()
             try:

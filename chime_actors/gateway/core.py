@@ -68,7 +68,6 @@ from chime_actors.records import (
 )
 from chime_actors.runtime.messages import ActorId, Drain, Drained, Wiring
 from chime_actors.runtime.metrics_reporter import MetricsReporter
-from chime_actors.storage.factory import make_store
 from chime_actors.storage.store import HistoryPage, MessageStore, annotated_history
 
 log = get_logger(__name__)
@@ -99,7 +98,7 @@ class GatewayCore:
         post: Any,
         supervisor: Any,
         *,
-        store: MessageStore | None = None,
+        store: MessageStore,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """A gateway; nothing listens until :meth:`start`.
@@ -110,7 +109,8 @@ class GatewayCore:
             chat_port: the chat port every gateway shares (``SO_REUSEPORT``).
             post: how to send to other actors.
             supervisor: the supervisor's address.
-            store: the storage channels and history read (default: the configured one).
+            store: the storage channels and history read (unopened: :meth:`start`
+                opens it).
             clock: monotonic seconds, for rate limits, admission and the persist links.
         """
         self.actor_id = actor_id
@@ -129,7 +129,7 @@ class GatewayCore:
         self._redis_bridge: Any = None
         self._multi_host = config.bus.backend is BusBackend.REDIS
         self.presence = PresenceHub(actor_id.index, post, multi_host=self._multi_host)
-        self._store = store if store is not None else make_store(config)
+        self._store = store
         self._links = [
             PersistLink(
                 actor_id.index,

@@ -25,17 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from chime_actors.bus.redis_bridge import redis_client
-from chime_actors.config import BusBackend, Config
+from chime_actors.config import Config
 from chime_actors.handlers.after_store import AfterStoreWorker
 from chime_actors.handlers.api import Reply
-from chime_actors.handlers.lease import LeaseKeeper
+from chime_actors.handlers.lease import ClosableLease, LeaseKeeper
 from chime_actors.handlers.metrics import HandlerMetrics
-from chime_actors.handlers.redis_feed import RedisFeed
-from chime_actors.handlers.redis_lease import RedisLease
 from chime_actors.handlers.registry import after_store_indexes, build_handler
 from chime_actors.handlers.runner import HandlerRunner
 from chime_actors.logs import get_logger
@@ -53,7 +50,7 @@ from chime_actors.records import (
 )
 from chime_actors.runtime.messages import ActorId, Wiring
 from chime_actors.runtime.metrics_reporter import MetricsReporter
-from chime_actors.storage.factory import make_store
+from chime_actors.storage.store import MessageStore
 
 log = get_logger(__name__)
 
@@ -69,10 +66,45 @@ IDLE_WAIT_S = 2.0
 STOP_FLUSH_TIMEOUT_S = 5.0
 
 
+class Feed(Protocol):
+    """Every host's publications of a hold's channels (``RedisFeed``)."""
+
+    async def run(self) -> None:
+        """Hand the channels' events over, reconnecting alone, until cancelled."""
+        ...
+
+
+# (channel globs, offer events, on (re)subscribed) -> a feed, made at each hold.
+FeedFactory = Callable[
+    [Sequence[str], Callable[[Sequence[ChannelEvent]], None], Callable[[], None]], Feed
+]
+
+
 class HandlerCore:
     """Runs one ``after_store`` handler (``ActorCore``)."""
 
-    def __init__(self, actor_id: ActorId, config: Config, post: Any) -> None:
+    def __init__(
+        self,
+        actor_id: ActorId,
+        config: Config,
+        post: Any,
+        *,
+        store: MessageStore,
+        lease: ClosableLease | None,
+        feed: FeedFactory | None,
+    ) -> None:
+        """A handler process's core; nothing runs until :meth:`start`.
+
+        Args:
+            actor_id: who we are (``handler n``: the n-th ``after_store`` handler).
+            config: the server's configuration.
+            post: how to send to other actors.
+            store: cursors, fences and scans (unopened: :meth:`start` opens it).
+            lease: the handler's lease shared by every host, or None with one
+                host (the process holds from its start, without a fence).
+            feed: makes each hold's subscription to every host's publications;
+                needed with a ``lease``.
+        """
         self.actor_id = actor_id
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
@@ -81,7 +113,7 @@ class HandlerCore:
         spec = self._loaded.spec
         self.name = spec.name
         self._timeout_s = spec.timeout_ms / 1000
-        self._store = make_store(config)
+        self._store = store
         self._links = [
             PersistLink(
                 HANDLER_ORIGIN_BASE + actor_id.index,
@@ -101,10 +133,10 @@ class HandlerCore:
         self._handing_over = False  # begun and not ended: what the lease gauge shows
         self._scan_timer: asyncio.TimerHandle | None = None
         self._keeper: LeaseKeeper | None = None
-        self._lease: RedisLease | None = None
-        if config.bus.backend is BusBackend.REDIS:
-            self._lease = RedisLease(redis_client(config.bus.redis), spec.name)
-            self._keeper = LeaseKeeper(spec.name, self._lease, self, ttl_ms=spec.lease_ttl_ms)
+        self._lease = lease
+        self._feed = feed
+        if lease is not None:
+            self._keeper = LeaseKeeper(spec.name, lease, self, ttl_ms=spec.lease_ttl_ms)
 
     # --- ActorCore -------------------------------------------------------------------
 
@@ -204,10 +236,8 @@ class HandlerCore:
             loop.create_task(worker.run(), name=f"handler-{self.name}"),
             loop.create_task(worker.flush_forever(), name="handler-cursor-flush"),
         ]
-        if fence is not None:
-            feed = RedisFeed(
-                self._config.bus.redis, spec.channels, worker.offer, worker.request_scan
-            )
+        if fence is not None and self._feed is not None:
+            feed = self._feed(spec.channels, worker.offer, worker.request_scan)
             self._hold_tasks.append(loop.create_task(feed.run(), name="handler-feed"))
         self._handing_over = True
 

@@ -104,6 +104,14 @@ class Lease(Protocol):
         ...
 
 
+class ClosableLease(Lease, Protocol):
+    """A ``Lease`` on a connection of its own, closed with its process (``HandlerCore``)."""
+
+    async def close(self) -> None:
+        """Close the lease's connection (a hold still running is not released)."""
+        ...
+
+
 class LeaseHolder(Protocol):
     """What runs while the lease is held (the handler's ``HandlerCore``)."""
 

@@ -10,8 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chime_actors.bus.redis_bridge import redis_client
-from chime_actors.config import BusBackend, Config
+from chime_actors.config import Config
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.redis_ids import RedisIds
@@ -19,7 +18,7 @@ from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import PersistBatch
 from chime_actors.runtime.messages import ActorId, Wiring
 from chime_actors.runtime.metrics_reporter import MetricsReporter
-from chime_actors.storage.factory import Storage, make_store
+from chime_actors.storage.factory import Storage
 
 log = get_logger(__name__)
 
@@ -33,9 +32,9 @@ class PersisterCore:
         config: Config,
         post: Any,
         *,
+        store: Storage,
+        ids: RedisIds | None,
         wait_writable: Callable[[], Awaitable[None]] | None = None,
-        store: Storage | None = None,
-        ids: RedisIds | None = None,
     ) -> None:
         """A persister; nothing is opened until :meth:`start`.
 
@@ -43,20 +42,17 @@ class PersisterCore:
             actor_id: who we are.
             config: the server's configuration.
             post: how to send to other actors.
+            store: the storage to write to, messages and attachments (unopened:
+                :meth:`start` opens it, :meth:`stop` closes it).
+            ids: the ids shared by every host (Redis's with ``bus.backend: redis``),
+                or None: this persister numbers its channels alone (one host).
             wait_writable: the lanes' backpressure (see ``PersistWriter``).
-            store: the storage to write to, messages and attachments (default: the
-                configured one).
-            ids: the ids shared by every host (default: Redis's with
-                ``bus.backend: redis``, none with the local bus).
         """
         self.actor_id = actor_id
         self.registry = MetricsRegistry()
         self.metrics = ChimeMetrics.register(self.registry)
         self._post = post
-        self._store = store if store is not None else make_store(config)
-        if ids is None and config.bus.backend is BusBackend.REDIS:
-            # Ids and client-id claims shared by every host (persister.redis_ids).
-            ids = RedisIds(redis_client(config.bus.redis), self._store.last_seq)
+        self._store = store
         self._ids = ids
         self._writer = PersistWriter(
             self._store,

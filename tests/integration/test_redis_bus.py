@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis_asyncio
 
+from chime_actors.actors.wiring import bridge_adapters
 from chime_actors.bus.messages import Interest, Resync
 from chime_actors.bus.redis_bridge import RedisBridgeCore
 from chime_actors.config import load_config
@@ -160,7 +161,8 @@ def _bridge(address: tuple[str, int], index: int, outbox: _Outbox) -> RedisBridg
     config = load_config(
         env={}, overrides={"bus.redis.host": address[0], "bus.redis.port": address[1]}
     )
-    core = RedisBridgeCore(ActorId(ActorKind.GATEWAY, index), config, outbox.post)
+    connect = bridge_adapters(config).connect
+    core = RedisBridgeCore(ActorId(ActorKind.GATEWAY, index), config, outbox.post, connect=connect)
     core.handle(Wiring(gateways=(f"gw-{index}",), persisters=(), api=None, generation=1), None)
     return core
 

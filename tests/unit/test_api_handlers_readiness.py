@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from chime_actors.actors.wiring import api_adapters
 from chime_actors.api.core import ApiCore
 from chime_actors.config import load_config
 from chime_actors.handlers.metrics import HandlerMetrics
@@ -51,7 +52,7 @@ def test_a_handler_is_named_but_never_makes_the_server_unready(tmp_path: Path) -
     config = load_config(path, env={})
 
     async def scenario() -> None:
-        core = ApiCore(ActorId(ActorKind.API, 1), config, 0)
+        core = ApiCore(ActorId(ActorKind.API, 1), config, 0, store=api_adapters(config).store)
         await core._store.open()
         try:
             core.handle(Wiring(gateways=("g",), persisters=("p",), api="a", generation=1), None)

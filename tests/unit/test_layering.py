@@ -50,6 +50,28 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("tools", frozenset({"bench", "cli", "__main__"})),
 )
 CORES = frozenset({"gateway", "persister", "api", "bus", "presence", "handlers"})
+# The modules of the process actors' cores: they receive their adapters, built in
+# one place (actors/wiring.py), and name none of the adapters' factories.
+CORE_MODULES = (
+    "gateway/core.py",
+    "persister/core.py",
+    "api/core.py",
+    "handlers/core.py",
+    "bus/redis_bridge.py",
+)
+WIRING = "actors/wiring.py"
+ADAPTER_FACTORIES = frozenset(
+    {
+        "make_store",
+        "SqliteStore",
+        "CassandraStore",
+        "MemoryStore",
+        "redis_client",
+        "RedisIds",
+        "RedisLease",
+        "RedisFeed",
+    }
+)
 
 
 def _part(module: str) -> str | None:
@@ -124,6 +146,37 @@ def _layer_of() -> Mapping[str, int]:
     return {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}
 
 
+def _annotations(tree: ast.AST) -> set[int]:
+    """The ids of every node inside a type annotation of ``tree``."""
+    roots: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            roots.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+            roots.append(node.returns)
+    return {id(inner) for root in roots for inner in ast.walk(root)}
+
+
+def factories_used(path: Path) -> list[str]:
+    """Where the module at ``path`` calls or refers to an adapter's factory.
+
+    A type (``ids: RedisIds | None``), its import and a definition (``def
+    redis_client``) are no use; a call is, and so is a reference, as in
+    ``partial(RedisFeed, ...)``.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing = _annotations(tree)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in typing:
+            continue
+        if isinstance(node, ast.Name) and node.id in ADAPTER_FACTORIES:
+            found.append(f"{node.id} (line {node.lineno})")
+        elif isinstance(node, ast.Attribute) and node.attr in ADAPTER_FACTORIES:
+            found.append(f"{node.attr} (line {node.lineno})")
+    return found
+
+
 def test_the_graph_is_read_from_the_source() -> None:
     edges = import_graph()
     # Known edges, so that a graph read wrong (empty) cannot pass the checks below.
@@ -167,6 +220,18 @@ def test_the_runtime_imports_no_core() -> None:
         target: files for (source, target), files in import_graph().items() if source == "runtime"
     }
     assert {t: sorted(f) for t, f in imports.items() if t in above} == {}
+
+
+def test_no_core_builds_its_adapters() -> None:
+    named = {module: factories_used(PACKAGE / module) for module in CORE_MODULES}
+    assert {module: uses for module, uses in named.items() if uses} == {}
+
+
+def test_the_adapters_are_built_in_the_wiring_module() -> None:
+    # The scan above passes on a module it cannot read right; this shows it can fail.
+    named = " ".join(factories_used(PACKAGE / WIRING))
+    for factory in ("make_store", "redis_client", "RedisIds", "RedisLease", "RedisFeed"):
+        assert factory in named
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -14,6 +14,7 @@ import yaml
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 import chime_actors
+from chime_actors.actors.wiring import api_adapters
 from chime_actors.api import openapi
 from chime_actors.api.core import ApiCore
 from chime_actors.api.http_server import PROBLEM_CONTENT_TYPE, HttpRequest, error_response
@@ -32,7 +33,8 @@ def api_core(tmp_path: Path) -> Iterator[ApiCore]:
     """The API process's core as the server builds it (nothing listens)."""
     path = tmp_path / "chime.yaml"
     path.write_text(yaml.safe_dump({"storage": {"sqlite": {"path": str(tmp_path / "c.db")}}}))
-    yield ApiCore(ActorId(ActorKind.API, 1), load_config(path, env={}), 0)
+    config = load_config(path, env={})
+    yield ApiCore(ActorId(ActorKind.API, 1), config, 0, store=api_adapters(config).store)
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:

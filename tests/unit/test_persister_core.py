@@ -101,7 +101,7 @@ Scenario = Callable[[PersisterCore, HeldStore, Posts], Awaitable[None]]
 def run(scenario: Scenario) -> None:
     async def main() -> None:
         store, posts = HeldStore(), Posts()
-        core = PersisterCore(PERSISTER, load_config(env={}), posts, store=store)
+        core = PersisterCore(PERSISTER, load_config(env={}), posts, store=store, ids=None)
         await core.start()
         try:
             await scenario(core, store, posts)
