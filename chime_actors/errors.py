@@ -50,6 +50,11 @@ enter our code and chained: ``raise StoreUnavailable(...) from exc``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only a type here: the protocol package imports this module
+    from chime_actors.protocol.codes import CloseCode
+
 
 class ChimeError(Exception):
     """Root of every exception raised by Chime."""
@@ -79,7 +84,7 @@ class ProtocolError(ChimeError):
         code: str,
         message: str,
         *,
-        close_code: int | None = None,
+        close_code: CloseCode | None = None,
         request_id: str | None = None,
         client_msg_id: str | None = None,
         retry_after_ms: int | None = None,

@@ -57,11 +57,10 @@ from chime_actors.errors import (
     RequestTimeout,
     TooManyPending,
 )
+from chime_actors.protocol.codes import CloseCode
 
 log = logging.getLogger(__name__)
 
-# PROTOCOL.md close 4001: the token was refused. Connecting again cannot help.
-CLOSE_UNAUTHORIZED = 4001
 # HTTP answers to the upgrade that another attempt will not change.
 FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 
@@ -710,7 +709,7 @@ class ChimeClient:
             reason = ws.close_reason
         elif code is not None:
             reason = f"closed with {code}"
-        if code == CLOSE_UNAUTHORIZED:
+        if code == CloseCode.UNAUTHORIZED:  # the token was refused: retrying cannot help
             return _Ended(code, reason, fatal=True, error_code="unauthorized")
         return _Ended(code, reason)
 

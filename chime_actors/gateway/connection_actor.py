@@ -334,9 +334,9 @@ class ConnectionActor:
     def _slow_consumer(self) -> None:
         log.warning("slow consumer closed", connectionId=self._id)
         self._services.metrics.errors.labels(code="slow_consumer").inc()
-        self.abort(1008, "slow consumer: send queue full")
+        self.abort(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full")
 
-    def abort(self, code: int, reason: str) -> None:
+    def abort(self, code: CloseCode, reason: str) -> None:
         """Close the connection now, dropping frames not yet written."""
         if self._closing:
             return
@@ -354,7 +354,7 @@ class ConnectionActor:
             log.info("dropping unresponsive connection", connectionId=self._id)
             transport.abort()
 
-    def close_after_queued(self, code: int, reason: str) -> None:
+    def close_after_queued(self, code: CloseCode, reason: str) -> None:
         """Close once every frame already queued is written (graceful shutdown)."""
         if self._closing:
             return
@@ -389,7 +389,7 @@ class ConnectionActor:
             self._proto.close()
             for channel_id in self._proto.channels:
                 self._services.leave_channel(channel_id, self._id)
-            self.close_after_queued(1000, "")
+            self.close_after_queued(CloseCode.NORMAL, "")
             await self._outbox.wait_closed(CLOSE_WAIT_S)
             metrics.connections.dec()
 
@@ -453,7 +453,9 @@ class ConnectionActor:
         if self._budget is None:
             self._budget = RestartBudget(self._policy)
         if not self._budget.allow_restart():
-            self.close_after_queued(1011, f"repeated internal errors ({correlation})")
+            self.close_after_queued(
+                CloseCode.INTERNAL_ERROR, f"repeated internal errors ({correlation})"
+            )
 
     async def _carry_out(self, outputs: list[Output]) -> None:
         for output in outputs:

@@ -26,12 +26,19 @@ class ErrorCode(enum.StrEnum):
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the server uses."""
+    """WebSocket close codes the server uses (docs/protocol.md, "Close codes")."""
 
+    NORMAL = 1000
+    """The server ends a connection normally (after the client closed its side)."""
     GOING_AWAY = 1001
     """Server shutdown, after draining acks already owed."""
+    SLOW_CONSUMER = 1008
+    """A client held back that takes nothing for ``chat.send_stall_ms`` (RFC 6455's
+    policy violation)."""
     MESSAGE_TOO_BIG = 1009
     """A frame over ``chat.max_frame_bytes``."""
+    INTERNAL_ERROR = 1011
+    """Repeated internal errors of a connection, or its channel kept failing."""
     UNAUTHORIZED = 4001
     """The connect's token failed to verify or contradicts ``userId``."""
     HANDSHAKE_TIMEOUT = 4008

@@ -98,7 +98,7 @@ class Reply:
 class Close:
     """Close the WebSocket with ``code`` and ``reason`` (at most 123 UTF-8 bytes)."""
 
-    code: int
+    code: CloseCode
     reason: str
 
 
