@@ -881,11 +881,6 @@ class CassandraStore:
         seq = parse_message_id(message_id)
         await self._run("set_read_marker", "marker_set", (seq, message_id, channel_id, user_id))
 
-    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
-        """See ``MessageStore.read_marker``."""
-        rows = await self._run("read_marker", "marker_get", (channel_id, user_id))
-        return str(rows[0].message_id) if rows else None
-
     # --- channel handlers -------------------------------------------------------
 
     async def channel_ids(self) -> tuple[str, ...]:
