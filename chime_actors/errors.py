@@ -73,9 +73,9 @@ class ProtocolError(ChimeError):
     """A client frame violates the wire contract.
 
     Attributes:
-        code: the PROTOCOL.md error code sent back (``bad_request``, ``too_large`` ...).
+        code: the docs/protocol.md error code sent back (``bad_request``, ``too_large`` ...).
         close_code: when not None, the connection is closed with this WebSocket code
-            after the error frame (PROTOCOL.md says which errors close).
+            after the error frame (docs/protocol.md says which errors close).
         request_id / client_msg_id: echoed back so the client can correlate.
     """
 

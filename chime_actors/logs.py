@@ -3,7 +3,7 @@
 Each process of a server (supervisor, gateways, persisters, ...) calls
 ``configure_logging`` once it runs (after the fork), then logs through the stdlib
 ``logging`` module. The records never travel through Thespian's logger process,
-which costs about 4 ms a line (ARCHITECTURE.md).
+which costs about 4 ms a line (docs/architecture.md).
 
 Use ``get_logger`` and pass the event's context as keyword arguments::
 

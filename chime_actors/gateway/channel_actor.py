@@ -18,7 +18,7 @@ wrongly:
   delivering, or the mailbox overflowed): they are read from storage and
   delivered first. No gaps, no duplicates.
 
-Flow control (PROTOCOL.md: a client that reads is never closed for a burst or a
+Flow control (docs/protocol.md: a client that reads is never closed for a burst or a
 replay). A connection refuses a live frame when too much already waits for its
 client (``gateway/outbox.py``). That member then leaves live delivery and is
 *behind*: it keeps its watermark (the last id it was given), gets nothing live,

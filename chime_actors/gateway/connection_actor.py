@@ -101,7 +101,7 @@ UNREAD_TIMEOUT_S = 2.0
 ABORT_GRACE_S = 2.0
 CLOSE_WAIT_S = 5.0
 DEFAULT_POLICY = RestartPolicy()
-# The frames limits.messages_per_10s counts (PROTOCOL.md "Errors and limits").
+# The frames limits.messages_per_10s counts (docs/protocol.md "Errors and close codes").
 _RATE_LIMITED = (Send, Edit, React, Typing)
 
 
@@ -652,7 +652,7 @@ class ConnectionActor:
         self.close_after_queued(CloseCode.UNAUTHORIZED, "token expired")
 
     async def _refresh(self, event: Refresh) -> None:
-        """A new token for the same user: new deadline, new grants (PROTOCOL.md)."""
+        """A new token for the same user: new deadline, new grants (docs/protocol.md)."""
         authenticator = self._services.authenticator
         if authenticator.mode is AuthMode.INSECURE:
             self._send_error(

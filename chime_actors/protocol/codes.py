@@ -1,4 +1,4 @@
-"""The error codes and WebSocket close codes of PROTOCOL.md, as enums.
+"""The error codes and WebSocket close codes of docs/protocol.md, as enums.
 
 ``ErrorCode`` is a ``StrEnum`` so a member can be passed wherever the wire code
 string is expected (``ProtocolError(ErrorCode.BAD_REQUEST, ...)``) and compares
@@ -11,7 +11,7 @@ import enum
 
 
 class ErrorCode(enum.StrEnum):
-    """The ``code`` of an ``error`` frame (PROTOCOL.md, "Errors and limits")."""
+    """The ``code`` of an ``error`` frame (docs/protocol.md, "Errors and close codes")."""
 
     BAD_REQUEST = "bad_request"
     HANDSHAKE_REQUIRED = "handshake_required"
@@ -42,6 +42,6 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001
     """The connect's token failed to verify or contradicts ``userId``."""
     HANDSHAKE_TIMEOUT = 4008
-    """No connect within ``chat.handshake_timeout_ms``; also (PROTOCOL.md) a
+    """No connect within ``chat.handshake_timeout_ms``; also (docs/protocol.md) a
     connection that goes on past twice ``limits.messages_per_10s``."""
     FLOODING = 4008

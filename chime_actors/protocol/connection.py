@@ -28,7 +28,7 @@ its current state, so handling those requests concurrently would check against
 stale state; ``apply_subscribe`` re-checks the channel cap as a last line.
 
 Which requests need a subscription: ``send``, ``typing`` and ``read`` must name
-a channel the connection is subscribed to (PROTOCOL.md, ``not_subscribed``).
+a channel the connection is subscribed to (docs/protocol.md, ``not_subscribed``).
 A channel the token does not grant is ``forbidden`` first (the ``may_access``
 predicate the actor passes in: grants are its business, the order of the checks
 is this table's). ``history``, ``presence``, ``edit``, ``delete`` and ``react``

@@ -35,7 +35,7 @@ const FINAL_SEND_ERRORS = new Set([
   "bad_request", "too_large", "not_subscribed", "forbidden", "unauthorized", "not_found",
 ]);
 
-/** A PROTOCOL.md error frame (or HTTP problem), as a rejected promise's reason. */
+/** A docs/protocol.md error frame (or HTTP problem), as a rejected promise's reason. */
 export class ChimeError extends Error {
   constructor(code, message, frame = null) {
     super(message || code);
