@@ -401,7 +401,7 @@ class LimitsConfig(_Section, frozen=True):
 
 
 class AttachmentsConfig(_Section, frozen=True):
-    """Files uploaded to ``/v1/attachments`` (PROTOCOL.md "Attachments").
+    """Files uploaded to ``/v1/attachments`` (docs/protocol.md "Attachments").
 
     Attributes:
         max_bytes: the largest file; a larger upload is refused with 413, as soon

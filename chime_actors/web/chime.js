@@ -555,7 +555,7 @@ export class ChimeClient {
     const response = await fetch(url, { headers, cache: "no-store" });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      // An RFC 9457 problem: `code` is PROTOCOL.md's, `detail` the human text.
+      // An RFC 9457 problem: `code` is docs/protocol.md's, `detail` the human text.
       throw new ChimeError(body.code ?? "unavailable", body.detail ?? body.title ??
         `history: HTTP ${response.status}`);
     }
