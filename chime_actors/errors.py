@@ -50,11 +50,6 @@ enter our code and chained: ``raise StoreUnavailable(...) from exc``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # only a type here: the protocol package imports this module
-    from chime_actors.protocol.codes import CloseCode
-
 
 class ChimeError(Exception):
     """Root of every exception raised by Chime."""
@@ -75,7 +70,9 @@ class ProtocolError(ChimeError):
     Attributes:
         code: the docs/protocol.md error code sent back (``bad_request``, ``too_large`` ...).
         close_code: when not None, the connection is closed with this WebSocket code
-            after the error frame (docs/protocol.md says which errors close).
+            after the error frame (docs/protocol.md says which errors close): a
+            ``CloseCode`` (an int here only because the protocol package imports
+            this module, not the other way round).
         request_id / client_msg_id: echoed back so the client can correlate.
     """
 
@@ -84,7 +81,7 @@ class ProtocolError(ChimeError):
         code: str,
         message: str,
         *,
-        close_code: CloseCode | None = None,
+        close_code: int | None = None,
         request_id: str | None = None,
         client_msg_id: str | None = None,
         retry_after_ms: int | None = None,

@@ -425,7 +425,7 @@ def _fail(proto: ConnectionProtocol, event: _Failed) -> list[Output]:
     outputs: list[Output] = [Reply(server_frames.error_from(error))]
     if error.close_code is not None:
         proto._state = ConnState.CLOSED
-        outputs.append(Close(error.close_code, _close_reason(error.message)))
+        outputs.append(Close(CloseCode(error.close_code), _close_reason(error.message)))
     return outputs
 
 

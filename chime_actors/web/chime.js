@@ -74,7 +74,7 @@ function attachmentRecord(attachment) {
 }
 
 // A REST answer that is not ok as a ChimeError: an RFC 9457 problem's `code`
-// (PROTOCOL.md's) and `detail` (the human text), else the status.
+// (docs/protocol.md's) and `detail` (the human text), else the status.
 function problemError(response, body, what) {
   return new ChimeError(
     body.code ?? (response.status === 413 ? "too_large" : "unavailable"),
