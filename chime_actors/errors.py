@@ -17,7 +17,7 @@
     │       └── PresenceUnavailable who is online could not be learnt (a peer or
     │                               Redis did not answer)
     ├── ActorError                  a process actor failed or did not answer in time
-    │   └── TransportTampered       (actors.sealed_transport) a Thespian frame without
+    │   └── TransportTampered       (runtime.sealed_transport) a Thespian frame without
     │                               a valid tag under this server's key
     ├── HandlerError                a channel handler failed, timed out or answered
     │                               something invalid (docs/handlers.md)

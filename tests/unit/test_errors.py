@@ -1,4 +1,8 @@
-"""The exception tree drawn in errors.py is the tree of classes in the package."""
+"""The exception tree drawn in errors.py is the tree of classes in the package.
+
+Each edge is (parent, child, the child's module): a class that moves to another
+module must be redrawn too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ import chime_actors
 from chime_actors import errors
 from chime_actors.errors import ChimeError
 
-# "    │   ├── StoreUnavailable   storage is down ..." -> the indent, the name
-_NODE = re.compile(r"^    ((?:[│ ]   )*)[├└]── (\w+)")
+# "    │   ├── StoreUnavailable   storage is down ..." -> the indent, the name, and
+# the module when the description starts with one: "(api.http_server) a route ..."
+_NODE = re.compile(r"^    ((?:[│ ]   )*)[├└]── (\w+)(?: +\(([a-z_.]+)\) )?")
+Edge = tuple[str, str, str]
 
 
 def _import_every_module() -> None:
@@ -22,12 +28,12 @@ def _import_every_module() -> None:
             importlib.import_module(module.name)
 
 
-def _drawn_edges() -> set[tuple[str, str]]:
-    """(parent, child) pairs of the drawing in errors.py's docstring."""
+def _drawn_edges() -> set[Edge]:
+    """(parent, child, module) of each line of the drawing in errors.py's docstring."""
     doc = errors.__doc__ or ""
     block = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
     root, *lines = block.splitlines()
-    edges: set[tuple[str, str]] = set()
+    edges: set[Edge] = set()
     path = [root.strip()]
     for line in lines:
         match = _NODE.match(line)
@@ -35,19 +41,20 @@ def _drawn_edges() -> set[tuple[str, str]]:
             continue  # a description's continuation line
         depth = len(match.group(1)) // 4 + 1
         del path[depth:]
-        edges.add((path[-1], match.group(2)))
+        module = f"chime_actors.{match.group(3)}" if match.group(3) else errors.__name__
+        edges.add((path[-1], match.group(2), module))
         path.append(match.group(2))
     return edges
 
 
-def _real_edges() -> set[tuple[str, str]]:
-    edges: set[tuple[str, str]] = set()
+def _real_edges() -> set[Edge]:
+    edges: set[Edge] = set()
     todo: list[type[BaseException]] = [ChimeError]
     while todo:
         parent = todo.pop()
         for child in parent.__subclasses__():
             if child.__module__.startswith("chime_actors."):
-                edges.add((parent.__name__, child.__name__))
+                edges.add((parent.__name__, child.__name__, child.__module__))
                 todo.append(child)
     return edges
 
