@@ -53,8 +53,8 @@ tie keys together, or that a type cannot say, are checked after conversion:
 
 - ``auth.mode: insecure`` trusts whatever ``userId`` a client claims, so it only
   serves loopback: ``chat.host`` and ``api.host`` must then be ``127.0.0.1``,
-  ``::1``, ``localhost`` or another loopback address (PROTOCOL.md: "insecure ...
-  bound to 127.0.0.1"). Binding ``0.0.0.0`` needs ``auth.mode: jwt``.
+  ``::1``, ``localhost`` or another loopback address (docs/protocol.md, "Handshake":
+  insecure mode is bound to loopback). Binding ``0.0.0.0`` needs ``auth.mode: jwt``.
 - ``auth.mode: jwt`` needs ``auth.jwt.secret``, at least as many bytes as the
   digest of the strongest algorithm listed (32 for HS256, 48 for HS384, 64 for
   HS512: RFC 7518 section 3.2, and what PyJWT warns about below that); RS256 and
@@ -142,7 +142,7 @@ class _Choice(enum.StrEnum):
 
 
 class AuthMode(_Choice):
-    """How a connection proves who it is (PROTOCOL.md, Handshake)."""
+    """How a connection proves who it is (docs/protocol.md, Handshake)."""
 
     INSECURE = "insecure"
     JWT = "jwt"
@@ -219,7 +219,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ChatConfig(_Section, frozen=True):
-    """The chat WebSocket endpoint and its per-connection limits (PROTOCOL.md).
+    """The chat WebSocket endpoint and its per-connection limits (docs/protocol.md).
 
     Attributes:
         host: address to bind; must be loopback in ``auth.mode: insecure``.
@@ -401,7 +401,7 @@ class LimitsConfig(_Section, frozen=True):
 
 
 class AttachmentsConfig(_Section, frozen=True):
-    """Files uploaded to ``/v1/attachments`` (PROTOCOL.md "Attachments").
+    """Files uploaded to ``/v1/attachments`` (docs/protocol.md "Attachments").
 
     Attributes:
         max_bytes: the largest file; a larger upload is refused with 413, as soon
@@ -412,7 +412,7 @@ class AttachmentsConfig(_Section, frozen=True):
 
 
 class PresenceConfig(_Section, frozen=True):
-    """Presence across hosts (PROTOCOL.md, "Presence, typing, read markers").
+    """Presence across hosts (docs/protocol.md, "Presence, typing, read markers").
 
     Attributes:
         ttl_s: with ``bus.backend: redis``, the users of a host that died (its

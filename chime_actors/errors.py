@@ -4,9 +4,9 @@
 
     ChimeError
     ├── ConfigError                 bad configuration (the CLI exits 2 with one line)
-    ├── ProtocolError               a client frame broke PROTOCOL.md; carries the wire
-    │                               error ``code`` and, when the connection must close,
-    │                               the WebSocket ``close_code``
+    ├── ProtocolError               a client frame broke the protocol (docs/protocol.md);
+    │                               carries the wire error ``code`` and, when the
+    │                               connection must close, the WebSocket ``close_code``
     ├── StoreError                  anything the storage layer raises
     │   ├── StoreUnavailable        storage is down or timed out: retry later
     │   ├── MessageNotFound         the message id is unknown
@@ -17,16 +17,32 @@
     │       └── PresenceUnavailable who is online could not be learnt (a peer or
     │                               Redis did not answer)
     ├── ActorError                  a process actor failed or did not answer in time
+    │   └── TransportTampered       (runtime.sealed_transport) a Thespian frame without
+    │                               a valid tag under this server's key
     ├── HandlerError                a channel handler failed, timed out or answered
     │                               something invalid (docs/handlers.md)
-    └── ClientError                 chime_actors.client: the client library failed
-        ├── ClientClosed            the client was closed, or gave up reconnecting
-        │   └── ConnectFailed       it could not connect (refused, unauthorized, timed out)
-        ├── NotConnected            a request that needs an open connection, made without one
-        ├── ConnectionLost          the connection dropped before the request was answered
-        ├── RequestTimeout          no answer within the request's timeout
-        ├── TooManyPending          the bounded queue of unacked sends or requests is full
-        └── RequestFailed           the server answered with an ``error`` frame (``code``)
+    ├── HttpError                   (api.http_server) a route refuses a request with
+    │                               the HTTP status of its choosing
+    ├── LaunchError                 (launcher) a started ``chime serve`` exited or did
+    │                               not report its ports in time
+    ├── ClientError                 chime_actors.client: the client library failed
+    │   ├── ClientClosed            the client was closed, or gave up reconnecting
+    │   │   └── ConnectFailed       it could not connect (refused, unauthorized, timed out)
+    │   ├── NotConnected            a request that needs an open connection, made without one
+    │   ├── ConnectionLost          the connection dropped before the request was answered
+    │   ├── RequestTimeout          no answer within the request's timeout
+    │   ├── TooManyPending          the bounded queue of unacked sends or requests is full
+    │   └── RequestFailed           the server answered with an ``error`` frame (``code``)
+    ├── BenchError                  (bench.runner) a run could not be carried out
+    ├── BenchTargetError            (bench.target) the server under test could not be
+    │                               started or found
+    ├── BenchUsageError             (bench.options) options that do not make a run
+    ├── HandshakeFailed             (bench.wire) the server refused the WebSocket upgrade
+    └── SocketClosed                (bench.wire) a send on a closing or closed connection
+
+A name in parentheses is the module (under ``chime_actors``) that defines the class;
+the others are defined here. tests/unit/test_errors.py checks that this drawing
+and the classes in the package are the same tree.
 
 Library exceptions (sqlite3, redis, cassandra, websockets) are translated where they
 enter our code and chained: ``raise StoreUnavailable(...) from exc``.
@@ -52,9 +68,11 @@ class ProtocolError(ChimeError):
     """A client frame violates the wire contract.
 
     Attributes:
-        code: the PROTOCOL.md error code sent back (``bad_request``, ``too_large`` ...).
+        code: the docs/protocol.md error code sent back (``bad_request``, ``too_large`` ...).
         close_code: when not None, the connection is closed with this WebSocket code
-            after the error frame (PROTOCOL.md says which errors close).
+            after the error frame (docs/protocol.md says which errors close): a
+            ``CloseCode`` (an int here only because the protocol package imports
+            this module, not the other way round).
         request_id / client_msg_id: echoed back so the client can correlate.
     """
 

@@ -5,7 +5,7 @@ with no gaps: a batch that fails to persist gives its numbers back. The id is th
 number zero-padded to ``ID_WIDTH`` digits, so
 
 * every id of a channel has the same length and string order is numeric order
-  (PROTOCOL.md), and
+  (docs/protocol.md), and
 * a receiver that sees id n+2 right after n knows it missed exactly one message
   and can fetch it from storage (that is how gateways close gaps after a crash).
 """

@@ -42,7 +42,7 @@ def wire_client_msg_id(client_msg_id: str | None) -> str | None:
 
 
 def utc_now_iso() -> str:
-    """Current UTC time as ISO-8601 with milliseconds and a ``Z`` (PROTOCOL.md)."""
+    """Current UTC time as ISO-8601 with milliseconds and a ``Z`` (docs/protocol.md)."""
     return format_timestamp(datetime.now(UTC))
 
 
@@ -54,7 +54,7 @@ def format_timestamp(moment: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file a message lists (PROTOCOL.md "Attachments"): what its readers see of it.
+    """A file a message lists (docs/protocol.md "Attachments"): what its readers see of it.
 
     The bytes and who uploaded them live in the attachment store
     (``storage.attachments``); a message carries only this.
@@ -80,7 +80,7 @@ class ChimeMessage:
     """A chat message as stored, broadcast and returned by history.
 
     ``attachments`` are the files it lists, in the sender's order; on the wire
-    the field is absent when there are none (PROTOCOL.md).
+    the field is absent when there are none (docs/protocol.md).
     """
 
     channel_id: str
@@ -101,7 +101,7 @@ class ChimeMessage:
         return parse_message_id(self.message_id)
 
     def to_wire(self) -> dict[str, Any]:
-        """The JSON object of PROTOCOL.md's ChimeMessage section."""
+        """The JSON object of docs/protocol.md's ChimeMessage section."""
         wire: dict[str, Any] = {
             "channelId": self.channel_id,
             "channelName": self.channel_name,

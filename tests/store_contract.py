@@ -157,7 +157,7 @@ class StoreContract:
                 assert page.has_more is False
             assert await store.events_range(CHANNEL, after_seq=0, up_to_seq=10) == ()
             assert dict(await store.reactions(CHANNEL, [mid(1)])) == {}
-            assert await store.read_marker(CHANNEL, "alice") is None
+            assert await store.unread_counts("alice", [CHANNEL], limit=10) == {CHANNEL: 0}
             with pytest.raises(MessageNotFound):
                 await store.get_message(CHANNEL, mid(1))
 
@@ -678,19 +678,22 @@ class StoreContract:
     # --- read markers -----------------------------------------------------------
 
     def test_read_markers(self, make_store: StoreFactory) -> None:
+        # A marker is read back only through the unread counts it leaves.
+        async def unread(store: MessageStore, user_id: str) -> dict[str, int]:
+            return await store.unread_counts(user_id, [CHANNEL, "random"], limit=100)
+
         async def scenario(store: MessageStore) -> None:
+            await store.append([*batch(1, 12), *batch(1, 8, channel="random")])
             await store.set_read_marker(CHANNEL, "alice", mid(3))
             await store.set_read_marker(CHANNEL, "bob", mid(1))
             await store.set_read_marker("random", "alice", mid(7))
-            assert await store.read_marker(CHANNEL, "alice") == mid(3)
-            assert await store.read_marker(CHANNEL, "bob") == mid(1)
-            assert await store.read_marker("random", "alice") == mid(7)
-            assert await store.read_marker("random", "bob") is None
+            assert await unread(store, "alice") == {CHANNEL: 9, "random": 1}
+            assert await unread(store, "bob") == {CHANNEL: 11, "random": 8}
             await store.set_read_marker(CHANNEL, "alice", mid(12))
-            assert await store.read_marker(CHANNEL, "alice") == mid(12)
+            assert await unread(store, "alice") == {CHANNEL: 0, "random": 1}
             # Never backwards: another device reporting an older position loses.
             await store.set_read_marker(CHANNEL, "alice", mid(5))
-            assert await store.read_marker(CHANNEL, "alice") == mid(12)
+            assert await unread(store, "alice") == {CHANNEL: 0, "random": 1}
 
         run_with_store(make_store, scenario)
 

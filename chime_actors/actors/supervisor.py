@@ -33,6 +33,7 @@ plain code in ``supervision``; this actor carries them out with Thespian.
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,6 +87,15 @@ DRAIN_TIMEOUT_S = 15.0
 EXIT_TIMEOUT_S = 10.0
 
 
+class Phase(enum.Enum):
+    """Where the supervisor is on its way from serving to stopped (never back)."""
+
+    SERVING = "serving"  # starting, running, restarting children
+    DRAINING = "draining"  # ShutdownRequest: gateways finish what they owe
+    EXITING = "exiting"  # every child was asked to exit; waiting for them
+    STOPPED = "stopped"  # Stopped was sent
+
+
 @dataclass(frozen=True, slots=True)
 class _RestartDue:
     actor_id: ActorId
@@ -93,7 +103,7 @@ class _RestartDue:
 
 @dataclass(frozen=True, slots=True)
 class _StopTimeout:
-    phase: str
+    phase: Phase
 
 
 class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
@@ -111,10 +121,13 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._failed = ""
         self._generation = 0
         self._restarts = Restarts()
-        self._stopping = False
-        self._stop_phase = ""
+        self._phase = Phase.SERVING
         self._stop_reply_to: Any = None
         self._drained: set[ActorId] = set()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._phase is not Phase.SERVING
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
         if isinstance(message, Bundle):
@@ -136,7 +149,7 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
             self._begin_shutdown(sender)
         elif isinstance(message, Drained):
             self._drained.add(message.actor_id)
-            if self._stop_phase == "drain" and self._all_gateways_drained():
+            if self._phase is Phase.DRAINING and self._all_gateways_drained():
                 self._stop_children()
         elif isinstance(message, ActorExitRequest):
             pass  # Thespian stops our children for us after this
@@ -246,11 +259,11 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
             child = self._children.get(payload.actor_id)
             if child is not None and child.address is None and not self._stopping:
                 self._create(payload.actor_id)
-        elif isinstance(payload, _StopTimeout) and payload.phase == self._stop_phase:
-            if payload.phase == "drain":
+        elif isinstance(payload, _StopTimeout) and payload.phase is self._phase:
+            if payload.phase is Phase.DRAINING:
                 log.warning("drain timed out; stopping anyway")
                 self._stop_children()
-            elif payload.phase == "exit":
+            elif payload.phase is Phase.EXITING:
                 log.warning("children did not exit in time")
                 self._finish_stop()
 
@@ -267,9 +280,8 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
     def _begin_shutdown(self, sender: Any) -> None:
         if self._stopping:
             return
-        self._stopping = True
         self._stop_reply_to = sender
-        self._stop_phase = "drain"
+        self._phase = Phase.DRAINING
         gateways = [c for c in self._children.values() if c.actor_id.kind is ActorKind.GATEWAY]
         for child in gateways:
             if child.address is not None and child.ready:
@@ -279,7 +291,9 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         if self._all_gateways_drained():
             self._stop_children()
         else:
-            self.wakeupAfter(timedelta(seconds=DRAIN_TIMEOUT_S), payload=_StopTimeout("drain"))
+            self.wakeupAfter(
+                timedelta(seconds=DRAIN_TIMEOUT_S), payload=_StopTimeout(Phase.DRAINING)
+            )
 
     def _all_gateways_drained(self) -> bool:
         return all(
@@ -289,21 +303,21 @@ class Supervisor(Actor):  # type: ignore[misc]  # Thespian is untyped
         )
 
     def _stop_children(self) -> None:
-        self._stop_phase = "exit"
+        self._phase = Phase.EXITING
         for kind in STOP_ORDER:  # gateways first, the API last (see STOP_ORDER)
             for child in self._children.values():
                 if child.actor_id.kind is kind and child.address is not None:
                     self.send(child.address, ActorExitRequest())
-        self.wakeupAfter(timedelta(seconds=EXIT_TIMEOUT_S), payload=_StopTimeout("exit"))
+        self.wakeupAfter(timedelta(seconds=EXIT_TIMEOUT_S), payload=_StopTimeout(Phase.EXITING))
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
-        if self._stop_phase == "exit" and all(c.address is None for c in self._children.values()):
+        if self._phase is Phase.EXITING and all(c.address is None for c in self._children.values()):
             self._finish_stop()
 
     def _finish_stop(self) -> None:
-        if self._stop_phase == "done":
+        if self._phase is Phase.STOPPED:
             return
-        self._stop_phase = "done"
+        self._phase = Phase.STOPPED
         log.info("all actors stopped")
         self.send(self._stop_reply_to, Stopped())

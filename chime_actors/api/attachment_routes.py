@@ -1,4 +1,4 @@
-"""REST routes of attachments (PROTOCOL.md "Attachments").
+"""REST routes of attachments (docs/protocol.md "Attachments").
 
 ==========================================  ==============================================
 ``POST /v1/attachments?filename=NAME``      the file as the raw body, its ``Content-Type``

@@ -10,7 +10,7 @@ functions of an :class:`HttpRequest` tested without sockets:
 * :class:`HttpServer`: an ``aiohttp.web.AppRunner`` + ``TCPSite`` with one
   catch-all route that calls the handler, and a middleware that turns aiohttp's
   own refusals (413 and the like, with their headers) and any handler exception
-  into PROTOCOL.md's error body: RFC 9457 problem details,
+  into docs/protocol.md's error body: RFC 9457 problem details,
   ``application/problem+json`` ``{"type": "about:blank", "title", "status",
   "detail", "code"}`` (a 500 names a correlation id that is also logged with
   the traceback).
@@ -87,7 +87,7 @@ def _empty() -> Mapping[str, str]:
     return _EMPTY
 
 
-# The code in an error body for each status; PROTOCOL.md's vocabulary is reused so
+# The code in an error body for each status; docs/protocol.md's vocabulary is reused so
 # a client handles one set of codes everywhere.
 _STATUS_CODES = {
     400: "bad_request",
@@ -229,7 +229,7 @@ def error_response(
     Args:
         status: the HTTP status.
         message: human text: the ``detail``.
-        code: the PROTOCOL.md error code; derived from ``status`` when omitted.
+        code: the docs/protocol.md error code; derived from ``status`` when omitted.
         headers: extra response headers.
         **extra: more extension members (``correlationId``, ``retryAfterMs``).
     """

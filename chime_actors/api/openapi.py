@@ -62,14 +62,14 @@ WRITER: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"chimeUser": []}]
 
 _DESCRIPTION = """\
 Everything of Chime that is not real-time, over HTTP, under the same rules and error
-codes as the WebSocket (PROTOCOL.md, "REST API"). What is done here reaches WebSocket
+codes as the WebSocket (docs/protocol.md, "HTTP API"). What is done here reaches WebSocket
 subscribers exactly as if it had been done over a WebSocket.
 
 * **Who you are**: with `auth.mode: jwt` a Bearer token (its `sub` is the user, its
   `channels` claim the channels granted); with `auth.mode: insecure` the
   `X-Chime-User` header names the user (required for writes, and for read markers
   and unread counts).
-* **Errors** are RFC 9457 problems (`application/problem+json`) with PROTOCOL.md's
+* **Errors** are RFC 9457 problems (`application/problem+json`) with docs/protocol.md's
   `code`. That includes the HTTP layer's own: 404 for a path that is no route,
   405 (with `Allow`) for a method a route does not take, 413 for a body over 64 KiB
   (an upload: over `attachments.max_bytes`).

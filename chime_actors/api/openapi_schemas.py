@@ -33,7 +33,7 @@ USER_ID_PATTERN = "^[A-Za-z0-9_.@:-]{1,64}$"
 MESSAGE_ID_PATTERN = f"^[0-9]{{{ID_WIDTH}}}$"
 METADATA_KEY_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
 ATTACHMENT_ID_PATTERN = f"^[0-9a-f]{{{2 * ATTACHMENT_ID_BYTES}}}$"
-# PROTOCOL.md "Attachments": at most this many per message.
+# docs/protocol.md "Attachments": at most this many per message.
 MAX_ATTACHMENTS = Limits().max_attachments
 
 _LIMITS = Limits()
@@ -52,7 +52,7 @@ def _chime_message() -> Schema:
     return {
         "type": "object",
         "description": (
-            "A stored message (PROTOCOL.md, ChimeMessage): the record stored, broadcast "
+            "A stored message (docs/protocol.md, ChimeMessage): the record stored, broadcast "
             "to WebSocket subscribers and returned by history."
         ),
         "required": [
@@ -112,7 +112,7 @@ def _problem() -> Schema:
         "type": "object",
         "description": (
             "An RFC 9457 problem. `type` is always `about:blank`, so `title` is the "
-            "status' reason phrase; `code` is PROTOCOL.md's error code, as in a "
+            "status' reason phrase; `code` is docs/protocol.md's error code, as in a "
             "WebSocket `error` frame."
         ),
         "required": ["type", "title", "status", "detail", "code"],

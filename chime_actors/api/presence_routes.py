@@ -1,4 +1,4 @@
-"""REST routes of presence and read markers (PROTOCOL.md, "REST API").
+"""REST routes of presence and read markers (docs/protocol.md, "HTTP API").
 
 ==========================================  ==========================================
 ``GET /v1/channels/{c}/presence``           ``{"online": [...]}``: WebSocket connections

@@ -20,7 +20,7 @@ API origin only (nothing inline, nothing from elsewhere), images also from
 ``blob:`` URLs (the page makes them of attachments it fetched with the user's
 credentials, which an ``<img src>`` of the download URL cannot send), and
 WebSocket connections to the chat port of the host the page was loaded from; the
-chat port's ``Origin`` check accepts that host (PROTOCOL.md "Origins").
+chat port's ``Origin`` check accepts that host (docs/protocol.md, "Handshake").
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
+from chime_actors.errors import ChimeError
 from chime_actors.protocol.wire_frames import frame_header
 
 __all__ = ["BenchSocket", "HandshakeFailed", "SocketClosed", "open_connection"]
@@ -49,11 +50,11 @@ MessageCallback = Callable[[bytes], None]
 CloseCallback = Callable[[int | None], None]
 
 
-class HandshakeFailed(Exception):
+class HandshakeFailed(ChimeError):
     """The server did not accept the WebSocket upgrade (status, headers or accept key)."""
 
 
-class SocketClosed(Exception):
+class SocketClosed(ChimeError):
     """The connection is closing or closed: nothing more can be sent."""
 
 

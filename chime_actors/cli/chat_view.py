@@ -41,7 +41,7 @@ USER_COLOURS = (
     "ansibrightmagenta",
 )
 DEFAULT_HISTORY = 20
-MAX_HISTORY = 100  # history's largest page (PROTOCOL.md)
+MAX_HISTORY = 100  # history's largest page (docs/protocol.md)
 ID_WIDTH = 16  # this server's ids; a short "#42" is padded to the width of ids seen
 
 HELP = (

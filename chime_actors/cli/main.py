@@ -1,7 +1,7 @@
 """``chime``: serve, client, token, bench, check-config.
 
 Every subcommand is ``main(argv) -> exit status``; a bad configuration exits 2
-with one line naming the key (OPERATIONS.md).
+with one line naming the key (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a :class:`~chime_actors.client.ChimeClient` delivers: typed, frozen events.
 
-One class per server frame ``type`` of PROTOCOL.md (``message``, ``ack``,
+One class per server frame ``type`` of docs/protocol.md (``message``, ``ack``,
 ``error`` ...), plus two events the client makes itself (:class:`Disconnected`,
 :class:`GapFilled`). A frame of a type this module does
 not know, or a known type whose fields do not parse, becomes an
@@ -22,7 +22,7 @@ Pairs = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file referenced by a message (PROTOCOL.md "Attachments").
+    """A file referenced by a message (docs/protocol.md "Attachments").
 
     ``sha256`` (hex) is known from an upload's answer only: messages do not list it.
     """

@@ -42,7 +42,7 @@ from chime_actors.errors import NotConnected, TooManyPending
 MAX_PENDING_SENDS = 1000
 MAX_GAP_BUFFER = 10_000
 MAX_OUTGOING = 10_000  # frames queued for one connection's writer
-GAP_PAGE = 100  # history's largest page (PROTOCOL.md: limit 1..100)
+GAP_PAGE = 100  # history's largest page (docs/protocol.md: limit 1..100)
 
 Frame = dict[str, Any]
 
@@ -55,7 +55,7 @@ def new_client_msg_id() -> str:
 def is_newer(message_id: str, than: str) -> bool:
     """Whether ``message_id`` comes after ``than`` in its channel.
 
-    PROTOCOL.md: all ids of a channel have one length and compare as strings;
+    docs/protocol.md: all ids of a channel have one length and compare as strings;
     comparing the length first also orders ids of different widths numerically.
     """
     return (len(message_id), message_id) > (len(than), than)
@@ -307,7 +307,7 @@ class ClientState:
         self._channels = dict.fromkeys(event.channels)
         self._replaying &= set(event.channels)
         # Every unacked send goes again, unchanged: one stored before the drop is
-        # acked with its first id and not stored twice (PROTOCOL.md idempotency).
+        # acked with its first id and not stored twice (docs/protocol.md idempotency).
         self._outgoing.extend(dict(p.frame) for p in self._pending.values())
         return replace(event, reconnect=reconnect)
 
@@ -330,7 +330,7 @@ class ClientState:
 
     def _on_error(self, event: Error) -> list[Event]:
         if event.client_msg_id is not None:
-            # Settled: an error on a send means it was not stored (PROTOCOL.md).
+            # Settled: an error on a send means it was not stored (docs/protocol.md).
             self._pending.pop(event.client_msg_id, None)
         channel = self._gap_requests.pop(event.request_id or "", None)
         if channel is not None and channel in self._gaps:

@@ -1,4 +1,4 @@
-"""``upload``: send a file to ``POST /v1/attachments`` (PROTOCOL.md "Attachments").
+"""``upload``: send a file to ``POST /v1/attachments`` (docs/protocol.md "Attachments").
 
 A message lists files by id; a file gets its id by being uploaded first, over
 REST to the API port (not the chat socket)::
@@ -125,7 +125,7 @@ def _answer(status: int, raw: bytes) -> Attachment:
     except orjson.JSONDecodeError:
         body = None
     if status != 201:
-        # An RFC 9457 problem: ``code`` is PROTOCOL.md's, ``detail`` the human text.
+        # An RFC 9457 problem: ``code`` is docs/protocol.md's, ``detail`` the human text.
         problem = body if isinstance(body, dict) else {}
         code = problem.get("code")
         detail = problem.get("detail") or problem.get("title")

@@ -10,7 +10,7 @@ queue (``events()``), and after a lost connection waits as
 
 Backpressure, not loss: when the event queue is full the client stops reading
 the socket until the application takes events, and the server holds its
-messages back (PROTOCOL.md flow control). An application must therefore keep
+messages back (docs/protocol.md flow control). An application must therefore keep
 consuming ``events()`` (or ``next_event()``); replies to ``send``, ``history``
 and the other requests travel outside that queue, but are read off the same
 socket.
@@ -57,11 +57,10 @@ from chime_actors.errors import (
     RequestTimeout,
     TooManyPending,
 )
+from chime_actors.protocol.codes import CloseCode
 
 log = logging.getLogger(__name__)
 
-# PROTOCOL.md close 4001: the token was refused. Connecting again cannot help.
-CLOSE_UNAUTHORIZED = 4001
 # HTTP answers to the upgrade that another attempt will not change.
 FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 
@@ -448,7 +447,7 @@ class ChimeClient:
         thread_id: str | None = None,
         timeout: float | None = None,
     ) -> History:
-        """A page of a channel's messages, oldest first (PROTOCOL.md "History").
+        """A page of a channel's messages, oldest first (docs/protocol.md "History").
 
         Raises:
             NotConnected: no connection is open.
@@ -518,7 +517,7 @@ class ChimeClient:
     def react(self, channel_id: str, message_id: str, emoji: str, *, op: str = "add") -> None:
         """Add (``op="add"``) or remove a reaction; the ``reaction`` comes as an event.
 
-        PROTOCOL.md gives ``react`` no correlation id, so nothing is awaited: an
+        docs/protocol.md gives ``react`` no correlation id, so nothing is awaited: an
         error about it arrives as an ``Error`` event.
 
         Raises:
@@ -710,7 +709,7 @@ class ChimeClient:
             reason = ws.close_reason
         elif code is not None:
             reason = f"closed with {code}"
-        if code == CLOSE_UNAUTHORIZED:
+        if code == CloseCode.UNAUTHORIZED:  # the token was refused: retrying cannot help
             return _Ended(code, reason, fatal=True, error_code="unauthorized")
         return _Ended(code, reason)
 

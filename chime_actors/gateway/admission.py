@@ -1,4 +1,4 @@
-"""Who may open a WebSocket, decided before the upgrade (PROTOCOL.md, "Handshake" and limits).
+"""Who may open a WebSocket, decided before the upgrade (docs/protocol.md, "Handshake" and limits).
 
 Pure: no I/O, the clock injected. The gateway asks :meth:`Admission.check` from
 websockets' ``process_request`` hook with the peer's address and the request
@@ -71,7 +71,7 @@ class Admission:
         self._rate = KeyedBuckets(config.limits.connects_per_ip_per_10s, clock)
 
     def origin_allowed(self, origin: str) -> bool:
-        """PROTOCOL.md: the chat or API host (any port), or a configured origin."""
+        """docs/protocol.md: the chat or API host (any port), or a configured origin."""
         if "*" in self._origins or origin.rstrip("/").lower() in self._origins:
             return True
         try:

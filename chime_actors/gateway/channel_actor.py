@@ -18,7 +18,7 @@ wrongly:
   delivering, or the mailbox overflowed): they are read from storage and
   delivered first. No gaps, no duplicates.
 
-Flow control (PROTOCOL.md: a client that reads is never closed for a burst or a
+Flow control (docs/protocol.md: a client that reads is never closed for a burst or a
 replay). A connection refuses a live frame when too much already waits for its
 client (``gateway/outbox.py``). That member then leaves live delivery and is
 *behind*: it keeps its watermark (the last id it was given), gets nothing live,
@@ -58,6 +58,7 @@ from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
 from chime_actors.ids import parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
+from chime_actors.protocol.codes import CloseCode
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.records import ChannelEvent
 from chime_actors.storage.store import MessageStore
@@ -104,7 +105,7 @@ class Subscriber(Protocol):
         """
         ...
 
-    def abort(self, code: int, reason: str) -> None:
+    def abort(self, code: CloseCode, reason: str) -> None:
         """Close the connection (the channel gave up on it)."""
         ...
 
@@ -396,7 +397,9 @@ class ChannelActor:
         if not self._budget.allow_restart():
             log.error("channel actor escalates: closing subscribers", channelId=self.channel_id)
             for member in list(self._members.values()):
-                member.subscriber.abort(1011, f"channel failed (correlation {correlation})")
+                member.subscriber.abort(
+                    CloseCode.INTERNAL_ERROR, f"channel failed (correlation {correlation})"
+                )
             for connection_id in list(self._members):
                 self._forget(connection_id)
             self._stop_idle()

@@ -101,7 +101,7 @@ UNREAD_TIMEOUT_S = 2.0
 ABORT_GRACE_S = 2.0
 CLOSE_WAIT_S = 5.0
 DEFAULT_POLICY = RestartPolicy()
-# The frames limits.messages_per_10s counts (PROTOCOL.md "Errors and limits").
+# The frames limits.messages_per_10s counts (docs/protocol.md "Errors and close codes").
 _RATE_LIMITED = (Send, Edit, React, Typing)
 
 
@@ -334,9 +334,9 @@ class ConnectionActor:
     def _slow_consumer(self) -> None:
         log.warning("slow consumer closed", connectionId=self._id)
         self._services.metrics.errors.labels(code="slow_consumer").inc()
-        self.abort(1008, "slow consumer: send queue full")
+        self.abort(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full")
 
-    def abort(self, code: int, reason: str) -> None:
+    def abort(self, code: CloseCode, reason: str) -> None:
         """Close the connection now, dropping frames not yet written."""
         if self._closing:
             return
@@ -354,7 +354,7 @@ class ConnectionActor:
             log.info("dropping unresponsive connection", connectionId=self._id)
             transport.abort()
 
-    def close_after_queued(self, code: int, reason: str) -> None:
+    def close_after_queued(self, code: CloseCode, reason: str) -> None:
         """Close once every frame already queued is written (graceful shutdown)."""
         if self._closing:
             return
@@ -389,7 +389,7 @@ class ConnectionActor:
             self._proto.close()
             for channel_id in self._proto.channels:
                 self._services.leave_channel(channel_id, self._id)
-            self.close_after_queued(1000, "")
+            self.close_after_queued(CloseCode.NORMAL, "")
             await self._outbox.wait_closed(CLOSE_WAIT_S)
             metrics.connections.dec()
 
@@ -453,7 +453,9 @@ class ConnectionActor:
         if self._budget is None:
             self._budget = RestartBudget(self._policy)
         if not self._budget.allow_restart():
-            self.close_after_queued(1011, f"repeated internal errors ({correlation})")
+            self.close_after_queued(
+                CloseCode.INTERNAL_ERROR, f"repeated internal errors ({correlation})"
+            )
 
     async def _carry_out(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -650,7 +652,7 @@ class ConnectionActor:
         self.close_after_queued(CloseCode.UNAUTHORIZED, "token expired")
 
     async def _refresh(self, event: Refresh) -> None:
-        """A new token for the same user: new deadline, new grants (PROTOCOL.md)."""
+        """A new token for the same user: new deadline, new grants (docs/protocol.md)."""
         authenticator = self._services.authenticator
         if authenticator.mode is AuthMode.INSECURE:
             self._send_error(

@@ -58,6 +58,7 @@ from chime_actors.persister.redis_ids import MULTI_HOST_HOLD_MAX_S
 from chime_actors.persister.sequencer import owner_index
 from chime_actors.presence import unread
 from chime_actors.presence.hub import PRESENCE_MESSAGES, PresenceHub
+from chime_actors.protocol.codes import CloseCode
 from chime_actors.records import (
     ChangeRecord,
     ChannelEvent,
@@ -372,7 +373,7 @@ class GatewayCore:
     async def _accept(self, websocket: ServerConnection) -> None:
         """The accept loop's handler: one ConnectionActor per socket."""
         if self._draining:
-            await websocket.close(1001, "server shutting down")
+            await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
             return
         query = parse_qs(urlsplit(websocket.request.path).query) if websocket.request else {}
         user_ids = query.get("userId")
@@ -438,7 +439,7 @@ class GatewayCore:
         while time.monotonic() < deadline and any(c.owed_acks for c in self._connections):
             await asyncio.sleep(0.02)
         for connection in list(self._connections):
-            connection.close_after_queued(1001, "server shutting down")
+            connection.close_after_queued(CloseCode.GOING_AWAY, "server shutting down")
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 10)

@@ -12,7 +12,7 @@ together by their gateway's ``FlushQueue``, one loop callback for all of them.
 Flow control. What waits in the server for one client, its *backlog* (frames
 queued this turn plus bytes written but not yet taken by the kernel), is
 bounded by ``chat.send_queue_bytes``; a client that reads is never closed for
-a burst, however large (PROTOCOL.md "Errors and limits"). Frames come in two
+a burst, however large (docs/protocol.md "Errors and close codes"). Frames come in two
 kinds:
 
 * channel messages (``offer``): each can be read again from storage, so one

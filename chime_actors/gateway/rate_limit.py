@@ -1,4 +1,4 @@
-"""Token buckets for the gateway's limits (PROTOCOL.md, "Errors and limits").
+"""Token buckets for the gateway's limits (docs/protocol.md, "Errors and close codes").
 
 Pure: no I/O, the clock injected. Two users of it:
 

@@ -1,4 +1,4 @@
-"""What a handler's output must respect: the rules of a client's send (PROTOCOL.md).
+"""What a handler's output must respect: the rules of a client's send (docs/protocol.md).
 
 A rewrite (``before_store``) and a reply (``after_store``) reach storage and
 every subscriber like a client's message, so they meet the same bounds; a

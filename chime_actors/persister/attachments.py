@@ -1,6 +1,6 @@
 """Checking the attachments of sends before they are numbered.
 
-PROTOCOL.md: a send may list up to 10 attachment ids, "each uploaded by the same
+docs/protocol.md: a send may list up to 10 attachment ids, "each uploaded by the same
 user; else ``bad_request``". The protocol core checked the list's shape; whether
 each file exists and is the sender's needs storage, so the persister that owns
 the channel looks them up here, in the write that stores the send, before its

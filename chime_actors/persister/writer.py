@@ -13,7 +13,7 @@ batches and go the same way: checked against storage (``persister.changes``),
 numbered in the channel's sequence, stored in the same group commit, answered
 in the ``PersistResult`` and delivered in the ``Deliveries``.
 
-Only durable messages are ever delivered or acked (PROTOCOL.md: ack = durable).
+Only durable messages are ever delivered or acked (docs/protocol.md: ack = durable).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Presence, typing and read markers (PROTOCOL.md, "Presence, typing, read markers").
+"""Presence, typing and read markers (docs/protocol.md, "Presence, typing, read markers").
 
 * ``table``: who is online where, as sets per *origin* (pure, no I/O);
 * ``messages``: the records gateways, the Redis bridge and the API exchange on lanes;

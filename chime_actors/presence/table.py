@@ -8,12 +8,12 @@ is ever merged from two writers: a replica of an origin is replaced or updated
 only by what that origin said. A user is online in a channel while *any* origin
 holds them there; :class:`PresenceTable` reports the moments that count (the
 first origin arrives, the last one leaves) as :class:`PresenceChange`, which is
-exactly when PROTOCOL.md sends ``presence_changed``. An origin that dies is
+exactly when docs/protocol.md sends ``presence_changed``. An origin that dies is
 dropped whole (:meth:`PresenceTable.drop_origin`), which takes its users offline
 unless another origin still holds them.
 
 :class:`TypingThrottle` passes on at most one ``typing`` per user and channel per
-interval (PROTOCOL.md: every 3 s).
+interval (docs/protocol.md: every 3 s).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LOCAL = ""
 """The origin of the process's own connections."""
 
 TYPING_INTERVAL_S = 3.0
-"""PROTOCOL.md: at most one ``typing`` per user and channel every 3 s is passed on."""
+"""docs/protocol.md: at most one ``typing`` per user and channel every 3 s is passed on."""
 
 
 def gateway_origin(index: int) -> str:

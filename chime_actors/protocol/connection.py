@@ -28,7 +28,7 @@ its current state, so handling those requests concurrently would check against
 stale state; ``apply_subscribe`` re-checks the channel cap as a last line.
 
 Which requests need a subscription: ``send``, ``typing`` and ``read`` must name
-a channel the connection is subscribed to (PROTOCOL.md, ``not_subscribed``).
+a channel the connection is subscribed to (docs/protocol.md, ``not_subscribed``).
 A channel the token does not grant is ``forbidden`` first (the ``may_access``
 predicate the actor passes in: grants are its business, the order of the checks
 is this table's). ``history``, ``presence``, ``edit``, ``delete`` and ``react``
@@ -98,7 +98,7 @@ class Reply:
 class Close:
     """Close the WebSocket with ``code`` and ``reason`` (at most 123 UTF-8 bytes)."""
 
-    code: int
+    code: CloseCode
     reason: str
 
 
@@ -425,7 +425,7 @@ def _fail(proto: ConnectionProtocol, event: _Failed) -> list[Output]:
     outputs: list[Output] = [Reply(server_frames.error_from(error))]
     if error.close_code is not None:
         proto._state = ConnState.CLOSED
-        outputs.append(Close(error.close_code, _close_reason(error.message)))
+        outputs.append(Close(CloseCode(error.close_code), _close_reason(error.message)))
     return outputs
 
 

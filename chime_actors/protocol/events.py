@@ -1,6 +1,6 @@
 """Client requests: what a client frame means, once parsed and validated.
 
-Each class is one frame ``type`` of PROTOCOL.md. They are frozen, slotted
+Each class is one frame ``type`` of docs/protocol.md. They are frozen, slotted
 dataclasses (picklable, immutable all the way down: mappings are tuples of
 pairs) so they can cross actor boundaries unchanged. Every value in them has
 already been validated by :func:`chime_actors.protocol.frames.parse_frame`:
@@ -155,7 +155,7 @@ class Delete:
 class React:
     """``react``: add or remove an emoji reaction on a message.
 
-    ``request_id`` is optional (PROTOCOL.md names none for ``react``); when
+    ``request_id`` is optional (docs/protocol.md names none for ``react``); when
     given it is echoed in the confirmation or the error.
     """
 

@@ -1,4 +1,4 @@
-"""Parse client text frames into :mod:`events`, enforcing PROTOCOL.md.
+"""Parse client text frames into :mod:`events`, enforcing docs/protocol.md.
 
 :func:`parse_frame` is the only way a client's bytes become an event. It either
 returns a fully validated event or raises :class:`~chime_actors.errors.ProtocolError`
@@ -50,7 +50,7 @@ _METADATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _JSON_WHITESPACE = " \t\n\r"
 
 # Client-chosen correlation ids and free-text fields are bounded so a single
-# frame cannot make us store or echo arbitrarily large strings. PROTOCOL.md is
+# frame cannot make us store or echo arbitrarily large strings. docs/protocol.md is
 # silent on these, so the bounds are generous.
 MAX_CORRELATION_ID_CHARS = 128
 MAX_TOKEN_CHARS = 8192
@@ -69,7 +69,7 @@ class Limits:
 
     The ones named like ``chat.*`` keys take their defaults from the configuration
     schema (``ChatConfig``) and the gateway passes the configured values; the
-    others are PROTOCOL.md's fixed bounds.
+    others are docs/protocol.md's fixed bounds.
 
     Attributes:
         max_content_chars: longest message content, in code points (``too_large`` past it).
@@ -95,11 +95,11 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-"""PROTOCOL.md's bounds with the configuration's defaults."""
+"""docs/protocol.md's bounds with the configuration's defaults."""
 
 
 def parse_binary() -> NoReturn:
-    """Reject a binary frame: PROTOCOL.md speaks only text frames.
+    """Reject a binary frame: docs/protocol.md speaks only text frames.
 
     Raises:
         ProtocolError: always, with code ``bad_request``.

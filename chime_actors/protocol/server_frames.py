@@ -1,4 +1,4 @@
-"""Encode server frames: one function per frame ``type`` of PROTOCOL.md.
+"""Encode server frames: one function per frame ``type`` of docs/protocol.md.
 
 Every function returns the frame as JSON text, ready for a WebSocket text frame.
 Optional keys the contract marks as correlation data (``requestId``,
@@ -281,7 +281,7 @@ def error(
     """An ``error`` frame; optional keys are omitted when None.
 
     Args:
-        code: a PROTOCOL.md error code (an ``ErrorCode`` member or its string).
+        code: a docs/protocol.md error code (an ``ErrorCode`` member or its string).
         message: human-readable text.
         request_id: echoed from the failed request.
         client_msg_id: echoed from the failed send.

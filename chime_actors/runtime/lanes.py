@@ -1,4 +1,4 @@
-"""Lanes: the data plane between process actors, off Thespian (ARCHITECTURE.md).
+"""Lanes: the data plane between process actors, off Thespian (docs/architecture.md).
 
 A Thespian message costs ~1.5 ms of CPU, and a chat message in a small room
 crosses processes alone several times. So everything on the hot path (send

@@ -1,6 +1,6 @@
 """The ``AttachmentStore`` interface: uploaded files, in chunks, next to the messages.
 
-PROTOCOL.md "Attachments": a file is uploaded once (``POST /v1/attachments``), then
+docs/protocol.md "Attachments": a file is uploaded once (``POST /v1/attachments``), then
 listed by id in sends. Where it lives:
 
 * its bytes, as chunks of at most ``CHUNK_BYTES`` (1 MiB) numbered from 0: SQLite
@@ -36,7 +36,7 @@ from typing import Protocol
 from chime_actors.errors import StoreError
 from chime_actors.records import Attachment
 
-#: The largest chunk stored (PROTOCOL.md: Cassandra in chunks of at most 1 MiB).
+#: The largest chunk stored (docs/protocol.md: Cassandra in chunks of at most 1 MiB).
 CHUNK_BYTES = 1024 * 1024
 
 

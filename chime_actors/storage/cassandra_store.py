@@ -53,7 +53,7 @@ instead of refused, and a batch is atomic only per ``(channel, bucket)`` chunk
 (an UNLOGGED batch on one partition is atomic and isolated), not as a whole.
 Refusing a taken seq would need a lightweight transaction (Paxos, four round
 trips) on every message; instead, uniqueness is the sequencer's job, across
-hosts too (ARCHITECTURE.md: one sequencer per channel at a time). What the store
+hosts too (docs/architecture.md: one sequencer per channel at a time). What the store
 does refuse is a seq repeated inside one batch. After a failed append the
 persister forgets the channel and reloads ``load_channel_state``; ``last_seq``
 then sees rows a half-written batch left behind (and their client ids), so their
@@ -66,7 +66,7 @@ INSERT is built without those columns instead. Deletes of chat messages are a
 a removed reaction (one row), the reactions of a deleted message (one range),
 and ``client_ids`` rows expiring through their TTL: that table has
 ``default_time_to_live = 600`` (the 10-minute idempotency window of
-PROTOCOL.md) and ``gc_grace_seconds = 3600``: its rows are never deleted
+docs/protocol.md) and ``gc_grace_seconds = 3600``: its rows are never deleted
 explicitly, so there is no delete that repair would need to propagate, and
 expired rows can be purged an hour later instead of after ten days (hints for
 the table are kept at most that hour).
@@ -173,7 +173,7 @@ log = get_logger(__name__)
 #: Messages per ``messages`` partition (see the module docstring). Fixed per keyspace.
 BUCKET_SIZE: Final = 10_000
 
-#: Seconds a ``client_ids`` row lives: the idempotency window of PROTOCOL.md.
+#: Seconds a ``client_ids`` row lives: the idempotency window of docs/protocol.md.
 CLIENT_ID_TTL_S: Final = 600
 
 # Requests one store keeps in flight at most (a 2,000-message append becomes
@@ -880,11 +880,6 @@ class CassandraStore:
         """
         seq = parse_message_id(message_id)
         await self._run("set_read_marker", "marker_set", (seq, message_id, channel_id, user_id))
-
-    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
-        """See ``MessageStore.read_marker``."""
-        rows = await self._run("read_marker", "marker_get", (channel_id, user_id))
-        return str(rows[0].message_id) if rows else None
 
     # --- channel handlers -------------------------------------------------------
 

@@ -15,7 +15,7 @@ class Storage(MessageStore, AttachmentStore, Protocol):
     """Both interfaces, as every backend implements them on one connection.
 
     One object per process: the messages and the files of a deployment live in
-    the same database (PROTOCOL.md: "stored in the configured backend").
+    the same database (docs/protocol.md: "stored in the configured backend").
     """
 
 

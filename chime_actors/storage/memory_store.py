@@ -255,11 +255,6 @@ class MemoryStore:
         if current is None or message_id > current:
             markers[user_id] = message_id
 
-    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
-        """See ``MessageStore.read_marker``."""
-        self._check("read_marker")
-        return self._channel(channel_id).read_markers.get(user_id)
-
     async def channel_ids(self) -> tuple[str, ...]:
         """See ``MessageStore.channel_ids``."""
         self._check("channel_ids")

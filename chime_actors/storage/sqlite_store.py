@@ -354,12 +354,6 @@ class SqliteStore:
             write=True,
         )
 
-    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
-        """See ``MessageStore.read_marker``."""
-        return await self._call(
-            "read_marker", partial(_read_marker, channel_id=channel_id, user_id=user_id)
-        )
-
     # --- channel handlers -------------------------------------------------------
 
     async def channel_ids(self) -> tuple[str, ...]:

@@ -91,9 +91,11 @@ class HistoryPage:
 class MessageStore(Protocol):
     """Durable storage for chat messages and their annotations.
 
-    Implementations: ``SqliteStore`` (embedded default), ``MemoryStore`` (the fake
-    for unit tests) and, later, a Cassandra store. All share the contract tested
-    by ``tests/store_contract.py``.
+    Implementations: ``SqliteStore`` (embedded default), ``CassandraStore``
+    (production, docs/operations.md) and ``MemoryStore`` (the fake for unit
+    tests). All share the contract tested by ``tests/store_contract.py``.
+
+    Every method has a caller in the server (none is kept for tests alone).
     """
 
     async def open(self) -> None:
@@ -220,11 +222,9 @@ class MessageStore(Protocol):
         """Record that the user has read the channel up to ``message_id``.
 
         The marker only moves forward: two devices of one user racing cannot
-        make read messages unread again.
+        make read messages unread again. Nothing reads a marker back but
+        ``unread_counts``: no frame or route hands it out.
         """
-
-    async def read_marker(self, channel_id: str, user_id: str) -> str | None:
-        """Return the user's read marker in the channel, None if never set."""
 
     # --- channel handlers (chime_actors.handlers.after_store) -------------------
 

@@ -8,7 +8,7 @@
 // server's words and dropped from the list. It knows nothing of messages:
 // app.js asks it what is ready when it sends.
 
-/** The most files one message may list (PROTOCOL.md "Attachments"). */
+/** The most files one message may list (docs/protocol.md "Attachments"). */
 export const MAX_FILES = 10;
 
 /** A size for people: bytes, KiB, MiB, GiB. */

@@ -35,7 +35,7 @@ const FINAL_SEND_ERRORS = new Set([
   "bad_request", "too_large", "not_subscribed", "forbidden", "unauthorized", "not_found",
 ]);
 
-/** A PROTOCOL.md error frame (or HTTP problem), as a rejected promise's reason. */
+/** A docs/protocol.md error frame (or HTTP problem), as a rejected promise's reason. */
 export class ChimeError extends Error {
   constructor(code, message, frame = null) {
     super(message || code);
@@ -74,7 +74,7 @@ function attachmentRecord(attachment) {
 }
 
 // A REST answer that is not ok as a ChimeError: an RFC 9457 problem's `code`
-// (PROTOCOL.md's) and `detail` (the human text), else the status.
+// (docs/protocol.md's) and `detail` (the human text), else the status.
 function problemError(response, body, what) {
   return new ChimeError(
     body.code ?? (response.status === 413 ? "too_large" : "unavailable"),
@@ -555,7 +555,7 @@ export class ChimeClient {
     const response = await fetch(url, { headers, cache: "no-store" });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      // An RFC 9457 problem: `code` is PROTOCOL.md's, `detail` the human text.
+      // An RFC 9457 problem: `code` is docs/protocol.md's, `detail` the human text.
       throw new ChimeError(body.code ?? "unavailable", body.detail ?? body.title ??
         `history: HTTP ${response.status}`);
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -54,7 +55,9 @@ def test_production_example_serves_the_protocol(tmp_path: Path) -> None:
             *(sys.executable, "-m", "chime_actors", "token"),
             *("--config", str(EXAMPLE), "--user", "alice", "--ttl", "10m"),
         ],
-        env={**env, "PATH": "/usr/bin:/bin"},
+        # Only CHIME_* and PATH, as an operator's shell would have; COVERAGE_* so that
+        # bin/test's coverage measures this process too.
+        env={**env, "PATH": "/usr/bin:/bin", **_coverage_env()},
         capture_output=True,
         text=True,
         check=True,
@@ -86,3 +89,7 @@ def test_production_example_serves_the_protocol(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             body = json.loads(response.read())
         assert [m["content"] for m in body["messages"]] == ["hello prod"]
+
+
+def _coverage_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}

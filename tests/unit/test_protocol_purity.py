@@ -9,6 +9,7 @@ that the dynamic check would not execute).
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ MODULES = sorted(
     f"chime_actors.protocol.{path.stem}" if path.stem != "__init__" else "chime_actors.protocol"
     for path in PACKAGE_DIR.glob("*.py")
 )
+# The probe runs without coverage: under bin/test coverage starts in every Python
+# process (coverage's .pth file) and loads sqlite3 and socket for its own data.
+PROBE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
 
 
 def test_importing_the_protocol_loads_no_io_modules() -> None:
@@ -31,7 +35,12 @@ def test_importing_the_protocol_loads_no_io_modules() -> None:
         + "print(','.join(bad))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=PROBE_ENV,
     )
     assert result.stdout.strip() == ""
 
@@ -40,7 +49,12 @@ def test_the_check_would_notice_asyncio() -> None:
     # Guard against a vacuous test: the same probe does see asyncio when loaded.
     script = "import sys, asyncio\nprint('asyncio' in sys.modules)\n"
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=PROBE_ENV,
     )
     assert result.stdout.strip() == "True"
 

@@ -66,7 +66,7 @@ def test_set_available_switches_an_outage() -> None:
             store.history(CHANNEL),
             store.last_seq(CHANNEL),
             store.append(batch(2, 2)),
-            store.read_marker(CHANNEL, "alice"),
+            store.unread_counts("alice", [CHANNEL], limit=10),
         ):
             with pytest.raises(StoreUnavailable):
                 await call

@@ -9,7 +9,7 @@ Options:
   ``hmac.compare_digest``).
 
 The body of a message is the message as JSON, the ChimeMessage's own fields
-(PROTOCOL.md): ``{"channelId": ..., "messageId": ..., "userId": ..., ...}``.
+(docs/protocol.md): ``{"channelId": ..., "messageId": ..., "userId": ..., ...}``.
 The body of a change (an edit, a delete, a reaction) is the frame subscribers
 get for it: ``{"type": "message_edited" | "message_deleted" | "reaction", ...,
 "eventId": ...}``; a message's body has no ``type``. Also sent:
