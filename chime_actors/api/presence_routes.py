@@ -18,15 +18,14 @@ Pure like ``routes``: everything goes through a :class:`PresenceBackend`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import unquote
 
 import orjson
 
 from chime_actors.api.http_server import HttpRequest, HttpResponse, error_response, json_response
+from chime_actors.api.params import channel_id_param
 from chime_actors.api.router import Route
 from chime_actors.auth import Identity
 from chime_actors.errors import (
@@ -37,10 +36,10 @@ from chime_actors.errors import (
 )
 from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
+from chime_actors.protocol.frames import is_channel_id
 
 log = get_logger(__name__)
 
-_CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _STATUS = {"bad_request": 400, "unauthorized": 401, "forbidden": 403}
 
 
@@ -107,7 +106,7 @@ def routes(backend: PresenceBackend) -> list[Route]:
 async def _presence(backend: PresenceBackend, request: HttpRequest, raw: str) -> HttpResponse:
     try:
         caller = backend.caller(request.headers)
-        channel_id = _channel(raw)
+        channel_id = channel_id_param(raw)
         _check_grant(caller, [channel_id])
         online = await backend.presence_online(channel_id)
     except ProtocolError as exc:
@@ -122,7 +121,7 @@ async def _read(backend: PresenceBackend, request: HttpRequest, raw: str) -> Htt
     try:
         caller = backend.caller(request.headers)
         user_id = _user(caller)
-        channel_id = _channel(raw)
+        channel_id = channel_id_param(raw)
         _check_grant(caller, [channel_id])
         message_id = _message_id(request.body)
         await backend.mark_read(channel_id, user_id, message_id)
@@ -160,16 +159,6 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError("bad_request", message)
 
 
-def _channel(raw: str) -> str:
-    try:
-        channel_id = unquote(raw, errors="strict")
-    except UnicodeDecodeError as exc:
-        raise _bad("channelId is not valid UTF-8") from exc
-    if not _CHANNEL_ID.match(channel_id):
-        raise _bad("channelId must match [A-Za-z0-9_.:-]{1,64}")
-    return channel_id
-
-
 def _channel_list(raw: str, limit: int) -> list[str]:
     names = [name for name in raw.split(",") if name]
     if not names:
@@ -177,7 +166,7 @@ def _channel_list(raw: str, limit: int) -> list[str]:
     if len(names) > limit:
         raise _bad(f"at most {limit} channels per request")
     for name in names:
-        if not _CHANNEL_ID.match(name):
+        if not is_channel_id(name):
             raise _bad(f"{name!r} is not a channel id: [A-Za-z0-9_.:-]{{1,64}}")
     return list(dict.fromkeys(names))
 

@@ -39,7 +39,6 @@ The routes hold no state and do no I/O of their own: everything goes through an
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,6 +54,7 @@ from chime_actors.api.http_server import (
     json_response,
     text_response,
 )
+from chime_actors.api.params import channel_id_param
 from chime_actors.api.router import Route, Router
 from chime_actors.api.web import CLIENT_CONFIG_PATH, STATIC_PREFIX, WebClient
 from chime_actors.errors import ChimeError, ProtocolError, StoreError, StoreUnavailable
@@ -90,7 +90,6 @@ DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 100
 METRICS_CONTENT_TYPE = exposition.CONTENT_TYPE
 
-_CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 # Status for each error code ``ApiBackend.authorize`` may return.
 _AUTH_STATUS = {"unauthorized": 401, "forbidden": 403}
 
@@ -305,7 +304,7 @@ async def _readyz(backend: ApiBackend) -> HttpResponse:
 
 async def _history(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> HttpResponse:
     try:
-        channel_id = _channel_id(raw_channel)
+        channel_id = channel_id_param(raw_channel)
     except ProtocolError as exc:
         return error_response(400, exc.message, code=exc.code)
     denied = backend.authorize(request.headers, channel_id)
@@ -352,7 +351,7 @@ async def _message_change(
 ) -> HttpResponse:
     """PATCH/DELETE a message, PUT/DELETE a reaction: the WebSocket's twins."""
     try:
-        channel_id = _channel_id(raw_channel)
+        channel_id = channel_id_param(raw_channel)
         message_id = unquote(raw_message)
         if not is_message_id(message_id):
             raise _bad_request("messageId is not a message id")
@@ -417,7 +416,7 @@ async def _send(backend: ApiBackend, request: HttpRequest, raw_channel: str) -> 
     nothing and answers 200 with the first message's ids (``duplicate: true``).
     """
     try:
-        channel_id = _channel_id(raw_channel)
+        channel_id = channel_id_param(raw_channel)
         user_id = backend.writer(request.headers, channel_id)
         event = _send_event(request.body, channel_id, backend.max_content_chars)
     except ProtocolError as exc:
@@ -523,16 +522,6 @@ def _edit_content(body: bytes, max_chars: int) -> str:
 
 def _bad_request(message: str) -> ProtocolError:
     return ProtocolError("bad_request", message)
-
-
-def _channel_id(raw: str) -> str:
-    try:
-        channel_id = unquote(raw, errors="strict")
-    except UnicodeDecodeError as exc:
-        raise _bad_request("channelId is not valid UTF-8") from exc
-    if not _CHANNEL_ID.match(channel_id):
-        raise _bad_request("channelId must match [A-Za-z0-9_.:-]{1,64}")
-    return channel_id
 
 
 def _message_id_param(request: HttpRequest, name: str) -> str | None:
