@@ -149,15 +149,19 @@ def test_typing_crosses_hosts_once_per_3_s_per_user(
         typist_a = await Client.connect(host_a.url, "ida", [channel])
         typist_b = await Client.connect(host_b.url, "ida", [channel])
         try:
-            # Each host has heard of a user of the other that came online after its
-            # watcher subscribed (so the watcher is owed that presence_changed): its
-            # bridge is subscribed to the channel's presence topic (a lookup would not
-            # prove that: it asks Redis). Not gus for hal: gus was online before hal
-            # joined, so hal is owed nothing for him (PROTOCOL.md), and whether hal
-            # hears of him depends on whether host B read the channel's presence
-            # before or after hal's join took effect.
-            await has_presence(watcher_b, "ida", channel, "online")
-            await has_presence(watcher_a, "hal", channel, "online")
+            # Each host's bridge is subscribed to the channel's presence topic: a
+            # probe user that exists only on the other host comes online after the
+            # watchers joined, so each watcher is owed its presence_changed, and it
+            # can only come through Redis (a lookup would not prove that: it asks
+            # Redis). Not ida: she is on both hosts, so each hears of her locally.
+            # Not gus for hal: gus was online before hal joined, so hal is owed
+            # nothing for him (PROTOCOL.md).
+            probe_a = await Client.connect(host_a.url, "jay", [channel])
+            probe_b = await Client.connect(host_b.url, "kit", [channel])
+            await has_presence(watcher_b, "jay", channel, "online")
+            await has_presence(watcher_a, "kit", channel, "online")
+            await probe_a.close()
+            await probe_b.close()
             await typist_a.send({"type": "typing", "channelId": channel})
             first = await watcher_b.expect("typing")
             assert first == {"type": "typing", "channelId": channel, "userId": "ida"}
