@@ -230,6 +230,7 @@ class ChannelActor:
         on_stopped: Callable[[str], None],
         policy: RestartPolicy = DEFAULT_POLICY,
         stats: ChannelStats | None = None,
+        observe_step: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         hold_max_s: float = 0.0,
         mailbox_size: int = MAILBOX_SIZE,
@@ -239,13 +240,15 @@ class ChannelActor:
         catch_up_retry_s: float = CATCH_UP_RETRY_S,
     ) -> None:
         """The bounds (``mailbox_size`` ... ``catch_up_retry_s``) default to the
-        module's constants, which say what each is; tests make them small."""
+        module's constants, which say what each is; tests make them small.
+        ``observe_step`` gets how long each fan-out step held the loop, in seconds."""
         self.channel_id = channel_id
         self._store = store
         self._max_resume = max_resume_messages
         self._on_stopped = on_stopped
         self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
+        self._observe_step = observe_step
         self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(mailbox_size)
         # Every member; of them, those given live messages, those not activated
         # yet, and those behind whose connection has room (to catch up next).
@@ -360,7 +363,10 @@ class ChannelActor:
 
     async def _handle(self, mail: ChannelMail) -> None:
         if isinstance(mail, Publish):
+            started = time.perf_counter()
             await self._publish(mail.messages)
+            if self._observe_step is not None:
+                self._observe_step(time.perf_counter() - started)
         elif isinstance(mail, Join):
             result = await self._join(mail.subscriber, mail.resume_after, mail.deferred)
             if not mail.done.done():
