@@ -40,6 +40,10 @@ is ready). No other mail is handled before the last slice, so the delivery's
 members and order are those of its start; a member that leaves meanwhile
 (``Leave`` takes effect at once) is skipped from then on, and one whose
 connection refuses a frame leaves live delivery as always (flow control).
+Deliveries that queued up meanwhile are then handled as one (``_Mailbox.peek``):
+each member gets them in one write, so a channel that falls behind writes less
+per message instead of more (without the merge, the 200k/s broadcast fell to
+37k/s with slicing).
 
 Failure policy (``local_supervisor``):
 
@@ -57,6 +61,7 @@ Join raised               the joining connection is told (``internal`` error)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import time
@@ -203,6 +208,23 @@ def _ignore() -> None:
     pass
 
 
+class _Mailbox(asyncio.Queue[ChannelMail]):
+    """The actor's mailbox, which shows its next mail (to merge queued ``Publish``es)."""
+
+    def _init(self, maxsize: int) -> None:
+        self._queue: collections.deque[ChannelMail] = collections.deque()
+
+    def _put(self, item: ChannelMail) -> None:
+        self._queue.append(item)
+
+    def _get(self) -> ChannelMail:
+        return self._queue.popleft()
+
+    def peek(self) -> ChannelMail | None:
+        """The mail ``get`` would return next, left in the mailbox; None if empty."""
+        return self._queue[0] if self._queue else None
+
+
 @dataclass(slots=True)
 class _Member:
     subscriber: Subscriber
@@ -266,7 +288,7 @@ class ChannelActor:
         self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
         self._observe_step = observe_step
-        self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(mailbox_size)
+        self._mailbox = _Mailbox(mailbox_size)
         # Every member; of them, those given live messages, those not activated
         # yet, and those behind whose connection has room (to catch up next).
         # A member in none of the last three is behind, waiting for room.
@@ -369,6 +391,8 @@ class ChannelActor:
     async def _run(self) -> None:
         while not self._stopped:
             mail = await self._mailbox.get()
+            if isinstance(mail, Publish):
+                mail = self._merge_queued(mail)
             try:
                 await self._handle(mail)
                 if self._ready:
@@ -381,6 +405,22 @@ class ChannelActor:
             if not self._members and self._mailbox.empty():
                 self._stop_idle()
                 return
+
+    def _merge_queued(self, mail: Publish) -> Publish:
+        """``mail`` and the ``Publish``es queued right behind it, as one delivery.
+
+        Handling them one after another would give each member one write per
+        delivery; merged, one for all of them. Only consecutive ones: a mail
+        between them (a join) still sees what came before it.
+        """
+        if not isinstance(self._mailbox.peek(), Publish):
+            return mail
+        messages = list(mail.messages)
+        while isinstance(following := self._mailbox.peek(), Publish):
+            self._mailbox.get_nowait()  # through the queue: a waiting put gets its room
+            messages.extend(following.messages)
+        # _publish holds and orders them by id, whatever order they came in.
+        return Publish(tuple(messages))
 
     async def _handle(self, mail: ChannelMail) -> None:
         if isinstance(mail, Publish):
