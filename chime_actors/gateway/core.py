@@ -48,9 +48,10 @@ from chime_actors.gateway.channel_actor import (
     Publish,
 )
 from chime_actors.gateway.connection_actor import ConnectionActor, Member
-from chime_actors.gateway.keepalive import Keepalive, KeepaliveConnection
+from chime_actors.gateway.keepalive import Keepalive
 from chime_actors.gateway.outbox import FlushQueue
 from chime_actors.gateway.rate_limit import MessageRate
+from chime_actors.gateway.ws_connection import GatewayConnection
 from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
@@ -181,7 +182,7 @@ class GatewayCore:
             self._accept,
             sock=sock,
             process_request=self._admit,
-            create_connection=KeepaliveConnection,
+            create_connection=GatewayConnection,
             max_size=chat.max_frame_bytes,
             max_queue=16,
             # Per-connection zlib contexts cost ~100 KB each; chat frames are
@@ -390,14 +391,16 @@ class GatewayCore:
             token = bearer_token(
                 {"authorization": websocket.request.headers.get("Authorization", "")}
             )
+        # Always ours: websockets.serve(create_connection=GatewayConnection).
+        assert isinstance(websocket, GatewayConnection) and self._keepalive is not None
+        # Read: the headers (and the token) need not stay for the connection's life.
+        websocket.release_handshake()
         actor = ConnectionActor(
             websocket,
             self,
             query_user_id=user_ids[0] if user_ids else None,
             transport_token=token,
         )
-        # Always ours: websockets.serve(create_connection=KeepaliveConnection).
-        assert isinstance(websocket, KeepaliveConnection) and self._keepalive is not None
         self._connections.add(actor)
         self._keepalive.add(websocket)
         try:

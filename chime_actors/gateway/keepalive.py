@@ -30,17 +30,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from websockets.asyncio.server import ServerConnection
-from websockets.protocol import State
-
-from chime_actors.protocol.codes import CloseCode
-
 TICKS_PER_INTERVAL = 10
-TIMEOUT_REASON = "keepalive ping timeout"
 
 
 class Peer(Protocol):
-    """What the sweep needs of a connection (``KeepaliveConnection``, or a test's fake)."""
+    """What the sweep needs of a connection (``GatewayConnection``, or a test's fake)."""
 
     # Loop time of the last bytes received from the peer.
     heard_at: float
@@ -124,41 +118,3 @@ class Keepalive:
         while True:
             await sleep(self.tick_s)
             self.sweep()
-
-
-class KeepaliveConnection(ServerConnection):
-    """websockets' ``ServerConnection`` that the gateway's ``Keepalive`` watches.
-
-    Pass it as ``websockets.serve(create_connection=...)`` with
-    ``ping_interval=None`` (websockets' own keepalive off). It only notes when
-    it last heard from the peer; pings are sent through websockets' protocol
-    (no pong waiter: the next bytes received are the answer).
-    """
-
-    # Set before the first data_received (connection_made), so the sweep always
-    # finds them; Keepalive.add resets them once the handshake is done.
-    heard_at: float = 0.0
-    ping_sent_at: float = 0.0
-
-    def data_received(self, data: bytes) -> None:
-        """Note the time (any bytes are a sign of life), then websockets' handling."""
-        self.heard_at = self.loop.time()
-        super().data_received(data)
-
-    def send_keepalive_ping(self) -> bool:
-        """A ping frame with an empty payload, unless the connection is closing."""
-        if self.protocol.state is not State.OPEN:
-            return False
-        self.protocol.send_ping(b"")
-        self.send_data()
-        return True
-
-    def keepalive_timed_out(self) -> None:
-        """Close 1011 and stop waiting for the peer after ``close_timeout``."""
-        if self.protocol.state is not State.OPEN:
-            return
-        self.protocol.fail(CloseCode.INTERNAL_ERROR, TIMEOUT_REASON)
-        self.send_data()
-        # A dead peer never completes the closing handshake; drop the TCP
-        # connection as websockets' keepalive does (its send_context).
-        self.loop.call_later(self.close_timeout or 0.0, self.transport.abort)
