@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.conftest import fresh, ping_pong, run
+from tests.e2e.conftest import fresh, http_get, ping_pong, run
+from tests.support.polling import until_async
 from tests.support.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
@@ -108,6 +109,46 @@ def test_a_client_that_never_answers_pings_is_closed_1011(server: ServerProcess)
         assert silent.pings == 1, "pinged once, then left to time out"
         assert (code, reason) == (1011, "keepalive ping timeout")
         assert eof, "the server ends the TCP connection after its close frame"
+
+    run(scenario())
+
+
+def gateway_connections(server: ServerProcess) -> float | None:
+    """``chime_connections`` summed over both gateways (None until both report)."""
+    _, text = http_get(f"{server.api}/metrics")
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("chime_connections{") and 'process="gateway' in line
+    ]
+    return sum(values) if len(values) == 2 else None
+
+
+def test_a_dead_peer_is_dropped_by_the_server(server: ServerProcess) -> None:
+    """A client that reads nothing and sends nothing more: the server lets it go.
+
+    The close frame cannot be answered, so the server ends the TCP connection
+    itself (after its close timeout); its connection count goes back down while
+    this client still holds its socket open. What the server wrote waits unread
+    in the client's socket: a ping, the close frame, the end of the stream.
+    """
+
+    async def scenario() -> None:
+        async def count_is(wanted: int) -> bool:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, gateway_connections, server) == wanted
+
+        # Alone on this server (the module's other tests have closed theirs).
+        await until_async(lambda: count_is(0), FRAME_TIMEOUT_S, "no connection", interval=0.1)
+        dead = await RawClient.connect(server.chat_port, "dead", fresh("ka"))
+        try:
+            await until_async(lambda: count_is(1), FRAME_TIMEOUT_S, "it counted", interval=0.1)
+            await until_async(lambda: count_is(0), FRAME_TIMEOUT_S, "it dropped", interval=0.1)
+            code, reason, eof = await dead.until_closed(answer=False)
+        finally:
+            dead.close()
+        assert dead.pings == 1
+        assert (code, reason, eof) == (1011, "keepalive ping timeout", True)
 
     run(scenario())
 
