@@ -3,7 +3,7 @@
 websockets' own keepalive (``ping_interval``) runs a task per connection that
 sleeps, pings, and waits on a future under a timeout: a task, a future and a
 timer per connection per ping, ~13 % of a gateway's CPU in the chatty profile
-and ~1-2 KiB per idle connection (docs/performance.md). Here one task per
+and a sleeping task (~0.3 KiB) per idle connection (docs/performance.md). Here one task per
 gateway wakes every ``interval / TICKS_PER_INTERVAL`` and looks at each
 connection's two timestamps; nothing else is kept per connection.
 
@@ -63,6 +63,7 @@ class Keepalive:
             now: the clock ``Peer.heard_at`` is on (the event loop's ``time``).
         """
         self._interval_s = interval_s
+        # How often run() sweeps (public: a test steps its fake clock by it).
         self.tick_s = interval_s / TICKS_PER_INTERVAL
         self._ping_after_s = interval_s - 2 * self.tick_s
         self._timeout_s = 2 * interval_s
