@@ -32,7 +32,7 @@ from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.persister.attachments import check_attachments, lists_attachments
 from chime_actors.persister.changes import ChangeDraft, check_changes
-from chime_actors.persister.redis_ids import Claim, RedisIds
+from chime_actors.persister.redis_ids import Claim, RedisIds, Reservation
 from chime_actors.persister.sequencer import Assigned, Changed, Duplicate, Plan, Sequencer
 from chime_actors.records import (
     Attachment,
@@ -176,6 +176,9 @@ class PersistWriter:
         while True:
             if self._wait_writable is not None:
                 await self._wait_writable()
+            # A place in the window first: while it is full, batches gather in
+            # the inbox and the next group commit takes them all.
+            await self._window.acquire()
             first = await self._inbox.get()
             taken = [first]
             count = len(first[0].records)
@@ -194,9 +197,10 @@ class PersistWriter:
                     self._post(reply_to, _fail_all(batch, "internal error while storing"))
                 for _ in taken:
                     self._inbox.task_done()
+                self._window.release()
                 continue
             # From here the flight answers every batch and marks them done.
-            await self._fly(flight)
+            self._fly(flight)
             if self._floors_checked is not None:
                 # Redis lost data: every other channel's floor may be stale.
                 # Re-read them once nothing is in flight (a write still landing
@@ -253,9 +257,8 @@ class PersistWriter:
             )
         return flight
 
-    async def _fly(self, flight: _Flight) -> None:
-        """Chain ``flight`` after the last one; wait while the window is full."""
-        await self._window.acquire()
+    def _fly(self, flight: _Flight) -> None:
+        """Chain ``flight`` after the last one (it holds a place in the window)."""
         previous = self._tail
         self._tail = asyncio.get_running_loop().create_task(
             self._finish(previous, flight), name="persist-release"
@@ -403,21 +406,59 @@ class PersistWriter:
 
         A dry run of the local sequencer finds local repeats; the rest claim their
         client ids in Redis (a repeat stored by another host is answered with its
-        original), then every channel reserves a contiguous id range for what is
-        left. Returns the plan and the outcomes already settled outside it.
+        original) and every channel reserves a contiguous id range for what won,
+        in one round trip (``RedisIds.claim_and_reserve``). Returns the plan and
+        the outcomes already settled outside it.
         """
         assert self._ids is not None
         dry = self._sequencer.plan(records, attachments)
         self._sequencer.rollback(dry)
         fresh = [item for item in dry.items if isinstance(item, Assigned)]
         claimable = [item for item in fresh if item.record.client_msg_id]
-        claims = await self._ids.claim(
+        # Ids needed besides the claims: changes (and sends without a client id).
+        counts: dict[str, int] = {}
+        for planned in dry.items:
+            if isinstance(planned, Duplicate) or (
+                isinstance(planned, Assigned) and planned.record.client_msg_id
+            ):
+                continue
+            channel_id = planned.record.channel_id
+            counts[channel_id] = counts.get(channel_id, 0) + 1
+        # The floors: what this persister knows storage holds (read when it loaded
+        # the channel, advanced by its own writes and those in flight), so a
+        # counter Redis set back never hands out a stored id. No storage read on
+        # this path.
+        channels = {*counts, *(i.record.channel_id for i in claimable)}
+        floors = {channel_id: self._sequencer.last_seq(channel_id) for channel_id in channels}
+        # One round trip: the claims, and for what they won the id ranges.
+        claims, reserved = await self._ids.claim_and_reserve(
             [
                 (i.record.channel_id, i.record.user_id, i.record.client_msg_id or "")
                 for i in claimable
-            ]
+            ],
+            counts,
+            floors,
         )
-        claims = await self._resolve_unknown_claims(claimable, claims)
+        resolved = await self._resolve_unknown_claims(claimable, claims)
+        taken_over = {
+            item.record.channel_id
+            for item, before, after in zip(claimable, claims, resolved, strict=True)
+            if after.won and not before.won
+        }
+        if taken_over:
+            # A claim of a failed write, taken over once storage showed it was not
+            # stored, needs an id its channel did not reserve: the channel takes a
+            # fresh range for everything (the first one is left as a hole).
+            needed = {channel_id: counts.get(channel_id, 0) for channel_id in taken_over}
+            for item, claim in zip(claimable, resolved, strict=True):
+                if claim.won and item.record.channel_id in taken_over:
+                    needed[item.record.channel_id] += 1
+            again = await self._ids.reserve(needed, floors)
+            reserved = Reservation(
+                {**reserved.firsts, **again.firsts},
+                reserved.redis_lost_data or again.redis_lost_data,
+            )
+        claims = resolved
         settled: dict[tuple[int, int], SendOutcome] = {}
         for item, claim in zip(claimable, claims, strict=True):
             if claim.won:
@@ -449,18 +490,6 @@ class PersistWriter:
             shared = by_client_id.get((record.channel_id, record.user_id, record.client_msg_id))
             if shared is not None and (origin, record.token) not in settled:
                 settled[(origin, record.token)] = replace(shared, token=record.token)
-        counts: dict[str, int] = {}
-        for planned in dry.items:
-            # Changes take ids from the shared sequence too.
-            if isinstance(planned, Duplicate) or (planned.origin, planned.record.token) in settled:
-                continue
-            channel_id = planned.record.channel_id
-            counts[channel_id] = counts.get(channel_id, 0) + 1
-        # The floors: what this persister knows storage holds (read when it loaded
-        # the channel, advanced by its own writes), so a counter Redis set back
-        # never hands out a stored id. No storage read on this path.
-        floors = {channel_id: self._sequencer.last_seq(channel_id) for channel_id in counts}
-        reserved = await self._ids.reserve(counts, floors)
         for channel_id, first in reserved.firsts.items():
             self._sequencer.set_last_seq(channel_id, first - 1)
         if reserved.redis_lost_data:
