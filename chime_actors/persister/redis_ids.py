@@ -26,6 +26,10 @@ storage, a range not above it is replaced by a fresh one, and the caller is told
 (``Reservation.redis_lost_data``) to re-read the floors of all other channels.
 docs/architecture.md states what this guarantees and what it cannot.
 
+A write's claims (below) and reservations go in one round trip
+(``claim_and_reserve``: one script claims the client ids, then reserves each
+channel's range for the claims it won plus what needs no claim).
+
 Idempotency across hosts: ``SET chime:cmid:... NX EX 600`` claims a client message
 id before the write; the claim becomes ``<messageId>|<createdAt>`` once stored. If
 the write fails, the claim becomes ``unknown:<messageId>``, not free: a write whose
