@@ -4,7 +4,9 @@ A channel is owned by exactly one persister (``owner_index``), and that persiste
 ``Sequencer`` is the channel's only sequencer on the host. It numbers messages
 ``last_seq + 1, + 2 ...``; ``plan`` hands out numbers for a batch, and the caller
 then either ``commit``s (the store wrote the batch) or ``rollback``s (it did not),
-which gives the numbers back so ids stay contiguous. Changes of messages
+which gives the numbers back so ids stay contiguous. A writer that plans the next
+batch while earlier ones are still being written ``hold``s each plan until it
+commits it (or, after a failed write, forgets its channels). Changes of messages
 (edits, deletes, reactions), once checked (``persister.changes``), are numbered
 in the same sequence: a channel's order is its messages and their changes.
 

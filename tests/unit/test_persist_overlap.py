@@ -13,9 +13,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chime_actors.errors import StoreUnavailable
+from chime_actors.ids import format_message_id
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.persister.writer import PersistWriter
-from chime_actors.records import ChannelEvent, Deliveries, PersistBatch, PersistResult, SendRecord
+from chime_actors.records import (
+    ChangeKind,
+    ChangeRecord,
+    ChannelEvent,
+    Deliveries,
+    PersistBatch,
+    PersistResult,
+    SendRecord,
+)
 from chime_actors.storage import MemoryStore
 from tests.support.polling import until
 
@@ -204,3 +213,25 @@ def test_writes_in_flight_are_bounded() -> None:
         assert [acked(r) for r in posts.results()] == [[1], [2], [3]]
 
     run(scenario, writes_in_flight=2)
+
+
+def test_a_change_is_checked_only_after_the_writes_before_it_landed() -> None:
+    async def scenario(writer: PersistWriter, store: GatedStore, posts: Posts) -> None:
+        await in_flight(writer, store, send(1))
+        react = ChangeRecord(
+            2, "general", format_message_id(1), "alice", ChangeKind.REACTION_ADD, emoji="+1"
+        )
+        writer.submit(PersistBatch(2, 1, (react,)), "reply")
+        for _ in range(20):
+            await asyncio.sleep(0)  # give the change every chance to be written early
+        assert len(store.gates) == 1
+        # Checked now, the reaction finds its message (not ``not_found``).
+        store.land(0)
+        await until(lambda: len(store.gates) == 2, interval=0)
+        store.land(1)
+        await until(lambda: len(posts.results()) == 2, interval=0)
+        (outcome,) = posts.results()[1].outcomes
+        assert outcome.error_code is None and outcome.change is not None
+        assert posts.delivered() == [1, 2]
+
+    run(scenario)
