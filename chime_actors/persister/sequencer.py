@@ -35,8 +35,10 @@ from __future__ import annotations
 import collections
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from msgspec.structs import replace
 
 from chime_actors.ids import format_message_id
 from chime_actors.persister.changes import ChangeDraft

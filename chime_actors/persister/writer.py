@@ -22,9 +22,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
+
+from msgspec.structs import replace
 
 from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
 from chime_actors.logs import get_logger
