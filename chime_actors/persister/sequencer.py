@@ -365,6 +365,8 @@ class Sequencer:
 
     def _shrink(self, protect: set[str]) -> None:
         """Forget least recently used channels until within both bounds."""
+        if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
+            return  # the usual case, checked before copying the keys (every commit)
         for channel_id in list(self._channels):
             if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
                 return

@@ -169,14 +169,15 @@ class PersistWriter:
         records = [(batch.gateway_index, rec) for batch, _ in taken for rec in batch.records]
         unloaded = {r.channel_id for _, r in records if not self._sequencer.is_loaded(r.channel_id)}
         try:
-            channels = sorted(unloaded)
-            since = self._sequencer.dedupe_since()
-            # Concurrently: a first write touching many channels loads them all.
-            states = await asyncio.gather(
-                *(self._store.load_channel_state(c, dedupe_since=since) for c in channels)
-            )
-            for channel_id, state in zip(channels, states, strict=True):
-                self._sequencer.load(channel_id, state.last_seq, state.client_ids)
+            if unloaded:  # rare once warm: no timestamp formatted, no gather per write
+                channels = sorted(unloaded)
+                since = self._sequencer.dedupe_since()
+                # Concurrently: a first write touching many channels loads them all.
+                states = await asyncio.gather(
+                    *(self._store.load_channel_state(c, dedupe_since=since) for c in channels)
+                )
+                for channel_id, state in zip(channels, states, strict=True):
+                    self._sequencer.load(channel_id, state.last_seq, state.client_ids)
         except StoreError as exc:
             log.warning("storage unavailable while loading channels", error=str(exc))
             for batch, reply_to in taken:
