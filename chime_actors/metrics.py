@@ -283,7 +283,7 @@ class FamilySnapshot(FrozenRecord, frozen=True):
 
 
 class MetricsSnapshot(FrozenRecord, frozen=True):
-    """Every metric of one process at one moment; picklable, sent between processes.
+    """Every metric of one process at one moment; a lane record, sent between processes.
 
     Attributes:
         process: the process' display name (``"gateway 1"``), rendered as the

@@ -38,7 +38,8 @@ class FrozenRecord(msgspec.Struct, frozen=True, tag=True, array_like=True):
     ``tag=True`` names each subclass on the wire by its class name, which is what
     lets a lane decode a union of them to the right type; ``array_like`` writes
     the fields as a msgpack array (no field names on the wire: smaller, faster).
-    Change a field of a record with ``msgspec.structs.replace``.
+    Change a field of a record with ``msgspec.structs.replace``. Subclasses
+    repeat ``frozen=True`` for mypy, which does not see it inherited.
     """
 
 

@@ -1,7 +1,8 @@
 """Messages between gateways, persisters and the ``RedisBridgeActor``.
 
-Frozen, slotted, picklable. Newly stored messages travel to the bridge in the same
-``Deliveries`` record the persisters send to gateways.
+``records.FrozenRecord``s: frozen, tagged, they travel on lanes. Newly stored
+messages travel to the bridge in the same ``Deliveries`` record the persisters
+send to gateways.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What gateways, the Redis bridge and the API tell each other about presence and typing.
 
-All of it travels on lanes (``runtime/lanes.py``), never through Thespian: frozen,
-slotted, picklable records. Who sends what:
+All of it travels on lanes (``runtime/lanes.py``), never through Thespian:
+``records.FrozenRecord``s (frozen, tagged msgspec Structs). Who sends what:
 
 ==========================  ===============================  ==============================
 record                      from -> to                       means
