@@ -37,8 +37,10 @@ from __future__ import annotations
 import collections
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from msgspec.structs import replace
 
 from chime_actors.ids import format_message_id
 from chime_actors.persister.changes import ChangeDraft
@@ -404,6 +406,8 @@ class Sequencer:
 
     def _shrink(self, protect: set[str]) -> None:
         """Forget least recently used channels until within both bounds."""
+        if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
+            return  # the usual case, checked before copying the keys (every commit)
         for channel_id in list(self._channels):
             if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
                 return

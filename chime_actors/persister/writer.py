@@ -22,9 +22,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
+
+from msgspec.structs import replace
 
 from chime_actors.config import StorageConfig
 from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
@@ -221,14 +223,15 @@ class PersistWriter:
             await self._drain()
         unloaded = {r.channel_id for _, r in records if not self._sequencer.is_loaded(r.channel_id)}
         try:
-            channels = sorted(unloaded)
-            since = self._sequencer.dedupe_since()
-            # Concurrently: a first write touching many channels loads them all.
-            states = await asyncio.gather(
-                *(self._store.load_channel_state(c, dedupe_since=since) for c in channels)
-            )
-            for channel_id, state in zip(channels, states, strict=True):
-                self._sequencer.load(channel_id, state.last_seq, state.client_ids)
+            if unloaded:  # rare once warm: no timestamp formatted, no gather per write
+                channels = sorted(unloaded)
+                since = self._sequencer.dedupe_since()
+                # Concurrently: a first write touching many channels loads them all.
+                states = await asyncio.gather(
+                    *(self._store.load_channel_state(c, dedupe_since=since) for c in channels)
+                )
+                for channel_id, state in zip(channels, states, strict=True):
+                    self._sequencer.load(channel_id, state.last_seq, state.client_ids)
         except StoreError as exc:
             log.warning("storage unavailable while loading channels", error=str(exc))
             return _Flight(taken, started, failure="storage unavailable")
