@@ -359,10 +359,14 @@ class StorageConfig(_Section, frozen=True):
         create_schema_on_start: ``chime serve`` creates missing tables (once, in
             the main process, before any actor starts); turn it off where the
             schema is managed with ``chime db init``.
+        writes_in_flight: group commits a persister writes at once: the next is
+            numbered and sent while earlier ones are still being stored, and
+            acks and deliveries are released in order (1: one at a time).
     """
 
     backend: StorageBackend = StorageBackend.SQLITE
     create_schema_on_start: bool = True
+    writes_in_flight: _Positive = 4
     sqlite: SqliteConfig = SqliteConfig()
     cassandra: CassandraConfig = CassandraConfig()
 

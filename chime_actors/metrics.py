@@ -43,10 +43,12 @@ import math
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from chime_actors.records import FrozenRecord
 
 __all__ = [
     "ACKS",
@@ -277,16 +279,14 @@ CAUGHT_UP = CounterSpec(
 # --- snapshots ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ScalarSample:
+class ScalarSample(FrozenRecord, frozen=True):
     """The value of one counter or gauge series."""
 
     label_values: LabelValues
     value: float
 
 
-@dataclass(frozen=True, slots=True)
-class HistogramSample:
+class HistogramSample(FrozenRecord, frozen=True):
     """One histogram series.
 
     Attributes:
@@ -302,8 +302,7 @@ class HistogramSample:
     sum: float
 
 
-@dataclass(frozen=True, slots=True)
-class FamilySnapshot:
+class FamilySnapshot(FrozenRecord, frozen=True):
     """All series of one metric at one moment."""
 
     name: str
@@ -314,9 +313,8 @@ class FamilySnapshot:
     buckets: tuple[float, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsSnapshot:
-    """Every metric of one process at one moment; picklable, sent between processes.
+class MetricsSnapshot(FrozenRecord, frozen=True):
+    """Every metric of one process at one moment; a lane record, sent between processes.
 
     Attributes:
         process: the process' display name (``"gateway 1"``), rendered as the
@@ -325,7 +323,7 @@ class MetricsSnapshot:
     """
 
     process: str
-    families: tuple[FamilySnapshot, ...] = field(default_factory=tuple)
+    families: tuple[FamilySnapshot, ...] = ()
 
     def value(self, name: str, *label_values: str) -> float | None:
         """The value of a counter/gauge series, or None; handy in tests and logs."""

@@ -1,7 +1,9 @@
 """Immutable records: the stored ChimeMessage and everything that crosses processes.
 
-Every class here is a frozen, slotted dataclass and picklable, because Thespian
-pickles messages between process actors. Hot-path records travel in batches
+Every class here is a ``FrozenRecord``: a frozen (so hashable) msgspec ``Struct``,
+tagged with its class name, so the lanes (``runtime.lane_codec``) encode it as
+msgpack and decode it back to exactly this type, refusing anything else. It is
+picklable too, for what still travels through Thespian. Hot-path records travel in batches
 (``PersistBatch``, ``Deliveries``): never one Thespian send per chat message.
 Mappings are kept as tuples of pairs so a record is immutable all the way down.
 """
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from chime_actors.ids import parse_message_id
 
@@ -27,6 +30,17 @@ SERVER_CLIENT_MSG_ID_PREFIX = "~chime:"
 
 #: ``PersistBatch.gateway_index`` of the API process's records (gateways are 1..N).
 API_ORIGIN = 0
+
+
+class FrozenRecord(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Base of every record that travels on lanes: immutable, hashable, tagged.
+
+    ``tag=True`` names each subclass on the wire by its class name, which is what
+    lets a lane decode a union of them to the right type; ``array_like`` writes
+    the fields as a msgpack array (no field names on the wire: smaller, faster).
+    Change a field of a record with ``msgspec.structs.replace``. Subclasses
+    repeat ``frozen=True`` for mypy, which does not see it inherited.
+    """
 
 
 def server_client_msg_id() -> str:
@@ -52,8 +66,7 @@ def format_timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-@dataclass(frozen=True, slots=True)
-class Attachment:
+class Attachment(FrozenRecord, frozen=True):
     """A file a message lists (docs/protocol.md "Attachments"): what its readers see of it.
 
     The bytes and who uploaded them live in the attachment store
@@ -75,8 +88,7 @@ class Attachment:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ChimeMessage:
+class ChimeMessage(FrozenRecord, frozen=True):
     """A chat message as stored, broadcast and returned by history.
 
     ``attachments`` are the files it lists, in the sender's order; on the wire
@@ -128,8 +140,7 @@ class ChangeKind(enum.Enum):
     REACTION_REMOVE = "reaction_remove"
 
 
-@dataclass(frozen=True, slots=True)
-class MessageChange:
+class MessageChange(FrozenRecord, frozen=True):
     """An edit, delete or reaction of a stored message, at a position of its own.
 
     A change takes the next id of its channel's order, like a message, so the
@@ -171,8 +182,7 @@ ChannelEvent = ChimeMessage | MessageChange
 # --- gateway -> persister -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SendRecord:
+class SendRecord(FrozenRecord, frozen=True):
     """One message a client asked to send, not yet sequenced or stored.
 
     ``token`` is the gateway's own handle for the pending ack; it means nothing
@@ -191,8 +201,7 @@ class SendRecord:
     attachments: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeRecord:
+class ChangeRecord(FrozenRecord, frozen=True):
     """A request to change a stored message, not yet checked or sequenced.
 
     The persister that owns the channel checks it against storage (the message
@@ -226,8 +235,7 @@ PersistRecord = SendRecord | ChangeRecord
 """What a ``PersistBatch`` carries."""
 
 
-@dataclass(frozen=True, slots=True)
-class PersistBatch:
+class PersistBatch(FrozenRecord, frozen=True):
     """Records for one persister from one gateway (or the API), sent as one message.
 
     ``gateway_index`` tells the senders apart (tokens are unique per sender):
@@ -249,8 +257,7 @@ class PersistBatch:
 # --- persister -> gateways ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
+class SendOutcome(FrozenRecord, frozen=True):
     """What became of one ``SendRecord`` or ``ChangeRecord``.
 
     For a send, exactly one of ``message`` (stored: the ack) or ``error_code``
@@ -269,8 +276,7 @@ class SendOutcome:
     change: MessageChange | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PersistResult:
+class PersistResult(FrozenRecord, frozen=True):
     """The persister's answer to one ``PersistBatch``: an outcome per record."""
 
     batch_id: int
@@ -280,11 +286,10 @@ class PersistResult:
         return f"PersistResult({self.batch_id}, {len(self.outcomes)} outcomes)"  # see PersistBatch
 
 
-@dataclass(frozen=True, slots=True)
-class Deliveries:
+class Deliveries(FrozenRecord, frozen=True):
     """Newly durable messages and changes, in sequence order per channel, for one gateway."""
 
-    messages: tuple[ChannelEvent, ...] = field(default_factory=tuple)
+    messages: tuple[ChannelEvent, ...] = ()
 
     def __repr__(self) -> str:
         return f"Deliveries({len(self.messages)} messages)"  # see PersistBatch.__repr__

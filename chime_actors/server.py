@@ -33,7 +33,7 @@ from chime_actors.errors import ActorError, StoreError
 from chime_actors.handlers.registry import check_handlers
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.open_files import needed_fds, raise_open_file_limit
-from chime_actors.runtime.lifeline import tie_to_main
+from chime_actors.runtime.lifeline import remove_with_main, tie_to_main
 from chime_actors.runtime.messages import (
     ShutdownRequest,
     Started,
@@ -158,6 +158,8 @@ def _run_actor_system(
 ) -> int:
     # Lane sockets live in a directory of this run's own, closed to other users.
     run_dir = tempfile.mkdtemp(prefix="chime-run-")
+    # Removed below on every exit main survives, and by the lifeline if it does not.
+    remove_with_main(run_dir)
     try:
         return _serve(config, chat_port, ports_file, stop, sessions, run_dir)
     finally:
@@ -197,6 +199,7 @@ def _serve(
             chatPort=reply.chat_port,
             apiPort=reply.api_port,
             workers=config.workers,
+            runDir=run_dir,
             storage=str(config.storage.backend),
             hint=(
                 f"open {api_url} in a browser, or try: "

@@ -9,11 +9,11 @@ fixture returning a factory of fresh, unopened stores (each implementation is a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
+import msgspec
 import orjson
 import pytest
 
@@ -163,8 +163,8 @@ class AttachmentContract:
             Attachment(new_attachment_id(), "a.pdf", "application/pdf", 10),
             Attachment(new_attachment_id(), 'ü "q".txt', "text/plain", 1),
         )
-        root = dataclasses.replace(make_message(1, client_msg_id="c-1"), attachments=files)
-        reply = dataclasses.replace(make_message(2, thread_id=mid(1)), attachments=files[1:])
+        root = msgspec.structs.replace(make_message(1, client_msg_id="c-1"), attachments=files)
+        reply = msgspec.structs.replace(make_message(2, thread_id=mid(1)), attachments=files[1:])
         plain = make_message(3)
 
         async def scenario(store: Storage) -> None:
@@ -193,9 +193,9 @@ class AttachmentContract:
         self, make_store: StorageFactory
     ) -> None:
         shared = Attachment(new_attachment_id(), "s.txt", "text/plain", 1)
-        first = dataclasses.replace(make_message(1), attachments=(shared,))
-        second = dataclasses.replace(make_message(2), attachments=(shared,))
-        elsewhere = dataclasses.replace(make_message(1, channel=OTHER), attachments=(shared,))
+        first = msgspec.structs.replace(make_message(1), attachments=(shared,))
+        second = msgspec.structs.replace(make_message(2), attachments=(shared,))
+        elsewhere = msgspec.structs.replace(make_message(1, channel=OTHER), attachments=(shared,))
 
         async def scenario(store: Storage) -> None:
             await store.append([first, second, elsewhere])

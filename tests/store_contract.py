@@ -16,9 +16,9 @@ connection outlives the test.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 
 from chime_actors.errors import FencedOut, MessageNotFound, StoreError, StoreUnavailable
@@ -70,7 +70,7 @@ def make_message(
 def edit(seq: int, message: ChimeMessage, content: str) -> MessageChange:
     """An edit of ``message`` by its author, at position ``seq``."""
     at = created_at(seq)
-    edited = dataclasses.replace(message, content=content, edited_at=at)
+    edited = msgspec.structs.replace(message, content=content, edited_at=at)
     return MessageChange(
         message.channel_id,
         mid(seq),
@@ -518,7 +518,7 @@ class StoreContract:
             second = edit(4, make_message(1), "second edit")
             await store.append([first])
             await store.append([second])
-            expected = dataclasses.replace(
+            expected = msgspec.structs.replace(
                 make_message(1), content="second edit", edited_at=created_at(4)
             )
             assert await store.get_message(CHANNEL, mid(1)) == expected

@@ -102,6 +102,9 @@ class Restarts:
             return None
         if child.ready_at and now - child.ready_at > self._stable_after_s:
             child.backoff_s = 0.0
+        # That incarnation's life is spent: one that dies before its Ready must
+        # not be credited with it again.
+        child.ready_at = 0.0
         delay = child.backoff_s
         child.backoff_s = min(self._max_backoff_s, max(self._first_backoff_s, delay * 2))
         return delay

@@ -33,6 +33,7 @@ middleware runs; their body is aiohttp's plain text.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 import re
@@ -71,10 +72,18 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 CATCH_ALL = "/{tail:.*}"
 # The most a streamed request body hands its route at once.
 STREAM_CHUNK_BYTES = 64 * 1024
-# An idle keep-alive connection is closed after this long.
+# An idle keep-alive connection is closed after this long, and so is one whose
+# request head has not come whole by then (aiohttp's keep-alive timer runs until
+# a head is complete): a client dribbling header bytes cannot hold a slot.
 KEEPALIVE_TIMEOUT_S = 10.0
 # On close, requests still running get this long before they are cancelled.
 CLOSE_GRACE_S = 5.0
+# A buffered request body (at most ``max_body_bytes``) must arrive whole within
+# this long, and a streamed one (an upload) must bring a byte at least this
+# often; otherwise 408 and the connection is closed (the rest of that body may
+# still come). A client cannot hold a connection, or a half-stored upload, by
+# going quiet after its head.
+BODY_IDLE_TIMEOUT_S = 30.0
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 # Headers of an aiohttp exception that described its own body, not ours.
@@ -276,7 +285,7 @@ def _path_of(request: web.BaseRequest) -> str:
     return request.raw_path.split("?", 1)[0]
 
 
-async def _from_aiohttp(request: web.Request, *, stream: bool) -> HttpRequest:
+async def _from_aiohttp(request: web.Request, *, stream: bool, idle_s: float) -> HttpRequest:
     query: dict[str, str] = {}
     for key, value in request.query.items():
         query.setdefault(key, value)
@@ -290,9 +299,13 @@ async def _from_aiohttp(request: web.Request, *, stream: bool) -> HttpRequest:
             _path_of(request),
             MappingProxyType(query),
             MappingProxyType(headers),
-            body_stream=_body_chunks(request),
+            body_stream=_body_chunks(request, idle_s),
         )
-    body = await request.read() if request.body_exists else b""
+    try:
+        async with asyncio.timeout(idle_s):
+            body = await request.read() if request.body_exists else b""
+    except TimeoutError as exc:
+        raise _body_timeout(idle_s) from exc
     return HttpRequest(
         request.method, _path_of(request), MappingProxyType(query), MappingProxyType(headers), body
     )
@@ -310,16 +323,30 @@ async def _send_continue(request: web.BaseRequest) -> None:
     request.writer.output_size = 0
 
 
-async def _body_chunks(request: web.Request) -> AsyncGenerator[bytes, None]:
-    """A streamed request's body; the ``100 Continue`` goes out on the first read."""
+async def _body_chunks(request: web.Request, idle_s: float) -> AsyncGenerator[bytes, None]:
+    """A streamed request's body; the ``100 Continue`` goes out on the first read.
+
+    Each piece must come within ``idle_s`` of the last (a slow link is fine; a
+    silent one is not).
+    """
     if _wants_continue(request):
         await _send_continue(request)
-    try:
-        async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
-            yield chunk
-    except (http_exceptions.HttpProcessingError, ConnectionError) as exc:
-        # A malformed chunked body, or a client that went away mid-body.
-        raise HttpError(400, "the request body could not be read") from exc
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await request.content.read(STREAM_CHUNK_BYTES)
+        except TimeoutError as exc:
+            raise _body_timeout(idle_s) from exc
+        except (http_exceptions.HttpProcessingError, ConnectionError) as exc:
+            # A malformed chunked body, or a client that went away mid-body.
+            raise HttpError(400, "the request body could not be read") from exc
+        if not chunk:
+            return
+        yield chunk
+
+
+def _body_timeout(idle_s: float) -> HttpError:
+    return HttpError(408, f"the request body stalled: no data for {idle_s:g} s")
 
 
 async def _stream_out(request: web.Request, response: HttpResponse) -> web.StreamResponse:
@@ -368,6 +395,8 @@ class HttpServer:
         *,
         max_body_bytes: int = MAX_BODY_BYTES,
         streams: Callable[[str, str], bool] | None = None,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
     ) -> None:
         """Prepare a server; nothing listens until :meth:`start`.
 
@@ -378,9 +407,13 @@ class HttpServer:
             streams: ``streams(method, path)`` is True for the requests whose body
                 the handler reads itself from ``HttpRequest.body_stream`` (``path``
                 still percent-encoded); None streams none.
+            keepalive_timeout_s: how long a connection may sit idle, or take to
+                send a request head, before it is closed.
+            body_idle_timeout_s: see ``BODY_IDLE_TIMEOUT_S``.
         """
         self._handler = handler
         self._streams = streams or _never
+        self._body_idle_timeout_s = body_idle_timeout_s
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors])
         # One catch-all route: the handler (the API's ``Router``) routes on the raw path.
         app.router.add_route("*", CATCH_ALL, self._serve, expect_handler=self._expect)
@@ -388,7 +421,7 @@ class HttpServer:
         self._runner = web.AppRunner(
             app,
             access_log=None,  # one line per request belongs in a proxy, not here
-            keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+            keepalive_timeout=keepalive_timeout_s,
             shutdown_timeout=CLOSE_GRACE_S,
             handle_signals=False,  # the actor owns the process's signals
         )
@@ -436,7 +469,9 @@ class HttpServer:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         streamed = self._is_streamed(request)
-        response = await self._handler(await _from_aiohttp(request, stream=streamed))
+        response = await self._handler(
+            await _from_aiohttp(request, stream=streamed, idle_s=self._body_idle_timeout_s)
+        )
         if not isinstance(response, HttpResponse):
             raise TypeError(f"handler returned {type(response).__name__}, not HttpResponse")
         if response.stream is not None:
@@ -459,7 +494,11 @@ class HttpServer:
         try:
             return await handler(request)
         except HttpError as exc:
-            return _to_aiohttp(error_response(exc.status, exc.message, headers=exc.headers))
+            response = _to_aiohttp(error_response(exc.status, exc.message, headers=exc.headers))
+            if exc.status == 408:
+                # What is left of that body may still come: nothing after it can be read.
+                response.force_close()
+            return response
         except web.HTTPException as exc:
             # aiohttp's own refusals (413 body too large, 405 with its Allow, ...)
             # as problems too, keeping their headers but not their framing.

@@ -1,10 +1,15 @@
-"""CPU per message of a lane, against a Thespian send: ``python -m chime_actors.bench.lane_cost``.
+"""A lane's CPU per message against pickle and Thespian: ``python -m chime_actors.bench.lane_cost``.
 
-Two processes; the sender sends ``--count`` 200-byte frozen records to the
-receiver, either each alone (one per loop turn, as a message in a small room
-travels) or in batches of ``--batch``. The figure is the CPU time of both
-processes (user + system, from ``/proc``), divided by the records delivered.
-The Thespian run sends the same records between two ``multiprocTCPBase`` actors.
+First the serializers alone, in this process: a round trip (encode + decode) of
+a ``PersistBatch`` of small ``SendRecord``s (about 200 bytes each) with the
+lanes' msgspec codec (``runtime.lane_codec``), against pickle protocol 5 of the
+same records as the frozen slotted dataclasses they were before (what lanes
+pickled until 2026-12-02). Then the lane itself: two processes; the sender
+sends ``--count`` records to the receiver, either each alone (one per loop
+turn, as a message in a small room travels) or in batches of ``--batch``. The
+figure is the CPU time of both processes (user + system, from ``/proc``),
+divided by the records delivered. The Thespian run sends the same records
+between two ``multiprocTCPBase`` actors.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import pickle
 import socket
 import tempfile
 import time
@@ -23,20 +29,64 @@ from typing import Any
 import uvloop
 from thespian.actors import Actor, ActorSystem
 
+from chime_actors.actors.lane_records import LANE_CODEC
+from chime_actors.records import PersistBatch, SendRecord
 from chime_actors.runtime.lanes import LaneServer, LaneStats, Router
 from chime_actors.runtime.sealed_transport import new_key, seal
 
 KEY = b"bench-key-" + b"0" * 22
+CONTENT = "x" * 140
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """About the size of a small chat SendRecord."""
+class PickledRecord:
+    """``SendRecord`` as the frozen slotted dataclass it was when lanes pickled."""
 
     token: int
     channel_id: str
     user_id: str
     content: str
+    metadata: tuple[tuple[str, str], ...] = ()
+    thread_id: str | None = None
+    client_msg_id: str | None = None
+    attachments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PickledBatch:
+    """``PersistBatch`` as it was when lanes pickled."""
+
+    batch_id: int
+    gateway_index: int
+    records: tuple[PickledRecord, ...]
+
+
+def lone(n: int) -> PersistBatch:
+    """One small send alone, as a message of a small room travels."""
+    return PersistBatch(n, 1, (SendRecord(n, "general", "alice", CONTENT),))
+
+
+def serializer_us(size: int, rounds: int) -> tuple[float, float]:
+    """µs per record of a round trip of a batch of ``size``: (msgspec, pickle 5)."""
+    ours = (
+        PersistBatch(1, 1, tuple(SendRecord(n, "general", "alice", CONTENT) for n in range(size))),
+    )
+    theirs = (
+        PickledBatch(
+            1, 1, tuple(PickledRecord(n, "general", "alice", CONTENT) for n in range(size))
+        ),
+    )
+    assert LANE_CODEC.decode(LANE_CODEC.encode(ours)) == ours
+    started = time.process_time()
+    for _ in range(rounds):
+        LANE_CODEC.decode(LANE_CODEC.encode(ours))
+    msgspec_s = time.process_time() - started
+    started = time.process_time()
+    for _ in range(rounds):
+        pickle.loads(pickle.dumps(theirs, protocol=5))
+    pickle_s = time.process_time() - started
+    per = 1e6 / (rounds * size)
+    return msgspec_s * per, pickle_s * per
 
 
 def _cpu_s(pid: int) -> float:
@@ -56,7 +106,7 @@ def _receiver(path: str, count: int, ready: Any, done: Any) -> None:
             if got >= count:
                 finished.set()
 
-        server = LaneServer(Path(path), KEY, deliver, LaneStats())
+        server = LaneServer(Path(path), KEY, deliver, LaneStats(), codec=LANE_CODEC)
         await server.start()
         ready.set()
         await finished.wait()
@@ -67,11 +117,10 @@ def _receiver(path: str, count: int, ready: Any, done: Any) -> None:
 
 
 async def _send_lane(path: str, count: int, batch: int) -> None:
-    router = Router("bench-sender", KEY, lambda a, m: None)
+    router = Router("bench-sender", KEY, lambda a, m: None, codec=LANE_CODEC)
     router.update({"receiver": path})
-    content = "x" * 140
     for n in range(count):
-        router.post("receiver", Record(n, "general", "alice", content))
+        router.post("receiver", lone(n))
         if (n + 1) % batch == 0:
             await asyncio.sleep(0)  # a loop turn: what was posted leaves as one frame
     await asyncio.sleep(0.05)
@@ -123,9 +172,8 @@ def measure_thespian(count: int) -> float:
         sink = system.createActor(Sink)
         pid = system.ask(sink, "pid", 10)
         sink_before, me_before = _cpu_s(pid), time.process_time()
-        content = "x" * 140
         for n in range(count):
-            system.tell(sink, Record(n, "general", "alice", content))
+            system.tell(sink, lone(n))
         while system.ask(sink, "count", 30) < count:
             time.sleep(0.05)
         return (time.process_time() - me_before + _cpu_s(pid) - sink_before) / count * 1e6
@@ -140,6 +188,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--thespian", action="store_true", help="also measure Thespian")
     args = parser.parse_args()
+    for size in (1, args.batch):
+        ours, theirs = serializer_us(size, max(1, args.count // size))
+        print(
+            f"round trip, batches of {size:<4}: msgspec {ours:6.2f} µs, pickle 5 {theirs:6.2f} µs"
+            " per record"
+        )
     print(f"lane, each record alone: {measure_lane(args.count, 1):8.1f} µs CPU per record")
     print(f"lane, batches of {args.batch:<4}:   {measure_lane(args.count, args.batch):8.1f} µs")
     if args.thespian:

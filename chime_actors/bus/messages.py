@@ -1,16 +1,16 @@
 """Messages between gateways, persisters and the ``RedisBridgeActor``.
 
-Frozen, slotted, picklable. Newly stored messages travel to the bridge in the same
-``Deliveries`` record the persisters send to gateways.
+``records.FrozenRecord``s: frozen, tagged, they travel on lanes. Newly stored
+messages travel to the bridge in the same ``Deliveries`` record the persisters
+send to gateways.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from chime_actors.records import FrozenRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Interest:
+class Interest(FrozenRecord, frozen=True):
     """Gateway -> bridge: this gateway gained (or lost) its first (last) subscriber."""
 
     gateway_index: int
@@ -18,8 +18,7 @@ class Interest:
     subscribed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class InterestSnapshot:
+class InterestSnapshot(FrozenRecord, frozen=True):
     """Gateway -> bridge: every channel this gateway has subscribers in.
 
     Sent whenever the bridge's address changes (a restarted bridge knows nothing).
@@ -29,8 +28,7 @@ class InterestSnapshot:
     channels: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Resync:
+class Resync(FrozenRecord, frozen=True):
     """Bridge -> gateways: the subscription was down; read storage for these channels.
 
     Publications made while Redis was unreachable are lost to Pub/Sub, but every

@@ -382,7 +382,9 @@ def start_cassandra(
         cmd = [
             java,
             "-Xms512m",
-            "-Xmx1g",
+            # Each table costs heap; a long-lived dev directory gathers hundreds of
+            # test keyspaces, and 1 GiB ran out at about 380 of them.
+            "-Xmx2g",
             "-Xss512k",
             "-XX:+UseG1GC",
             "-XX:+ParallelRefProcEnabled",

@@ -48,8 +48,10 @@ from chime_actors.gateway.channel_actor import (
     Publish,
 )
 from chime_actors.gateway.connection_actor import ConnectionActor, Member
+from chime_actors.gateway.keepalive import Keepalive
 from chime_actors.gateway.outbox import FlushQueue
 from chime_actors.gateway.rate_limit import MessageRate
+from chime_actors.gateway.ws_connection import GatewayConnection
 from chime_actors.handlers.before_store import BeforeStore
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
@@ -156,6 +158,8 @@ class GatewayCore:
         self._caught_up_reported = 0
         self._connections: set[ConnectionActor] = set()
         self._server: Server | None = None
+        # The one keepalive timer of every connection (made on the loop, in start()).
+        self._keepalive: Keepalive | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         # SO_REUSEPORT spreads accepts evenly, so each gateway holds its share
@@ -174,24 +178,28 @@ class GatewayCore:
         await self._store.open()
         chat = self.config.chat
         sock = bind_chat_socket(chat.host, self._chat_port)
-        heartbeat_s = chat.heartbeat_ms / 1000
+        loop = asyncio.get_running_loop()
+        # One sweep pings every idle connection every chat.heartbeat_ms and closes
+        # those that miss two pongs (gateway/keepalive.py); websockets' own
+        # keepalive (a task and a future per connection) is off.
+        self._keepalive = Keepalive(chat.heartbeat_ms / 1000, loop.time)
         self._server = await websockets.serve(
             self._accept,
             sock=sock,
             process_request=self._admit,
+            create_connection=GatewayConnection,
             max_size=chat.max_frame_bytes,
             max_queue=16,
             # Per-connection zlib contexts cost ~100 KB each; chat frames are
             # small, so compression is off (see docs/performance.md).
             compression=None,
-            ping_interval=heartbeat_s,
-            # "closes a connection that misses two pongs"
-            ping_timeout=2 * heartbeat_s,
+            ping_interval=None,
+            ping_timeout=None,
             close_timeout=5,
         )
-        loop = asyncio.get_running_loop()
         self._loop_lag.start()
         self._tasks = [
+            loop.create_task(self._keepalive.run(), name="gateway-keepalive"),
             loop.create_task(self._maintain(), name="gateway-maintenance"),
             loop.create_task(self._reporter.run(), name="gateway-metrics"),
         ]
@@ -391,6 +399,10 @@ class GatewayCore:
             token = bearer_token(
                 {"authorization": websocket.request.headers.get("Authorization", "")}
             )
+        # Always ours: websockets.serve(create_connection=GatewayConnection).
+        assert isinstance(websocket, GatewayConnection) and self._keepalive is not None
+        # Read: the headers (and the token) need not stay for the connection's life.
+        websocket.release_handshake()
         actor = ConnectionActor(
             websocket,
             self,
@@ -398,9 +410,11 @@ class GatewayCore:
             transport_token=token,
         )
         self._connections.add(actor)
+        self._keepalive.add(websocket)
         try:
             await actor.run()
         finally:
+            self._keepalive.discard(websocket)
             self._connections.discard(actor)
 
     def _channel_stopped(self, channel_id: str) -> None:

@@ -46,6 +46,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from msgspec.structs import replace as struct_replace
+
 from chime_actors.config import Config, HandlerFailure, HandlerStage
 from chime_actors.errors import HandlerError
 from chime_actors.handlers.api import Accept, Draft, Reject, Rewrite, Verdict
@@ -100,11 +102,11 @@ class _Run:
             return (
                 record
                 if draft.content == record.content
-                else replace(record, content=draft.content)
+                else struct_replace(record, content=draft.content)
             )
         if draft.content == record.content and draft.metadata == record.metadata:
             return record
-        return replace(record, content=draft.content, metadata=draft.metadata)
+        return struct_replace(record, content=draft.content, metadata=draft.metadata)
 
 
 @dataclass(slots=True)

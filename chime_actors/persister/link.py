@@ -46,8 +46,10 @@ import collections
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+from msgspec.structs import replace
 
 from chime_actors.records import (
     ChangeRecord,

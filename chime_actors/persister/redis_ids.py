@@ -26,6 +26,10 @@ storage, a range not above it is replaced by a fresh one, and the caller is told
 (``Reservation.redis_lost_data``) to re-read the floors of all other channels.
 docs/architecture.md states what this guarantees and what it cannot.
 
+A write's claims (below) and reservations go in one round trip
+(``claim_and_reserve``: one script claims the client ids, then reserves each
+channel's range for the claims it won plus what needs no claim).
+
 Idempotency across hosts: ``SET chime:cmid:... NX EX 600`` claims a client message
 id before the write; the claim becomes ``<messageId>|<createdAt>`` once stored. If
 the write fails, the claim becomes ``unknown:<messageId>``, not free: a write whose
@@ -66,6 +70,7 @@ MULTI_HOST_HOLD_MAX_S = 1.0
 _ABOVE_FLOOR = 0
 _RAISED = 1
 _MISSING = 2
+_NOTHING = 3  # claim-and-reserve: every claim of the channel was lost, no range
 
 # KEYS[1] = a channel's counter; ARGV[1] = how many ids; ARGV[2] = the floor (no id
 # at or below it may be handed out); ARGV[3] = '1' to create a missing counter.
@@ -81,6 +86,50 @@ if tonumber(current or '0') < tonumber(ARGV[2]) then
   how = 1
 end
 return {redis.call('INCRBY', KEYS[1], ARGV[1]), how}
+"""
+
+
+# A write's claims and reservations in one round trip. KEYS = the C channels'
+# counters, then the N client-id claims. ARGV[1] = C, ARGV[2] = the claims' ttl,
+# then per channel its count of ids needed besides the claims (sends without a
+# client id, changes) and its floor, then per claim the (1-based) channel it is
+# of. Each claim is SET NX; a won one adds an id to its channel, a lost one
+# returns what the key holds. Then each channel reserves as ``_RESERVE`` (never
+# creating a missing counter). Returns {{last, how} per channel, per claim 1 or
+# the value found}; how 3: nothing to reserve.
+_CLAIM_AND_RESERVE = """
+local c = tonumber(ARGV[1])
+local counts = {}
+for i = 1, c do counts[i] = tonumber(ARGV[1 + 2 * i]) end
+local claims = {}
+for j = 1, #KEYS - c do
+  local channel = tonumber(ARGV[2 + 2 * c + j])
+  if redis.call('SET', KEYS[c + j], 'pending', 'NX', 'EX', ARGV[2]) then
+    claims[j] = 1
+    counts[channel] = counts[channel] + 1
+  else
+    claims[j] = redis.call('GET', KEYS[c + j]) or ''
+  end
+end
+local ranges = {}
+for i = 1, c do
+  if counts[i] == 0 then
+    ranges[i] = {0, 3}
+  else
+    local current = redis.call('GET', KEYS[i])
+    if not current then
+      ranges[i] = {-1, 2}
+    else
+      local how = 0
+      if tonumber(current) < tonumber(ARGV[2 + 2 * i]) then
+        redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
+        how = 1
+      end
+      ranges[i] = {redis.call('INCRBY', KEYS[i], counts[i]), how}
+    end
+  end
+end
+return {ranges, claims}
 """
 
 
@@ -136,6 +185,7 @@ class RedisIds:
         self._client = client
         self._last_stored_seq = last_stored_seq
         self._reserve = client.register_script(_RESERVE)
+        self._claim_and_reserve = client.register_script(_CLAIM_AND_RESERVE)
         self._take_over = client.register_script(_TAKE_OVER)
 
     async def close(self) -> None:
@@ -157,29 +207,83 @@ class RedisIds:
         floor = {channel_id: floors.get(channel_id, 0) for channel_id in counts}
         try:
             found = await self._run_reserve(counts, floor, create=False)
-            firsts = {
-                c: last - counts[c] + 1 for c, (last, how) in found.items() if how != _MISSING
-            }
-            missing = [c for c, (_, how) in found.items() if how == _MISSING]
-            stored = await self._stored(missing)
-            lost = any(how == _RAISED for _, how in found.values()) or any(
-                max(floor[c], stored[c]) > 0 for c in missing
-            )
-            if lost:
-                # The floors may be stale (other hosts' writes since): storage says.
-                stored.update(await self._stored(firsts))
-            again = {
-                c: max(floor[c], last)
-                for c, last in stored.items()
-                if c not in firsts or firsts[c] <= last
-            }
-            if again:
-                renewed = await self._run_reserve(counts, again, create=True)
-                for channel_id, (last, _) in renewed.items():
-                    firsts[channel_id] = last - counts[channel_id] + 1
-            return Reservation(firsts, redis_lost_data=lost)
+            return await self._complete(counts, floor, found)
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
+
+    async def claim_and_reserve(
+        self,
+        keys: Sequence[tuple[str, str, str]],
+        counts: Mapping[str, int],
+        floors: Mapping[str, int],
+    ) -> tuple[list[Claim], Reservation]:
+        """``claim`` the keys, then ``reserve`` for what they won, in one round trip.
+
+        ``counts``: per channel, the ids needed besides the claims (sends without
+        a client id, changes); each won claim adds one to its channel. Only a
+        missing counter or lost Redis data cost further round trips (as in
+        ``reserve``).
+        """
+        channels = list(dict.fromkeys([*counts, *(k[0] for k in keys)]))
+        if not channels:
+            return [], Reservation({}, redis_lost_data=False)
+        index = {channel_id: i for i, channel_id in enumerate(channels, start=1)}
+        floor = {channel_id: floors.get(channel_id, 0) for channel_id in channels}
+        args: list[int | str] = [len(channels), CMID_TTL_S]
+        for channel_id in channels:
+            args += [counts.get(channel_id, 0), floor[channel_id]]
+        args += [index[k[0]] for k in keys]
+        try:
+            ranges, values = await self._claim_and_reserve(
+                keys=[seq_key(c) for c in channels] + [cmid_key(*k) for k in keys], args=args
+            )
+            claims = [Claim(won=True) if v == 1 else _lost_claim(v) for v in values]
+            total = dict.fromkeys(channels, 0)
+            total.update(counts)
+            for key, claim in zip(keys, claims, strict=True):
+                total[key[0]] += claim.won
+            found = {
+                channel_id: (int(last), int(how))
+                for channel_id, (last, how) in zip(channels, ranges, strict=True)
+                if int(how) != _NOTHING
+            }
+            needed = {c: total[c] for c in found}
+            reservation = await self._complete(needed, floor, found)
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"redis: {exc}") from exc
+        return claims, reservation
+
+    async def _complete(
+        self,
+        counts: Mapping[str, int],
+        floor: Mapping[str, int],
+        found: Mapping[str, tuple[int, int]],
+    ) -> Reservation:
+        """The reservation from the reserve script's answers (``found``).
+
+        A missing counter is created above storage's last id; when Redis is
+        seen to have lost data, every channel is checked against storage and
+        given a fresh range above it (see the module docstring).
+        """
+        firsts = {c: last - counts[c] + 1 for c, (last, how) in found.items() if how != _MISSING}
+        missing = [c for c, (_, how) in found.items() if how == _MISSING]
+        stored = await self._stored(missing)
+        lost = any(how == _RAISED for _, how in found.values()) or any(
+            max(floor[c], stored[c]) > 0 for c in missing
+        )
+        if lost:
+            # The floors may be stale (other hosts' writes since): storage says.
+            stored.update(await self._stored(firsts))
+        again = {
+            c: max(floor[c], last)
+            for c, last in stored.items()
+            if c not in firsts or firsts[c] <= last
+        }
+        if again:
+            renewed = await self._run_reserve(counts, again, create=True)
+            for channel_id, (last, _) in renewed.items():
+                firsts[channel_id] = last - counts[channel_id] + 1
+        return Reservation(firsts, redis_lost_data=lost)
 
     async def _run_reserve(
         self, counts: Mapping[str, int], floors: Mapping[str, int], *, create: bool
@@ -222,21 +326,10 @@ class RedisIds:
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
         found = dict(zip(lost, values, strict=True))
-        claims = []
-        for key, ok in zip(keys, won, strict=True):
-            if ok:
-                claims.append(Claim(won=True))
-                continue
-            raw = found.get(key)
-            value = raw.decode() if isinstance(raw, bytes) else raw
-            if value and value.startswith(UNKNOWN):
-                claims.append(Claim(False, message_id=value[len(UNKNOWN) :], unknown=True))
-            elif not value or "|" not in value:
-                claims.append(Claim(won=False))  # another host is storing it now
-            else:
-                message_id, created_at = value.split("|", 1)
-                claims.append(Claim(False, message_id, created_at))
-        return claims
+        return [
+            Claim(won=True) if ok else _lost_claim(found.get(key))
+            for key, ok in zip(keys, won, strict=True)
+        ]
 
     async def settle(
         self,
@@ -289,6 +382,17 @@ class RedisIds:
             ]
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"redis: {exc}") from exc
+
+
+def _lost_claim(raw: bytes | str | None) -> Claim:
+    """What a claim that was not won holds: the original, ``unknown``, or pending."""
+    value = raw.decode() if isinstance(raw, bytes) else raw
+    if value and value.startswith(UNKNOWN):
+        return Claim(False, message_id=value[len(UNKNOWN) :], unknown=True)
+    if not value or "|" not in value:
+        return Claim(won=False)  # another host is storing it now
+    message_id, created_at = value.split("|", 1)
+    return Claim(False, message_id, created_at)
 
 
 def escape_part(part: str) -> str:

@@ -4,7 +4,9 @@ A channel is owned by exactly one persister (``owner_index``), and that persiste
 ``Sequencer`` is the channel's only sequencer on the host. It numbers messages
 ``last_seq + 1, + 2 ...``; ``plan`` hands out numbers for a batch, and the caller
 then either ``commit``s (the store wrote the batch) or ``rollback``s (it did not),
-which gives the numbers back so ids stay contiguous. Changes of messages
+which gives the numbers back so ids stay contiguous. A writer that plans the next
+batch while earlier ones are still being written ``hold``s each plan until it
+commits it (or, after a failed write, forgets its channels). Changes of messages
 (edits, deletes, reactions), once checked (``persister.changes``), are numbered
 in the same sequence: a channel's order is its messages and their changes.
 
@@ -35,8 +37,10 @@ from __future__ import annotations
 import collections
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from msgspec.structs import replace
 
 from chime_actors.ids import format_message_id
 from chime_actors.persister.changes import ChangeDraft
@@ -123,6 +127,13 @@ class _ChannelSeq:
     dedupe: dict[DedupeKey, ChimeMessage] = field(default_factory=dict)
     expiry: collections.deque[tuple[float, DedupeKey]] = field(default_factory=collections.deque)
     bytes: int = CHANNEL_OVERHEAD_BYTES
+    # Client ids of held plans (written, not yet committed): a repeat shares their
+    # fate. Bounded by the writes in flight (``hold``).
+    in_flight: dict[DedupeKey, ChimeMessage] = field(default_factory=dict)
+    # Held plans numbering this channel: while any is, the channel is never
+    # forgotten (reloading it from storage before their rows land would hand
+    # out their ids again).
+    holds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +299,10 @@ class Sequencer:
                 if earlier is not None:
                     items.append(Duplicate(origin, record, earlier, in_plan=False))
                     continue
-                in_plan = pending.get((record.channel_id, key))
+                # Its first send is being written: the repeat shares that write's
+                # fate, which a writer releasing plans in order gives it
+                # (``hold``): this plan is answered as stored only if that was.
+                in_plan = state.in_flight.get(key) or pending.get((record.channel_id, key))
                 if in_plan is not None:
                     items.append(Duplicate(origin, record, in_plan, in_plan=True))
                     continue
@@ -314,16 +328,45 @@ class Sequencer:
             items.append(Assigned(origin, record, message))
         return Plan(items=tuple(items), previous_last_seq=previous)
 
-    def commit(self, plan: Plan) -> None:
-        """The plan's messages are stored: remember their client ids."""
+    def hold(self, plan: Plan) -> None:
+        """The plan is being written while later ones are planned (overlapped writes).
+
+        Until it is committed (or its channels forgotten), a repeat of one of its
+        client ids is a ``Duplicate`` with ``in_plan`` (it shares the plan's fate:
+        the caller must answer a later plan as stored only if this one was), and
+        its channels are never forgotten to make room. Give every held plan to
+        ``commit``, or forget its channels (``forget``) once no write is in flight.
+        """
+        for channel_id in plan.previous_last_seq:
+            self._channels[channel_id].holds += 1
+        for item in plan.items:
+            if isinstance(item, Assigned) and item.record.client_msg_id:
+                state = self._channels[item.message.channel_id]
+                state.in_flight[(item.record.user_id, item.record.client_msg_id)] = item.message
+
+    def commit(self, plan: Plan, *, held: bool = False) -> None:
+        """The plan's messages are stored: remember their client ids.
+
+        ``held``: the plan was given to ``hold``; its hold ends here. A channel
+        forgotten meanwhile is skipped (it is read from the store again).
+        """
         expires = self._clock().timestamp() + self._ttl
+        if held:
+            for channel_id in plan.previous_last_seq:
+                held_state = self._channels.get(channel_id)
+                if held_state is not None:
+                    held_state.holds -= 1
         for item in plan.items:
             if not isinstance(item, Assigned) or not item.record.client_msg_id:
                 continue
             cmid = item.record.client_msg_id
+            state = self._channels.get(item.message.channel_id)
+            if state is None:
+                continue
+            if held:
+                state.in_flight.pop((item.record.user_id, cmid), None)
             if cmid.startswith(SERVER_CLIENT_MSG_ID_PREFIX):
                 continue  # looked up only by a restarted persister, from the store
-            state = self._channels[item.message.channel_id]
             before = state.bytes
             self._remember(state, (item.record.user_id, cmid), item.message, expires)
             self._bytes += state.bytes - before
@@ -363,8 +406,10 @@ class Sequencer:
 
     def _shrink(self, protect: set[str]) -> None:
         """Forget least recently used channels until within both bounds."""
+        if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
+            return  # the usual case, checked before copying the keys (every commit)
         for channel_id in list(self._channels):
             if self._bytes <= self._max_bytes and len(self._channels) <= self._max_channels:
                 return
-            if channel_id not in protect:
+            if channel_id not in protect and not self._channels[channel_id].holds:
                 self.forget(channel_id)

@@ -22,16 +22,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from msgspec.structs import replace
+
+from chime_actors.config import StorageConfig
 from chime_actors.errors import BusUnavailable, MessageNotFound, StoreError
 from chime_actors.logs import get_logger
 from chime_actors.metrics import ChimeMetrics
 from chime_actors.persister.attachments import check_attachments, lists_attachments
 from chime_actors.persister.changes import ChangeDraft, check_changes
-from chime_actors.persister.redis_ids import Claim, RedisIds
+from chime_actors.persister.redis_ids import Claim, RedisIds, Reservation
 from chime_actors.persister.sequencer import Assigned, Changed, Duplicate, Plan, Sequencer
 from chime_actors.records import (
     Attachment,
@@ -50,6 +53,10 @@ log = get_logger(__name__)
 
 INBOX_BATCHES = 1024
 MAX_RECORDS_PER_WRITE = 2000
+# Group commits written at once (``storage.writes_in_flight``; its default is the
+# schema's): the next group is planned and sent while earlier ones are still
+# being written; answers and deliveries are released strictly in plan order.
+WRITES_IN_FLIGHT = StorageConfig().writes_in_flight
 # Client-id settles (Redis) in flight at once, and how long a stop waits for them.
 MAX_SETTLING = 16
 SETTLE_WAIT_S = 5.0
@@ -65,6 +72,24 @@ REDIS_LOSS_WINDOW_S = 60.0
 Post = Callable[[Any, Any], None]
 
 
+@dataclass(slots=True)
+class _Flight:
+    """One planned group commit, from its write until it is answered."""
+
+    taken: Sequence[tuple[PersistBatch, Any]]
+    started: float  # perf_counter at planning
+    plan: Plan | None = None
+    settled: dict[tuple[int, int], SendOutcome] = field(default_factory=dict)
+    write: asyncio.Task[None] | None = None
+    # Set when it failed before anything was numbered: every batch gets this.
+    failure: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Records of the flight."""
+        return sum(len(batch.records) for batch, _ in self.taken)
+
+
 class PersistWriter:
     """Sequences and stores batches for the channels this persister owns."""
 
@@ -78,6 +103,7 @@ class PersistWriter:
         wait_writable: Callable[[], Awaitable[None]] | None = None,
         attachments: AttachmentStore | None = None,
         max_records_per_write: int = MAX_RECORDS_PER_WRITE,
+        writes_in_flight: int = WRITES_IN_FLIGHT,
     ) -> None:
         self._store = store
         # Where sends' attachments are looked up (persister.attachments); without
@@ -103,6 +129,15 @@ class PersistWriter:
         # from storage (its floor may be stale) once the write is done.
         self._floors_checked: frozenset[str] | None = None
         self._redis_loss_at: float | None = None  # monotonic; see REDIS_LOSS_WINDOW_S
+        # Overlapped writes: at most this many planned groups written or waiting
+        # to be answered at once; each is answered after the one before it.
+        self._window = asyncio.Semaphore(max(1, writes_in_flight))
+        # The release of the newest flight (each awaits the one before).
+        self._tail: asyncio.Task[bool] | None = None
+        # Plans released as stored / as failed, for the write loop to commit or
+        # forget (``_catch_up``).
+        self._stored: list[Plan] = []
+        self._broken: list[Plan] = []
 
     def start(self) -> None:
         """Start the write loop."""
@@ -143,6 +178,9 @@ class PersistWriter:
         while True:
             if self._wait_writable is not None:
                 await self._wait_writable()
+            # A place in the window first: while it is full, batches gather in
+            # the inbox and the next group commit takes them all.
+            await self._window.acquire()
             first = await self._inbox.get()
             taken = [first]
             count = len(first[0].records)
@@ -151,7 +189,7 @@ class PersistWriter:
                 taken.append(item)
                 count += len(item[0].records)
             try:
-                await self._write(taken)
+                flight = await self._plan(taken)
             except Exception:
                 # The failure policy of the writer: a bug here must not stall the
                 # persister; the batches are answered ``unavailable`` (nothing acked
@@ -159,28 +197,44 @@ class PersistWriter:
                 log.exception("persist write crashed")
                 for batch, reply_to in taken:
                     self._post(reply_to, _fail_all(batch, "internal error while storing"))
-            finally:
                 for _ in taken:
                     self._inbox.task_done()
+                self._window.release()
+                continue
+            # From here the flight answers every batch and marks them done.
+            self._fly(flight)
+            if self._floors_checked is not None:
+                # Redis lost data: every other channel's floor may be stale.
+                # Re-read them once nothing is in flight (a write still landing
+                # would make that storage read stale too).
+                await self._drain()
+                self._sequencer.forget_all(keep=self._floors_checked)
+                self._floors_checked = None
 
-    async def _write(self, taken: Sequence[tuple[PersistBatch, Any]]) -> None:
+    async def _plan(self, taken: Sequence[tuple[PersistBatch, Any]]) -> _Flight:
+        """Number ``taken`` and start its write (``_finish`` answers it, in order)."""
         started = time.perf_counter()
+        await self._catch_up()
         records = [(batch.gateway_index, rec) for batch, _ in taken for rec in batch.records]
+        if any(isinstance(r, ChangeRecord) for _, r in records):
+            # A change is checked against storage and applied by reading its
+            # message's row: every earlier write must have landed first, or it
+            # would check (and apply over) what is about to change.
+            await self._drain()
         unloaded = {r.channel_id for _, r in records if not self._sequencer.is_loaded(r.channel_id)}
         try:
-            channels = sorted(unloaded)
-            since = self._sequencer.dedupe_since()
-            # Concurrently: a first write touching many channels loads them all.
-            states = await asyncio.gather(
-                *(self._store.load_channel_state(c, dedupe_since=since) for c in channels)
-            )
-            for channel_id, state in zip(channels, states, strict=True):
-                self._sequencer.load(channel_id, state.last_seq, state.client_ids)
+            if unloaded:  # rare once warm: no timestamp formatted, no gather per write
+                channels = sorted(unloaded)
+                since = self._sequencer.dedupe_since()
+                # Concurrently: a first write touching many channels loads them all.
+                states = await asyncio.gather(
+                    *(self._store.load_channel_state(c, dedupe_since=since) for c in channels)
+                )
+                for channel_id, state in zip(channels, states, strict=True):
+                    self._sequencer.load(channel_id, state.last_seq, state.client_ids)
         except StoreError as exc:
             log.warning("storage unavailable while loading channels", error=str(exc))
-            for batch, reply_to in taken:
-                self._post(reply_to, _fail_all(batch, "storage unavailable"))
-            return
+            return _Flight(taken, started, failure="storage unavailable")
         # Changes are checked against storage before anything is numbered, so a
         # refused one takes no id (persister/changes.py).
         entries, settled = await self._check_changes(records)
@@ -197,37 +251,85 @@ class PersistWriter:
                 settled.update(shared)
             except (BusUnavailable, StoreError) as exc:
                 log.warning("redis or storage unavailable while sequencing", error=str(exc))
-                for batch, reply_to in taken:
-                    self._post(reply_to, _fail_all(batch, "bus unavailable"))
-                return
-        stored = True
+                return _Flight(taken, started, failure="bus unavailable")
+        self._sequencer.hold(plan)
+        flight = _Flight(taken, started, plan=plan, settled=settled)
         if plan.new_events:
+            flight.write = asyncio.get_running_loop().create_task(
+                self._store.append(plan.new_events), name="persist-append"
+            )
+        return flight
+
+    def _fly(self, flight: _Flight) -> None:
+        """Chain ``flight`` after the last one (it holds a place in the window)."""
+        previous = self._tail
+        self._tail = asyncio.get_running_loop().create_task(
+            self._finish(previous, flight), name="persist-release"
+        )
+
+    async def _finish(self, previous: asyncio.Task[bool] | None, flight: _Flight) -> bool:
+        """Release ``flight`` once its own write and every earlier flight are done.
+
+        Returns True when it (and so everything before it) was answered as
+        stored: ack = durable, in order. When an earlier write failed, this one
+        is answered ``unavailable`` even if its own rows landed: it was numbered
+        after ids that are not stored, and its repeats may share their fate.
+        """
+        try:
+            return await self._settle_flight(previous, flight)
+        except Exception:
+            # A bug while answering: the flight's ids count as lost (its
+            # channels are re-read), and what it did not answer times out at
+            # the gateways' links as "outcome unknown".
+            log.exception("persist release crashed")
+            if flight.plan is not None:
+                self._broken.append(flight.plan)
+            return False
+        finally:
+            for _ in flight.taken:
+                self._inbox.task_done()
+            self._window.release()
+
+    async def _settle_flight(self, previous: asyncio.Task[bool] | None, flight: _Flight) -> bool:
+        in_order = previous is None or await previous
+        failed = crashed = False
+        if flight.write is not None:
             try:
-                await self._store.append(plan.new_events)
+                await flight.write
             except StoreError as exc:
-                stored = False
-                self._sequencer.rollback(plan)
-                # The store may have been half-way: forget what we know so the next
-                # write re-reads the truth instead of trusting our counters.
-                for channel_id in plan.previous_last_seq:
-                    self._sequencer.forget(channel_id)
-                log.warning("storage write failed", error=str(exc), records=len(records))
+                failed = True
+                log.warning("storage write failed", error=str(exc), records=flight.size)
             except Exception:
-                # A bug in the store: give the ids back all the same (nothing of the
-                # plan is acked), or the next message would open a gap; ``_run``
-                # answers the batches.
-                self._sequencer.rollback(plan)
-                for channel_id in plan.previous_last_seq:
-                    self._sequencer.forget(channel_id)
-                raise
+                # A bug in the store: answered like a crash of the write loop.
+                log.exception("persist write crashed")
+                failed = crashed = True
+        if flight.failure is not None:
+            # Nothing was numbered: it neither breaks nor needs the order.
+            for batch, reply_to in flight.taken:
+                self._post(reply_to, _fail_all(batch, flight.failure))
+            return in_order
+        assert flight.plan is not None
+        stored = in_order and not failed
         if stored:
-            self._sequencer.commit(plan)
-        if self._floors_checked is not None:
-            self._sequencer.forget_all(keep=self._floors_checked)
-            self._floors_checked = None
+            self._stored.append(flight.plan)
+        else:
+            self._broken.append(flight.plan)
+            if not failed:
+                log.warning(
+                    "write answered unavailable: an earlier write failed", records=flight.size
+                )
+        await self._release(flight, flight.plan, stored, crashed)
+        return stored
+
+    async def _release(self, flight: _Flight, plan: Plan, stored: bool, crashed: bool) -> None:
+        """Answer a flight and deliver what it stored (called in flight order)."""
         if self._ids is not None and not stored:
             await self._settle_claims(plan, stored)
-        self._answer(taken, plan, stored, settled)
+        if crashed:
+            for batch, reply_to in flight.taken:
+                self._post(reply_to, _fail_all(batch, "internal error while storing"))
+        else:
+            self._answer(flight.taken, plan, stored, flight.settled)
         if stored and plan.new_events:
             deliveries = Deliveries(plan.new_events)
             for gateway in self._gateways:
@@ -240,8 +342,40 @@ class PersistWriter:
             # claim pending and is answered ``unavailable`` (retry), never stored
             # twice; the same holds if the settle fails.
             await self._track_settle(self._settle_claims(plan, stored))
-        self._metrics.persist_latency.observe(time.perf_counter() - started)
+        self._metrics.persist_latency.observe(time.perf_counter() - flight.started)
         self._metrics.persist_batches.inc()
+
+    async def _drain(self) -> None:
+        """Wait until every flight is released, then bring the sequencer up to date."""
+        if self._tail is not None:
+            await asyncio.wait((self._tail,))
+            self._tail = None
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Commit the plans released as stored; after a failure, forget what it touched.
+
+        Only the write loop changes the sequencer (a release never does, so a
+        plan being made never sees a channel vanish under it). After a failed
+        write every flight is waited for, and only then is each channel of a
+        failed plan forgotten (re-read from storage on next use): read earlier,
+        storage could miss rows still landing, whose ids would be handed out
+        again.
+        """
+        if self._broken and self._tail is not None:
+            await asyncio.wait((self._tail,))
+            self._tail = None
+        for plan in self._stored:
+            self._sequencer.commit(plan, held=True)
+        self._stored.clear()
+        for plan in self._broken:
+            for channel_id in plan.previous_last_seq:
+                self._sequencer.forget(channel_id)
+            for item in plan.items:
+                # Channels that gave no ids but hold repeats of a failed send.
+                if isinstance(item, Duplicate) and item.in_plan:
+                    self._sequencer.forget(item.record.channel_id)
+        self._broken.clear()
 
     async def _check_changes(
         self, records: Sequence[tuple[int, PersistRecord]]
@@ -275,21 +409,59 @@ class PersistWriter:
 
         A dry run of the local sequencer finds local repeats; the rest claim their
         client ids in Redis (a repeat stored by another host is answered with its
-        original), then every channel reserves a contiguous id range for what is
-        left. Returns the plan and the outcomes already settled outside it.
+        original) and every channel reserves a contiguous id range for what won,
+        in one round trip (``RedisIds.claim_and_reserve``). Returns the plan and
+        the outcomes already settled outside it.
         """
         assert self._ids is not None
         dry = self._sequencer.plan(records, attachments)
         self._sequencer.rollback(dry)
         fresh = [item for item in dry.items if isinstance(item, Assigned)]
         claimable = [item for item in fresh if item.record.client_msg_id]
-        claims = await self._ids.claim(
+        # Ids needed besides the claims: changes (and sends without a client id).
+        counts: dict[str, int] = {}
+        for planned in dry.items:
+            if isinstance(planned, Duplicate) or (
+                isinstance(planned, Assigned) and planned.record.client_msg_id
+            ):
+                continue
+            channel_id = planned.record.channel_id
+            counts[channel_id] = counts.get(channel_id, 0) + 1
+        # The floors: what this persister knows storage holds (read when it loaded
+        # the channel, advanced by its own writes and those in flight), so a
+        # counter Redis set back never hands out a stored id. No storage read on
+        # this path.
+        channels = {*counts, *(i.record.channel_id for i in claimable)}
+        floors = {channel_id: self._sequencer.last_seq(channel_id) for channel_id in channels}
+        # One round trip: the claims, and for what they won the id ranges.
+        claims, reserved = await self._ids.claim_and_reserve(
             [
                 (i.record.channel_id, i.record.user_id, i.record.client_msg_id or "")
                 for i in claimable
-            ]
+            ],
+            counts,
+            floors,
         )
-        claims = await self._resolve_unknown_claims(claimable, claims)
+        resolved = await self._resolve_unknown_claims(claimable, claims)
+        taken_over = {
+            item.record.channel_id
+            for item, before, after in zip(claimable, claims, resolved, strict=True)
+            if after.won and not before.won
+        }
+        if taken_over:
+            # A claim of a failed write, taken over once storage showed it was not
+            # stored, needs an id its channel did not reserve: the channel takes a
+            # fresh range for everything (the first one is left as a hole).
+            needed = {channel_id: counts.get(channel_id, 0) for channel_id in taken_over}
+            for item, claim in zip(claimable, resolved, strict=True):
+                if claim.won and item.record.channel_id in taken_over:
+                    needed[item.record.channel_id] += 1
+            again = await self._ids.reserve(needed, floors)
+            reserved = Reservation(
+                {**reserved.firsts, **again.firsts},
+                reserved.redis_lost_data or again.redis_lost_data,
+            )
+        claims = resolved
         settled: dict[tuple[int, int], SendOutcome] = {}
         for item, claim in zip(claimable, claims, strict=True):
             if claim.won:
@@ -321,18 +493,6 @@ class PersistWriter:
             shared = by_client_id.get((record.channel_id, record.user_id, record.client_msg_id))
             if shared is not None and (origin, record.token) not in settled:
                 settled[(origin, record.token)] = replace(shared, token=record.token)
-        counts: dict[str, int] = {}
-        for planned in dry.items:
-            # Changes take ids from the shared sequence too.
-            if isinstance(planned, Duplicate) or (planned.origin, planned.record.token) in settled:
-                continue
-            channel_id = planned.record.channel_id
-            counts[channel_id] = counts.get(channel_id, 0) + 1
-        # The floors: what this persister knows storage holds (read when it loaded
-        # the channel, advanced by its own writes), so a counter Redis set back
-        # never hands out a stored id. No storage read on this path.
-        floors = {channel_id: self._sequencer.last_seq(channel_id) for channel_id in counts}
-        reserved = await self._ids.reserve(counts, floors)
         for channel_id, first in reserved.firsts.items():
             self._sequencer.set_last_seq(channel_id, first - 1)
         if reserved.redis_lost_data:

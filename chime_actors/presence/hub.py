@@ -20,7 +20,15 @@ Each gateway **owns** the presence of its own connections and keeps a
 * whenever a user's status in a channel changes in this gateway's view, its own
   subscribers of that channel get ``presence_changed`` (pushed: never refused by
   flow control, so a client's view is never silently wrong), except that user's
-  own connections: nobody is told about themselves.
+  own connections: nobody is told about themselves. A subscriber hears only of
+  changes after its own join (as when each change was handed out at once).
+
+Announcements are batched like typing, with a leading edge: a change after a
+quiet spell is handed out on the next loop turn, and the changes that follow
+within ``PRESENCE_DELAY_S`` of that go out together when it ends. A join storm
+into one big room (2,000 members: about 2 million ``presence_changed``) then
+costs each subscriber one socket write per batch instead of one per join
+(docs/performance.md, "Joining one big room").
 
 Typing: a ``typing`` passes the gateway's throttle (one per user and channel per
 3 s) or is dropped; one that passes goes to this gateway's other subscribers
@@ -79,6 +87,13 @@ HOST_PREFIX = host_origin("")
 TYPING_DELAY_S = 0.2
 """The longest a passed ``typing`` waits to be handed to the subscribers (batching)."""
 
+PRESENCE_DELAY_S = 0.1
+"""The shortest time between two hand-outs of ``presence_changed`` (batching).
+
+Well inside the 1 s in which docs/protocol.md has a dead gateway's users go
+offline; a change after a quiet spell is not delayed at all.
+"""
+
 PRESENCE_MESSAGES = (
     PresenceSnapshot,
     PresenceDelta,
@@ -92,6 +107,22 @@ PRESENCE_MESSAGES = (
     PresenceLookupResult,
 )
 """Everything ``PresenceHub.handle`` takes."""
+
+
+class Timer(Protocol):
+    """A pending timer (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None:
+        """It will not fire."""
+        ...
+
+
+CallLater = Callable[[float, Callable[[], object]], Timer]
+"""``loop.call_later``: how the hub sets its announcement timer (a test's clock)."""
+
+
+def _loop_call_later(delay: float, callback: Callable[[], object]) -> Timer:
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class Member(Protocol):
@@ -134,8 +165,11 @@ class PresenceHub:
         post: ``post(address, message)``, the core's way out (lanes).
         multi_host: with the Redis bus, lookups add other hosts' users (asked of
             the bridge, which reads Redis).
-        clock: monotonic seconds (the typing throttle).
+        clock: monotonic seconds (the typing throttle, the announcement batching).
         typing_delay_s: how long typing is batched before it is handed out.
+        presence_delay_s: the shortest time between two hand-outs of
+            ``presence_changed`` (the first after a quiet spell is not delayed).
+        call_later: the timer of those hand-outs, on the same time as ``clock``.
     """
 
     def __init__(
@@ -146,6 +180,8 @@ class PresenceHub:
         multi_host: bool = False,
         clock: Callable[[], float] = time.monotonic,
         typing_delay_s: float = TYPING_DELAY_S,
+        presence_delay_s: float = PRESENCE_DELAY_S,
+        call_later: CallLater = _loop_call_later,
     ) -> None:
         self._index = index
         self._post = post
@@ -165,6 +201,17 @@ class PresenceHub:
         self._typing_delay_s = typing_delay_s
         self._typing: dict[str, list[str]] = {}  # channel -> users typing, not handed out yet
         self._typing_timer: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self._presence_delay_s = presence_delay_s
+        # Changes not handed out yet: channel -> (number, user, online). A change's
+        # number is compared with each member's join number, so a member hears
+        # only of what changed after it joined.
+        self._changes_seen = 0
+        self._announcements: dict[str, list[tuple[int, str, bool]]] = {}
+        self._joined_at: dict[tuple[str, str], int] = {}
+        self._call_later = call_later
+        self._announce_timer: Timer | None = None
+        self._last_announced = -float("inf")
         self._lookups = Lookups(post)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -189,6 +236,7 @@ class PresenceHub:
         if not registered:
             self._registered.pop(channel_id, None)
         self._members.setdefault(channel_id, {})[connection_id] = member
+        self._joined_at[(channel_id, connection_id)] = self._changes_seen
         if self._local.add(channel_id, member.user_id):
             self._own_change(channel_id, member.user_id, online=True)
 
@@ -203,6 +251,7 @@ class PresenceHub:
         member = members.pop(connection_id, None) if members else None
         if member is None:
             return
+        del self._joined_at[(channel_id, connection_id)]
         if not members:
             self._members.pop(channel_id, None)
         if self._local.remove(channel_id, member.user_id):
@@ -284,11 +333,12 @@ class PresenceHub:
             self._lookups.resolve(message)
 
     def stop(self) -> None:
-        """Cancel lookups being answered and pending typing (the gateway is stopping)."""
+        """Cancel lookups being answered, pending typing and announcements (stopping)."""
         for task in list(self._tasks):
             task.cancel()
-        if self._typing_timer is not None:
-            self._typing_timer.cancel()
+        for timer in (self._typing_timer, self._announce_timer):
+            if timer is not None:
+                timer.cancel()
 
     # --- internals ----------------------------------------------------------------
 
@@ -340,21 +390,49 @@ class PresenceHub:
             self._announce(self._table.replace_channel(origin, channel_id, wanted.get(origin, ())))
 
     def _announce(self, changes: Iterable[PresenceChange | None]) -> None:
-        """``presence_changed`` to this gateway's subscribers of each channel."""
+        """Queue ``presence_changed`` for this gateway's subscribers of each channel."""
+        queued = False
         for change in changes:
-            if change is None:
+            if change is None or not self._members.get(change.channel_id):
                 continue
-            members = self._members.get(change.channel_id)
+            self._changes_seen += 1
+            self._announcements.setdefault(change.channel_id, []).append(
+                (self._changes_seen, change.user_id, change.online)
+            )
+            queued = True
+        if queued and self._announce_timer is None:
+            wait = self._last_announced + self._presence_delay_s - self._clock()
+            self._announce_timer = self._call_later(max(wait, 0.0), self._hand_out_announcements)
+
+    def _hand_out_announcements(self) -> None:
+        """Push the queued changes: each subscriber gets its batch in one write (one turn)."""
+        self._announce_timer = None
+        self._last_announced = self._clock()
+        batch, self._announcements = self._announcements, {}
+        for channel_id, changes in batch.items():
+            members = self._members.get(channel_id)
             if not members:
                 continue
-            status = PresenceStatus.ONLINE if change.online else PresenceStatus.OFFLINE
-            frame = WireFrame.of(
-                server_frames.presence_changed(change.channel_id, change.user_id, status)
-            )
-            for member in list(members.values()):
-                # Never about oneself: a user's own connections know they are online.
-                if member.user_id != change.user_id:
-                    member.push(frame)
+            frames = [
+                (
+                    number,
+                    user_id,
+                    WireFrame.of(
+                        server_frames.presence_changed(
+                            channel_id,
+                            user_id,
+                            PresenceStatus.ONLINE if online else PresenceStatus.OFFLINE,
+                        )
+                    ),
+                )
+                for number, user_id, online in changes
+            ]
+            for connection_id, member in list(members.items()):
+                joined = self._joined_at[(channel_id, connection_id)]
+                for number, user_id, frame in frames:
+                    # Never about oneself: a user's own connections know they are online.
+                    if number > joined and member.user_id != user_id:
+                        member.push(frame)
 
     def _deliver_typing(self, channel_id: str, user_id: str) -> None:
         if channel_id not in self._members:

@@ -1,7 +1,7 @@
 """What gateways, the Redis bridge and the API tell each other about presence and typing.
 
-All of it travels on lanes (``runtime/lanes.py``), never through Thespian: frozen,
-slotted, picklable records. Who sends what:
+All of it travels on lanes (``runtime/lanes.py``), never through Thespian:
+``records.FrozenRecord``s (frozen, tagged msgspec Structs). Who sends what:
 
 ==========================  ===============================  ==============================
 record                      from -> to                       means
@@ -27,7 +27,7 @@ record                      from -> to                       means
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from chime_actors.records import FrozenRecord
 
 Entry = tuple[str, str]
 """``(channel_id, user_id)``."""
@@ -36,8 +36,7 @@ Change = tuple[str, str, bool]
 """``(channel_id, user_id, online)``."""
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceSnapshot:
+class PresenceSnapshot(FrozenRecord, frozen=True):
     """Every ``(channel, user)`` gateway ``index`` holds, as of its delta ``seq``.
 
     ``epoch`` names the gateway's incarnation (a restarted gateway starts a new
@@ -56,8 +55,7 @@ class PresenceSnapshot:
         return f"PresenceSnapshot(gw {self.index}, seq {self.seq}, {len(self.entries)} entries)"
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceDelta:
+class PresenceDelta(FrozenRecord, frozen=True):
     """Changes of gateway ``index``'s own presence; ``seq`` counts deltas per epoch."""
 
     index: int
@@ -66,28 +64,24 @@ class PresenceDelta:
     changes: tuple[Change, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceResync:
+class PresenceResync(FrozenRecord, frozen=True):
     """Ask a gateway for its ``PresenceSnapshot`` (a delta was missed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TypingEvent:
+class TypingEvent(FrozenRecord, frozen=True):
     """``user_id`` is typing in ``channel_id``; never stored."""
 
     channel_id: str
     user_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class RemotePresence:
+class RemotePresence(FrozenRecord, frozen=True):
     """Other hosts' changes: ``(host, channel_id, user_id, online)``, in order."""
 
     changes: tuple[tuple[str, str, str, bool], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteHostState:
+class RemoteHostState(FrozenRecord, frozen=True):
     """Host ``host`` holds exactly ``users`` in ``channel_id`` (it wrote its state again)."""
 
     host: str
@@ -95,8 +89,7 @@ class RemoteHostState:
     users: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteChannels:
+class RemoteChannels(FrozenRecord, frozen=True):
     """Other hosts' state in these channels, read from Redis just now.
 
     ``channels`` pairs each channel with every live ``(host, user)`` in it; a host
@@ -106,23 +99,20 @@ class RemoteChannels:
     channels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class HostsGone:
+class HostsGone(FrozenRecord, frozen=True):
     """These hosts stopped refreshing their liveness key: their users are offline."""
 
     hosts: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceLookup:
+class PresenceLookup(FrozenRecord, frozen=True):
     """Who is online in ``channel_id``? Answered with ``PresenceLookupResult(token)``."""
 
     token: int
     channel_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceLookupResult:
+class PresenceLookupResult(FrozenRecord, frozen=True):
     """The answer to ``PresenceLookup(token)``: sorted users, or None (unavailable)."""
 
     token: int

@@ -38,7 +38,8 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     """A frame over ``chat.max_frame_bytes``."""
     INTERNAL_ERROR = 1011
-    """Repeated internal errors of a connection, or its channel kept failing."""
+    """Repeated internal errors of a connection, or its channel kept failing; also
+    a keepalive ping unanswered for two heartbeats ("keepalive ping timeout")."""
     UNAUTHORIZED = 4001
     """The connect's token failed to verify or contradicts ``userId``."""
     HANDSHAKE_TIMEOUT = 4008

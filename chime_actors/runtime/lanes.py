@@ -19,13 +19,17 @@ Thespian keeps the control plane (creation, supervision, ``Configure``,
   by the actor's Thespian address: a restarted peer has a new address and a new
   socket, and its lane follows the wiring exactly as Thespian sends do.
 * **Who.** Only the server's own processes: the directory is the owner's alone,
-  and before a byte of a connection is unpickled the peer must answer a
+  and before a byte of a connection is decoded the peer must answer a
   challenge, ``HMAC-SHA256(key, nonce)``, under the key the main process made
-  for the sealed Thespian transport (it reaches the actors only by fork).
-* **Framing.** ``<4-byte big-endian length><pickle protocol 5 of a tuple>``:
-  one frame carries every message one loop turn posted to that peer (batching
-  without a timer). The messages are the frozen records of ``records`` and
-  ``runtime.messages``.
+  for the sealed Thespian transport (it reaches the actors only by fork). Its
+  first frame is then its Thespian address (unpickled by an unpickler that can
+  build Thespian's address classes only, ``lane_codec.load_address``).
+* **Framing.** ``<4-byte big-endian length><msgpack array of records>``: one
+  frame carries every message one loop turn posted to that peer (batching
+  without a timer). The messages are lane records only (``actors.lane_records``: tagged,
+  frozen msgspec Structs of ``records`` and friends), checked when posted and
+  decoded to exactly those types: a frame holding anything else (an unknown
+  tag, a pickle) is refused and its lane closed; nothing read is executed.
 * **Bounded, with flow control.** A lane holds at most ``MAX_PENDING`` unsent
   messages (past that a producer has no window of its own: ``ActorError``, as
   the loop bridge does). When the socket's write buffer passes
@@ -45,7 +49,6 @@ import contextlib
 import hashlib
 import hmac
 import os
-import pickle
 import secrets
 import struct
 from collections.abc import Callable, Mapping
@@ -54,6 +57,8 @@ from typing import Any
 
 from chime_actors.errors import ActorError
 from chime_actors.logs import get_logger
+from chime_actors.runtime import lane_codec
+from chime_actors.runtime.lane_codec import LaneCodec
 
 log = get_logger(__name__)
 
@@ -116,8 +121,12 @@ def _frame(payload: bytes) -> bytes:
 class LaneServer:
     """Accepts lanes from peers and hands their messages to ``deliver``."""
 
-    def __init__(self, path: Path, key: bytes, deliver: Deliver, stats: LaneStats) -> None:
+    def __init__(
+        self, path: Path, key: bytes, deliver: Deliver, stats: LaneStats, *, codec: LaneCodec
+    ) -> None:
+        """``codec`` reads the frames (``actors.lane_records.LANE_CODEC``)."""
         self.path = path
+        self._codec = codec
         self._key = key
         self._deliver = deliver
         self._stats = stats
@@ -154,15 +163,16 @@ class LaneServer:
                 payload = await _read_frame(reader)
                 self._stats.batches_in += 1
                 self._stats.bytes_in += len(payload) + _LENGTH.size
-                self._deliver(pickle.loads(payload), sender)
+                self._deliver(self._codec.decode(payload), sender)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away (it died, or was replaced)
         except ActorError as exc:
+            # Too long, or not lane records (LaneCodec.decode): a bug on one
+            # side. Close this lane; the peer's next send opens a new one.
             log.warning("lane closed", reason=str(exc))
         except Exception:
-            # A frame an authenticated peer sent that does not unpickle: a bug on
-            # one side. Close this lane; the peer's next send opens a new one.
-            log.exception("lane frame could not be read; lane closed")
+            # A bug of ours past the decoder: the lane goes, the process stays.
+            log.exception("lane frame could not be handled; lane closed")
         finally:
             self._connections.pop(task, None)
             writer.close()
@@ -170,7 +180,7 @@ class LaneServer:
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Any | None:
-        """Challenge the peer; only then is its first frame (its address) unpickled."""
+        """Challenge the peer; only then is its first frame (its address) read."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
         writer.write(nonce)
         try:
@@ -179,7 +189,7 @@ class LaneServer:
                 if not hmac.compare_digest(answer, _tag(self._key, nonce)):
                     log.warning("lane refused: the peer does not hold the server's key")
                     return None
-                return pickle.loads(await _read_frame(reader))
+                return lane_codec.load_address(await _read_frame(reader))
         except TimeoutError:
             log.warning("lane refused: no handshake in time")
             return None
@@ -199,10 +209,12 @@ class Lane:
         stats: LaneStats,
         on_closed: Callable[[Lane], None] = lambda lane: None,
         *,
+        codec: LaneCodec,
         max_pending: int = MAX_PENDING,
         high_water_bytes: int = HIGH_WATER_BYTES,
     ) -> None:
         self.path = path
+        self._codec = codec
         self._max_pending = max_pending
         self._high_water_bytes = high_water_bytes
         self._on_closed = on_closed
@@ -230,7 +242,13 @@ class Lane:
         )
 
     def send(self, message: Any) -> None:
-        """Queue ``message``; it leaves with the others of this loop turn."""
+        """Queue ``message``; it leaves with the others of this loop turn.
+
+        Raises:
+            ActorError: ``message`` is not a lane record (``LaneCodec.check``),
+                or the lane holds ``max_pending`` messages already.
+        """
+        self._codec.check(message)
         if self._failed:
             self._stats.dropped += 1
             return
@@ -274,7 +292,7 @@ class Lane:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 nonce = await reader.readexactly(_NONCE_BYTES)
             writer.write(_tag(self._key, nonce))
-            writer.write(_frame(pickle.dumps(self._my_address, protocol=5)))
+            writer.write(_frame(lane_codec.dump_address(self._my_address)))
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.info("lane unreachable; its messages are dropped", path=self.path, error=str(exc))
             self.close()
@@ -298,7 +316,7 @@ class Lane:
         if writer is None or not self._pending or self._failed:
             return
         batch, self._pending = tuple(self._pending), []
-        payload = pickle.dumps(batch, protocol=5)
+        payload = self._codec.encode(batch)
         try:
             writer.write(_frame(payload))
         except (ConnectionError, RuntimeError) as exc:
@@ -319,12 +337,15 @@ class Router:
         key: bytes,
         fallback: Fallback,
         *,
+        codec: LaneCodec,
         max_pending: int = MAX_PENDING,
         high_water_bytes: int = HIGH_WATER_BYTES,
     ) -> None:
-        """``max_pending`` and ``high_water_bytes`` bound each of its lanes (see the
+        """``codec`` writes the frames (``actors.lane_records.LANE_CODEC``);
+        ``max_pending`` and ``high_water_bytes`` bound each of its lanes (see the
         module docstring)."""
         self._my_address = my_address
+        self._codec = codec
         self._max_pending = max_pending
         self._high_water_bytes = high_water_bytes
         self._key = key
@@ -356,6 +377,7 @@ class Router:
                 self._key,
                 self.stats,
                 self._forget_lane,
+                codec=self._codec,
                 max_pending=self._max_pending,
                 high_water_bytes=self._high_water_bytes,
             )

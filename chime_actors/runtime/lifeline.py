@@ -11,16 +11,20 @@ waiting on it costs nothing while main lives.
 
 SIGKILL, not a drain: with main gone there is nobody to order a drain, and
 nothing acked is at risk (an ack is sent only once the write is durable).
+Main's own clean-up dies with it, so the processes that follow it first remove
+what :func:`remove_with_main` named (the run directory of the lane sockets).
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import threading
 
 _main_pid: int | None = None
+_leftovers: list[str] = []
 
 
 def tie_to_main() -> None:
@@ -32,6 +36,14 @@ def tie_to_main() -> None:
     os.register_at_fork(after_in_child=_watch_main)
 
 
+def remove_with_main(path: str) -> None:
+    """Call in the main process: if main dies, the processes it forked remove ``path``.
+
+    Only processes forked after this call know of it.
+    """
+    _leftovers.append(path)
+
+
 def _watch_main() -> None:
     main_pid = _main_pid
     if main_pid is None or os.getpid() == main_pid:
@@ -40,7 +52,7 @@ def _watch_main() -> None:
         pidfd = os.pidfd_open(main_pid)
     except ProcessLookupError:
         # Main died between the fork and now: follow it at once.
-        os.kill(os.getpid(), signal.SIGKILL)
+        _follow_main()
         return
     threading.Thread(
         target=_wait_then_die, args=(main_pid, pidfd), name="lifeline", daemon=True
@@ -61,4 +73,11 @@ def _wait_then_die(main_pid: int, pidfd: int) -> None:
                 pidfd = os.pidfd_open(main_pid)
             except ProcessLookupError:
                 break
+    _follow_main()
+
+
+def _follow_main() -> None:
+    for path in _leftovers:
+        # Every follower tries; the first one wins, the others find nothing.
+        shutil.rmtree(path, ignore_errors=True)
     os.kill(os.getpid(), signal.SIGKILL)

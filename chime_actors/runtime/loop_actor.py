@@ -29,7 +29,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import setproctitle
 from thespian.actors import (
@@ -42,6 +42,7 @@ from thespian.actors import (
 
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.runtime.lane_codec import LaneCodec
 from chime_actors.runtime.lanes import LaneServer, Router, address_key
 from chime_actors.runtime.loop_bridge import LoopBridge
 from chime_actors.runtime.messages import (
@@ -129,6 +130,10 @@ async def _report_lanes(router: Router, registry: MetricsRegistry) -> None:
 class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
     """A Thespian actor whose work runs on an ``ActorCore`` in a loop thread."""
 
+    #: What its lanes carry: ``actors.lane_records.LANE_CODEC``, set by each
+    #: subclass (the runtime knows no core's records).
+    lane_codec: ClassVar[LaneCodec]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._bridge: LoopBridge | None = None
@@ -194,7 +199,7 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         bridge = LoopBridge(name=f"chime-{configure.actor_id.kind.value}-loop")
         bridge.start()
         key = transport_key()
-        router = Router(self.myAddress, key, bridge.post)
+        router = Router(self.myAddress, key, bridge.post, codec=self.lane_codec)
         lane = ""
         try:
             core = self.make_core(configure, router, sender)
@@ -205,7 +210,7 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
                     f"{actor_id.kind.value}-{actor_id.index}-{os.getpid()}.sock"
                 )
                 deliver = functools.partial(run_bundle, core, actor_id)
-                server = LaneServer(path, key, deliver, router.stats)
+                server = LaneServer(path, key, deliver, router.stats, codec=self.lane_codec)
                 bridge.run_sync(server.start(), START_TIMEOUT_S)
                 self._lane_server = server
                 lane = str(path)

@@ -1,6 +1,7 @@
 """Control messages between process actors and the ``chime serve`` main process.
 
-All frozen, slotted and picklable: Thespian pickles every message. Hot-path
+All frozen, slotted and picklable: Thespian pickles every message. The two that
+travel on lanes (``ActorId`` inside ``MetricsReport``) are ``FrozenRecord``s. Hot-path
 records (``PersistBatch``, ``Deliveries`` ...) live in ``chime_actors.records``.
 Actor addresses are Thespian ``ActorAddress`` objects, typed ``Any`` here.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from chime_actors.config import Config
 from chime_actors.metrics import MetricsSnapshot
+from chime_actors.records import FrozenRecord
 
 
 class ActorKind(Enum):
@@ -29,8 +31,7 @@ class ActorKind(Enum):
 SINGLETON_KINDS = frozenset({ActorKind.API, ActorKind.REDIS_BRIDGE})
 
 
-@dataclass(frozen=True, slots=True)
-class ActorId:
+class ActorId(FrozenRecord, frozen=True):
     """Which child: kind plus 1-based index (``gateway 2``; ``api`` for singletons)."""
 
     kind: ActorKind
@@ -157,8 +158,7 @@ class Drained:
     actor_id: ActorId
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsReport:
+class MetricsReport(FrozenRecord, frozen=True):
     """Every child -> API actor, once a second: its metrics, which also says 'alive'."""
 
     actor_id: ActorId

@@ -10,10 +10,11 @@ test can make storage fail on demand without mocks:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
@@ -366,7 +367,7 @@ def _apply(channel: _Channel, change: MessageChange) -> None:
         return
     if change.kind is ChangeKind.EDIT:
         assert change.message is not None
-        channel.messages[seq] = dataclasses.replace(
+        channel.messages[seq] = msgspec.structs.replace(
             message, content=change.message.content, edited_at=change.at
         )
         return

@@ -1,9 +1,10 @@
 """``SqliteStore``: the embedded default ``MessageStore``, one SQLite file in WAL mode.
 
 Threading: sqlite3 calls block, and the callers run on asyncio loops, so each
-store owns ONE worker thread (a single-worker ``ThreadPoolExecutor``) that creates
-the connection and runs every statement. One thread means one connection and no
-locking inside the process; the loop only awaits futures.
+store owns ONE worker thread (``sqlite_worker.SqliteWorker``) that creates the
+connection and runs every statement. One thread means one connection and no
+locking inside the process; the loop only awaits a future, woken once per call
+(a persister's group commit is one call: one hand-off, one wake-up per batch).
 
 Several processes open the same file: the persister pool writes (each persister
 owns distinct channels, so writers never contend on rows, only on SQLite's single
@@ -15,7 +16,7 @@ A write waiting for another process's write lock tries again every
 ``_LOCK_RETRY_S`` (``_begin_immediate``) instead of in SQLite's busy handler,
 whose sleeps grow to 25-100 ms: with two persisters committing back to back
 the one waiting slept long past the other's commit (docs/performance.md,
-"Many small rooms").
+"Fan-out in slices and many small rooms").
 
 Timeouts: every call is bounded by ``timeout_s``; past it the caller gets
 ``StoreUnavailable`` and the operation is called off. A running statement is
@@ -32,10 +33,8 @@ client ids, so no message is lost or doubled.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -52,6 +51,7 @@ from chime_actors.storage.attachments import (
     dump_attachments,
     load_attachments,
 )
+from chime_actors.storage.sqlite_worker import Abandoned, Job, SqliteWorker
 from chime_actors.storage.store import (
     ChannelState,
     ClientKey,
@@ -217,7 +217,7 @@ class SqliteStore:
         self._synchronous = synchronous.upper()
         self._path = Path(path)
         self._timeout_s = timeout_s
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._worker: SqliteWorker | None = None
         # Created, used and closed on the worker thread only; the loop thread
         # merely calls interrupt() on it.
         self._conn: sqlite3.Connection | None = None
@@ -237,13 +237,11 @@ class SqliteStore:
                 the path is a directory or not writable). The store is then
                 closed again and ``open`` may be retried.
         """
-        if self._executor is not None:
+        if self._worker is not None:
             return
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="chime-sqlite"
-        )
+        self._worker = SqliteWorker("chime-sqlite")
         try:
-            await self._submit("open", self._connect, threading.Event())
+            await self._submit("open", self._connect, Abandoned())
         except BaseException:
             await self.close()
             raise
@@ -254,18 +252,19 @@ class SqliteStore:
         Never raises: if the worker is stuck past the timeout, the running
         statement is interrupted and the close runs as soon as it returns.
         """
-        executor = self._executor
-        if executor is None:
+        worker = self._worker
+        if worker is None:
             return
-        self._executor = None
-        # Not through _call: a timeout must not cancel the queued close.
-        job = executor.submit(self._disconnect)
-        done, _ = await asyncio.wait([asyncio.wrap_future(job)], timeout=self._timeout_s)
+        self._worker = None
+        # Not through _call: a timeout must not abandon the queued close.
+        job = Job(self._disconnect, asyncio.get_running_loop(), Abandoned())
+        worker.submit(job)
+        done, _ = await asyncio.wait([job.future], timeout=self._timeout_s)
         if done:
-            executor.shutdown(wait=True)  # the queue is empty: returns at once
+            worker.stop()  # the queue is empty: returns at once
         else:
             self._interrupt()
-            executor.shutdown(wait=False)
+            worker.stop(timeout_s=0)  # it ends once the statement returns
 
     async def ping(self) -> None:
         """Run a trivial query; ``StoreUnavailable`` if the file does not answer."""
@@ -472,45 +471,57 @@ class SqliteStore:
 
         With ``write`` the work runs in one write transaction (see ``_write``).
         """
-        abandoned = threading.Event()
+        abandoned = Abandoned()
         return await self._submit(
             operation,
             partial(self._with_connection, operation, work, write, abandoned),
             abandoned,
         )
 
-    async def _submit(
-        self, operation: str, work: Callable[[], _T], abandoned: threading.Event
-    ) -> _T:
+    async def _submit(self, operation: str, work: Callable[[], _T], abandoned: Abandoned) -> _T:
         """Run ``work()`` on the worker thread within the timeout, errors translated.
 
-        On timeout ``abandoned`` is set, so a write that is still running rolls
+        On timeout (or cancellation of the caller) ``abandoned`` is set: a job
+        that had not started is skipped, and a write that is still running rolls
         back instead of committing after its caller was told it failed.
         """
-        executor = self._executor
-        if executor is None:
+        worker = self._worker
+        if worker is None:
             raise StoreError(f"SqliteStore.{operation}: the store is not open")
-        job = executor.submit(self._translate_errors, operation, work)
+        loop = asyncio.get_running_loop()
+        job = Job(partial(self._translate_errors, operation, work), loop, abandoned)
+        timer = loop.call_later(self._timeout_s, self._expire, operation, job)
+        worker.submit(job)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(job), self._timeout_s)
-        except TimeoutError as exc:
+            return await job.future
+        except asyncio.CancelledError:
             abandoned.set()
-            # wait_for cancelled the job, which only succeeds if it had not
-            # started. A running statement is interrupted; a wait for another
-            # process's lock is not (SQLite's busy handler ignores interrupts),
-            # which is what the abandoned flag is for.
-            if not job.cancelled() and not job.done():
-                self._interrupt()
-            raise StoreUnavailable(
-                f"sqlite {operation} on {self._path} timed out after {self._timeout_s:g} s"
-            ) from exc
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, operation: str, job: Job[_T]) -> None:
+        """Loop thread, ``timeout_s`` after a call was queued: give up on it."""
+        if job.future.done():
+            return
+        job.abandoned.set()
+        # A job that had not started is skipped. A running statement is
+        # interrupted; a wait for another process's lock is not (SQLite's busy
+        # handler ignores interrupts), which is what the abandoned flag is for.
+        if job.started:
+            self._interrupt()
+        exc = StoreUnavailable(
+            f"sqlite {operation} on {self._path} timed out after {self._timeout_s:g} s"
+        )
+        exc.__cause__ = TimeoutError()  # as ``raise ... from`` the timeout
+        job.future.set_exception(exc)
 
     def _with_connection(
         self,
         operation: str,
         work: Callable[[sqlite3.Connection], _T],
         write: bool,
-        abandoned: threading.Event,
+        abandoned: Abandoned,
     ) -> _T:
         conn = self._conn
         if conn is None:  # open() failed, or close() overtook this call
@@ -550,7 +561,7 @@ class SqliteStore:
             # FULL: every commit's WAL frames are fsynced before it returns, so an
             # ack survives power loss. NORMAL survives a crash of the process only.
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            with _write(conn, threading.Event()):
+            with _write(conn, Abandoned()):
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 _migrate(conn)
@@ -575,7 +586,7 @@ class SqliteStore:
 
 
 @contextmanager
-def _write(conn: sqlite3.Connection, abandoned: threading.Event) -> Iterator[None]:
+def _write(conn: sqlite3.Connection, abandoned: Abandoned) -> Iterator[None]:
     """One write transaction holding the database lock from its first statement.
 
     It commits only if its caller is still waiting (``abandoned`` not set).
@@ -594,7 +605,7 @@ def _write(conn: sqlite3.Connection, abandoned: threading.Event) -> Iterator[Non
         raise
 
 
-def _begin_immediate(conn: sqlite3.Connection, abandoned: threading.Event) -> None:
+def _begin_immediate(conn: sqlite3.Connection, abandoned: Abandoned) -> None:
     """``BEGIN IMMEDIATE``, trying again every ``_LOCK_RETRY_S`` while another
     process holds the write lock, for at most ``_BUSY_TIMEOUT_MS``; a caller that
     stopped waiting (``abandoned``) ends the wait at once."""

@@ -149,6 +149,13 @@ class Page:
 
         return self.driver.find_element(By.ID, element_id)
 
+    def chat_error(self) -> str:
+        """The error line the page shows under the messages (empty if none)."""
+        value = self.driver.execute_script(
+            "return document.getElementById('chat-error')?.textContent ?? ''"
+        )
+        return str(value)
+
     def connection_state(self) -> str:
         value = self.driver.execute_script(
             "return document.getElementById('connection').dataset.state ?? ''"
@@ -218,7 +225,7 @@ class Page:
             raise AssertionError(
                 f"timed out waiting for {what}; the page shows "
                 f"{[(m.content, m.status) for m in self.messages()]} "
-                f"(connection: {self.connection_state()!r})"
+                f"(connection: {self.connection_state()!r}, error: {self.chat_error()!r})"
             ) from None
         return value
 
@@ -312,6 +319,13 @@ def browsers(api: str) -> Iterator[Callable[..., Page]]:
                 "deviceScaleFactor": scale,
                 "mobile": size[0] < 600,
             },
+        )
+        # No sliding panels: a click Selenium aims at a button that is still
+        # moving can land beside it (the phone's channel panel slides in for
+        # 0.15 s), and the page honours this preference (style.css).
+        driver.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-reduced-motion", "value": "reduce"}]},
         )
         return Page(driver, api)
 

@@ -61,8 +61,12 @@ def test_sighup_stops_cleanly_like_sigterm(tmp_path: Path) -> None:
 
 
 def test_sigkilled_main_takes_every_process_with_it(tmp_path: Path) -> None:
-    """SIGKILL (or the OOM killer) on ``chime: main``: all gone within 3 s, ports free."""
+    """SIGKILL (or the OOM killer) on ``chime: main``: all gone within 3 s, ports
+    free, and the run directory of the lane sockets removed."""
     with running_server(tmp_path) as server:
+        (ready,) = [line for line in server.log_lines() if line.get("message") == "chime is ready"]
+        run_dir = Path(ready["runDir"])
+        assert run_dir.is_dir() and any(run_dir.glob("*.sock")), run_dir
         actors = group_pids(server.proc.pid, server.sessions)
         assert len(actors) >= 6, actors  # admin, logger, supervisor, gateways, persisters, api
         os.kill(server.proc.pid, signal.SIGKILL)
@@ -73,6 +77,7 @@ def test_sigkilled_main_takes_every_process_with_it(tmp_path: Path) -> None:
         for port in (server.chat_port, server.api_port):
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+        assert not run_dir.exists(), sorted(run_dir.iterdir())
 
 
 def _soft_nofile(pid: int) -> int:

@@ -251,6 +251,10 @@ def test_join_and_leave_channels_on_a_phone(server: ServerProcess) -> None:
     with browsers(server.api) as open_window:
         page = open_window(PHONE).open("alice", [first])
         page.wait_connected()
+        # The panel does not slide (see browsers()), so a click cannot miss it.
+        assert page.driver.execute_script(
+            "return matchMedia('(prefers-reduced-motion: reduce)').matches"
+        )
         toggle = page.element("channels-toggle")
         assert toggle.is_displayed() and not page.element("join-input").is_displayed()
         toggle.click()
@@ -274,8 +278,8 @@ def test_join_and_leave_channels_on_a_phone(server: ServerProcess) -> None:
         )
 
         def click_leave() -> bool:
-            # The panel slides in: until it is in place the button is not
-            # interactable yet, so the click is retried until it lands.
+            # Until the panel is shown the button is not interactable yet, so
+            # the click is retried until it lands.
             try:
                 leave_button().click()
             except (ElementNotInteractableException, ElementClickInterceptedException):

@@ -139,6 +139,45 @@ def test_client_id_claims_dedupe_across_hosts(redis_address: tuple[str, int]) ->
     asyncio.run(scenario())
 
 
+def test_claims_and_reservations_in_one_call(redis_address: tuple[str, int]) -> None:
+    """``claim_and_reserve``: won claims take ids, lost ones say what they found."""
+    a, b = f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    stored_key = (a, "alice", "stored")
+    pending_key = (b, "bob", "pending")
+
+    async def no_storage(channel_id: str) -> int:
+        return 0
+
+    async def scenario() -> None:
+        other = RedisIds(_client(redis_address), no_storage)
+        host = RedisIds(_client(redis_address), no_storage)
+        try:
+            # Another host stored one send and is storing another.
+            (_, first) = await other.claim_and_reserve([stored_key, pending_key], {}, {})
+            assert (first.firsts, first.redis_lost_data) == ({a: 1, b: 1}, False)
+            await other.settle([(*stored_key, f"{1:016d}", "2026-11-27T10:00:00.000Z")], [])
+            keys = [stored_key, (a, "alice", "new-1"), pending_key, (a, "carol", "new-2")]
+            # Channel a also needs one id for a change, channel c only for a change.
+            c = f"c-{uuid.uuid4().hex[:8]}"
+            claims, reservation = await host.claim_and_reserve(keys, {a: 1, c: 1}, {a: 1})
+            assert [claim.won for claim in claims] == [False, True, False, True]
+            assert (claims[0].message_id, claims[0].created_at) == (
+                f"{1:016d}",
+                "2026-11-27T10:00:00.000Z",
+            )
+            assert claims[2].message_id is None and not claims[2].unknown  # being stored
+            # a: two won claims and the change, after the other host's id 1;
+            # b: every claim lost, so no range; c: a new counter.
+            assert reservation.firsts == {a: 2, c: 1}
+            again = await host.reserve({a: 1, b: 1}, {a: 4, b: 1})
+            assert again.firsts == {a: 5, b: 2}  # the ranges were contiguous: no hole
+        finally:
+            await other.close()
+            await host.close()
+
+    asyncio.run(scenario())
+
+
 class _Outbox:
     """Records what a core posts (our own `post` interface, not a mock)."""
 

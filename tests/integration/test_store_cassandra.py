@@ -22,12 +22,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import msgspec.structs
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from chime_actors.api import attachment_routes
 from chime_actors.api.http_server import HttpRequest

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 import orjson
 import pytest
 
@@ -110,7 +110,7 @@ class FakeBackend:
             return SendOutcome(1, error_code=self.refuse, error_message="store words: /var/x")
         edited = None
         if kind is ChangeKind.EDIT:
-            edited = dataclasses.replace(message(1, channel_id), content=content or "")
+            edited = msgspec.structs.replace(message(1, channel_id), content=content or "")
         change = MessageChange(
             channel_id, ID9, kind, message_id, user_id, "t", emoji=emoji, message=edited
         )

@@ -73,6 +73,12 @@ def test_error_response_is_problem_json_with_protocol_codes() -> None:
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
+async def _read_all(request: HttpRequest) -> bytes:
+    if request.body_stream is None:
+        return request.body
+    return b"".join([chunk async for chunk in request.body_stream])
+
+
 async def echo(request: HttpRequest) -> HttpResponse:
     if request.path == "/boom":
         raise RuntimeError("kaboom")
@@ -91,7 +97,7 @@ async def echo(request: HttpRequest) -> HttpResponse:
             "path": request.path,
             "query": dict(request.query),
             "headers": dict(request.headers),
-            "body": request.body.decode(),
+            "body": (await _read_all(request)).decode(),
         },
         headers={"X-Echo": "1"},
     )
@@ -334,6 +340,63 @@ def test_close_ends_idle_connections() -> None:
         await server.close()
         assert await client.at_eof()
         await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("opening", [b"", b"GET /x HTTP/1.1\r\nHost: test\r\n"])
+def test_a_connection_that_never_completes_its_request_head_is_closed(opening: bytes) -> None:
+    """Slowloris: a client that sends nothing, or dribbles header lines and never
+    ends the head, is closed once the keep-alive timeout passes (it cannot hold
+    a connection slot for ever)."""
+
+    async def main() -> None:
+        server = HttpServer(echo, keepalive_timeout_s=0.5)
+        await server.start("127.0.0.1", 0)
+        async with server:
+            client = await Client.connect(server.port)
+            await client.send(opening)
+            closed = False
+            async with asyncio.timeout(10):
+                while not closed:
+                    with contextlib.suppress(ConnectionError):
+                        if opening:
+                            await client.send(b"X-Dribble: 1\r\n")
+                    try:
+                        closed = await asyncio.wait_for(client.reader.read(1), 0.2) == b""
+                    except TimeoutError:
+                        continue
+                    except ConnectionError:
+                        closed = True
+            assert closed
+            await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_request_body_that_stalls_gets_408_and_the_connection_closes(streamed: bool) -> None:
+    """A client that sends its head and part of a body, then nothing, is answered
+    408 once no byte came for the body idle timeout, and the connection is to
+    close: it cannot hold a connection (or a half-written upload) for ever."""
+
+    async def main() -> None:
+        server = HttpServer(
+            echo,
+            streams=(lambda method, path: True) if streamed else None,
+            body_idle_timeout_s=0.5,
+        )
+        await server.start("127.0.0.1", 0)
+        async with server:
+            client = await Client.connect(server.port)
+            await client.send(get("/x", "Content-Length: 100", method="POST") + b"0123456789")
+            status, headers, body = await client.response()
+            assert status == 408, (status, body)
+            assert headers["content-type"] == "application/problem+json"
+            # Closed after the response (aiohttp lingers up to 10 s for the rest
+            # of the body first, so that the client can read the 408).
+            assert headers.get("connection") == "close"
+            await client.close()
 
     asyncio.run(main())
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 import yaml
@@ -121,9 +121,13 @@ MESSAGE = ChimeMessage(
     "message",
     [
         MESSAGE,
-        dataclasses.replace(MESSAGE, thread_id="0000000000000001", metadata=(), client_msg_id=None),
-        dataclasses.replace(MESSAGE, edited_at="2026-11-27T10:00:01.000Z", channel_name="General"),
-        dataclasses.replace(
+        msgspec.structs.replace(
+            MESSAGE, thread_id="0000000000000001", metadata=(), client_msg_id=None
+        ),
+        msgspec.structs.replace(
+            MESSAGE, edited_at="2026-11-27T10:00:01.000Z", channel_name="General"
+        ),
+        msgspec.structs.replace(
             MESSAGE, attachments=(Attachment("a" * 32, "f é.txt", "text/plain; charset=utf-8", 3),)
         ),
     ],

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chime_actors.errors import PresenceUnavailable
-from chime_actors.presence.hub import PresenceHub
+from chime_actors.presence.hub import PRESENCE_DELAY_S, PresenceHub
 from chime_actors.presence.messages import (
     HostsGone,
     PresenceDelta,
@@ -90,7 +90,15 @@ async def turn() -> None:
 
 def hub(**kw: Any) -> tuple[PresenceHub, Posts, FakeClock]:
     posts, clock = Posts(), FakeClock()
-    return PresenceHub(1, posts, clock=clock, typing_delay_s=0.0, **kw), posts, clock
+    presence = PresenceHub(
+        1, posts, clock=clock, typing_delay_s=0.0, call_later=clock.call_later, **kw
+    )
+    return presence, posts, clock
+
+
+def handed_out(clock: FakeClock) -> None:
+    """Step past the announcement batching: every queued change is handed out."""
+    clock.advance(PRESENCE_DELAY_S)
 
 
 def join(presence: PresenceHub, channel: str, member: Member) -> Member:
@@ -101,14 +109,16 @@ def join(presence: PresenceHub, channel: str, member: Member) -> Member:
 
 def test_first_in_and_last_out_are_announced_to_the_others_only() -> None:
     async def main() -> None:
-        presence, posts, _ = hub()
+        presence, posts, clock = hub()
         presence.rewire(wiring(1, redis_bridge=BRIDGE))
         bob = join(presence, "c", Member("b", "bob"))
         alice_1 = join(presence, "c", Member("a1", "alice"))
         alice_2 = join(presence, "c", Member("a2", "alice"))
         presence.leave("c", "a1")
+        handed_out(clock)
         assert bob.presence() == [("alice", "online")]
         presence.leave("c", "a2")
+        handed_out(clock)
         assert bob.presence() == [("alice", "online"), ("alice", "offline")]
         assert alice_1.presence() == [] and alice_2.presence() == []  # not about oneself
         await turn()
@@ -128,11 +138,12 @@ def test_first_in_and_last_out_are_announced_to_the_others_only() -> None:
 
 def test_a_member_that_left_before_its_activation_never_counts() -> None:
     async def main() -> None:
-        presence, _, _ = hub()
+        presence, _, clock = hub()
         watcher = join(presence, "c", Member("w", "watcher"))
         presence.register("c", Member("x", "racer"))
         presence.leave("c", "x")  # the socket closed while the join was in flight
         presence.activate("c", "x")
+        handed_out(clock)
         assert await presence.online("c") == ["watcher"]
         assert watcher.presence() == []
 
@@ -141,15 +152,17 @@ def test_a_member_that_left_before_its_activation_never_counts() -> None:
 
 def test_new_peers_get_a_snapshot_and_a_dead_one_is_dropped() -> None:
     async def main() -> None:
-        presence, posts, _ = hub()
+        presence, posts, clock = hub()
         watcher = join(presence, "c", Member("w", "watcher"))
         presence.rewire(wiring(1, redis_bridge=BRIDGE))
         (snapshot,) = posts.to(PEER, PresenceSnapshot)
         assert snapshot.entries == (("c", "watcher"),) and snapshot.generation == 1
         assert posts.to(BRIDGE, PresenceSnapshot) == [snapshot]
         presence.handle(PresenceSnapshot(2, "e", 0, 1, (("c", "remote"),)), PEER)
+        handed_out(clock)
         assert watcher.presence() == [("remote", "online")]
         presence.rewire(wiring(2, ("gateway-1", None), redis_bridge=BRIDGE))
+        handed_out(clock)
         assert watcher.presence() == [("remote", "online"), ("remote", "offline")]
         assert len(posts.to(BRIDGE, PresenceSnapshot)) == 1  # the bridge did not change
 
@@ -167,12 +180,13 @@ def test_a_gap_in_a_peers_deltas_asks_it_for_a_snapshot() -> None:
 
 def test_remote_hosts_state_reaches_the_members() -> None:
     async def main() -> None:
-        presence, _, _ = hub()
+        presence, _, clock = hub()
         watcher = join(presence, "c", Member("w", "watcher"))
         presence.handle(RemoteChannels((("c", (("h1", "ann"), ("h2", "ben"))),)), BRIDGE)
         presence.handle(RemotePresence((("h1", "c", "cid", True),)), BRIDGE)
         presence.handle(RemoteHostState("h2", "c", ("dan",)), BRIDGE)
         presence.handle(HostsGone(("h1",)), BRIDGE)
+        handed_out(clock)
         assert watcher.presence() == [
             ("ann", "online"),
             ("ben", "online"),
@@ -184,6 +198,7 @@ def test_remote_hosts_state_reaches_the_members() -> None:
         ]
         # A channel no longer subscribed on this host: the bridge clears it.
         presence.handle(RemoteChannels((("c", ()),)), BRIDGE)
+        handed_out(clock)
         assert watcher.presence()[-1] == ("dan", "offline")
 
     asyncio.run(main())
@@ -243,5 +258,86 @@ def test_a_lookup_without_a_bridge_is_unavailable() -> None:
         presence, _, _ = hub(multi_host=True)
         with pytest.raises(PresenceUnavailable):
             await presence.online("c")
+
+    asyncio.run(main())
+
+
+class TimedMember(Member):
+    """A member that also notes when (on the fake clock, in ms) each frame came."""
+
+    def __init__(self, connection_id: str, user_id: str, clock: FakeClock) -> None:
+        super().__init__(connection_id, user_id)
+        self._clock = clock
+        self.pushed_at: list[int] = []
+
+    def push(self, frame: str | WireFrame) -> None:
+        self.pushed_at.append(round(self._clock.now * 1000))
+        super().push(frame)
+
+
+def test_a_join_storm_is_handed_out_in_batches_after_a_quiet_spell_at_once() -> None:
+    """The first change after a quiet spell goes out at once (the next turn); those
+    within ``PRESENCE_DELAY_S`` of it wait and go out together, in order, so each
+    subscriber gets one write per batch instead of one per join."""
+
+    async def main() -> None:
+        presence, _, clock = hub()
+        watcher = TimedMember("w", "watcher", clock)
+        join(presence, "c", watcher)
+        clock.advance(1.0)
+        join(presence, "c", Member("a", "ann"))
+        clock.advance(0)
+        assert watcher.presence() == [("ann", "online")]  # nothing went out lately
+        for index in range(20):
+            join(presence, "c", Member(f"u{index}", f"user{index}"))
+            clock.advance(0.001)
+        presence.leave("c", "u3")
+        assert len(watcher.presence()) == 1  # within the delay of the first hand-out
+        handed_out(clock)
+        assert watcher.presence()[1:] == [(f"user{i}", "online") for i in range(20)] + [
+            ("user3", "offline")
+        ]
+        # Two hand-outs in all: at 1.000 s, and the whole batch at 1.100 s.
+        assert sorted(set(watcher.pushed_at)) == [1000, 1100]
+
+    asyncio.run(main())
+
+
+def test_a_member_hears_only_of_changes_after_its_join() -> None:
+    """A change queued before a member joined is not announced to it, even when it
+    is handed out after the join (as if each change went out at once)."""
+
+    async def main() -> None:
+        presence, _, clock = hub()
+        old = join(presence, "c", Member("o", "old"))
+        join(presence, "c", Member("a", "ann"))  # handed out at once
+        clock.advance(0)
+        join(presence, "c", Member("b", "ben"))  # queued: within the delay
+        newcomer = join(presence, "c", Member("n", "new"))
+        presence.leave("c", "a")
+        handed_out(clock)
+        assert old.presence() == [
+            ("ann", "online"),
+            ("ben", "online"),
+            ("new", "online"),
+            ("ann", "offline"),
+        ]
+        assert newcomer.presence() == [("ann", "offline")]
+
+    asyncio.run(main())
+
+
+def test_a_member_that_leaves_before_the_hand_out_gets_nothing_more() -> None:
+    async def main() -> None:
+        presence, _, clock = hub()
+        join(presence, "c", Member("a", "ann"))
+        clock.advance(0)
+        leaver = join(presence, "c", Member("l", "leo"))
+        join(presence, "c", Member("b", "ben"))
+        presence.leave("c", "l")
+        handed_out(clock)
+        assert leaver.presence() == []
+        assert clock.pending == []  # nothing left queued
+        presence.stop()
 
     asyncio.run(main())

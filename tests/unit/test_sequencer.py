@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from chime_actors.ids import format_message_id
@@ -62,7 +62,9 @@ def stored(seq: int, channel: str = "general", client_msg_id: str | None = None)
 
 def ack_view(message: ChimeMessage) -> ChimeMessage:
     """What the dedupe cache keeps of a message: what its ack needs."""
-    return dataclasses.replace(message, content="", metadata=(), thread_id=None, channel_name=None)
+    return msgspec.structs.replace(
+        message, content="", metadata=(), thread_id=None, channel_name=None
+    )
 
 
 def make(clock: FakeClock | None = None, ttl: float = 600.0, *channels: str) -> Sequencer:
@@ -295,7 +297,7 @@ def test_owner_index_known_values() -> None:
 
 def test_the_cache_keeps_no_content_whatever_its_size() -> None:
     seq = make()
-    big = dataclasses.replace(rec(1, client_msg_id="c-1"), content="😀" * 4000)
+    big = msgspec.structs.replace(rec(1, client_msg_id="c-1"), content="😀" * 4000)
     seq.commit(seq.plan([(1, big)]))
     (dup,) = seq.plan([(1, rec(2, client_msg_id="c-1"))]).items
     assert isinstance(dup, Duplicate) and dup.message.content == ""
@@ -369,7 +371,7 @@ def test_changes_take_ids_of_their_own_and_give_them_back() -> None:
     changed = plan.items[1]
     assert isinstance(changed, Changed)
     assert changed.change.event_id == format_message_id(3)
-    assert changed.change.message == dataclasses.replace(
+    assert changed.change.message == msgspec.structs.replace(
         target, content="new", edited_at="2026-11-27T10:00:00.000Z"
     )
     sequencer.rollback(plan)

@@ -109,6 +109,23 @@ def test_the_backoff_resets_once_the_child_stayed_up_past_the_stable_time() -> N
     assert restarts.after_exit(child, clock()) == 0.1
 
 
+def test_a_child_that_crash_loops_before_ready_keeps_backing_off_after_a_long_life() -> None:
+    """A child up for an hour crashes: it comes back at once (it was stable). Its
+    next incarnations crash before they are ever ready: each of those waits longer
+    than the one before, because only a *ready* incarnation's life resets the delay."""
+    clock = FakeClock(1000.0)
+    restarts = Restarts(RestartPolicy(max_restarts=100, within_s=60.0), clock)
+    child = Child(GATEWAY_1)
+    child.ready_at = clock()
+    clock.advance(3600.0)
+    assert restarts.after_exit(child, clock()) == 0.0
+    delays = []
+    for _ in range(4):
+        clock.advance(0.5)  # recreated, and dead again before its Ready
+        delays.append(restarts.after_exit(child, clock()))
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+
+
 def test_each_child_has_its_own_backoff() -> None:
     clock = FakeClock()
     restarts = Restarts(RestartPolicy(max_restarts=100, within_s=60.0), clock)
