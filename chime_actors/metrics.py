@@ -55,8 +55,11 @@ __all__ = [
     "ACTOR_RESTARTS",
     "CONNECTIONS",
     "CONNECTS_REFUSED",
+    "DELIVERY_STEP",
     "ERRORS",
     "GAP_FILLS",
+    "LOOP_HOLD_BUCKETS",
+    "LOOP_LAG",
     "MESSAGES_IN",
     "MESSAGES_OUT",
     "PERSIST_BATCHES",
@@ -202,6 +205,22 @@ PERSIST_LATENCY_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds, in seconds, of the persist latency histogram."""
 
+LOOP_HOLD_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+)
+"""Upper bounds, in seconds, of how long something held a gateway's event loop."""
+
 CONNECTIONS = GaugeSpec("chime_connections", "Open chat WebSocket connections.")
 MESSAGES_IN = CounterSpec("chime_messages_in_total", "Chat messages received from clients.")
 MESSAGES_OUT = CounterSpec(
@@ -238,6 +257,18 @@ CONNECTS_REFUSED = CounterSpec(
 GAP_FILLS = CounterSpec(
     "chime_gap_fills_total",
     "Messages a gateway read from storage because they did not arrive live (lost or late).",
+)
+DELIVERY_STEP = HistogramSpec(
+    "chime_delivery_step_seconds",
+    "How long one step of a gateway's delivery held its event loop, by step "
+    "(fanout: a channel offering messages to its members; flush: writing every waiting outbox).",
+    LOOP_HOLD_BUCKETS,
+    ("step",),
+)
+LOOP_LAG = HistogramSpec(
+    "chime_loop_lag_seconds",
+    "How late a gateway's event loop ran a timer sampled every 20 ms (what held the loop).",
+    LOOP_HOLD_BUCKETS,
 )
 CAUGHT_UP = CounterSpec(
     "chime_caught_up_total",
@@ -482,6 +513,8 @@ class ChimeMetrics:
     lane_batches: Counter
     lane_bytes: Counter
     lane_dropped: Counter
+    delivery_step: Histogram
+    loop_lag: Histogram
 
     @classmethod
     def register(cls, registry: MetricsRegistry) -> ChimeMetrics:
@@ -502,4 +535,6 @@ class ChimeMetrics:
             lane_batches=registry.counter(LANE_BATCHES),
             lane_bytes=registry.counter(LANE_BYTES),
             lane_dropped=registry.counter(LANE_DROPPED),
+            delivery_step=registry.histogram(DELIVERY_STEP),
+            loop_lag=registry.histogram(LOOP_LAG),
         )

@@ -29,6 +29,22 @@ delivered here it rejoins live delivery. A resume replay is the same catch-up,
 from the resume point, followed by ``resumed``. The channel never waits for one
 client, and what it holds for a member behind is one page, whatever the lag.
 
+Fan-out in slices. A message for a channel with thousands of local members is
+thousands of offers and, when the loop turn ends, thousands of socket writes
+(``FlushQueue``): tens of milliseconds in which the gateway's loop reads no
+client and no lane. So a delivery is given to the live members ``FANOUT_SLICE``
+at a time, each member all of the delivery's messages in order, and between
+two slices the actor yields to the loop (``asyncio.sleep(0)``: its next step is
+a ``call_soon``, behind the flush of the slice just offered and whatever else
+is ready). No other mail is handled before the last slice, so the delivery's
+members and order are those of its start; a member that leaves meanwhile
+(``Leave`` takes effect at once) is skipped from then on, and one whose
+connection refuses a frame leaves live delivery as always (flow control).
+Deliveries that queued up meanwhile are then handled as one (``_Mailbox.peek``):
+each member gets them in one write, so a channel that falls behind writes less
+per message instead of more (without the merge, the 200k/s broadcast fell to
+37k/s with slicing).
+
 Failure policy (``local_supervisor``):
 
 ========================  ==============================================================
@@ -45,6 +61,7 @@ Join raised               the joining connection is told (``internal`` error)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import time
@@ -73,6 +90,9 @@ MAX_PENDING = 10_000
 CATCH_UP_PAGE = 64
 # Ids one catch-up covers before the actor's other mail is handled (fairness).
 CATCH_UP_TURN = 512
+# Live members given one delivery before the actor yields to the loop (with the
+# flush of their outboxes, a slice holds the loop for ~1-3 ms on the 2-core box).
+FANOUT_SLICE = 128
 # A catch-up that storage failed is tried again after this.
 CATCH_UP_RETRY_S = 0.5
 DEFAULT_POLICY = RestartPolicy()
@@ -188,6 +208,23 @@ def _ignore() -> None:
     pass
 
 
+class _Mailbox(asyncio.Queue[ChannelMail]):
+    """The actor's mailbox, which shows its next mail (to merge queued ``Publish``es)."""
+
+    def _init(self, maxsize: int) -> None:
+        self._queue: collections.deque[ChannelMail] = collections.deque()
+
+    def _put(self, item: ChannelMail) -> None:
+        self._queue.append(item)
+
+    def _get(self) -> ChannelMail:
+        return self._queue.popleft()
+
+    def peek(self) -> ChannelMail | None:
+        """The mail ``get`` would return next, left in the mailbox; None if empty."""
+        return self._queue[0] if self._queue else None
+
+
 @dataclass(slots=True)
 class _Member:
     subscriber: Subscriber
@@ -230,6 +267,7 @@ class ChannelActor:
         on_stopped: Callable[[str], None],
         policy: RestartPolicy = DEFAULT_POLICY,
         stats: ChannelStats | None = None,
+        observe_step: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         hold_max_s: float = 0.0,
         mailbox_size: int = MAILBOX_SIZE,
@@ -237,16 +275,20 @@ class ChannelActor:
         catch_up_page: int = CATCH_UP_PAGE,
         catch_up_turn: int = CATCH_UP_TURN,
         catch_up_retry_s: float = CATCH_UP_RETRY_S,
+        fanout_slice: int = FANOUT_SLICE,
     ) -> None:
         """The bounds (``mailbox_size`` ... ``catch_up_retry_s``) default to the
-        module's constants, which say what each is; tests make them small."""
+        module's constants, which say what each is; tests make them small.
+        ``observe_step`` gets how long each slice of a fan-out held the loop, in
+        seconds (``chime_delivery_step_seconds{step="fanout"}``)."""
         self.channel_id = channel_id
         self._store = store
         self._max_resume = max_resume_messages
         self._on_stopped = on_stopped
         self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
-        self._mailbox: asyncio.Queue[ChannelMail] = asyncio.Queue(mailbox_size)
+        self._observe_step = observe_step
+        self._mailbox = _Mailbox(mailbox_size)
         # Every member; of them, those given live messages, those not activated
         # yet, and those behind whose connection has room (to catch up next).
         # A member in none of the last three is behind, waiting for room.
@@ -268,6 +310,10 @@ class ChannelActor:
         self._catch_up_page = catch_up_page
         self._catch_up_turn = catch_up_turn
         self._catch_up_retry_s = catch_up_retry_s
+        self._fanout_slice = max(1, fanout_slice)
+        # Delivered here (``_last_seq`` counts them) but not yet given to the live
+        # members: (seq, frame), ascending; ``_fan_out`` gives them.
+        self._outgoing: list[tuple[int, WireFrame]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -345,6 +391,8 @@ class ChannelActor:
     async def _run(self) -> None:
         while not self._stopped:
             mail = await self._mailbox.get()
+            if isinstance(mail, Publish):
+                mail = self._merge_queued(mail)
             try:
                 await self._handle(mail)
                 if self._ready:
@@ -357,6 +405,22 @@ class ChannelActor:
             if not self._members and self._mailbox.empty():
                 self._stop_idle()
                 return
+
+    def _merge_queued(self, mail: Publish) -> Publish:
+        """``mail`` and the ``Publish``es queued right behind it, as one delivery.
+
+        Handling them one after another would give each member one write per
+        delivery; merged, one for all of them. Only consecutive ones: a mail
+        between them (a join) still sees what came before it.
+        """
+        if not isinstance(self._mailbox.peek(), Publish):
+            return mail
+        messages = list(mail.messages)
+        while isinstance(following := self._mailbox.peek(), Publish):
+            self._mailbox.get_nowait()  # through the queue: a waiting put gets its room
+            messages.extend(following.messages)
+        # _publish holds and orders them by id, whatever order they came in.
+        return Publish(tuple(messages))
 
     async def _handle(self, mail: ChannelMail) -> None:
         if isinstance(mail, Publish):
@@ -405,6 +469,13 @@ class ChannelActor:
             self._stop_idle()
             return False
         self.stats.restarts += 1
+        # A fan-out the failure interrupted: the live members it had not reached
+        # yet are behind (their watermarks say what they were given) and are
+        # caught up from storage with the rest, below.
+        self._outgoing = []
+        for connection_id, member in list(self._live.items()):
+            if self._last_seq is not None and member.watermark < self._last_seq:
+                del self._live[connection_id]
         await self._resync()
         # A catch-up the failure interrupted would wait for a wake-up that may
         # never come: every member behind tries again.
@@ -622,6 +693,7 @@ class ChannelActor:
             elif seq > self._last_seq:
                 self._held[seq] = message
         await self._release_held()
+        await self._fan_out()
 
     async def _release_held(self) -> None:
         """Deliver held messages in id order, filling holes from storage.
@@ -639,6 +711,8 @@ class ChannelActor:
             if not self._held:
                 break
             first_held = min(self._held)
+            # What is ready goes out before storage is read for the hole.
+            await self._fan_out()
             answered = await self._fill_gap(first_held - 1)
             self._deliver_consecutive()
             if not self._held or min(self._held) != first_held:
@@ -722,29 +796,14 @@ class ChannelActor:
         if latest > self._last_seq:
             await self._fill_gap(latest)
         await self._release_held()
+        await self._fan_out()
 
     def _deliver(self, message: ChannelEvent, seq: int) -> None:
+        """Count ``message`` delivered here and stage it for the live members
+        (``_fan_out``); a deferred member keeps it for its activation."""
         # Encoded and framed once for every recipient.
         frame = WireFrame.of(server_frames.channel_event(message))
-        delivered = 0
-        held_back: list[_Member] | None = None
-        for member in self._live.values():
-            if seq > member.watermark:
-                # Offer first: if it raises, the watermark still says "not given",
-                # so the resync after the restart gives it again.
-                if member.subscriber.offer(frame, member.wake):
-                    member.watermark = seq
-                    delivered += 1
-                elif held_back is None:
-                    held_back = [member]
-                else:
-                    held_back.append(member)
-        self.stats.delivered += delivered
-        if held_back is not None:
-            # Behind: no more live frames; caught up from storage when its
-            # connection has room (``_wake``).
-            for member in held_back:
-                self._live.pop(member.subscriber.connection_id, None)
+        self._outgoing.append((seq, frame))
         if self._deferred:
             for member in self._deferred.values():
                 pending = member.pending
@@ -755,3 +814,50 @@ class ChannelActor:
                 else:  # a long wait: the activation reads them from storage instead
                     member.pending = None
         self._last_seq = seq
+
+    async def _fan_out(self) -> None:
+        """Give the staged frames to the live members, ``fanout_slice`` at a time.
+
+        Between two slices the loop runs what is ready (the flush of the slice's
+        outboxes first: it was scheduled by the slice's first offer). Members
+        are those live when the fan-out began, each checked again before its
+        turn: one that left or fell behind meanwhile is skipped.
+        """
+        frames = self._outgoing
+        if not frames:
+            return
+        self._outgoing = []
+        members = list(self._live.values())
+        size = self._fanout_slice
+        for start in range(0, len(members), size):
+            started = time.perf_counter()
+            self._offer_slice(members[start : start + size], frames)
+            if self._observe_step is not None:
+                self._observe_step(time.perf_counter() - started)
+            if len(members) > size:
+                # A call_soon of this task's next step: behind every callback
+                # already ready, the slice's flush included. After the last
+                # slice too, so that the next mail starts a step of its own.
+                await asyncio.sleep(0)
+
+    def _offer_slice(self, members: list[_Member], frames: list[tuple[int, WireFrame]]) -> None:
+        live = self._live
+        delivered = 0
+        for member in members:
+            subscriber = member.subscriber
+            connection_id = subscriber.connection_id
+            if live.get(connection_id) is not member:
+                continue  # left, or fell behind, since the fan-out began
+            for seq, frame in frames:
+                if seq <= member.watermark:
+                    continue
+                # Offer first: if it raises, the watermark still says "not given",
+                # so the catch-up after the restart gives it again.
+                if not subscriber.offer(frame, member.wake):
+                    # Behind: no more live frames; caught up from storage when its
+                    # connection has room (``_wake``).
+                    del live[connection_id]
+                    break
+                member.watermark = seq
+                delivered += 1
+        self.stats.delivered += delivered

@@ -69,6 +69,7 @@ from chime_actors.records import (
     SendOutcome,
     SendRecord,
 )
+from chime_actors.runtime.loop_lag import LoopLag
 from chime_actors.runtime.messages import ActorId, Drain, Drained, Wiring
 from chime_actors.runtime.metrics_reporter import MetricsReporter
 from chime_actors.storage.store import HistoryPage, MessageStore, annotated_history
@@ -124,7 +125,11 @@ class GatewayCore:
         self.authenticator = Authenticator(config.auth)
         self.message_rate = MessageRate(config.limits.messages_per_10s, clock)
         # Every connection's outbox is flushed from this one queue (one callback a turn).
-        self.flush_queue = FlushQueue()
+        self.flush_queue = FlushQueue(
+            observe=self.metrics.delivery_step.labels(step="flush").observe
+        )
+        self._observe_fanout = self.metrics.delivery_step.labels(step="fanout").observe
+        self._loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self._chat_port = chat_port
         self._post = post
         self._supervisor = supervisor
@@ -192,6 +197,7 @@ class GatewayCore:
             ping_timeout=None,
             close_timeout=5,
         )
+        self._loop_lag.start()
         self._tasks = [
             loop.create_task(self._keepalive.run(), name="gateway-keepalive"),
             loop.create_task(self._maintain(), name="gateway-maintenance"),
@@ -249,6 +255,7 @@ class GatewayCore:
         """Close everything (after ``Drain``, or when the process is told to exit)."""
         for task in self._tasks:
             task.cancel()
+        self._loop_lag.stop()
         self.presence.stop()
         if self._server is not None:
             self._server.close(close_connections=True)
@@ -300,6 +307,7 @@ class GatewayCore:
                 max_resume_messages=self.config.chat.max_resume_messages,
                 on_stopped=self._channel_stopped,
                 stats=self._channel_stats,
+                observe_step=self._observe_fanout,
                 hold_max_s=MULTI_HOST_HOLD_MAX_S if self._multi_host else 0.0,
             )
             self._channels[channel_id] = channel

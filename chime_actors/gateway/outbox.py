@@ -77,13 +77,20 @@ class FlushQueue:
 
     One per event loop (the gateway's): a fan-out to 500 subscribers schedules
     one callback, not 500. It also watches the held outboxes, on one timer.
+    ``observe`` gets how long each ``flush_all`` held the loop, in seconds (the
+    gateway's ``chime_delivery_step_seconds{step="flush"}``).
     """
 
-    __slots__ = ("_clock", "_held", "_poll_s", "_timer", "_waiting")
+    __slots__ = ("_clock", "_held", "_observe", "_poll_s", "_timer", "_waiting")
 
     def __init__(
-        self, *, poll_s: float = HOLD_POLL_S, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        poll_s: float = HOLD_POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
+        self._observe = observe
         self._waiting: list[Outbox] = []
         self._held: dict[Outbox, None] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -98,6 +105,7 @@ class FlushQueue:
 
     def flush_all(self) -> None:
         """Flush every waiting outbox (each flush is guarded: one failing is logged)."""
+        started = time.perf_counter()
         waiting, self._waiting = self._waiting, []
         for outbox in waiting:
             try:
@@ -106,6 +114,8 @@ class FlushQueue:
                 # A transport that broke in an unexpected way; that connection's
                 # reader sees it close. The others must still get their frames.
                 log.exception("outbox flush failed")
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started)
 
     @property
     def held(self) -> int:

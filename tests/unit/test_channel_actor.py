@@ -261,6 +261,164 @@ def test_join_without_storage_still_delivers_live() -> None:
     run(scenario)
 
 
+# --- fan-out in slices ---------------------------------------------------------------
+
+
+class FlushLog:
+    """Plays the gateway's ``FlushQueue``: the first offer after a flush schedules
+    the next one (``call_soon``); each flush records whose frames it wrote, and
+    then runs ``on_flush`` (what else the loop does between two slices)."""
+
+    def __init__(self) -> None:
+        self.flushes: list[list[str]] = []
+        self.on_flush: Callable[[], None] = lambda: None
+        self._waiting: list[str] | None = None
+
+    def offered(self, connection_id: str) -> None:
+        if self._waiting is None:
+            self._waiting = []
+            asyncio.get_running_loop().call_soon(self._flush)
+        if connection_id not in self._waiting:
+            self._waiting.append(connection_id)
+
+    def _flush(self) -> None:
+        assert self._waiting is not None
+        self.flushes.append(self._waiting)
+        self._waiting = None
+        self.on_flush()
+
+
+class FlushingSubscriber(FakeSubscriber):
+    """A subscriber whose accepted offers wait for a ``FlushLog`` flush."""
+
+    def __init__(self, connection_id: str, log: FlushLog, **kwargs: Any) -> None:
+        super().__init__(connection_id, **kwargs)
+        self._log = log
+
+    def offer(self, frame: WireFrame, on_room: Callable[[], None]) -> bool:
+        accepted = super().offer(frame, on_room)
+        if accepted:
+            self._log.offered(self.connection_id)
+        return accepted
+
+
+async def members(h: Harness, log: FlushLog, count: int, **kwargs: Any) -> list[FakeSubscriber]:
+    subs: list[FakeSubscriber] = [FlushingSubscriber(f"m{i}", log, **kwargs) for i in range(count)]
+    for sub in subs:
+        await h.actor.join(sub, None)
+    return subs
+
+
+def test_a_big_fan_out_is_given_a_slice_at_a_time_each_flushed_before_the_next() -> None:
+    steps: list[float] = []
+
+    async def scenario(h: Harness) -> None:
+        log = FlushLog()
+        subs = await members(h, log, 5)
+        await h.stored(msgs(1, 3))
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.barrier()
+        # The loop ran (and flushed) between two slices: each slice's members
+        # were written before the next slice was offered anything.
+        assert log.flushes == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+        # Each member got the delivery's messages once, in order.
+        assert [sub.seqs for sub in subs] == [[1, 2, 3]] * 5
+        assert h.actor.stats.delivered == 15
+
+    run(scenario, fanout_slice=2, observe_step=steps.append)
+    # One observed step per slice (the probe's join delivers nothing).
+    assert len(steps) == 3
+
+
+def test_back_to_back_deliveries_keep_every_members_order_once() -> None:
+    async def scenario(h: Harness) -> None:
+        log = FlushLog()
+        subs = await members(h, log, 5)
+        await h.stored(msgs(1, 7))
+        h.actor.tell(Publish(msgs(1, 3)))
+        h.actor.tell(Publish(msgs(2, 5)))  # overlaps the first: 2 and 3 are not given again
+        h.actor.tell(Publish(msgs(6, 7)))
+        await h.barrier()
+        assert [sub.seqs for sub in subs] == [[1, 2, 3, 4, 5, 6, 7]] * 5
+
+    run(scenario, fanout_slice=2)
+
+
+def test_deliveries_queued_behind_each_other_are_fanned_out_as_one() -> None:
+    async def scenario(h: Harness) -> None:
+        log = FlushLog()
+        subs = await members(h, log, 5)
+        await h.stored(msgs(1, 6))
+        # Told within one loop turn: queued behind each other when the actor runs.
+        h.actor.tell(Publish(msgs(1, 2)))
+        h.actor.tell(Publish(msgs(3, 4)))
+        h.actor.tell(Publish(msgs(5, 6)))
+        await h.barrier()
+        # One fan-out: each member was written to once, with all six.
+        assert log.flushes == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+        assert [sub.seqs for sub in subs] == [[1, 2, 3, 4, 5, 6]] * 5
+
+    run(scenario, fanout_slice=2)
+
+
+def test_a_member_that_leaves_during_a_sliced_fan_out_gets_nothing_more() -> None:
+    async def scenario(h: Harness) -> None:
+        log = FlushLog()
+        subs = await members(h, log, 6)
+        # Between the first two slices: m0 (given the delivery already) and m4
+        # (in the last slice, not reached yet) leave.
+        log.on_flush = lambda: (h.actor.tell(Leave("m0")), h.actor.tell(Leave("m4")), None)[-1]
+        await h.stored(msgs(1, 4))
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.barrier()
+        log.on_flush = lambda: None
+        h.actor.tell(Publish((msg(4),)))
+        await h.barrier()
+        assert subs[0].seqs == [1, 2, 3]
+        assert subs[4].seqs == []
+        for i in (1, 2, 3, 5):
+            assert subs[i].seqs == [1, 2, 3, 4], i
+        assert h.actor.member_count == 4
+
+    run(scenario, fanout_slice=2)
+
+
+def test_a_member_held_back_during_a_sliced_fan_out_catches_up_in_order() -> None:
+    async def scenario(h: Harness) -> None:
+        log = FlushLog()
+        subs = await members(h, log, 4)
+        slow = subs[3]
+        assert isinstance(slow, FakeSubscriber)
+        slow.room = 1  # takes message 1, refuses 2 (the last slice)
+        await h.stored(msgs(1, 4))
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.barrier()
+        assert slow.seqs == [1]
+        slow.make_room(None)
+        await until(lambda: slow.seqs == [1, 2, 3], TIMEOUT, interval=0)
+        h.actor.tell(Publish((msg(4),)))
+        await h.barrier()
+        assert [sub.seqs for sub in subs] == [[1, 2, 3, 4]] * 4
+
+    run(scenario, fanout_slice=2)
+
+
+def test_a_fan_out_interrupted_by_a_failure_is_finished_from_storage() -> None:
+    async def scenario(h: Harness) -> None:
+        log = FlushLog()
+        subs = await members(h, log, 5)
+        # m3 (second slice) raises on its first offer: m4 (third slice) has not
+        # been reached when the actor restarts.
+        subs[3].failing_pushes = 1
+        await h.stored(msgs(1, 3))
+        h.actor.tell(Publish(msgs(1, 3)))
+        await h.barrier()
+        await until(lambda: all(sub.seqs == [1, 2, 3] for sub in subs), TIMEOUT, interval=0)
+        assert h.actor.stats.restarts == 1
+
+    run(scenario, fanout_slice=2)
+
+
 # --- resume -----------------------------------------------------------------------
 
 
@@ -372,6 +530,7 @@ def test_jump_in_ids_is_filled_from_storage() -> None:
         await h.stored(msgs(3, 6))
         await h.stored([deleted(7, 4)])
         h.actor.tell(Publish((msg(6),)))  # 3..5 never reached this gateway
+        await h.barrier()  # (told together, the two would be handled as one delivery)
         h.actor.tell(Publish(msgs(3, 5)))  # late: already filled
         await h.barrier()
         assert sub.seqs == [3, 5, 6]  # 4 was deleted

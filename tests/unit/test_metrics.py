@@ -50,6 +50,8 @@ DOCUMENTED = {
     "chime_lane_batches_total": ("counter", ("direction",)),
     "chime_lane_bytes_total": ("counter", ("direction",)),
     "chime_lane_dropped_total": ("counter", ()),
+    "chime_delivery_step_seconds": ("histogram", ("step",)),
+    "chime_loop_lag_seconds": ("histogram", ()),
 }
 
 
@@ -297,6 +299,7 @@ def test_api_exposition_parses_with_every_documented_metric() -> None:
     gateway_metrics.messages_out.add(3)
     gateway_metrics.lane_batches.labels(direction="out").inc(4)
     gateway_metrics.lane_bytes.labels(direction="in").inc(900)
+    gateway_metrics.delivery_step.labels(step="fanout").observe(0.003)
     persister_metrics = ChimeMetrics.register(persister)
     for value in (0.0005, 0.004, 0.2, 9.0):
         persister_metrics.persist_latency.observe(value)

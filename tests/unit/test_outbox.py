@@ -71,6 +71,22 @@ def test_one_callback_flushes_every_waiting_outbox_once_per_turn() -> None:
     asyncio.run(main())
 
 
+def test_each_flush_of_the_queue_is_observed_once() -> None:
+    async def main() -> None:
+        held: list[float] = []
+        queue = FlushQueue(observe=held.append)
+        sinks = [FakeSink(), FakeSink()]
+        for sink in sinks:
+            make(sink, queue, []).put(b"a")
+        await asyncio.sleep(0)
+        assert [sink.writes for sink in sinks] == [[b"a"]] * 2
+        # One flush of both outboxes: one step of the loop, one observation.
+        assert len(held) == 1
+        assert held[0] >= 0
+
+    asyncio.run(main())
+
+
 def test_a_flush_that_raises_does_not_keep_the_others_from_their_frames() -> None:
     async def main() -> None:
         queue = FlushQueue()

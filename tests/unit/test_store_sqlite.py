@@ -120,7 +120,7 @@ def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
 
 def test_two_writers_on_one_file_both_get_through(tmp_path: Path) -> None:
     # Two persisters own distinct channels but share SQLite's one write lock:
-    # busy_timeout makes each wait for the other instead of failing.
+    # each waits for the other (_begin_immediate) instead of failing.
     path = tmp_path / "chime.db"
 
     async def write_channel(store: SqliteStore, channel: str) -> None:
@@ -138,6 +138,31 @@ def test_two_writers_on_one_file_both_get_through(tmp_path: Path) -> None:
         finally:
             await first.close()
             await second.close()
+
+    asyncio.run(main())
+
+
+def test_a_write_waiting_for_another_writers_lock_commits_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chime.db"
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            with raw_connection(path) as other_process:
+                other_process.execute("BEGIN IMMEDIATE")
+                # SQLITE_BUSY while the other holds the lock: tried again, not raised.
+                waiting = asyncio.ensure_future(store.append(batch(1, 2)))
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                assert not waiting.done()
+                other_process.execute("ROLLBACK")
+                await asyncio.wait_for(waiting, 10)
+            assert await store.last_seq(CHANNEL) == 2
+        finally:
+            await store.close()
 
     asyncio.run(main())
 
