@@ -520,7 +520,9 @@ class Config(_Section, frozen=True):
         api: the HTTP API endpoint.
         workers: number of gateway processes (``auto``, the default, is resolved
             to the number of cores).
-        persisters: size of the persister pool.
+        persisters: size of the persister pool. One by default: SQLite takes
+            one writer at a time, so a second persister only waits for its lock
+            (docs/performance.md); raise it for Cassandra.
         auth: client identification.
         storage: the message store.
         bus: the message bus.
@@ -539,7 +541,7 @@ class Config(_Section, frozen=True):
     chat: ChatConfig = ChatConfig()
     api: ApiConfig = ApiConfig()
     workers: _Positive = msgspec.field(default_factory=_cores)
-    persisters: _Positive = 2
+    persisters: _Positive = 1
     auth: AuthConfig = AuthConfig()
     storage: StorageConfig = StorageConfig()
     bus: BusConfig = BusConfig()

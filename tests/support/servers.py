@@ -133,6 +133,9 @@ def running_server(
         "chat": {"host": "127.0.0.1", "port": 0},
         "api": {"host": "127.0.0.1", "port": 0},
         "workers": workers,
+        # Two, not the default one: channels owned by different persisters, and
+        # the faults of one while the other goes on, are what the tests exercise.
+        "persisters": 2,
         "storage": {"sqlite": {"path": str(tmp / "data" / "chime.db")}},
         "data_dir": str(tmp / "data"),
         "testing": {"fault_injection": True},

@@ -56,7 +56,7 @@ def test_defaults_are_the_embedded_default_of_operations_md() -> None:
     assert (config.chat.host, config.chat.port) == ("127.0.0.1", 3143)
     assert (config.api.host, config.api.port) == ("127.0.0.1", 3142)
     assert config.workers == (os.cpu_count() or 1)
-    assert config.persisters == 2
+    assert config.persisters == 1
     assert config.auth.mode is AuthMode.INSECURE
     assert config.auth.jwt.algorithms == ("HS256",)
     assert config.storage.backend is StorageBackend.SQLITE
