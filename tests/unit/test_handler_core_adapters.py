@@ -23,25 +23,19 @@ from chime_actors.records import ChannelEvent, ChimeMessage, Deliveries, Persist
 from chime_actors.runtime.messages import ActorId, ActorKind, Wiring
 from chime_actors.storage import MemoryStore
 from tests.support.polling import until
+from tests.support.posts import PostLog
 
 HANDLER = ActorId(ActorKind.HANDLER, 1)
 FENCE = 7
 
 
-class Posts:
+class Posts(PostLog):
     """The core's ``post``: what it sent to whom, in order."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
 
     def records(self, address: Any) -> list[SendRecord]:
         return [
             r
-            for a, m in self.sent
-            if a == address and isinstance(m, PersistBatch)
+            for m in self.of(PersistBatch, to=address)
             for r in m.records
             if isinstance(r, SendRecord)
         ]

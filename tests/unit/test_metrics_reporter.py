@@ -4,25 +4,19 @@ and then every interval (on a fake clock: no test waits a real second)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
 from chime_actors.runtime.messages import ActorId, ActorKind, MetricsReport
 from chime_actors.runtime.metrics_reporter import MetricsReporter
 from tests.support.clock import FakeClock
 from tests.support.polling import until
+from tests.support.posts import PostLog
 
 GATEWAY = ActorId(ActorKind.GATEWAY, 1)
 
 
-class Posts:
+class Posts(PostLog):
     """The ``post`` a core gets: records (address, message)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
 
     def depths(self) -> list[float | None]:
         """The ``persist_link`` queue depth each report carried."""

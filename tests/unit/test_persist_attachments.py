@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from chime_actors.ids import new_attachment_id
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
@@ -17,6 +16,7 @@ from chime_actors.persister.writer import PersistWriter
 from chime_actors.records import Deliveries, PersistBatch, PersistResult, SendRecord
 from chime_actors.storage import MemoryStore
 from chime_actors.storage.attachments import StoredAttachment
+from tests.support.posts import PostLog
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 
@@ -35,18 +35,12 @@ class LookupCountingStore(MemoryStore):
         return await super().get_attachments(attachment_ids)
 
 
-class Posts:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
-
+class Posts(PostLog):
     def results(self) -> list[PersistResult]:
-        return [m for a, m in self.sent if a == "reply" and isinstance(m, PersistResult)]
+        return self.of(PersistResult, to="reply")
 
     def deliveries(self) -> list[Deliveries]:
-        return [m for a, m in self.sent if a == "gateway" and isinstance(m, Deliveries)]
+        return self.of(Deliveries, to="gateway")
 
 
 Scenario = Callable[[PersistWriter, LookupCountingStore, Posts], Awaitable[None]]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from chime_actors.errors import StoreUnavailable
 from chime_actors.ids import format_message_id
@@ -27,6 +26,7 @@ from chime_actors.records import (
 )
 from chime_actors.storage import MemoryStore
 from tests.support.polling import until
+from tests.support.posts import PostLog
 
 NOW = datetime(2026, 12, 2, 10, 0, 0, tzinfo=UTC)
 GATEWAY = "gateway-1"
@@ -58,20 +58,14 @@ class GatedStore(MemoryStore):
         self.gates[index].set_result(StoreUnavailable("GatedStore: failed on purpose"))
 
 
-class Posts:
-    """The ``post`` function: records ``(address, message)`` in order."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
+class Posts(PostLog):
+    """The writer's ``post``, with the two views the tests read."""
 
     def results(self) -> list[PersistResult]:
-        return [m for _, m in self.sent if isinstance(m, PersistResult)]
+        return self.of(PersistResult)
 
     def delivered(self) -> list[int]:
-        return [e.seq for a, m in self.sent if isinstance(m, Deliveries) for e in m.messages]
+        return [e.seq for m in self.of(Deliveries) for e in m.messages]
 
 
 def send(token: int, cmid: str | None = None) -> PersistBatch:

@@ -23,6 +23,7 @@ from chime_actors.records import (
 )
 from chime_actors.storage import MemoryStore
 from tests.support.polling import until
+from tests.support.posts import PostLog
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 GATEWAYS = ("gateway-1", "gateway-2")
@@ -44,20 +45,14 @@ class CountingStore(MemoryStore):
         self.appends.append(len(messages))
 
 
-class Posts:
-    """The ``post`` function: records ``(address, message)`` pairs."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
+class Posts(PostLog):
+    """The writer's ``post``, with the two views the tests read."""
 
     def results(self, address: Any) -> list[PersistResult]:
-        return [m for a, m in self.sent if a == address and isinstance(m, PersistResult)]
+        return self.of(PersistResult, to=address)
 
     def deliveries(self, address: Any) -> list[Deliveries]:
-        return [m for a, m in self.sent if a == address and isinstance(m, Deliveries)]
+        return self.of(Deliveries, to=address)
 
 
 def rec(token: int, channel: str = "general", client_msg_id: str | None = None) -> SendRecord:

@@ -26,6 +26,7 @@ from chime_actors.records import (
 from chime_actors.runtime.messages import ActorId, ActorKind, MetricsReport, Wiring
 from chime_actors.storage import MemoryStore
 from tests.support.polling import until
+from tests.support.posts import PostLog
 
 PERSISTER = ActorId(ActorKind.PERSISTER, 1)
 WIRING = Wiring(
@@ -65,20 +66,14 @@ class HeldStore(MemoryStore):
         self.calls.append(f"append {len(events)}")
 
 
-class Posts:
+class Posts(PostLog):
     """The core's ``post``: what it sent to whom, in order."""
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
-
     def to(self, address: Any, kind: type) -> list[Any]:
-        return [m for a, m in self.sent if a == address and isinstance(m, kind)]
+        return self.of(kind, to=address)
 
     def outcomes(self, address: Any) -> list[SendOutcome]:
-        return [o for r in self.to(address, PersistResult) for o in r.outcomes]
+        return [o for r in self.of(PersistResult, to=address) for o in r.outcomes]
 
 
 def send(token: int, channel: str = "general", client_msg_id: str | None = None) -> SendRecord:

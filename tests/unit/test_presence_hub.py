@@ -26,6 +26,7 @@ from chime_actors.presence.messages import (
 from chime_actors.protocol.wire_frames import WireFrame
 from chime_actors.runtime.messages import Wiring
 from tests.support.clock import FakeClock
+from tests.support.posts import PostLog
 
 BRIDGE = "bridge"
 PEER = "gateway-2"
@@ -68,15 +69,9 @@ class Member:
         return [f["userId"] for f in self.frames if f["type"] == "typing"]
 
 
-class Posts:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any]] = []
-
-    def __call__(self, address: Any, message: Any) -> None:
-        self.sent.append((address, message))
-
-    def to(self, address: Any, kind: type | None = None) -> list[Any]:
-        return [m for a, m in self.sent if a == address and (kind is None or isinstance(m, kind))]
+class Posts(PostLog):
+    def to(self, address: Any, kind: type = object) -> list[Any]:
+        return self.of(kind, to=address)
 
 
 def wiring(generation: int, gateways: tuple[Any, ...] = ("gateway-1", PEER), **kw: Any) -> Wiring:

@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.polling import until, until_async, wait_until
+from tests.support.posts import PostLog
 
 
 def test_timers_fire_in_deadline_order_only_when_time_is_advanced() -> None:
@@ -61,3 +62,14 @@ def test_until_yields_to_the_loop_between_checks() -> None:
             await until_async(never, 0.01, "nothing", interval=0.001)
 
     asyncio.run(main())
+
+
+def test_a_post_log_keeps_the_order_and_filters_by_kind_and_address() -> None:
+    posts = PostLog()
+    posts("a", 1)
+    posts("b", "two")
+    posts("a", 3)
+    assert posts.sent == [("a", 1), ("b", "two"), ("a", 3)]
+    assert posts.of(int) == [1, 3]
+    assert posts.of(int, to="b") == []
+    assert posts.of(object, to="b") == ["two"]
