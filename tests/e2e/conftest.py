@@ -215,6 +215,17 @@ def http_get(url: str, timeout: float = 10) -> tuple[int, Any]:
     return status, json.loads(text) if "json" in ctype else text
 
 
+def gateway_connections(server: ServerProcess) -> float | None:
+    """``chime_connections`` in /metrics summed over both gateways (None until both report)."""
+    _, text = http_get(f"{server.api}/metrics")
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("chime_connections{") and 'process="gateway' in line
+    ]
+    return sum(values) if len(values) == 2 else None
+
+
 def http_request(
     method: str,
     url: str,

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from tests.e2e.client import Client
-from tests.e2e.conftest import fresh, http_get, ping_pong, run
+from tests.e2e.conftest import fresh, gateway_connections, ping_pong, run
 from tests.support.polling import until_async
 from tests.support.servers import ServerProcess, running_server
 
@@ -111,17 +111,6 @@ def test_a_client_that_never_answers_pings_is_closed_1011(server: ServerProcess)
         assert eof, "the server ends the TCP connection after its close frame"
 
     run(scenario())
-
-
-def gateway_connections(server: ServerProcess) -> float | None:
-    """``chime_connections`` summed over both gateways (None until both report)."""
-    _, text = http_get(f"{server.api}/metrics")
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("chime_connections{") and 'process="gateway' in line
-    ]
-    return sum(values) if len(values) == 2 else None
 
 
 def test_a_dead_peer_is_dropped_by_the_server(server: ServerProcess) -> None:

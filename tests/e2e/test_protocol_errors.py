@@ -15,7 +15,7 @@ from tests.e2e.conftest import (
     expect_error,
     expect_reply,
     fresh,
-    http_get,
+    gateway_connections,
     ping_pong,
     received,
     run,
@@ -391,13 +391,6 @@ def test_connections_closed_badly_are_all_released(server: ServerProcess) -> Non
 
     run(scenario())
 
-    def connections() -> float | None:
-        _, text = http_get(f"{server.api}/metrics")
-        values = [
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("chime_connections{") and 'process="gateway' in line
-        ]
-        return sum(values) if len(values) == 2 else None
-
-    wait_until(lambda: connections() == 0, 15, "chime_connections back to 0", interval=0.2)
+    wait_until(
+        lambda: gateway_connections(server) == 0, 15, "chime_connections back to 0", interval=0.2
+    )
