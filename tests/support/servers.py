@@ -2,6 +2,11 @@
 
 ``running_server`` runs one; ``running_hosts`` runs several on one configuration
 (hosts of one deployment, sharing its Redis and Cassandra).
+
+A test that fails while servers run gets the tail of each one's log in its report
+(``server_logs_to_report``, read by the hook in tests/conftest.py): the log is
+gone with the temporary directory once the run ends, and a flake in CI is
+otherwise a bare timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from chime_actors.server import session_members
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
+#: Lines of a server's log shown with a failed test.
+LOG_TAIL_LINES = 60
 
 
 @dataclass
@@ -53,6 +60,14 @@ class ServerProcess:
                 lines.append(orjson.loads(raw))
         return lines
 
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the log, as written (empty if there is none yet)."""
+        try:
+            raw = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return b"\n".join(raw.splitlines()[-lines:]).decode(errors="replace")
+
     def pids_by_title(self, title: str) -> list[int]:
         """Pids of this server's processes whose ``ps`` title is ``title``."""
         found = []
@@ -78,6 +93,18 @@ class ServerProcess:
             self.stopped_status = self.proc.wait(10)
             raise AssertionError("server did not stop in time") from None
         return self.stopped_status
+
+
+_live: list[ServerProcess] = []
+_left_by_errors: list[tuple[Path, str]] = []
+
+
+def server_logs_to_report() -> list[tuple[Path, str]]:
+    """Log tails for a test's report: of the servers still running, and of those
+    whose ``with`` block an exception left since the last call (which it clears)."""
+    tails = list(_left_by_errors)
+    _left_by_errors.clear()
+    return tails + [(server.log_path, server.log_tail()) for server in _live]
 
 
 def group_pids(pgid: int, sessions: set[int] | None = None) -> list[int]:
@@ -170,9 +197,17 @@ def running_server(
         server = ServerProcess(
             proc, launched.chat_port, launched.api_port, launched.log_path, tmp, launched.sessions
         )
-        yield server
+        _live.append(server)
+        try:
+            yield server
+        except BaseException:
+            # Read now: the report is made after the server stopped, and its
+            # directory may be a temporary one the test's own ``with`` removes.
+            _left_by_errors.append((server.log_path, server.log_tail()))
+            raise
     finally:
         if server is not None:
+            _live.remove(server)
             server.stop()
         else:
             kill_group(proc.pid)
