@@ -402,6 +402,8 @@ class LimitsConfig(_Section, frozen=True):
 
     messages_per_10s: _Count = 50
     connects_per_ip_per_10s: _Count = 200
+    # Bytes one user may upload per hour on one host (api/upload_budget.py).
+    upload_bytes_per_hour: _Count = 100 * 1024 * 1024
 
 
 class AttachmentsConfig(_Section, frozen=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 import msgspec
@@ -20,6 +21,7 @@ import pytest
 from chime_actors.api import attachment_routes
 from chime_actors.api.http_server import HttpRequest
 from chime_actors.api.presence_routes import Caller
+from chime_actors.api.upload_budget import UploadBudget
 from chime_actors.auth import Identity
 from chime_actors.errors import StoreError
 from chime_actors.ids import new_attachment_id
@@ -72,6 +74,7 @@ class UploadBackend:
         self._store = store
         self._user = user
         self._max = max_bytes
+        self._budget = UploadBudget(0, time.monotonic)  # the budget has tests of its own
 
     @property
     def attachments(self) -> Storage:
@@ -80,6 +83,10 @@ class UploadBackend:
     @property
     def max_attachment_bytes(self) -> int:
         return self._max
+
+    @property
+    def upload_budget(self) -> UploadBudget:
+        return self._budget
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
         return Caller(self._user, Identity(self._user))

@@ -43,6 +43,7 @@ from urllib.parse import quote, unquote
 
 from chime_actors.api.http_server import HttpRequest, HttpResponse, json_response
 from chime_actors.api.presence_routes import Caller
+from chime_actors.api.upload_budget import UploadBudget
 from chime_actors.errors import ProtocolError, StoreError
 from chime_actors.ids import is_attachment_id, new_attachment_id
 from chime_actors.logs import get_logger
@@ -95,6 +96,11 @@ class AttachmentBackend(Protocol):
         """``attachments.max_bytes``: the largest file accepted."""
         ...
 
+    @property
+    def upload_budget(self) -> UploadBudget:
+        """``limits.upload_bytes_per_hour``: what each user may still upload."""
+        ...
+
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """Identify the request (see ``presence_routes.PresenceBackend.caller``)."""
         ...
@@ -110,7 +116,8 @@ async def upload(backend: AttachmentBackend, request: HttpRequest) -> HttpRespon
 
     Raises:
         ProtocolError: ``unauthorized`` (no user), ``bad_request`` (filename,
-            content type, empty body, unreadable body), ``too_large``.
+            content type, empty body, unreadable body), ``too_large``,
+            ``rate_limited`` (over ``limits.upload_bytes_per_hour``).
         StoreError: storage failed; nothing of the upload is kept.
     """
     body = request.body_stream or _whole(request.body)
@@ -129,14 +136,29 @@ async def upload(backend: AttachmentBackend, request: HttpRequest) -> HttpRespon
             raise _too_large(limit)
         if declared == 0:
             raise _bad_request("the file is empty")
-        stored = await _store_upload(
-            backend.attachments,
-            body,
-            owner=caller.user_id,
-            filename=filename,
-            content_type=content_type,
-            limit=limit,
-        )
+        # Reserved before the body is read: a chunked one may grow to the limit.
+        reserved = limit if declared is None else declared
+        budget = backend.upload_budget
+        wait_ms = budget.reserve(caller.user_id, reserved)
+        if wait_ms is not None:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                "over limits.upload_bytes_per_hour; try again later",
+                retry_after_ms=wait_ms,
+            )
+        kept = 0
+        try:
+            stored = await _store_upload(
+                backend.attachments,
+                body,
+                owner=caller.user_id,
+                filename=filename,
+                content_type=content_type,
+                limit=limit,
+            )
+            kept = stored.size
+        finally:
+            budget.refund(caller.user_id, reserved - kept)
     finally:
         await body.aclose()
     log.info(

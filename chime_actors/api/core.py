@@ -40,6 +40,7 @@ from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.presence_routes import Caller
 from chime_actors.api.routes import Readiness, make_handler, streams_body
+from chime_actors.api.upload_budget import UploadBudget
 from chime_actors.api.web import ClientConfig, WebClient
 from chime_actors.auth import Authenticator, Identity, bearer_token
 from chime_actors.config import AuthMode, BusBackend, Config
@@ -147,6 +148,7 @@ class ApiCore:
         )
         # limits.messages_per_10s per user, as a gateway counts them.
         self._rate = KeyedBuckets(config.limits.messages_per_10s, clock)
+        self._upload_budget = UploadBudget(config.limits.upload_bytes_per_hour, clock)
         self._maintenance: asyncio.Task[None] | None = None
         self.max_channels = config.chat.max_channels_per_connection
         self._lookups = Lookups(post or _nowhere)
@@ -350,6 +352,11 @@ class ApiCore:
     def max_attachment_bytes(self) -> int:
         """``attachments.max_bytes``."""
         return self._config.attachments.max_bytes
+
+    @property
+    def upload_budget(self) -> UploadBudget:
+        """``limits.upload_bytes_per_hour``, per user on this host."""
+        return self._upload_budget
 
     # --- PresenceBackend ----------------------------------------------------------------
 

@@ -176,7 +176,8 @@ _PROBLEMS: dict[int, tuple[str, str, tuple[str, ...], str]] = {
     ),
     429: (
         "RateLimited",
-        "`rate_limited`: over `limits.messages_per_10s` for this user.",
+        "`rate_limited`: over `limits.messages_per_10s` (or, for an upload, "
+        "`limits.upload_bytes_per_hour`) for this user.",
         ("Retry-After",),
         "RateLimitedProblem",
     ),
@@ -515,7 +516,7 @@ def paths() -> dict[str, dict[str, Any]]:
                                 }
                             },
                         },
-                        **problems(400, 401, 413, 503),
+                        **problems(400, 401, 413, 429, 503),
                     },
                     security=WRITER,
                     parameters=[param("filename")],
@@ -525,7 +526,10 @@ def paths() -> dict[str, dict[str, Any]]:
                         "`attachments.max_bytes` (10 MiB): a larger `Content-Length` is "
                         "refused before the body is read (and `Expect: 100-continue` "
                         "gets the 413 instead of `100 Continue`), a chunked body as soon "
-                        "as it grows past it. An empty body is 400."
+                        "as it grows past it. An empty body is 400. A user may upload "
+                        "`limits.upload_bytes_per_hour` (100 MiB) per hour: past it, 429 "
+                        "with `Retry-After` (an upload without `Content-Length` counts "
+                        "as `attachments.max_bytes` until it ends)."
                     ),
                 ),
                 "requestBody": {

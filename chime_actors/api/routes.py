@@ -488,6 +488,14 @@ def _rate_limited(wait_s: float) -> HttpResponse:
 
 def _protocol_error(exc: ProtocolError) -> HttpResponse:
     status = _STATUS.get(exc.code, 400)
+    if exc.retry_after_ms is not None:
+        return error_response(
+            status,
+            exc.message,
+            code=exc.code,
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_ms / 1000)))},
+            retryAfterMs=exc.retry_after_ms,
+        )
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return error_response(status, exc.message, code=exc.code, headers=headers)
 

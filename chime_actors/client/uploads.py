@@ -129,9 +129,11 @@ def _answer(status: int, raw: bytes) -> Attachment:
         problem = body if isinstance(body, dict) else {}
         code = problem.get("code")
         detail = problem.get("detail") or problem.get("title")
+        retry_after_ms = problem.get("retryAfterMs")  # with rate_limited
         raise RequestFailed(
             code if isinstance(code, str) else "unavailable",
             detail if isinstance(detail, str) else f"the upload was answered with HTTP {status}",
+            retry_after_ms=retry_after_ms if isinstance(retry_after_ms, int) else None,
         )
     try:
         return Attachment.from_wire(body)

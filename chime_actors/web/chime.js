@@ -79,6 +79,7 @@ function problemError(response, body, what) {
   return new ChimeError(
     body.code ?? (response.status === 413 ? "too_large" : "unavailable"),
     body.detail ?? body.title ?? `${what}: HTTP ${response.status}`,
+    body, // the problem itself: retryAfterMs with rate_limited
   );
 }
 

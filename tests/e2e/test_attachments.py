@@ -4,7 +4,8 @@ Upload, send over the WebSocket and REST, receive live, in history and in a
 resume, download by another user granted the channel; and every refusal: users
 not granted, foreign and malformed ids, oversize bodies (by ``Content-Length``
 and by a chunked body that grows past the limit), empty bodies, bad filenames,
-another user's attachment in a send, more than 10 attachments.
+another user's attachment in a send, more than 10 attachments, and uploads past
+a user's ``limits.upload_bytes_per_hour``.
 """
 
 from __future__ import annotations
@@ -565,3 +566,35 @@ def test_malformed_content_types_are_bad_request(server: ServerProcess, content_
         + f"Content-Type: {content_type}\r\nContent-Length: 1\r\n\r\nx".encode(),
     )
     assert http.status_of(reply) == 400, reply
+
+
+def test_one_user_cannot_fill_the_disk_uploads_past_the_hourly_budget_are_429(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Before limits.upload_bytes_per_hour one user stored 30 files of 10 MiB in 1.6 s.
+    overrides = {
+        "auth.mode": "jwt",
+        "auth.jwt.secret": SECRET,
+        "attachments.max_bytes": MAX_BYTES,
+        "limits.upload_bytes_per_hour": 3 * MIB,
+    }
+    with running_server(tmp_path_factory.mktemp("upload-budget"), overrides) as server:
+        data = os.urandom(MIB)
+        for _ in range(3):
+            uploaded(server, "mallory", data)
+        refused = http.upload(server.api_port, data, headers=bearer("mallory"))
+        assert refused.status == 429, refused
+        problem = refused.json()
+        assert problem["code"] == "rate_limited"
+        assert problem["retryAfterMs"] > 1_000_000  # a MiB of 3 an hour: 20 minutes
+        assert int(refused.headers["retry-after"]) >= 1000
+        # A chunked body reserves attachments.max_bytes: refused as well.
+        chunked = http.raw_exchange(
+            server.api_port,
+            b"POST /v1/attachments?filename=c.txt HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {token('mallory')}\r\n".encode()
+            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        )
+        assert http.status_of(chunked) == 429, chunked
+        # Another user is not held back by mallory.
+        assert uploaded(server, "alice", data)["size"] == MIB

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +22,14 @@ from chime_actors.api.attachment_routes import (
 from chime_actors.api.http_server import HttpError, HttpRequest, HttpResponse
 from chime_actors.api.presence_routes import Caller
 from chime_actors.api.routes import make_handler, streams_body
+from chime_actors.api.upload_budget import UploadBudget
 from chime_actors.auth import Identity
 from chime_actors.errors import ProtocolError, StoreUnavailable
 from chime_actors.ids import format_message_id, is_attachment_id, new_attachment_id
 from chime_actors.records import ChimeMessage
 from chime_actors.storage import MemoryStore
 from chime_actors.storage.attachments import CHUNK_BYTES
+from tests.support.clock import FakeClock
 
 
 class FailingStore(MemoryStore):
@@ -53,6 +56,11 @@ class Backend:
 
     store: MemoryStore = field(default_factory=MemoryStore)
     max_attachment_bytes: int = 3 * CHUNK_BYTES
+    clock: FakeClock = field(default_factory=FakeClock)
+    upload_budget: UploadBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upload_budget = UploadBudget(0, self.clock)  # no limit unless a test sets one
 
     @property
     def attachments(self) -> MemoryStore:
@@ -328,6 +336,51 @@ def test_storage_failing_mid_upload_is_503_and_discards_the_rest() -> None:
     assert error_of(response) == (503, "unavailable")
     assert b"/var/lib" not in response.body  # the store's words stay in the log
     assert store.chunk_count() == 0
+
+
+def test_an_upload_over_the_users_hourly_budget_is_429_before_its_body_is_read(
+    backend: Backend,
+) -> None:
+    backend.upload_budget = UploadBudget(3 * CHUNK_BYTES, backend.clock)  # 3 MiB an hour
+    sized = {"content-length": str(CHUNK_BYTES)}
+    for _ in range(3):
+        request = upload_request(pieces(b"m" * CHUNK_BYTES), headers=sized)
+        assert handle(backend, request).status == 201
+    response = handle(backend, upload_request(must_not_be_read(), headers=sized))
+    assert error_of(response) == (429, "rate_limited")
+    # A refill of 1 MiB takes 20 minutes at 3 MiB an hour.
+    assert orjson.loads(response.body)["retryAfterMs"] == 1_200_000
+    assert response.headers["Retry-After"] == "1200"
+    # Another user has a budget of their own.
+    bob = upload_request(pieces(b"b" * 10), headers={"x-user": "bob"})
+    assert handle(backend, bob).status == 201
+    # Twenty minutes later alice may upload a MiB again.
+    backend.clock.now += 1200
+    request = upload_request(pieces(b"m" * CHUNK_BYTES), headers=sized)
+    assert handle(backend, request).status == 201
+
+
+def test_a_body_without_length_reserves_the_limit_and_is_charged_what_it_stored(
+    backend: Backend,
+) -> None:
+    backend.upload_budget = UploadBudget(4 * CHUNK_BYTES, backend.clock)
+    # max_attachment_bytes is 3 MiB: a chunked upload starts only with 3 MiB free.
+    assert handle(backend, upload_request(pieces(b"s" * 100))).status == 201
+    assert handle(backend, upload_request(pieces(b"s" * 100))).status == 201
+    # Refused uploads cost nothing: too large, and broken off half-way.
+    too_large = upload_request(pieces(b"z" * (3 * CHUNK_BYTES + 1)))
+    assert error_of(handle(backend, too_large)) == (413, "too_large")
+    with pytest.raises(HttpError):
+        handle(backend, upload_request(breaks_after(b"q" * (CHUNK_BYTES + 5))))
+    # 200 bytes charged, 4 MiB - 200 left: a 1 MiB upload leaves 3 MiB - 200,
+    sized = {"content-length": str(CHUNK_BYTES)}
+    request = upload_request(pieces(b"k" * CHUNK_BYTES), headers=sized)
+    assert handle(backend, request).status == 201
+    # which is 200 bytes short of what one without a length reserves.
+    response = handle(backend, upload_request(must_not_be_read()))
+    assert error_of(response) == (429, "rate_limited")
+    refill_ms = 200 / (4 * CHUNK_BYTES / 3600) * 1000
+    assert orjson.loads(response.body)["retryAfterMs"] == math.ceil(refill_ms)
 
 
 def test_uploads_are_post_only(backend: Backend) -> None:
