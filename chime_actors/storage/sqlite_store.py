@@ -490,8 +490,8 @@ class SqliteStore:
             raise StoreError(f"SqliteStore.{operation}: the store is not open")
         loop = asyncio.get_running_loop()
         job = Job(partial(self._translate_errors, operation, work), loop, abandoned)
+        worker.submit(job)  # refused at once (StoreUnavailable) when its queue is full
         timer = loop.call_later(self._timeout_s, self._expire, operation, job)
-        worker.submit(job)
         try:
             return await job.future
         except asyncio.CancelledError:

@@ -12,6 +12,13 @@ one asyncio future, one timer and exactly one wake-up of the loop
 The timeout semantics are the executor's: a job whose caller gave up before it
 started is skipped (a cancelled future); a running one sees ``abandoned`` (a
 write then rolls back instead of committing) and its statement is interrupted.
+
+The queue is bounded (``max_queued``, :data:`MAX_QUEUED` by default): past it a
+call is refused at once with ``StoreUnavailable`` instead of waiting behind
+thousands of others for its timeout. The API process queues a call per HTTP
+request, and nothing else bounds how many requests arrive at once. The bound is
+above the most one caller queues in one go (a persister loads at most
+``MAX_RECORDS_PER_WRITE``, 2,000, channels at once).
 """
 
 from __future__ import annotations
@@ -22,7 +29,12 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from chime_actors.errors import StoreUnavailable
+
 _T = TypeVar("_T")
+
+#: Calls waiting for the worker at most; one more is refused.
+MAX_QUEUED = 4096
 
 
 class Abandoned:
@@ -86,13 +98,24 @@ class Job(Generic[_T]):
 class SqliteWorker:
     """A daemon thread that runs ``Job``s one after the other, in submission order."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, max_queued: int = MAX_QUEUED) -> None:
         self._jobs: queue.SimpleQueue[Job[object] | None] = queue.SimpleQueue()
+        self._max_queued = max_queued
+        self._name = name
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Job[_T]) -> None:
-        """Queue ``job``; its future is settled on its loop when it has run."""
+        """Queue ``job``; its future is settled on its loop when it has run.
+
+        Raises:
+            StoreUnavailable: ``max_queued`` calls are waiting already.
+        """
+        # qsize is approximate across threads, never drifting: good enough for a bound.
+        if self._jobs.qsize() >= self._max_queued:
+            raise StoreUnavailable(
+                f"{self._name}: {self._max_queued} calls are queued; refused at once"
+            )
         self._jobs.put(job)  # type: ignore[arg-type]  # the queue is invariant in _T
 
     def stop(self, timeout_s: float | None = None) -> bool:

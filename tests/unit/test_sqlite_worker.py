@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from chime_actors.errors import StoreUnavailable
 from chime_actors.storage.sqlite_worker import Abandoned, Job, SqliteWorker
 
 
@@ -66,6 +67,38 @@ def test_a_job_abandoned_before_it_started_never_runs() -> None:
         await after.future
         assert ran == ["after"]
         assert not skipped.future.done()
+        assert worker.stop(timeout_s=5)
+
+    asyncio.run(main())
+
+
+def test_the_queue_is_bounded_a_call_past_it_is_refused_at_once() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        worker = SqliteWorker("test-sqlite", max_queued=3)
+        started, release = threading.Event(), threading.Event()
+
+        def blocking() -> str:
+            started.set()
+            release.wait(10)
+            return "first"
+
+        first = Job(blocking, loop, Abandoned())
+        worker.submit(first)
+        assert await asyncio.to_thread(started.wait, 5)  # the worker holds it: none queued
+        queued = [Job(functools.partial(int, n), loop, Abandoned()) for n in range(3)]
+        for job in queued:
+            worker.submit(job)
+        refused = Job(functools.partial(int, 99), loop, Abandoned())
+        with pytest.raises(StoreUnavailable, match="3 calls are queued"):
+            worker.submit(refused)
+        release.set()
+        assert await first.future == "first"
+        assert [await job.future for job in queued] == [0, 1, 2]
+        # Room again once the queue has drained.
+        again = Job(functools.partial(int, 7), loop, Abandoned())
+        worker.submit(again)
+        assert await again.future == 7
         assert worker.stop(timeout_s=5)
 
     asyncio.run(main())
