@@ -196,6 +196,67 @@ class AttachmentContract:
 
         run_with(make_store, scenario)
 
+    def test_a_scan_pages_through_every_record_once(self, make_store: StorageFactory) -> None:
+        ids = sorted(new_attachment_id() for _ in range(5))
+
+        async def scenario(store: Storage) -> None:
+            for attachment_id in ids:
+                await store.finish_attachment(record(attachment_id, chunks=0, size=0))
+            seen: list[str] = []
+            cursor: str | None = None
+            pages = 0
+            while True:
+                page, cursor = await store.scan_attachments(cursor, 2)
+                assert len(page) <= 2
+                seen += [found.attachment_id for found in page]
+                pages += 1
+                if cursor is None:
+                    break
+                assert pages < 1000, "the scan never ends"
+            assert len(seen) == len(set(seen)), "a record seen twice"
+            assert set(ids) <= set(seen)
+            (mine,) = [
+                found
+                for found in (await store.scan_attachments(None, 10_000))[0]
+                if found.attachment_id == ids[0]
+            ]
+            assert mine == record(ids[0], chunks=0, size=0)
+
+        run_with(make_store, scenario)
+
+    def test_only_a_file_no_live_message_lists_is_deleted(self, make_store: StorageFactory) -> None:
+        listed, unlisted, orphaned = (new_attachment_id() for _ in range(3))
+
+        async def scenario(store: Storage) -> None:
+            for attachment_id in (listed, unlisted, orphaned):
+                await store.save_attachment_chunk(attachment_id, 0, b"one")
+                await store.save_attachment_chunk(attachment_id, 1, b"two")
+                await store.finish_attachment(record(attachment_id, chunks=2, size=6))
+            files = {
+                a: Attachment(a, "f.txt", "text/plain", 6) for a in (listed, unlisted, orphaned)
+            }
+            kept = msgspec.structs.replace(make_message(1), attachments=(files[listed],))
+            gone = msgspec.structs.replace(make_message(2), attachments=(files[orphaned],))
+            await store.append([kept, gone])
+            await store.append([delete(3, 2)])  # the only message listing ``orphaned``
+
+            assert not await store.delete_unlisted_attachment(record(listed, chunks=2, size=6))
+            assert await read_all(store, record(listed, chunks=2, size=6)) == b"onetwo"
+            for attachment_id in (unlisted, orphaned):
+                assert await store.delete_unlisted_attachment(
+                    record(attachment_id, chunks=2, size=6)
+                )
+                assert await store.get_attachments([attachment_id]) == {}
+                for index in (0, 1):
+                    with pytest.raises(StoreError):
+                        await store.attachment_chunk(attachment_id, index)
+                # Gone already: nothing to delete.
+                assert not await store.delete_unlisted_attachment(
+                    record(attachment_id, chunks=2, size=6)
+                )
+
+        run_with(make_store, scenario)
+
     def test_channels_listing_a_file_follow_appends_and_deletes(
         self, make_store: StorageFactory
     ) -> None:

@@ -104,6 +104,26 @@ class AttachmentStore(Protocol):
     async def attachment_channels(self, attachment_id: str) -> tuple[str, ...]:
         """The channels holding a live (not deleted) message that lists the file, sorted."""
 
+    async def scan_attachments(
+        self, after: str | None, limit: int
+    ) -> tuple[tuple[StoredAttachment, ...], str | None]:
+        """A page of at most ``limit`` records, in the store's own order.
+
+        ``after`` is the cursor a previous page returned (None: from the
+        start). Returns the page and the cursor of the next one, None after the
+        last. Records added or removed meanwhile may or may not be seen; each
+        one there throughout is seen exactly once.
+        """
+
+    async def delete_unlisted_attachment(self, attachment: StoredAttachment) -> bool:
+        """Delete the file, record first, then chunks, unless a live message lists it.
+
+        Returns True when it was deleted, False when a live message lists it (or
+        it was gone already). SQLite decides in one transaction; Cassandra reads
+        the index and then deletes, so a send listing the file that is stored
+        in between keeps a listing whose download is 404.
+        """
+
 
 async def read_attachment(
     store: AttachmentStore, attachment: StoredAttachment

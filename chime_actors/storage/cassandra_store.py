@@ -197,6 +197,10 @@ _SCAN_CHUNK = 1000
 # Ids per ``seq IN ?`` query.
 _IN_CHUNK = 100
 
+# Below every Murmur3 partition token: the partitioner never yields -2**63 itself
+# (it maps it to 2**63 - 1), so ``token > _MIN_TOKEN`` is the whole ring.
+_MIN_TOKEN = -(2**63)
+
 # How the driver retries a node it marked down: from 0.25 s doubling to 2 s. The
 # driver's default (1 s doubling to 10 minutes) means that after an outage of a
 # few minutes, a node that is back is not tried again for minutes: measured in
@@ -1025,20 +1029,7 @@ class CassandraStore:
                 for i in range(0, len(ids), _IN_CHUNK)
             )
         )
-        return {
-            str(row.attachment_id): StoredAttachment(
-                attachment_id=str(row.attachment_id),
-                owner=str(row.owner),
-                filename=str(row.filename),
-                content_type=str(row.content_type),
-                size=int(row.size),
-                sha256=str(row.sha256),
-                chunks=int(row.chunks),
-                created_at=str(row.created_at),
-            )
-            for rows in pages
-            for row in rows
-        }
+        return {str(row.attachment_id): _to_attachment(row) for rows in pages for row in rows}
 
     async def attachment_chunk(self, attachment_id: str, index: int) -> bytes:
         """See ``AttachmentStore.attachment_chunk``."""
@@ -1051,6 +1042,36 @@ class CassandraStore:
         """See ``AttachmentStore.attachment_channels``: one partition read."""
         rows = await self._run("attachment_channels", "attachment_refs_get", (attachment_id,))
         return tuple(sorted({str(row.channel_id) for row in rows}))
+
+    async def scan_attachments(
+        self, after: str | None, limit: int
+    ) -> tuple[tuple[StoredAttachment, ...], str | None]:
+        """See ``AttachmentStore.scan_attachments``: in token order, a token range a page.
+
+        The cursor is the partition token of the page's last record: each page is
+        one bounded range read, never a scan held open between pages.
+        """
+        start = _MIN_TOKEN if after is None else int(after)
+        rows = await self._run("scan_attachments", "attachments_scan", (start, limit))
+        page = tuple(_to_attachment(row) for row in rows)
+        cursor = str(int(rows[-1].partition_token)) if len(rows) == limit else None
+        return page, cursor
+
+    async def delete_unlisted_attachment(self, attachment: StoredAttachment) -> bool:
+        """See ``AttachmentStore.delete_unlisted_attachment``: the index read, then the
+        record deleted, then each chunk partition."""
+        attachment_id = attachment.attachment_id
+        if await self._run("delete_unlisted_attachment", "attachment_refs_get", (attachment_id,)):
+            return False
+        found = await self.get_attachments([attachment_id])
+        if attachment_id not in found:
+            return False
+        await self._run("delete_unlisted_attachment", "attachment_delete", (attachment_id,))
+        await _gather_all(
+            self._run("delete_unlisted_attachment", "attachment_chunk_delete", (attachment_id, i))
+            for i in range(found[attachment_id].chunks)
+        )
+        return True
 
     # --- paging ----------------------------------------------------------------
 
@@ -1504,6 +1525,10 @@ class CassandraStore:
             " WHERE attachment_id = ? AND channel_id = ? AND message_id = ?",
             "attachment_refs_get": f"SELECT channel_id FROM {ks}.attachment_refs"
             " WHERE attachment_id = ?",
+            "attachments_scan": "SELECT token(attachment_id) AS partition_token, attachment_id,"
+            " owner, filename, content_type, size, sha256, chunks, created_at"
+            f" FROM {ks}.attachments WHERE token(attachment_id) > ? LIMIT ?",
+            "attachment_delete": f"DELETE FROM {ks}.attachments WHERE attachment_id = ?",
         }
         statements: dict[str, PreparedStatement] = {}
         for name, cql in texts.items():
@@ -1688,6 +1713,20 @@ async def _gather_all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _to_attachment(row: Any) -> StoredAttachment:
+    """An ``attachments`` row (``attachments_in``, ``attachments_scan``) as its record."""
+    return StoredAttachment(
+        attachment_id=str(row.attachment_id),
+        owner=str(row.owner),
+        filename=str(row.filename),
+        content_type=str(row.content_type),
+        size=int(row.size),
+        sha256=str(row.sha256),
+        chunks=int(row.chunks),
+        created_at=str(row.created_at),
+    )
 
 
 if TYPE_CHECKING:

@@ -344,6 +344,26 @@ class MemoryStore:
         self._check("attachment_channels")
         return tuple(sorted({c for c, _ in self._attachment_refs.get(attachment_id, ())}))
 
+    async def scan_attachments(
+        self, after: str | None, limit: int
+    ) -> tuple[tuple[StoredAttachment, ...], str | None]:
+        """See ``AttachmentStore.scan_attachments``: in id order, the last id the cursor."""
+        self._check("scan_attachments")
+        ids = sorted(i for i in self._attachments if after is None or i > after)[:limit]
+        page = tuple(self._attachments[i] for i in ids)
+        return page, (ids[-1] if len(ids) == limit else None)
+
+    async def delete_unlisted_attachment(self, attachment: StoredAttachment) -> bool:
+        """See ``AttachmentStore.delete_unlisted_attachment``."""
+        self._check("delete_unlisted_attachment")
+        attachment_id = attachment.attachment_id
+        if self._attachment_refs.get(attachment_id) or attachment_id not in self._attachments:
+            return False
+        del self._attachments[attachment_id]
+        for index in range(attachment.chunks):
+            self._chunks.pop((attachment_id, index), None)
+        return True
+
     # --- test introspection -----------------------------------------------------
 
     def chunk_count(self) -> int:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
@@ -451,6 +451,23 @@ class SqliteStore:
         if data is None:
             raise StoreError(f"sqlite: attachment {attachment_id} has no chunk {index}")
         return data
+
+    async def scan_attachments(
+        self, after: str | None, limit: int
+    ) -> tuple[tuple[StoredAttachment, ...], str | None]:
+        """See ``AttachmentStore.scan_attachments``: in id order, the last id the cursor."""
+        page = await self._call(
+            "scan_attachments", partial(_scan_attachments, after=after or "", limit=limit)
+        )
+        return page, (page[-1].attachment_id if len(page) == limit else None)
+
+    async def delete_unlisted_attachment(self, attachment: StoredAttachment) -> bool:
+        """See ``AttachmentStore.delete_unlisted_attachment``: one write transaction."""
+        return await self._call(
+            "delete_unlisted_attachment",
+            partial(_delete_unlisted_attachment, attachment_id=attachment.attachment_id),
+            write=True,
+        )
 
     async def attachment_channels(self, attachment_id: str) -> tuple[str, ...]:
         """See ``AttachmentStore.attachment_channels``."""
@@ -1048,22 +1065,31 @@ def _get_attachments(
         chunk = ids[start : start + _MAX_PARAMS]
         placeholders = ", ".join("?" * len(chunk))
         rows = conn.execute(
-            "SELECT attachment_id, owner, filename, content_type, size, sha256, chunks,"
-            f" created_at FROM attachments WHERE attachment_id IN ({placeholders})",
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments"
+            f" WHERE attachment_id IN ({placeholders})",
             chunk,
         ).fetchall()
         for row in rows:
-            found[str(row[0])] = StoredAttachment(
-                attachment_id=str(row[0]),
-                owner=str(row[1]),
-                filename=str(row[2]),
-                content_type=str(row[3]),
-                size=int(row[4]),
-                sha256=str(row[5]),
-                chunks=int(row[6]),
-                created_at=str(row[7]),
-            )
+            found[str(row[0])] = _to_attachment(row)
     return found
+
+
+_ATTACHMENT_COLUMNS = (
+    "attachment_id, owner, filename, content_type, size, sha256, chunks, created_at"
+)
+
+
+def _to_attachment(row: Sequence[Any]) -> StoredAttachment:
+    return StoredAttachment(
+        attachment_id=str(row[0]),
+        owner=str(row[1]),
+        filename=str(row[2]),
+        content_type=str(row[3]),
+        size=int(row[4]),
+        sha256=str(row[5]),
+        chunks=int(row[6]),
+        created_at=str(row[7]),
+    )
 
 
 def _attachment_chunk(conn: sqlite3.Connection, *, attachment_id: str, index: int) -> bytes | None:
@@ -1072,6 +1098,30 @@ def _attachment_chunk(conn: sqlite3.Connection, *, attachment_id: str, index: in
         (attachment_id, index),
     ).fetchone()
     return None if row is None else bytes(row[0])
+
+
+def _scan_attachments(
+    conn: sqlite3.Connection, *, after: str, limit: int
+) -> tuple[StoredAttachment, ...]:
+    rows = conn.execute(
+        f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE attachment_id > ?"
+        " ORDER BY attachment_id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return tuple(_to_attachment(row) for row in rows)
+
+
+def _delete_unlisted_attachment(conn: sqlite3.Connection, *, attachment_id: str) -> bool:
+    # In the write transaction: a send storing a listing of the file either
+    # committed before (the row below exists: kept) or finds no record after.
+    deleted = conn.execute(
+        "DELETE FROM attachments WHERE attachment_id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM attachment_refs WHERE attachment_id = ?)",
+        (attachment_id, attachment_id),
+    ).rowcount
+    if deleted:
+        conn.execute("DELETE FROM attachment_chunks WHERE attachment_id = ?", (attachment_id,))
+    return bool(deleted)
 
 
 def _attachment_channels(conn: sqlite3.Connection, *, attachment_id: str) -> tuple[str, ...]:
