@@ -412,9 +412,14 @@ class AttachmentsConfig(_Section, frozen=True):
     Attributes:
         max_bytes: the largest file; a larger upload is refused with 413, as soon
             as its ``Content-Length`` says so or its chunked body grows past it.
+        unsent_ttl_s: a file no live message lists (never sent, or its messages
+            all deleted) may no longer be sent once it is this old, and is deleted
+            (api/attachment_sweeper.py) up to 10 minutes and an hour of sweeps
+            later; 0 keeps every file for ever.
     """
 
     max_bytes: _Positive = 10 * 1024 * 1024
+    unsent_ttl_s: _Count = 24 * 3600
 
 
 class PresenceConfig(_Section, frozen=True):

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from chime_actors.api.attachment_sweeper import AttachmentSweeper
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.presence_routes import Caller
@@ -93,6 +94,7 @@ class ApiCore:
         post: Callable[[Any, Any], None] | None = None,
         store: Storage,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """Prepare the API; nothing listens until :meth:`start`.
 
@@ -106,6 +108,7 @@ class ApiCore:
             store: the storage of REST reads and attachments (unopened: :meth:`start`
                 opens it).
             clock: monotonic seconds, for report ages, restarts, rates and link timeouts.
+            wall_clock: seconds since the epoch, for the ages of uploads.
         """
         self.actor_id = actor_id
         self._config = config
@@ -150,6 +153,11 @@ class ApiCore:
         self._rate = KeyedBuckets(config.limits.messages_per_10s, clock)
         self._upload_budget = UploadBudget(config.limits.upload_bytes_per_hour, clock)
         self._maintenance: asyncio.Task[None] | None = None
+        ttl_s = config.attachments.unsent_ttl_s
+        self._sweeper = (
+            AttachmentSweeper(store, ttl_s, wall_clock=wall_clock) if ttl_s > 0 else None
+        )
+        self._sweeping: asyncio.Task[None] | None = None
         self.max_channels = config.chat.max_channels_per_connection
         self._lookups = Lookups(post or _nowhere)
         self._gateways: tuple[Any, ...] = ()
@@ -160,6 +168,8 @@ class ApiCore:
         await self._store.open()
         await self._server.start(self._config.api.host, self._port)
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        if self._sweeper is not None:
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweeper.run())
         return self._server.port
 
     def handle(self, message: Any, sender: Any) -> None:
@@ -190,6 +200,10 @@ class ApiCore:
         """Close the server and storage."""
         if self._maintenance is not None:
             self._maintenance.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            # Awaited: a delete in flight must not outlive the store's close.
+            await asyncio.gather(self._sweeping, return_exceptions=True)
         await self._server.close()
         if self._before_store is not None:
             await self._before_store.close()

@@ -529,7 +529,9 @@ def paths() -> dict[str, dict[str, Any]]:
                         "as it grows past it. An empty body is 400. A user may upload "
                         "`limits.upload_bytes_per_hour` (100 MiB) per hour: past it, 429 "
                         "with `Retry-After` (an upload without `Content-Length` counts "
-                        "as `attachments.max_bytes` until it ends)."
+                        "as `attachments.max_bytes` until it ends). A file no live message "
+                        "lists can be sent for `attachments.unsent_ttl_s` (24 h), then is "
+                        "deleted."
                     ),
                 ),
                 "requestBody": {

@@ -17,8 +17,12 @@ Why here and not in the gateway: the send is refused or stored in one place, wit
 the records read in the same write (ack = durable, and no second round trip for
 the gateway), for WebSocket sends, REST sends and handler replies alike. A write
 whose sends list no attachment does not touch this (one pass over its records).
-Uploads are never removed, so a file found here is still there when the send is
-stored.
+A file that no live message lists is deleted some time after
+``attachments.unsent_ttl_s`` (api/attachment_sweeper.py). So that a file found
+here is still there when the send is stored, a file older than ``unsent_ttl_s``
+is accepted only if a live message lists it already (one more read, for such
+files only); otherwise it is refused as unknown, in the same words. The sweeper
+waits a grace beyond ``unsent_ttl_s``, far longer than a check and its write.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def lists_attachments(entries: Sequence[Entry]) -> bool:
 
 
 async def check_attachments(
-    store: AttachmentStore | None, entries: Sequence[Entry]
+    store: AttachmentStore | None, entries: Sequence[Entry], *, expired_before: str | None = None
 ) -> tuple[list[Entry], dict[RecordKey, SendOutcome], Mapping[str, Attachment]]:
     """Split a write's entries into those to plan and the refused sends.
 
@@ -54,6 +58,8 @@ async def check_attachments(
         store: where the uploads are; None (a persister without one, in unit
             tests) finds none.
         entries: the write's sends and checked changes, in order.
+        expired_before: a file uploaded before this (a wire timestamp) is
+            sendable only while a live message lists it; None: any age.
 
     Returns:
         ``(entries to plan, outcomes of refused sends, attachment id -> what the
@@ -63,6 +69,8 @@ async def check_attachments(
     found: Mapping[str, StoredAttachment] | None
     try:
         found = await store.get_attachments(wanted) if store is not None else {}
+        if store is not None and expired_before is not None:
+            found = await _drop_expired(store, found, expired_before)
     except StoreError as exc:
         log.warning("storage unavailable while checking attachments", error=str(exc))
         found = None
@@ -77,6 +85,19 @@ async def check_attachments(
         kept.append((origin, record))
     listed = {aid: stored.ref for aid, stored in (found or {}).items()}
     return kept, refused, listed
+
+
+async def _drop_expired(
+    store: AttachmentStore, found: Mapping[str, StoredAttachment], expired_before: str
+) -> Mapping[str, StoredAttachment]:
+    """``found`` without the files past ``unsent_ttl_s`` that no live message lists."""
+    kept = dict(found)
+    for attachment_id, stored in found.items():
+        if stored.created_at < expired_before and not await store.attachment_channels(
+            attachment_id
+        ):
+            del kept[attachment_id]
+    return kept
 
 
 def _judge(record: SendRecord, found: Mapping[str, StoredAttachment] | None) -> SendOutcome | None:

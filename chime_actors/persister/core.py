@@ -61,6 +61,7 @@ class PersisterCore:
             ids=self._ids,
             wait_writable=wait_writable,
             attachments=self._store,
+            unsent_ttl_s=config.attachments.unsent_ttl_s,
             writes_in_flight=config.storage.writes_in_flight,
         )
         self._reporter = MetricsReporter(actor_id, self.registry, post, self._refresh_gauges)

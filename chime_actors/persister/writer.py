@@ -23,7 +23,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from msgspec.structs import replace
@@ -45,6 +45,7 @@ from chime_actors.records import (
     PersistResult,
     SendOutcome,
     SendRecord,
+    format_timestamp,
 )
 from chime_actors.storage.attachments import AttachmentStore
 from chime_actors.storage.store import MessageStore
@@ -102,6 +103,7 @@ class PersistWriter:
         ids: RedisIds | None = None,
         wait_writable: Callable[[], Awaitable[None]] | None = None,
         attachments: AttachmentStore | None = None,
+        unsent_ttl_s: float = 0.0,
         max_records_per_write: int = MAX_RECORDS_PER_WRITE,
         writes_in_flight: int = WRITES_IN_FLIGHT,
     ) -> None:
@@ -109,6 +111,9 @@ class PersistWriter:
         # Where sends' attachments are looked up (persister.attachments); without
         # one a send that lists any is refused as listing unknown files.
         self._attachments = attachments
+        # attachments.unsent_ttl_s (0: files never expire), see persister.attachments.
+        self._unsent_ttl = timedelta(seconds=unsent_ttl_s) if unsent_ttl_s > 0 else None
+        self._clock = clock
         # A group commit takes queued batches up to this many records.
         self._max_records = max_records_per_write
         # Backpressure from the lanes: a write waits while a gateway's lane is
@@ -241,7 +246,14 @@ class PersistWriter:
         listed: Mapping[str, Attachment] = {}
         if lists_attachments(entries):
             # Only a write with such sends reads the uploads' records.
-            entries, refused, listed = await check_attachments(self._attachments, entries)
+            expired_before = (
+                None
+                if self._unsent_ttl is None
+                else format_timestamp(self._clock() - self._unsent_ttl)
+            )
+            entries, refused, listed = await check_attachments(
+                self._attachments, entries, expired_before=expired_before
+            )
             settled.update(refused)
         if self._ids is None:
             plan = self._sequencer.plan(entries, listed)

@@ -598,3 +598,60 @@ def test_one_user_cannot_fill_the_disk_uploads_past_the_hourly_budget_are_429(
         assert http.status_of(chunked) == 429, chunked
         # Another user is not held back by mallory.
         assert uploaded(server, "alice", data)["size"] == MIB
+
+
+def rest_send(server: ServerProcess, channel: str, attachment_id: str) -> http.Reply:
+    return http.request(
+        server.api_port,
+        "POST",
+        f"/v1/channels/{channel}/messages",
+        body=b'{"content": "file", "attachments": ["%s"]}' % attachment_id.encode(),
+        headers={**bearer("alice"), "Content-Type": "application/json"},
+    )
+
+
+def test_files_never_sent_expire_and_are_deleted_sent_ones_stay(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # unsent_ttl_s 2: sendable for 2 s unless listed, deleted 2 s (the grace) after
+    # that by a sweep every 0.5 s.
+    ttl_s = 2.0
+    overrides = {
+        "auth.mode": "jwt",
+        "auth.jwt.secret": SECRET,
+        "attachments.unsent_ttl_s": int(ttl_s),
+    }
+    channel = fresh()
+    with running_server(tmp_path_factory.mktemp("unsent-ttl"), overrides) as server:
+        before_uploads = time.monotonic()
+        unsent = uploaded(server, "alice", b"never sent")
+        sent = uploaded(server, "alice", b"sent at once")
+        late = uploaded(server, "alice", b"sent too late")
+        after_uploads = time.monotonic()
+        assert rest_send(server, channel, sent["attachmentId"]).status == 201
+        # Past the TTL, before the grace ends: the file still exists, but no
+        # longer to be sent, so no send can list a file a sweep is about to take.
+        time.sleep(max(0.0, after_uploads + ttl_s + 0.3 - time.monotonic()))
+        assert http.download(server.api_port, late["attachmentId"], bearer("alice")).status == 200
+        refused = rest_send(server, channel, late["attachmentId"])
+        assert (refused.status, refused.json()["code"]) == (400, "bad_request"), refused
+        # A file a live message lists may still be sent again, however old.
+        assert rest_send(server, channel, sent["attachmentId"]).status == 201
+
+        deadline = time.monotonic() + 30
+        while http.download(server.api_port, unsent["attachmentId"], bearer("alice")).status != 404:
+            assert time.monotonic() < deadline, "the unsent file was never deleted"
+            time.sleep(0.2)
+        assert time.monotonic() - before_uploads > 2 * ttl_s  # not before the grace
+        assert http.download(server.api_port, late["attachmentId"], bearer("alice")).status == 404
+        kept = http.download(server.api_port, sent["attachmentId"], bearer("alice"))
+        assert (kept.status, kept.body) == (200, b"sent at once")
+        deleted = [
+            line
+            for line in server.log_lines()
+            if line.get("message") == "unsent attachment deleted"
+        ]
+        assert {line["attachmentId"] for line in deleted} == {
+            unsent["attachmentId"],
+            late["attachmentId"],
+        }
