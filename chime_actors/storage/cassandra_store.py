@@ -194,6 +194,10 @@ _ROW_OVERHEAD_BYTES = 100
 # Rows asked for per query when a scan has no page limit (messages_range).
 _SCAN_CHUNK = 1000
 
+# How long appended messages are summed per channel before message_counters is
+# updated (one update per channel per flush, not per append).
+COUNTER_FLUSH_S = 1.0
+
 # Ids per ``seq IN ?`` query.
 _IN_CHUNK = 100
 
@@ -473,6 +477,10 @@ class CassandraStore:
         self._in_flight: asyncio.Semaphore | None = None
         # Head and counter updates still running after their append returned.
         self._background: set[asyncio.Task[None]] = set()
+        # Messages appended per channel and not yet added to message_counters:
+        # flushed once per COUNTER_FLUSH_S, not per append (see _count).
+        self._uncounted: dict[str, int] = {}
+        self._counter_flush: asyncio.TimerHandle | None = None
 
     @property
     def config(self) -> CassandraConfig:
@@ -508,8 +516,14 @@ class CassandraStore:
 
     async def close(self) -> None:
         """Shut the driver down (its connections and threads); safe to call twice."""
+        # Heads and counters of the last appends: let them land first. Twice:
+        # the heads' tasks count what the counters' flush then writes.
         if self._background:
-            # Heads and counters of the last appends: let them land first.
+            await asyncio.wait(self._background, timeout=self._timeout_s)
+        if self._counter_flush is not None:
+            self._counter_flush.cancel()
+        self._flush_counters()
+        if self._background:
             await asyncio.wait(self._background, timeout=self._timeout_s)
         cluster = self._cluster
         self._cluster = None
@@ -734,21 +748,43 @@ class CassandraStore:
             )
             for channel_id, group in by_channel.items()
         )
-        counts = {
-            channel_id: sum(1 for e in group if isinstance(e, ChimeMessage))
-            for channel_id, group in by_channel.items()
-        }
-        counters = asyncio.gather(
-            *(
-                self._add_to_counter(channel_id, count)
-                for channel_id, count in counts.items()
-                if count
-            )
-        )
+        for channel_id, group in by_channel.items():
+            self._count(channel_id, sum(1 for e in group if isinstance(e, ChimeMessage)))
         try:
-            await _gather_all((heads, counters))
+            await heads
         except StoreError as exc:
             log.warning("channel heads not advanced", channels=len(by_channel), error=str(exc))
+
+    def _count(self, channel_id: str, appended: int) -> None:
+        """Add ``appended`` to the channel's counter at the next flush.
+
+        A counter update costs the node a read before its write, and an append
+        updated one per channel: at 200 msg/s into two channels that was the
+        node's busiest statement. Summed over ``COUNTER_FLUSH_S``, a busy
+        channel costs one update a second. The counts of the last second are
+        lost if the process dies before the flush (a statistic, never retried
+        anyway); ``close`` flushes them.
+        """
+        if not appended:
+            return
+        self._uncounted[channel_id] = self._uncounted.get(channel_id, 0) + appended
+        if self._counter_flush is None:
+            self._counter_flush = asyncio.get_running_loop().call_later(
+                COUNTER_FLUSH_S, self._flush_counters
+            )
+
+    def _flush_counters(self) -> None:
+        """Start the counter updates summed since the last flush (in the background)."""
+        self._counter_flush = None
+        counts, self._uncounted = self._uncounted, {}
+        if not counts or self._session is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._add_to_counters(counts))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _add_to_counters(self, counts: Mapping[str, int]) -> None:
+        await _gather_all(self._add_to_counter(c, n) for c, n in counts.items())
 
     async def _add_to_counter(self, channel_id: str, count: int) -> None:
         try:

@@ -422,6 +422,31 @@ def test_counts_appended_messages_per_channel(
     assert {row.channel_id: row.count for row in rows} == {CHANNEL: 5, "random": 2}
 
 
+def test_counters_are_summed_and_land_about_a_second_later_without_a_close(
+    clean_keyspace: CassandraConfig, raw_session: Any
+) -> None:
+    query = f"SELECT count FROM {clean_keyspace.keyspace}.message_counters WHERE channel_id = %s"
+
+    def counted() -> int | None:
+        row = raw_session.execute(query, (CHANNEL,)).one()
+        return None if row is None else int(row.count)
+
+    async def scenario(store: CassandraStore) -> None:
+        for seq in range(1, 21):  # twenty appends, one message each
+            await store.append(batch(seq, seq))
+        # Summed, not written per append: nothing yet, then all twenty at once.
+        assert counted() is None
+        deadline = time.monotonic() + 10
+        while counted() is None:
+            assert time.monotonic() < deadline, "the counters were never flushed"
+            await asyncio.sleep(0.05)
+        assert counted() == 20
+        await store.append(batch(21, 22))
+
+    run(clean_keyspace, scenario)
+    assert counted() == 22  # the close flushed the last two
+
+
 def test_a_large_append_is_split_and_fully_stored(clean_keyspace: CassandraConfig) -> None:
     big = "x" * 3000
 
