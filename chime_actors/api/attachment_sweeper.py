@@ -108,10 +108,17 @@ class AttachmentSweeper:
                 return deleted
 
     async def run(self) -> None:
-        """Sweep every ``interval_s`` until cancelled; a failed sweep is logged and retried."""
+        """Sweep every ``interval_s`` until cancelled.
+
+        Failure policy: storage failing is expected (a warning, the next sweep
+        tries again); anything else is a bug, logged with its traceback, and the
+        sweeps go on all the same: the API's requests must not depend on them.
+        """
         while True:
             await self._sleep(self._interval_s)
             try:
                 await self.sweep()
             except StoreError as exc:
                 log.warning("attachment sweep failed; trying again later", error=str(exc))
+            except Exception:
+                log.exception("attachment sweep crashed; trying again later")

@@ -78,7 +78,8 @@ def test_files_no_live_message_lists_are_deleted_past_the_ttl_and_the_grace() ->
     assert store.chunk_count() == 3  # the deleted files' chunks went with them
 
 
-def test_a_failed_sweep_is_retried_at_the_next_interval() -> None:
+@pytest.mark.parametrize("failure", [StoreUnavailable("storage down"), KeyError("a bug")])
+def test_a_failed_sweep_is_retried_at_the_next_interval(failure: Exception) -> None:
     class FlakyStore(MemoryStore):
         failures = 1
 
@@ -87,7 +88,7 @@ def test_a_failed_sweep_is_retried_at_the_next_interval() -> None:
         ) -> tuple[tuple[StoredAttachment, ...], str | None]:
             if self.failures:
                 self.failures -= 1
-                raise StoreUnavailable("storage down")
+                raise failure
             return await super().scan_attachments(after, limit)
 
     store = FlakyStore()
