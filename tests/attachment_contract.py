@@ -26,7 +26,12 @@ from chime_actors.auth import Identity
 from chime_actors.errors import StoreError
 from chime_actors.ids import new_attachment_id
 from chime_actors.records import Attachment, MessageChange
-from chime_actors.storage.attachments import CHUNK_BYTES, StoredAttachment, read_attachment
+from chime_actors.storage.attachments import (
+    CHUNK_BYTES,
+    StoredAttachment,
+    read_attachment,
+    upload_stub,
+)
 from chime_actors.storage.factory import Storage
 from tests.store_contract import CHANNEL, delete, edit, make_message, mid, seqs
 
@@ -193,6 +198,46 @@ class AttachmentContract:
             (change,) = await store.events_range(CHANNEL, after_seq=3, up_to_seq=4)
             assert isinstance(change, MessageChange) and change.message is not None
             assert change.message.attachments == files
+
+        run_with(make_store, scenario)
+
+    def test_an_upload_in_progress_is_a_stub_nobody_finds_but_the_scan(
+        self, make_store: StorageFactory
+    ) -> None:
+        finished, abandoned, discarded = (new_attachment_id() for _ in range(3))
+
+        def stub_of(attachment_id: str) -> StoredAttachment:
+            return upload_stub(
+                attachment_id,
+                owner="alice",
+                filename="f.bin",
+                content_type="application/octet-stream",
+                max_bytes=2 * CHUNK_BYTES + 1,
+                created_at="2026-11-27T09:00:00.000Z",
+            )
+
+        async def scenario(store: Storage) -> None:
+            for attachment_id in (finished, abandoned, discarded):
+                await store.begin_attachment(stub_of(attachment_id))
+                await store.save_attachment_chunk(attachment_id, 0, b"part")
+            assert stub_of(abandoned).in_progress and stub_of(abandoned).chunks == 3
+            assert await store.get_attachments([finished, abandoned, discarded]) == {}
+            done = record(finished, chunks=1, size=4)
+            await store.finish_attachment(done)  # replaces the stub
+            await store.discard_attachment(discarded, 1)
+            assert await store.get_attachments([finished, abandoned, discarded]) == {finished: done}
+            scanned = {a.attachment_id: a for a in (await store.scan_attachments(None, 10_000))[0]}
+            assert scanned[finished] == done
+            assert scanned[abandoned] == stub_of(abandoned)
+            assert discarded not in scanned
+            with pytest.raises(StoreError):
+                await store.attachment_chunk(discarded, 0)
+            # What the sweeper does with an abandoned one: record and chunks go.
+            assert await store.delete_unlisted_attachment(scanned[abandoned])
+            with pytest.raises(StoreError):
+                await store.attachment_chunk(abandoned, 0)
+            after = {a.attachment_id for a in (await store.scan_attachments(None, 10_000))[0]}
+            assert abandoned not in after and finished in after
 
         run_with(make_store, scenario)
 

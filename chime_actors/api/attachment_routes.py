@@ -54,6 +54,7 @@ from chime_actors.storage.attachments import (
     AttachmentStore,
     StoredAttachment,
     read_attachment,
+    upload_stub,
 )
 
 log = get_logger(__name__)
@@ -277,7 +278,21 @@ async def _store_upload(
     pending = bytearray()
     size = 0
     started = 0  # chunks whose write began: what a failure must discard
+    begun = False
     try:
+        # A stub first: if this process dies mid-upload, the sweeper finds the
+        # chunks through it (storage.attachments.StoredAttachment).
+        begun = True
+        await store.begin_attachment(
+            upload_stub(
+                attachment_id,
+                owner=owner,
+                filename=filename,
+                content_type=content_type,
+                max_bytes=limit,
+                created_at=utc_now_iso(),
+            )
+        )
         async for piece in body:
             size += len(piece)
             if size > limit:
@@ -307,7 +322,7 @@ async def _store_upload(
         )
         await store.finish_attachment(stored)
     except BaseException:
-        if started:
+        if begun:
             await _discard(store, attachment_id, started)
         raise
     return stored

@@ -1,7 +1,8 @@
 """Deleting uploads that were never sent (``attachments.unsent_ttl_s``, docs/protocol.md).
 
 An upload exists to be listed in a send. One that no live message lists (never
-sent, or its messages were all deleted) is deleted once it is older than
+sent, or its messages were all deleted), and the stub of an upload never
+finished (its process died mid-upload), is deleted once it is older than
 ``unsent_ttl_s`` plus a grace: without this, files nobody can reach but their
 uploader pile up for ever, and the upload budget
 (``limits.upload_bytes_per_hour``) only bounds how fast.
@@ -98,7 +99,10 @@ class AttachmentSweeper:
                 ):
                     deleted += 1
                     log.info(
-                        "unsent attachment deleted",
+                        # A stub: an upload cut off by a crash, never finished.
+                        "abandoned upload deleted"
+                        if attachment.in_progress
+                        else "unsent attachment deleted",
                         attachmentId=attachment.attachment_id,
                         userId=attachment.owner,
                         size=attachment.size,

@@ -53,6 +53,13 @@ class StoredAttachment:
         sha256: hex digest of the bytes.
         chunks: how many chunks hold the bytes (numbered 0 .. chunks - 1).
         created_at: when the upload finished, in the wire's timestamp format.
+
+    While an upload is in progress its record is a stub (:func:`upload_stub`):
+    ``sha256`` is :data:`IN_PROGRESS`, ``chunks`` the most it may store, and
+    ``created_at`` when it began. ``get_attachments`` never returns a stub; the
+    sweeper (api/attachment_sweeper.py) deletes one that is never finished,
+    with its chunks, as it deletes an unsent file: that is what becomes of an
+    upload cut off by a crash of the process taking it.
     """
 
     attachment_id: str
@@ -69,6 +76,37 @@ class StoredAttachment:
         """What a message lists of it."""
         return Attachment(self.attachment_id, self.filename, self.content_type, self.size)
 
+    @property
+    def in_progress(self) -> bool:
+        """True for the stub of an upload not finished (yet, or ever)."""
+        return self.sha256 == IN_PROGRESS
+
+
+#: The ``sha256`` of a stub: no digest is ever empty.
+IN_PROGRESS = ""
+
+
+def upload_stub(
+    attachment_id: str,
+    *,
+    owner: str,
+    filename: str,
+    content_type: str,
+    max_bytes: int,
+    created_at: str,
+) -> StoredAttachment:
+    """The record of an upload about to begin (see ``StoredAttachment``)."""
+    return StoredAttachment(
+        attachment_id=attachment_id,
+        owner=owner,
+        filename=filename,
+        content_type=content_type,
+        size=0,
+        sha256=IN_PROGRESS,
+        chunks=-(-max_bytes // CHUNK_BYTES),
+        created_at=created_at,
+    )
+
 
 class AttachmentStore(Protocol):
     """Durable storage of uploaded files (see the module docstring).
@@ -77,22 +115,27 @@ class AttachmentStore(Protocol):
     call timed out), as for ``MessageStore``.
     """
 
+    async def begin_attachment(self, stub: StoredAttachment) -> None:
+        """Store the stub of an upload (``upload_stub``) before its first chunk."""
+
     async def save_attachment_chunk(self, attachment_id: str, index: int, data: bytes) -> None:
         """Store chunk ``index`` (from 0) of an upload in progress; at most ``CHUNK_BYTES``."""
 
     async def finish_attachment(self, attachment: StoredAttachment) -> None:
         """Store the record of an upload whose ``attachment.chunks`` chunks are all stored.
 
-        From then on the attachment exists: ``get_attachments`` finds it.
+        It replaces the upload's stub. From then on the attachment exists:
+        ``get_attachments`` finds it.
         """
 
     async def discard_attachment(self, attachment_id: str, chunks: int) -> None:
-        """Drop the first ``chunks`` chunks of an upload that will not be finished."""
+        """Drop the first ``chunks`` chunks of an upload that will not be finished,
+        then its stub."""
 
     async def get_attachments(
         self, attachment_ids: Sequence[str]
     ) -> Mapping[str, StoredAttachment]:
-        """The records of those of ``attachment_ids`` that exist (finished uploads)."""
+        """The records of those of ``attachment_ids`` that exist (finished uploads: no stub)."""
 
     async def attachment_chunk(self, attachment_id: str, index: int) -> bytes:
         """Chunk ``index`` of a finished upload.
@@ -107,7 +150,7 @@ class AttachmentStore(Protocol):
     async def scan_attachments(
         self, after: str | None, limit: int
     ) -> tuple[tuple[StoredAttachment, ...], str | None]:
-        """A page of at most ``limit`` records, in the store's own order.
+        """A page of at most ``limit`` records, stubs included, in the store's own order.
 
         ``after`` is the cursor a previous page returned (None: from the
         start). Returns the page and the cursor of the next one, None after the

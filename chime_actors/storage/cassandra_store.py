@@ -1030,10 +1030,17 @@ class CassandraStore:
             "save_attachment_chunk", "attachment_chunk_insert", (attachment_id, index, data)
         )
 
+    async def begin_attachment(self, stub: StoredAttachment) -> None:
+        """See ``AttachmentStore.begin_attachment``: the same upsert as the record's."""
+        await self._write_attachment("begin_attachment", stub)
+
     async def finish_attachment(self, attachment: StoredAttachment) -> None:
-        """See ``AttachmentStore.finish_attachment``."""
+        """See ``AttachmentStore.finish_attachment``: replaces the stub (an upsert)."""
+        await self._write_attachment("finish_attachment", attachment)
+
+    async def _write_attachment(self, operation: str, attachment: StoredAttachment) -> None:
         await self._run(
-            "finish_attachment",
+            operation,
             "attachment_insert",
             (
                 attachment.attachment_id,
@@ -1048,20 +1055,29 @@ class CassandraStore:
         )
 
     async def discard_attachment(self, attachment_id: str, chunks: int) -> None:
-        """See ``AttachmentStore.discard_attachment``: one partition delete per chunk."""
+        """See ``AttachmentStore.discard_attachment``: one partition delete per chunk,
+        then the stub's (only an unfinished upload is ever discarded)."""
         await _gather_all(
             self._run("discard_attachment", "attachment_chunk_delete", (attachment_id, index))
             for index in range(chunks)
         )
+        await self._run("discard_attachment", "attachment_delete", (attachment_id,))
 
     async def get_attachments(
         self, attachment_ids: Sequence[str]
     ) -> Mapping[str, StoredAttachment]:
         """See ``AttachmentStore.get_attachments``: ``IN`` queries of ``_IN_CHUNK`` ids."""
+        found = await self._records("get_attachments", attachment_ids)
+        return {i: a for i, a in found.items() if not a.in_progress}
+
+    async def _records(
+        self, operation: str, attachment_ids: Sequence[str]
+    ) -> dict[str, StoredAttachment]:
+        """The records of ``attachment_ids``, stubs included."""
         ids = sorted(set(attachment_ids))
         pages = await asyncio.gather(
             *(
-                self._run("get_attachments", "attachments_in", (ids[i : i + _IN_CHUNK],))
+                self._run(operation, "attachments_in", (ids[i : i + _IN_CHUNK],))
                 for i in range(0, len(ids), _IN_CHUNK)
             )
         )
@@ -1099,7 +1115,7 @@ class CassandraStore:
         attachment_id = attachment.attachment_id
         if await self._run("delete_unlisted_attachment", "attachment_refs_get", (attachment_id,)):
             return False
-        found = await self.get_attachments([attachment_id])
+        found = await self._records("delete_unlisted_attachment", [attachment_id])
         if attachment_id not in found:
             return False
         await self._run("delete_unlisted_attachment", "attachment_delete", (attachment_id,))

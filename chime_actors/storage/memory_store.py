@@ -313,6 +313,11 @@ class MemoryStore:
         self._check("save_attachment_chunk")
         self._chunks[(attachment_id, index)] = bytes(data)
 
+    async def begin_attachment(self, stub: StoredAttachment) -> None:
+        """See ``AttachmentStore.begin_attachment``."""
+        self._check("begin_attachment")
+        self._attachments[stub.attachment_id] = stub
+
     async def finish_attachment(self, attachment: StoredAttachment) -> None:
         """See ``AttachmentStore.finish_attachment``."""
         self._check("finish_attachment")
@@ -323,13 +328,17 @@ class MemoryStore:
         self._check("discard_attachment")
         for index in range(chunks):
             self._chunks.pop((attachment_id, index), None)
+        stub = self._attachments.get(attachment_id)
+        if stub is not None and stub.in_progress:
+            del self._attachments[attachment_id]
 
     async def get_attachments(
         self, attachment_ids: Sequence[str]
     ) -> Mapping[str, StoredAttachment]:
         """See ``AttachmentStore.get_attachments``."""
         self._check("get_attachments")
-        return {i: self._attachments[i] for i in attachment_ids if i in self._attachments}
+        found = (self._attachments.get(i) for i in attachment_ids)
+        return {a.attachment_id: a for a in found if a is not None and not a.in_progress}
 
     async def attachment_chunk(self, attachment_id: str, index: int) -> bytes:
         """See ``AttachmentStore.attachment_chunk``."""

@@ -46,6 +46,7 @@ from chime_actors.errors import FencedOut, StoreError, StoreUnavailable
 from chime_actors.ids import parse_message_id
 from chime_actors.records import ChangeKind, ChannelEvent, ChimeMessage, MessageChange
 from chime_actors.storage.attachments import (
+    IN_PROGRESS,
     AttachmentStore,
     StoredAttachment,
     dump_attachments,
@@ -418,6 +419,12 @@ class SqliteStore:
             "save_attachment_chunk",
             partial(_save_chunk, attachment_id=attachment_id, index=index, data=bytes(data)),
             write=True,
+        )
+
+    async def begin_attachment(self, stub: StoredAttachment) -> None:
+        """See ``AttachmentStore.begin_attachment``."""
+        await self._call(
+            "begin_attachment", partial(_finish_attachment, attachment=stub), write=True
         )
 
     async def finish_attachment(self, attachment: StoredAttachment) -> None:
@@ -1037,8 +1044,10 @@ def _save_chunk(conn: sqlite3.Connection, *, attachment_id: str, index: int, dat
 
 
 def _finish_attachment(conn: sqlite3.Connection, *, attachment: StoredAttachment) -> None:
+    # REPLACE: a finished record replaces its upload's stub.
     conn.execute(
-        "INSERT INTO attachments (attachment_id, owner, filename, content_type, size, sha256,"
+        "INSERT OR REPLACE INTO attachments (attachment_id, owner, filename, content_type,"
+        " size, sha256,"
         " chunks, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             attachment.attachment_id,
@@ -1055,6 +1064,10 @@ def _finish_attachment(conn: sqlite3.Connection, *, attachment: StoredAttachment
 
 def _discard_attachment(conn: sqlite3.Connection, *, attachment_id: str) -> None:
     conn.execute("DELETE FROM attachment_chunks WHERE attachment_id = ?", (attachment_id,))
+    conn.execute(
+        "DELETE FROM attachments WHERE attachment_id = ? AND sha256 = ?",
+        (attachment_id, IN_PROGRESS),
+    )
 
 
 def _get_attachments(
@@ -1066,8 +1079,8 @@ def _get_attachments(
         placeholders = ", ".join("?" * len(chunk))
         rows = conn.execute(
             f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments"
-            f" WHERE attachment_id IN ({placeholders})",
-            chunk,
+            f" WHERE attachment_id IN ({placeholders}) AND sha256 != ?",
+            (*chunk, IN_PROGRESS),
         ).fetchall()
         for row in rows:
             found[str(row[0])] = _to_attachment(row)

@@ -11,8 +11,12 @@ a user's ``limits.upload_bytes_per_hour``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import signal
+import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -655,3 +659,37 @@ def test_files_never_sent_expire_and_are_deleted_sent_ones_stay(
             unsent["attachmentId"],
             late["attachmentId"],
         }
+
+
+def test_the_chunks_of_an_upload_cut_off_by_a_crash_are_swept(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    overrides = {"auth.mode": "jwt", "auth.jwt.secret": SECRET, "attachments.unsent_ttl_s": 2}
+    workdir = tmp_path_factory.mktemp("crashed-upload")
+    with running_server(workdir, overrides) as server:
+        database = workdir / "data" / "chime.db"
+
+        def chunks_stored() -> int:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                (count,) = db.execute("SELECT COUNT(*) FROM attachment_chunks").fetchone()
+                return int(count)
+
+        with socket.create_connection(("127.0.0.1", server.api_port), timeout=10) as upload:
+            upload.sendall(
+                b"POST /v1/attachments?filename=big.bin HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {token('alice')}\r\n".encode()
+                + b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            piece = b"z" * (MIB + 1024)  # more than a chunk: one is stored
+            upload.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            deadline = time.monotonic() + 20
+            while chunks_stored() == 0:
+                assert time.monotonic() < deadline, "no chunk of the upload was stored"
+                time.sleep(0.1)
+            # The API process dies mid-upload: nothing of it discards the chunk.
+            (api,) = server.pids_by_title("chime: api")
+            os.kill(api, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while chunks_stored() != 0:
+            assert time.monotonic() < deadline, "the crashed upload's chunks were never swept"
+            time.sleep(0.2)

@@ -28,7 +28,7 @@ from chime_actors.errors import ProtocolError, StoreUnavailable
 from chime_actors.ids import format_message_id, is_attachment_id, new_attachment_id
 from chime_actors.records import ChimeMessage
 from chime_actors.storage import MemoryStore
-from chime_actors.storage.attachments import CHUNK_BYTES
+from chime_actors.storage.attachments import CHUNK_BYTES, StoredAttachment
 from tests.support.clock import FakeClock
 
 
@@ -322,10 +322,23 @@ def test_bad_filename_or_content_type_is_bad_request(backend: Backend) -> None:
         assert error_of(handle(backend, request)) == (400, "bad_request")
 
 
+def records(backend: Backend) -> tuple[object, ...]:
+    """Every record the store holds, stubs of uploads in progress included."""
+    return asyncio.run(backend.store.scan_attachments(None, 1000))[0]
+
+
 def test_a_broken_body_discards_what_was_stored(backend: Backend) -> None:
     with pytest.raises(HttpError):
         handle(backend, upload_request(breaks_after(b"q" * (CHUNK_BYTES + 5))))
     assert backend.store.chunk_count() == 0
+    assert records(backend) == ()  # nor is the upload's stub left behind
+
+
+def test_an_upload_leaves_its_record_only_not_its_stub(backend: Backend) -> None:
+    assert handle(backend, upload_request(pieces(b"done"))).status == 201
+    assert error_of(handle(backend, upload_request(pieces(b"")))) == (400, "bad_request")
+    (kept,) = records(backend)
+    assert isinstance(kept, StoredAttachment) and not kept.in_progress
 
 
 def test_storage_failing_mid_upload_is_503_and_discards_the_rest() -> None:

@@ -14,7 +14,7 @@ from chime_actors.errors import StoreUnavailable
 from chime_actors.persister.attachments import check_attachments
 from chime_actors.records import Attachment, SendRecord, format_timestamp
 from chime_actors.storage import MemoryStore
-from chime_actors.storage.attachments import StoredAttachment
+from chime_actors.storage.attachments import StoredAttachment, upload_stub
 from tests.store_contract import delete, make_message
 
 DAY_S = 24 * 3600.0
@@ -76,6 +76,36 @@ def test_files_no_live_message_lists_are_deleted_past_the_ttl_and_the_grace() ->
     assert not exists(store, old_unsent) and not exists(store, old_deleted)
     assert exists(store, in_grace) and exists(store, young) and exists(store, old_sent)
     assert store.chunk_count() == 3  # the deleted files' chunks went with them
+
+
+def test_an_upload_never_finished_is_swept_with_its_chunks_once_old() -> None:
+    store = MemoryStore()
+
+    def stub(seconds_ago: float, name: str) -> StoredAttachment:
+        created = format_timestamp(datetime.fromtimestamp(NOW_S - seconds_ago, UTC))
+        return upload_stub(
+            name.ljust(32, "0"),
+            owner="alice",
+            filename="big.bin",
+            content_type="application/octet-stream",
+            max_bytes=3 * 1024 * 1024,
+            created_at=created,
+        )
+
+    crashed, running = stub(DAY_S + 601, "aa"), stub(30, "bb")
+
+    async def scenario() -> int:
+        await store.open()
+        for upload in (crashed, running):
+            await store.begin_attachment(upload)
+            await store.save_attachment_chunk(upload.attachment_id, 0, b"x" * 10)
+            await store.save_attachment_chunk(upload.attachment_id, 1, b"y" * 10)
+        return await AttachmentSweeper(store, DAY_S, wall_clock=lambda: NOW_S).sweep()
+
+    assert asyncio.run(scenario()) == 1
+    assert store.chunk_count() == 2  # the running upload's two
+    listed = asyncio.run(store.scan_attachments(None, 10))[0]
+    assert [a.attachment_id for a in listed] == [running.attachment_id]
 
 
 @pytest.mark.parametrize("failure", [StoreUnavailable("storage down"), KeyError("a bug")])
