@@ -7,9 +7,10 @@ listed by id in sends. Where it lives:
   blobs, one row per chunk; Cassandra, one partition per chunk (a 1 MiB cell is
   far below every Cassandra limit, and a large file is spread over the ring);
 * its record (:class:`StoredAttachment`): uploader, name, type, size, SHA-256 and
-  chunk count. It is written after the last chunk, so an attachment exists only
-  once all of its bytes do; an upload that fails half-way leaves no record (and
-  its chunks are discarded);
+  chunk count. It is written after the last chunk, replacing the stub the upload
+  wrote before its first, so an attachment exists only once all of its bytes
+  do; an upload that fails half-way leaves nothing (its chunks and stub are
+  discarded), and one cut off by a crash leaves a stub the sweeper finds;
 * which channels have a live message listing it: written by
   ``MessageStore.append`` with the message, in the same write (so the index
   never lags a stored message), and dropped when the message is deleted. That is
