@@ -21,33 +21,24 @@ per host.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 
-from chime_actors.gateway.rate_limit import MAX_KEYS
+from chime_actors.gateway.rate_limit import MAX_KEYS, KeyedBuckets
 
 HOUR_S = 3600.0
 
 
-class _Bucket:
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
-
-
 class UploadBudget:
-    """Bytes each user may still upload on this host (0 = no limit)."""
+    """Bytes each user may still upload on this host (0 = no limit).
+
+    The gateway's token buckets (``rate_limit.KeyedBuckets``), filled in bytes
+    over an hour.
+    """
 
     def __init__(
         self, bytes_per_hour: int, clock: Callable[[], float], *, max_keys: int = MAX_KEYS
     ) -> None:
-        self._capacity = float(bytes_per_hour)
-        self._rate = self._capacity / HOUR_S
-        self._clock = clock
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets = KeyedBuckets(bytes_per_hour, clock, window_s=HOUR_S, max_keys=max_keys)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -60,33 +51,10 @@ class UploadBudget:
         all (the bucket goes below zero), so no file within ``attachments.max_bytes``
         is refused for ever.
         """
-        bucket = self._bucket(user_id)
-        if bucket is None:
-            return None
-        need = min(float(size), self._capacity)
-        if bucket.tokens < need:
-            return max(1, math.ceil((need - bucket.tokens) / self._rate * 1000))
-        bucket.tokens -= size
-        return None
+        wait_s = self._buckets.take(user_id, size)
+        return None if wait_s is None else max(1, math.ceil(wait_s * 1000))
 
     def refund(self, user_id: str, size: int) -> None:
         """Give back ``size`` reserved bytes that were not stored."""
-        bucket = self._bucket(user_id)
-        if bucket is not None and size > 0:
-            bucket.tokens = min(self._capacity, bucket.tokens + size)
-
-    def _bucket(self, user_id: str) -> _Bucket | None:
-        if self._capacity <= 0:
-            return None
-        now = self._clock()
-        bucket = self._buckets.pop(user_id, None)
-        if bucket is None:
-            bucket = _Bucket(self._capacity, now)
-        else:
-            elapsed = max(0.0, now - bucket.stamp)
-            bucket.tokens = min(self._capacity, bucket.tokens + elapsed * self._rate)
-            bucket.stamp = now
-        self._buckets[user_id] = bucket  # most recently used last
-        while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
-        return bucket
+        if size > 0:
+            self._buckets.give_back(user_id, size)

@@ -30,42 +30,65 @@ MAX_KEYS = 65536
 
 
 class TokenBucket:
-    """``capacity`` tokens, refilled at ``capacity`` per ``WINDOW_S``."""
+    """``capacity`` tokens, refilled at ``capacity`` per ``window_s`` (``WINDOW_S``)."""
 
-    __slots__ = ("_capacity", "_stamp", "_tokens")
+    __slots__ = ("_capacity", "_stamp", "_tokens", "_window_s")
 
-    def __init__(self, capacity: float, now: float) -> None:
+    def __init__(self, capacity: float, now: float, window_s: float = WINDOW_S) -> None:
         self._capacity = capacity
         self._tokens = capacity
         self._stamp = now
+        self._window_s = window_s
 
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._stamp)
-        self._tokens = min(self._capacity, self._tokens + elapsed * self._capacity / WINDOW_S)
+        self._tokens = min(self._capacity, self._tokens + elapsed * self._capacity / self._window_s)
         self._stamp = now
 
-    def wait_s(self, now: float) -> float:
-        """Seconds until a token is free (0 when one is free now); takes nothing."""
-        self._refill(now)
-        if self._tokens >= 1.0:
-            return 0.0
-        return (1.0 - self._tokens) * WINDOW_S / self._capacity
+    def wait_s(self, now: float, amount: float = 1.0) -> float:
+        """Seconds until ``amount`` tokens are free (0 when they are now); takes nothing.
 
-    def take(self, now: float) -> float | None:
-        """Take a token: None when taken, else the seconds until one is free."""
-        wait = self.wait_s(now)
+        An amount over the capacity waits for a full bucket.
+        """
+        self._refill(now)
+        need = min(amount, self._capacity)
+        if self._tokens >= need:
+            return 0.0
+        return (need - self._tokens) * self._window_s / self._capacity
+
+    def take(self, now: float, amount: float = 1.0) -> float | None:
+        """Take ``amount`` tokens: None when taken, else the seconds until they are free.
+
+        An amount over the capacity is taken from a full bucket, which then
+        stays below zero until it has refilled past it.
+        """
+        wait = self.wait_s(now, amount)
         if wait > 0.0:
             return wait
-        self._tokens -= 1.0
+        self._tokens -= amount
         return None
+
+    def give_back(self, now: float, amount: float) -> None:
+        """Return ``amount`` taken tokens that were not used (never past the capacity)."""
+        self._refill(now)
+        self._tokens = min(self._capacity, self._tokens + amount)
 
 
 class KeyedBuckets:
-    """A bounded table of buckets of ``limit``, one per key (0 = no limit)."""
+    """A bounded table of buckets of ``limit`` per ``window_s``, one per key (0 = no limit)."""
 
-    def __init__(self, limit: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float],
+        *,
+        window_s: float = WINDOW_S,
+        max_keys: int = MAX_KEYS,
+    ) -> None:
         self._limit = float(limit)
         self._clock = clock
+        self._window_s = window_s
+        self._max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
@@ -77,16 +100,22 @@ class KeyedBuckets:
             return None
         bucket = self._buckets.pop(key, None)
         if bucket is None:
-            bucket = TokenBucket(self._limit, self._clock())
+            bucket = TokenBucket(self._limit, self._clock(), self._window_s)
         self._buckets[key] = bucket  # most recently used last
-        while len(self._buckets) > MAX_KEYS:
+        while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)
         return bucket
 
-    def take(self, key: str) -> float | None:
-        """Take a token for ``key``; None when taken, else seconds until one is free."""
+    def take(self, key: str, amount: float = 1.0) -> float | None:
+        """Take ``amount`` for ``key``; None when taken, else seconds until it is free."""
         bucket = self.bucket(key)
-        return None if bucket is None else bucket.take(self._clock())
+        return None if bucket is None else bucket.take(self._clock(), amount)
+
+    def give_back(self, key: str, amount: float) -> None:
+        """Return ``amount`` that ``key`` took and did not use."""
+        bucket = self.bucket(key)
+        if bucket is not None:
+            bucket.give_back(self._clock(), amount)
 
 
 @dataclass(frozen=True, slots=True)
