@@ -62,6 +62,7 @@ from chime_actors.ids import is_message_id
 from chime_actors.logs import get_logger
 from chime_actors.persister.link import next_token
 from chime_actors.protocol import server_frames
+from chime_actors.protocol.codes import ErrorCode
 from chime_actors.protocol.events import Send
 from chime_actors.protocol.frames import MAX_EMOJI_CHARS, Limits, parse_frame
 from chime_actors.records import (
@@ -477,18 +478,18 @@ def _send_event(body: bytes, channel_id: str, max_content_chars: int) -> Send:
 
 def _rate_limited(wait_s: float) -> HttpResponse:
     """429 over ``limits.messages_per_10s``, saying when to try again."""
-    return error_response(
-        429,
-        "over limits.messages_per_10s; try again later",
-        code="rate_limited",
-        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-        retryAfterMs=max(1, math.ceil(wait_s * 1000)),
+    return _protocol_error(
+        ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            "over limits.messages_per_10s; try again later",
+            retry_after_ms=max(1, math.ceil(wait_s * 1000)),
+        )
     )
 
 
 def _protocol_error(exc: ProtocolError) -> HttpResponse:
     status = _STATUS.get(exc.code, 400)
-    if exc.retry_after_ms is not None:
+    if exc.retry_after_ms is not None:  # rate_limited: when to try again, both ways
         return error_response(
             status,
             exc.message,
