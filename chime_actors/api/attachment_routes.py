@@ -278,11 +278,9 @@ async def _store_upload(
     pending = bytearray()
     size = 0
     started = 0  # chunks whose write began: what a failure must discard
-    begun = False
     try:
         # A stub first: if this process dies mid-upload, the sweeper finds the
         # chunks through it (storage.attachments.StoredAttachment).
-        begun = True
         await store.begin_attachment(
             upload_stub(
                 attachment_id,
@@ -322,8 +320,7 @@ async def _store_upload(
         )
         await store.finish_attachment(stored)
     except BaseException:
-        if begun:
-            await _discard(store, attachment_id, started)
+        await _discard(store, attachment_id, started)  # the chunks begun, and the stub
         raise
     return stored
 
