@@ -49,6 +49,19 @@ def bearer(sub: str, channels: list[str] | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(sub, channels)}"}
 
 
+def chunked_upload_head(filename: str, user: str, headers: bytes = b"") -> bytes:
+    """The head of a chunked upload of ``filename`` by ``user`` (its body follows)."""
+    return (
+        (
+            f"POST /v1/attachments?filename={filename} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token(user)}\r\n"
+            "Transfer-Encoding: chunked\r\n"
+        ).encode()
+        + headers
+        + b"\r\n"
+    )
+
+
 def fresh() -> str:
     return f"att-{uuid.uuid4().hex[:10]}"
 
@@ -131,9 +144,7 @@ def test_empty_upload_is_bad_request(server: ServerProcess) -> None:
     assert reply.json()["code"] == "bad_request"
     chunked = http.raw_exchange(
         server.api_port,
-        b"POST /v1/attachments?filename=e.txt HTTP/1.1\r\nHost: x\r\n"
-        + f"Authorization: Bearer {token('alice')}\r\n".encode()
-        + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        chunked_upload_head("e.txt", "alice", b"Connection: close\r\n") + b"0\r\n\r\n",
     )
     assert http.status_of(chunked) == 400, chunked
 
@@ -213,9 +224,7 @@ def test_chunked_body_growing_past_the_limit_is_refused_while_streaming(
     parts = [frame] * (MAX_BYTES // len(piece) + 4)
     raw = http.raw_exchange(
         server.api_port,
-        b"POST /v1/attachments?filename=big.bin HTTP/1.1\r\nHost: x\r\n"
-        + f"Authorization: Bearer {token('alice')}\r\n".encode()
-        + b"Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n",
+        chunked_upload_head("big.bin", "alice", b"Content-Type: application/octet-stream\r\n"),
         parts,
     )
     assert http.status_of(raw) == 413, raw[:300]
@@ -595,9 +604,8 @@ def test_one_user_cannot_fill_the_disk_uploads_past_the_hourly_budget_are_429(
         # A chunked body reserves attachments.max_bytes: refused as well.
         chunked = http.raw_exchange(
             server.api_port,
-            b"POST /v1/attachments?filename=c.txt HTTP/1.1\r\nHost: x\r\n"
-            + f"Authorization: Bearer {token('mallory')}\r\n".encode()
-            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            chunked_upload_head("c.txt", "mallory", b"Connection: close\r\n")
+            + b"1\r\nx\r\n0\r\n\r\n",
         )
         assert http.status_of(chunked) == 429, chunked
         # Another user is not held back by mallory.
@@ -675,11 +683,7 @@ def test_the_chunks_of_an_upload_cut_off_by_a_crash_are_swept(
                 return int(count)
 
         with socket.create_connection(("127.0.0.1", server.api_port), timeout=10) as upload:
-            upload.sendall(
-                b"POST /v1/attachments?filename=big.bin HTTP/1.1\r\nHost: x\r\n"
-                + f"Authorization: Bearer {token('alice')}\r\n".encode()
-                + b"Transfer-Encoding: chunked\r\n\r\n"
-            )
+            upload.sendall(chunked_upload_head("big.bin", "alice"))
             piece = b"z" * (MIB + 1024)  # more than a chunk: one is stored
             upload.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
             deadline = time.monotonic() + 20
