@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     http_get,
     http_request,
     ping_pong,
+    received,
     run,
     send_message,
 )
@@ -349,8 +350,9 @@ def test_threads_history_and_reply_counts(server: ServerProcess) -> None:
                 (await send_message(alice, channel, f"reply {i}", threadId=root))["messageId"]
                 for i in range(3)
             ]
-            (message,) = [m for m in alice.frames if m.get("type") == "message"][2:3]
-            assert message["message"]["threadId"] == root
+            # An ack can overtake the broadcast copy: wait for the third message.
+            message = (await received(alice, 3, channel))[2]
+            assert message["threadId"] == root
             thread = await history(alice, channel, threadId=root)
             assert [m["messageId"] for m in thread["messages"]] == [root, *replies]
             page = await history(alice, channel)
