@@ -42,6 +42,7 @@ from thespian.actors import (
 
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
+from chime_actors.runtime.heap import freeze_startup_heap
 from chime_actors.runtime.lane_codec import LaneCodec
 from chime_actors.runtime.lanes import LaneServer, Router, address_key
 from chime_actors.runtime.loop_bridge import LoopBridge
@@ -224,7 +225,10 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         registry = getattr(core, "registry", None)
         if isinstance(registry, MetricsRegistry):
             self._lane_metrics = bridge.run_sync(_start_task(_report_lanes(router, registry)), 5)
-        log.info("actor started", actor=str(configure.actor_id), port=port, lane=lane)
+        frozen = freeze_startup_heap()
+        log.info(
+            "actor started", actor=str(configure.actor_id), port=port, lane=lane, gcFrozen=frozen
+        )
         ready = Ready(configure.actor_id, port, lane=lane, lane_key=address_key(self.myAddress))
         self.send(sender, ready)
 
