@@ -579,7 +579,9 @@ class SqliteStore:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            # Another process may be creating the same new file right now: its
+            # write lock makes this answer SQLITE_BUSY at once, busy_timeout or not.
+            (mode,) = _when_unlocked(conn, Abandoned(), "PRAGMA journal_mode = WAL").fetchone()
             if str(mode).lower() != "wal":
                 raise StoreUnavailable(f"sqlite could not enable WAL on {self._path}: {mode}")
             # FULL: every commit's WAL frames are fsynced before it returns, so an
@@ -630,26 +632,38 @@ def _write(conn: sqlite3.Connection, abandoned: Abandoned) -> Iterator[None]:
 
 
 def _begin_immediate(conn: sqlite3.Connection, abandoned: Abandoned) -> None:
-    """``BEGIN IMMEDIATE``, trying again every ``_LOCK_RETRY_S`` while another
-    process holds the write lock, for at most ``_BUSY_TIMEOUT_MS``; a caller that
-    stopped waiting (``abandoned``) ends the wait at once."""
+    """``BEGIN IMMEDIATE``, waiting while another process holds the write lock."""
+    _when_unlocked(conn, abandoned, "BEGIN IMMEDIATE")
+
+
+def _when_unlocked(conn: sqlite3.Connection, abandoned: Abandoned, sql: str) -> sqlite3.Cursor:
+    """Run ``sql``, trying again every ``_LOCK_RETRY_S`` while the database is
+    busy (``is_busy``), for at most ``_BUSY_TIMEOUT_MS``; a caller that stopped
+    waiting (``abandoned``) ends the wait at once.
+
+    SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms between tries, so a
+    waiter slept on long after the other's commit (docs/performance.md).
+    """
     conn.execute("PRAGMA busy_timeout = 0")
     try:
         deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
+                return conn.execute(sql)
             except sqlite3.OperationalError as exc:
-                if (
-                    exc.sqlite_errorcode != sqlite3.SQLITE_BUSY
-                    or abandoned.is_set()
-                    or time.monotonic() >= deadline
-                ):
+                if not is_busy(exc) or abandoned.is_set() or time.monotonic() >= deadline:
                     raise
             time.sleep(_LOCK_RETRY_S)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True if ``exc`` says another connection holds a lock for now: SQLITE_BUSY
+    or one of its extended codes, which ``sqlite_errorcode`` carries. The one seen
+    here is SQLITE_BUSY_RECOVERY, while another process rebuilds a new or crashed
+    WAL's index: a store that opens at that moment must wait, not fail."""
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
 
 @contextmanager
