@@ -101,9 +101,11 @@ def react(
     return MessageChange(channel, mid(seq), kind, mid(target), user, created_at(seq), emoji=emoji)
 
 
-def batch(first: int, last: int, *, channel: str = CHANNEL) -> list[ChimeMessage]:
-    """Messages ``first..last`` (inclusive) of a channel."""
-    return [make_message(seq, channel=channel) for seq in range(first, last + 1)]
+def batch(
+    first: int, last: int, *, channel: str = CHANNEL, user: str = "alice"
+) -> list[ChimeMessage]:
+    """Messages ``first..last`` (inclusive) of a channel, all sent by ``user``."""
+    return [make_message(seq, channel=channel, user=user) for seq in range(first, last + 1)]
 
 
 def seqs(events: tuple[ChannelEvent, ...]) -> list[int]:
@@ -683,7 +685,9 @@ class StoreContract:
             return await store.unread_counts(user_id, [CHANNEL, "random"], limit=100)
 
         async def scenario(store: MessageStore) -> None:
-            await store.append([*batch(1, 12), *batch(1, 8, channel="random")])
+            await store.append(
+                [*batch(1, 12, user="carol"), *batch(1, 8, channel="random", user="carol")]
+            )
             await store.set_read_marker(CHANNEL, "alice", mid(3))
             await store.set_read_marker(CHANNEL, "bob", mid(1))
             await store.set_read_marker("random", "alice", mid(7))
@@ -753,8 +757,8 @@ class StoreContract:
 
     def test_unread_counts_live_messages_after_the_marker(self, make_store: StoreFactory) -> None:
         async def scenario(store: MessageStore) -> None:
-            await store.append(batch(1, 25))
-            await store.append(batch(1, 3, channel="quiet"))
+            await store.append(batch(1, 25, user="carol"))
+            await store.append(batch(1, 3, channel="quiet", user="carol"))
             # Changes take numbers of their own (26, 27): they are not messages to read.
             await store.append([delete(26, 12), delete(27, 4)])  # 4: before the marker
             await store.set_read_marker(CHANNEL, "alice", mid(10))
@@ -771,6 +775,31 @@ class StoreContract:
                 "quiet": 3,
             }
             assert await store.unread_counts("alice", [], limit=5) == {}
+
+        run_with_store(make_store, scenario)
+
+    def test_the_readers_own_messages_are_never_unread(self, make_store: StoreFactory) -> None:
+        async def scenario(store: MessageStore) -> None:
+            # 1-10: alice and carol in turn (carol's are the even ones), then
+            # 11-20 alice alone, then 21-23 carol.
+            await store.append(
+                [
+                    make_message(seq, user="carol" if seq % 2 == 0 else "alice")
+                    for seq in range(1, 11)
+                ]
+                + batch(11, 20)
+                + batch(21, 23, user="carol")
+            )
+            counts = await store.unread_counts("alice", [CHANNEL], limit=100)
+            assert counts == {CHANNEL: 8}  # carol's 5 + 3
+            assert await store.unread_counts("carol", [CHANNEL], limit=100) == {CHANNEL: 15}
+            await store.set_read_marker(CHANNEL, "alice", mid(4))
+            assert await store.unread_counts("alice", [CHANNEL], limit=100) == {CHANNEL: 6}
+            # The limit counts others' messages: alice's ten in a row do not use it up.
+            assert await store.unread_counts("alice", [CHANNEL], limit=4) == {CHANNEL: 4}
+            await store.set_read_marker(CHANNEL, "alice", mid(10))
+            assert await store.unread_counts("alice", [CHANNEL], limit=2) == {CHANNEL: 2}
+            assert await store.unread_counts("alice", [CHANNEL], limit=100) == {CHANNEL: 3}
 
         run_with_store(make_store, scenario)
 

@@ -1002,8 +1002,9 @@ class CassandraStore:
         self, user_id: str, channel_ids: Sequence[str], *, limit: int
     ) -> dict[str, int]:
         """See ``MessageStore.unread_counts``: the channels concurrently, and for
-        each the marker, then at most ``limit`` live rows after it (only their
-        ``seq`` and ``deleted`` columns), bucket by bucket upwards."""
+        each the marker, then live rows after it (only their ``seq``, ``deleted``
+        and ``user_id`` columns), bucket by bucket upwards, until ``limit`` of
+        them are someone else's."""
 
         async def count(channel_id: str) -> int:
             rows = await self._run("unread_counts", "marker_get", (channel_id, user_id))
@@ -1015,6 +1016,7 @@ class CassandraStore:
                 None,
                 want=limit,
                 statement="messages_flags_asc",
+                skip_user=user_id,
             )
             return len(found)
 
@@ -1242,10 +1244,12 @@ class CassandraStore:
         want: int | None,
         events: bool = False,
         statement: str = "messages_asc",
+        skip_user: str | None = None,
     ) -> list[Any]:
         """Live rows with ``after_seq < seq < before_seq``, oldest first, at most ``want``.
 
-        With ``events`` the rows of changes too. Stops at the first bucket with
+        With ``events`` the rows of changes too; with ``skip_user`` not that
+        user's messages. Stops at the first bucket with
         no row in range: ids are contiguous and deleted rows (and changes) stay,
         so an empty bucket means the channel ends there.
         ``statement`` is an ascending range read of ``messages`` (the whole row,
@@ -1267,6 +1271,7 @@ class CassandraStore:
                 forward=True,
                 want=None if want is None else want - len(rows),
                 events=events,
+                skip_user=skip_user,
             )
             rows += found
             if not any_rows:
@@ -1321,10 +1326,12 @@ class CassandraStore:
         forward: bool,
         want: int | None,
         events: bool = False,
+        skip_user: str | None = None,
     ) -> tuple[list[Any], bool]:
         """Rows of one partition with ``lo < seq < hi`` in order, at most ``want``.
 
-        Deleted rows are skipped (those of changes too unless ``events``), so a
+        Deleted rows are skipped (those of changes too unless ``events``), and
+        so are the messages of ``skip_user``, so a
         query may come back short and be followed by another starting after its
         last row. Returns the rows and whether the partition had any row in
         range at all.
@@ -1335,7 +1342,12 @@ class CassandraStore:
             ask = _SCAN_CHUNK if want is None else want - len(rows)
             got = await self._run(operation, statement, (*key, lo, hi, ask))
             any_rows = any_rows or bool(got)
-            rows += [row for row in got if not row.deleted or (events and row.kind is not None)]
+            rows += [
+                row
+                for row in got
+                if (not row.deleted and (skip_user is None or row.user_id != skip_user))
+                or (events and row.kind is not None)
+            ]
             if len(got) < ask:
                 break
             if forward:
@@ -1513,7 +1525,7 @@ class CassandraStore:
             f" AND {range_where} LIMIT ?",
             "thread_asc": f"{select}.thread_messages WHERE channel_id = ? AND thread_id = ?"
             f" AND {range_where} ORDER BY seq ASC LIMIT ?",
-            "messages_flags_asc": f"SELECT seq, deleted FROM {ks}.messages"
+            "messages_flags_asc": f"SELECT seq, deleted, user_id FROM {ks}.messages"
             f" WHERE channel_id = ? AND bucket = ? AND {range_where} ORDER BY seq ASC LIMIT ?",
             "messages_get": f"{select_messages}.messages"
             " WHERE channel_id = ? AND bucket = ? AND seq = ?",

@@ -296,7 +296,11 @@ class MemoryStore:
             channel = self._channel(channel_id)
             marker = channel.read_markers.get(user_id)
             after = parse_message_id(marker) if marker is not None else 0
-            live = (s for s in channel.messages if s > after and s not in channel.deleted)
+            live = (
+                seq
+                for seq, message in channel.messages.items()
+                if seq > after and seq not in channel.deleted and message.user_id != user_id
+            )
             counts[channel_id] = sum(1 for _ in itertools.islice(live, limit))
         return counts
 

@@ -1039,11 +1039,12 @@ def _unread_counts(
     for channel_id in channel_ids:
         marker = _read_marker(conn, channel_id=channel_id, user_id=user_id)
         after = parse_message_id(marker) if marker is not None else 0
-        # The inner LIMIT keeps the primary-key range scan to ``limit`` rows.
+        # The inner LIMIT stops the primary-key range scan at the ``limit``-th
+        # message of someone else.
         (count,) = conn.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM messages"
-            " WHERE channel_id = ? AND seq > ? AND deleted = 0 LIMIT ?)",
-            (channel_id, after, limit),
+            " WHERE channel_id = ? AND seq > ? AND deleted = 0 AND user_id != ? LIMIT ?)",
+            (channel_id, after, user_id, limit),
         ).fetchone()
         counts[channel_id] = int(count)
     return counts

@@ -273,9 +273,10 @@ class MessageStore(Protocol):
         """Count what the user has not read yet in each channel.
 
         The count of a channel is the number of its non-deleted messages after
-        the user's read marker (every message when the user never set one),
-        stopping at ``limit``: ``limit`` means "at least that many", and no
-        store reads more than ``limit`` rows of a channel to tell.
+        the user's read marker (every message when the user never set one) that
+        other users sent: one's own messages are never unread. It stops at
+        ``limit``: ``limit`` means "at least that many", and no store reads more
+        rows of a channel than ``limit`` and the user's own messages among them.
 
         Args:
             user_id: whose read markers.

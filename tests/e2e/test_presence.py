@@ -335,6 +335,29 @@ def test_read_markers_give_unread_counts_in_connected_and_never_move_back(
     run(scenario())
 
 
+def test_a_users_own_messages_are_never_unread_on_any_device(server: ServerProcess) -> None:
+    channel = fresh("own")
+
+    async def scenario() -> None:
+        async with clients(server) as cs:
+            phone = await cs.connect("sara", [channel])
+            await send_message(phone, channel, "from sara's phone")
+            tom = await cs.connect("tom", [channel])
+            await send_message(tom, channel, "from tom")
+            await send_message(phone, channel, "sara again")
+            # Sara's laptop: only Tom's message is unread; Tom: both of Sara's.
+            laptop = await cs.connect("sara", [channel])
+            assert laptop.frames[0]["unread"] == {channel: 1}
+            again = await cs.connect("tom", [channel])
+            assert again.frames[0]["unread"] == {channel: 2}
+
+    run(scenario())
+    status, body = http(
+        "GET", f"{server.api}/v1/me/unread?channels={channel}", headers={"X-Chime-User": "sara"}
+    )
+    assert (status, body) == (200, {"unread": {channel: 1}})
+
+
 def test_rest_read_marker_and_unread(server: ServerProcess) -> None:
     channel, other = fresh("rest"), fresh("rest")
     user = {"X-Chime-User": "quinn"}

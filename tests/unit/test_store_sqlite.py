@@ -79,7 +79,7 @@ def test_data_survives_reopening_and_schema_creation_is_idempotent(tmp_path: Pat
     async def main() -> None:
         first = SqliteStore(path)
         await first.open()
-        await first.append(batch(1, 3))
+        await first.append(batch(1, 3, user="carol"))
         await first.set_read_marker(CHANNEL, "alice", mid(2))
         await first.close()
         await first.close()  # twice is fine
