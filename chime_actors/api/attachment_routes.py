@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import unicodedata
 from collections.abc import AsyncGenerator, Mapping
 from typing import Protocol
@@ -102,6 +103,13 @@ class AttachmentBackend(Protocol):
         """``limits.upload_bytes_per_hour``: what each user may still upload."""
         ...
 
+    @property
+    def upload_restamp_s(self) -> float | None:
+        """How often an upload in progress renews its stub, so that the sweep of
+        unsent files never takes it (``attachment_sweeper.restamp_s``); None:
+        files never expire, so never."""
+        ...
+
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """Identify the request (see ``presence_routes.PresenceBackend.caller``)."""
         ...
@@ -156,6 +164,7 @@ async def upload(backend: AttachmentBackend, request: HttpRequest) -> HttpRespon
                 filename=filename,
                 content_type=content_type,
                 limit=limit,
+                restamp_s=backend.upload_restamp_s,
             )
             kept = stored.size
         finally:
@@ -271,27 +280,39 @@ async def _store_upload(
     filename: str,
     content_type: str,
     limit: int,
+    restamp_s: float | None,
 ) -> StoredAttachment:
-    """Hash the body and store it in ``CHUNK_BYTES`` chunks as it arrives, then its record."""
+    """Hash the body and store it in ``CHUNK_BYTES`` chunks as it arrives, then its record.
+
+    The stub written first is written again, with a new ``created_at``, every
+    ``restamp_s`` while the body arrives (None: never).
+    """
     attachment_id = new_attachment_id()
     digest = hashlib.sha256()
     pending = bytearray()
     size = 0
     started = 0  # chunks whose write began: what a failure must discard
-    try:
-        # A stub first: if this process dies mid-upload, the sweeper finds the
-        # chunks through it (storage.attachments.StoredAttachment).
-        await store.begin_attachment(
-            upload_stub(
-                attachment_id,
-                owner=owner,
-                filename=filename,
-                content_type=content_type,
-                max_bytes=limit,
-                created_at=utc_now_iso(),
-            )
+
+    async def stamp() -> float:
+        # If this process dies mid-upload, the sweeper finds the chunks through
+        # the stub (storage.attachments.StoredAttachment); while it lives, the
+        # stub stays young enough that no sweep takes them.
+        stub = upload_stub(
+            attachment_id,
+            owner=owner,
+            filename=filename,
+            content_type=content_type,
+            max_bytes=limit,
+            created_at=utc_now_iso(),
         )
+        await store.begin_attachment(stub)
+        return time.monotonic()
+
+    try:
+        stamped = await stamp()
         async for piece in body:
+            if restamp_s is not None and time.monotonic() - stamped >= restamp_s:
+                stamped = await stamp()
             size += len(piece)
             if size > limit:
                 raise _too_large(limit)

@@ -57,6 +57,18 @@ def interval_s(ttl_s: float) -> float:
     return min(MAX_INTERVAL_S, ttl_s / 4)
 
 
+def restamp_s(ttl_s: float) -> float | None:
+    """How often an upload in progress rewrites its stub's ``created_at``: every
+    half ``ttl_s``, so that a sweep (which takes stubs ``ttl_s + grace_s`` old)
+    never takes an upload that is still arriving (None: nothing expires).
+
+    The rewrite comes with the body's next bytes, and the body's reads wait at
+    most ``api.http_server.BODY_IDLE_TIMEOUT_S`` (30 s), so for any ``ttl_s`` of
+    20 s or more a live upload's stub is always younger than a sweep's cutoff.
+    """
+    return ttl_s / 2 if ttl_s > 0 else None
+
+
 def cutoff(now_s: float, age_s: float) -> str:
     """The ``created_at`` before which a record is more than ``age_s`` old, in the
     wire's timestamp format (which sorts as the times do)."""

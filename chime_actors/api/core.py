@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from chime_actors.api.attachment_sweeper import AttachmentSweeper
+from chime_actors.api.attachment_sweeper import AttachmentSweeper, restamp_s
 from chime_actors.api.exposition import exposition_registry, render
 from chime_actors.api.http_server import HttpServer
 from chime_actors.api.presence_routes import Caller
@@ -371,6 +371,11 @@ class ApiCore:
     def upload_budget(self) -> UploadBudget:
         """``limits.upload_bytes_per_hour``, per user on this host."""
         return self._upload_budget
+
+    @property
+    def upload_restamp_s(self) -> float | None:
+        """``attachment_sweeper.restamp_s`` of ``attachments.unsent_ttl_s``."""
+        return restamp_s(self._config.attachments.unsent_ttl_s)
 
     # --- PresenceBackend ----------------------------------------------------------------
 

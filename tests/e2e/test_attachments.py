@@ -669,6 +669,35 @@ def test_files_never_sent_expire_and_are_deleted_sent_ones_stay(
         }
 
 
+def test_an_upload_lasting_longer_than_the_ttl_and_grace_is_kept_whole(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # unsent_ttl_s 2: an unfinished upload's stub is swept, with its chunks, once
+    # it is 4 s old (a sweep every 0.5 s). This one takes about 7 s.
+    overrides = {"auth.mode": "jwt", "auth.jwt.secret": SECRET, "attachments.unsent_ttl_s": 2}
+    with running_server(tmp_path_factory.mktemp("slow-upload"), overrides) as server:
+        pieces = [bytes([65 + i]) * (MIB // 2 + 1) for i in range(7)]
+        with socket.create_connection(("127.0.0.1", server.api_port), timeout=30) as upload:
+            upload.sendall(chunked_upload_head("slow.bin", "alice", b"Connection: close\r\n"))
+            for piece in pieces:
+                upload.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                time.sleep(1.0)
+            upload.sendall(b"0\r\n\r\n")
+            answer = b""
+            while chunk := upload.recv(65536):
+                answer += chunk
+        assert http.status_of(answer) == 201, answer
+        attachment_id = http.body_of(answer)["attachmentId"]
+        got = http.download(server.api_port, attachment_id, bearer("alice"))
+        assert got.status == 200, got
+        assert hashlib.sha256(got.body).hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
+        assert not [
+            line
+            for line in server.log_lines()
+            if line.get("message") == "unsent attachment deleted"
+        ]
+
+
 def test_the_chunks_of_an_upload_cut_off_by_a_crash_are_swept(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -45,6 +45,18 @@ class FailingStore(MemoryStore):
         await super().save_attachment_chunk(attachment_id, index, data)
 
 
+class StubLog(MemoryStore):
+    """A MemoryStore that keeps each stub written, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stubs: list[StoredAttachment] = []
+
+    async def begin_attachment(self, stub: StoredAttachment) -> None:
+        self.stubs.append(stub)
+        await super().begin_attachment(stub)
+
+
 @dataclass
 class Backend:
     """``AttachmentBackend``: a store, a limit, and callers named by headers.
@@ -56,6 +68,7 @@ class Backend:
 
     store: MemoryStore = field(default_factory=MemoryStore)
     max_attachment_bytes: int = 3 * CHUNK_BYTES
+    upload_restamp_s: float | None = None
     clock: FakeClock = field(default_factory=FakeClock)
     upload_budget: UploadBudget = field(init=False)
 
@@ -339,6 +352,23 @@ def test_an_upload_leaves_its_record_only_not_its_stub(backend: Backend) -> None
     assert error_of(handle(backend, upload_request(pieces(b"")))) == (400, "bad_request")
     (kept,) = records(backend)
     assert isinstance(kept, StoredAttachment) and not kept.in_progress
+
+
+@pytest.mark.parametrize(("restamp_s", "stubs"), [(None, 1), (0.0, 5)])
+def test_an_upload_rewrites_its_stub_while_its_body_arrives(
+    restamp_s: float | None, stubs: int
+) -> None:
+    # restamp_s 0: at every piece of the body (4 here), after the first stub.
+    store = StubLog()
+    asyncio.run(store.open())
+    backend = Backend(store, upload_restamp_s=restamp_s)
+    response = handle(backend, upload_request(pieces(b"s" * 4 * 1024, size=1024)))
+    assert response.status == 201
+    assert len(store.stubs) == stubs
+    assert len({stub.attachment_id for stub in store.stubs}) == 1
+    assert all(stub.in_progress for stub in store.stubs)
+    (kept,) = records(backend)  # the finished record, not the last stub
+    assert not kept.in_progress and kept.size == 4 * 1024
 
 
 def test_storage_failing_mid_upload_is_503_and_discards_the_rest() -> None:

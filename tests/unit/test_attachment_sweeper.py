@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from chime_actors.api.attachment_sweeper import AttachmentSweeper, cutoff, grace_s, interval_s
+from chime_actors.api.attachment_sweeper import (
+    AttachmentSweeper,
+    cutoff,
+    grace_s,
+    interval_s,
+    restamp_s,
+)
+from chime_actors.api.http_server import BODY_IDLE_TIMEOUT_S
 from chime_actors.errors import StoreUnavailable
 from chime_actors.persister.attachments import check_attachments
 from chime_actors.records import Attachment, SendRecord, format_timestamp
@@ -52,6 +59,14 @@ def exists(store: MemoryStore, file: StoredAttachment) -> bool:
 def test_the_grace_and_the_interval_follow_the_ttl() -> None:
     assert (grace_s(DAY_S), interval_s(DAY_S)) == (600.0, 3600.0)
     assert (grace_s(2.0), interval_s(2.0)) == (2.0, 0.5)
+    assert (restamp_s(DAY_S), restamp_s(2.0), restamp_s(0)) == (DAY_S / 2, 1.0, None)
+    # An upload waits at most 30 s for its body's next bytes (the HTTP server's
+    # idle timeout), and its stub is then at most restamp_s + 30 s old: still
+    # younger than what a sweep takes for any TTL from 20 s.
+    for ttl_s in (20.0, 60.0, 600.0, DAY_S):
+        restamp = restamp_s(ttl_s)
+        assert restamp is not None
+        assert restamp + BODY_IDLE_TIMEOUT_S <= ttl_s + grace_s(ttl_s)
     assert cutoff(NOW_S, 90.0) == "2026-12-02T11:58:30.000Z"
 
 
