@@ -2,6 +2,8 @@
 
 Messages in: ``PersistBatch`` (from gateways), ``Wiring`` (gateway and API
 addresses). Out: ``PersistResult`` to the sending gateway, ``Deliveries`` to all.
+Nothing is written before the first ``Wiring``: until then no gateway is known
+to deliver to.
 """
 
 from __future__ import annotations
@@ -68,9 +70,8 @@ class PersisterCore:
         self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Open storage and start the write loop."""
+        """Open storage; the write loop starts with the first ``Wiring``."""
         await self._store.open()
-        self._writer.start()
         self._metrics_task = asyncio.get_running_loop().create_task(self._reporter.run())
         return 0
 
@@ -82,6 +83,11 @@ class PersisterCore:
             # Handler actors take every write's Deliveries exactly as gateways do.
             receivers = message.gateways + message.handlers
             self._writer.set_gateways(receivers, message.redis_bridge)
+            # Not before: a batch stored without knowing the gateways would be
+            # acked and delivered to nobody. A client can send that early: the
+            # gateways may have their Wiring (and this persister's lane) before
+            # this persister has its own. Until then batches wait in the inbox.
+            self._writer.start()
             self._reporter.set_api(message.api)
         else:
             log.warning("persister ignored unknown message", kind=type(message).__name__)

@@ -145,12 +145,20 @@ class PersistWriter:
         self._broken: list[Plan] = []
 
     def start(self) -> None:
-        """Start the write loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="persist-writer")
+        """Start the write loop (once: a second call does nothing)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="persist-writer")
 
     async def stop(self) -> None:
-        """Finish what is queued (bounded by the inbox), then stop."""
+        """Finish what is queued (bounded by the inbox), then stop.
+
+        Never started, it answers what is queued ``unavailable``: nothing of it
+        was stored.
+        """
         if self._task is None:
+            while not self._inbox.empty():
+                batch, reply_to = self._inbox.get_nowait()
+                self._post(reply_to, _fail_all(batch, "persister stopped before it was wired"))
             return
         try:
             await asyncio.wait_for(self._inbox.join(), timeout=10)

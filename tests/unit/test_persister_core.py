@@ -157,6 +157,40 @@ def test_a_batch_is_acked_only_after_it_is_stored_then_delivered_to_every_receiv
     run(scenario)
 
 
+def test_a_batch_before_the_first_wiring_waits_for_it_then_is_delivered_everywhere() -> None:
+    # A client may send in the first milliseconds of a start (or of a restart of
+    # this persister), before the supervisor's Wiring has reached it. Stored and
+    # acked then, it would be delivered to nobody: the gateways are not known yet.
+    async def scenario(core: PersisterCore, store: HeldStore, posts: Posts) -> None:
+        core.handle(batch(1, send(1)), "gateway-1")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert posts.to("gateway-1", PersistResult) == []
+        assert store.message_count("general") == 0
+        core.handle(WIRING, None)
+        (result,) = await until(lambda: posts.to("gateway-1", PersistResult), interval=0)
+        assert [o.message.seq for o in result.outcomes if o.message] == [1]
+        for receiver in ("gateway-1", "gateway-3", "handler-1"):
+            (delivered,) = posts.to(receiver, Deliveries)
+            assert [m.seq for m in delivered.messages] == [1]
+
+    run(scenario)
+
+
+def test_batches_of_a_persister_that_stops_before_any_wiring_are_answered_unavailable() -> None:
+    async def scenario(core: PersisterCore, store: HeldStore, posts: Posts) -> None:
+        core.handle(batch(1, send(1), send(2)), "gateway-1")
+        await core.stop()
+        outcomes = posts.outcomes("gateway-1")
+        assert [(o.token, o.error_code) for o in outcomes] == [
+            (1, "unavailable"),
+            (2, "unavailable"),
+        ]
+        assert store.message_count("general") == 0
+
+    run(scenario)
+
+
 def test_ids_follow_the_order_of_the_batches_across_senders() -> None:
     async def scenario(core: PersisterCore, store: HeldStore, posts: Posts) -> None:
         core.handle(WIRING, None)
@@ -220,15 +254,14 @@ def test_a_failed_write_is_answered_unavailable_and_delivered_nowhere() -> None:
 
 def test_wiring_reports_metrics_to_the_api_at_once_with_the_inbox_depth() -> None:
     async def scenario(core: PersisterCore, store: HeldStore, posts: Posts) -> None:
-        store.released.clear()
+        # Before the first Wiring nothing is written: all three wait in the inbox.
         core.handle(batch(1, send(1)), "gateway-1")
-        await until(lambda: store.held, interval=0)  # being written
-        core.handle(batch(2, send(2)), "gateway-1")  # these two wait in the inbox
+        core.handle(batch(2, send(2)), "gateway-1")
         core.handle(batch(3, send(3)), "gateway-1")
         core.handle(WIRING, None)
         (report,) = posts.to("api", MetricsReport)
         assert report.actor_id == PERSISTER
-        assert report.snapshot.value("chime_queue_depth", "persist_inbox") == 2
+        assert report.snapshot.value("chime_queue_depth", "persist_inbox") == 3
 
     run(scenario)
 
