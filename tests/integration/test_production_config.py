@@ -73,13 +73,17 @@ def test_production_example_serves_the_protocol(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             alice = await Client.connect(server.url)
-            await alice.send({"type": "connect", "channels": ["general"], "token": token})
-            assert (await alice.expect("connected"))["userId"] == "alice"
-            await alice.send({"type": "send", "channelId": "general", "content": "hello prod"})
-            ack = await alice.expect("ack")
-            (message,) = await alice.messages(1)
-            assert message["messageId"] == ack["messageId"]
-            await alice.close()
+            try:
+                await alice.send({"type": "connect", "channels": ["general"], "token": token})
+                assert (await alice.expect("connected"))["userId"] == "alice"
+                await alice.send({"type": "send", "channelId": "general", "content": "hello prod"})
+                ack = await alice.expect("ack")
+                (message,) = await alice.messages(1)
+                assert message["messageId"] == ack["messageId"]
+            finally:
+                # A failure here must not leave the socket for a later test's
+                # ResourceWarning (CI once failed a second test that way).
+                await alice.close()
 
         asyncio.run(scenario())
         request = urllib.request.Request(
