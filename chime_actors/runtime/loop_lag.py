@@ -11,7 +11,7 @@ least, whatever it was.
 
 It costs one timer callback every ``interval_s``. Each wakes an idle process:
 at 20 ms the two gateways' timers were two thirds of an idle server's CPU
-(15-16 of 38 ticks in 20 s each, docs/performance.md). At 100 ms every hold
+(17 and 17 of 41 ticks in 20 s, docs/performance.md). At 100 ms every hold
 longer than 100 ms is still seen, and a shorter one is seen in proportion to
 its length, which is what a histogram of holds over minutes needs.
 """

@@ -1249,9 +1249,9 @@ class CassandraStore:
         """Live rows with ``after_seq < seq < before_seq``, oldest first, at most ``want``.
 
         With ``events`` the rows of changes too; with ``skip_user`` not that
-        user's messages. Stops at the first bucket with
-        no row in range: ids are contiguous and deleted rows (and changes) stay,
-        so an empty bucket means the channel ends there.
+        user's messages. Stops at the first bucket with no row in range: ids are
+        contiguous and deleted rows (and changes) stay, so an empty bucket means
+        the channel ends there.
         ``statement`` is an ascending range read of ``messages`` (the whole row,
         or only ``seq`` and ``deleted`` to count).
         """
@@ -1331,10 +1331,9 @@ class CassandraStore:
         """Rows of one partition with ``lo < seq < hi`` in order, at most ``want``.
 
         Deleted rows are skipped (those of changes too unless ``events``), and
-        so are the messages of ``skip_user``, so a
-        query may come back short and be followed by another starting after its
-        last row. Returns the rows and whether the partition had any row in
-        range at all.
+        so are the messages of ``skip_user``, so a query may come back short and
+        be followed by another starting after its last row. Returns the rows
+        and whether the partition had any row in range at all.
         """
         rows: list[Any] = []
         any_rows = False
