@@ -267,7 +267,7 @@ DELIVERY_STEP = HistogramSpec(
 )
 LOOP_LAG = HistogramSpec(
     "chime_loop_lag_seconds",
-    "How late a gateway's event loop ran a timer sampled every 20 ms (what held the loop).",
+    "How late a gateway's event loop ran a timer sampled every 100 ms (what held the loop).",
     LOOP_HOLD_BUCKETS,
 )
 CAUGHT_UP = CounterSpec(

@@ -18,6 +18,10 @@ whose sleeps grow to 25-100 ms: with two persisters committing back to back
 the one waiting slept long past the other's commit (docs/performance.md,
 "Fan-out in slices and many small rooms").
 
+Checkpoints: no commit checkpoints the WAL (``wal_autocheckpoint = 0``); a
+``sqlite_checkpointer.WalCheckpointer`` thread does, beside the writes, after
+them (see there why).
+
 Timeouts: every call is bounded by ``timeout_s``; past it the caller gets
 ``StoreUnavailable`` and the operation is called off. A running statement is
 interrupted (``sqlite3_interrupt`` is the one connection call that is safe from
@@ -52,6 +56,7 @@ from chime_actors.storage.attachments import (
     dump_attachments,
     load_attachments,
 )
+from chime_actors.storage.sqlite_checkpointer import CHECKPOINT_INTERVAL_S, WalCheckpointer
 from chime_actors.storage.sqlite_worker import Abandoned, Job, SqliteWorker
 from chime_actors.storage.store import (
     ChannelState,
@@ -208,17 +213,28 @@ class SqliteStore:
             ``StoreUnavailable``.
         synchronous: ``full`` fsyncs the WAL at every commit (an ack survives
             power loss); ``normal`` survives a crash of the process only.
+        checkpoint_interval_s: the least time between two WAL checkpoints,
+            which a thread of their own runs after writes
+            (``sqlite_checkpointer``), never a commit.
     """
 
     def __init__(
-        self, path: str | Path, *, timeout_s: float = 5.0, synchronous: str = "full"
+        self,
+        path: str | Path,
+        *,
+        timeout_s: float = 5.0,
+        synchronous: str = "full",
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
         self._synchronous = synchronous.upper()
         self._path = Path(path)
         self._timeout_s = timeout_s
+        self._checkpoint_interval_s = checkpoint_interval_s
         self._worker: SqliteWorker | None = None
+        # Started by _connect, once the file is in WAL mode; told of every commit.
+        self._checkpointer: WalCheckpointer | None = None
         # Created, used and closed on the worker thread only; the loop thread
         # merely calls interrupt() on it.
         self._conn: sqlite3.Connection | None = None
@@ -553,7 +569,10 @@ class SqliteStore:
         if not write:
             return work(conn)
         with _write(conn, abandoned):
-            return work(conn)
+            result = work(conn)
+        if self._checkpointer is not None:
+            self._checkpointer.wrote()
+        return result
 
     def _translate_errors(self, operation: str, work: Callable[[], _T]) -> _T:
         """Worker thread: run ``work`` and translate library exceptions."""
@@ -587,6 +606,9 @@ class SqliteStore:
             # FULL: every commit's WAL frames are fsynced before it returns, so an
             # ack survives power loss. NORMAL survives a crash of the process only.
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # The checkpointer thread checkpoints instead: a commit that
+            # checkpoints waits for the whole copy and its fsync.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             with _write(conn, Abandoned()):
                 for statement in _SCHEMA:
                     conn.execute(statement)
@@ -595,9 +617,20 @@ class SqliteStore:
             conn.close()
             raise
         self._conn = conn
+        self._checkpointer = WalCheckpointer(
+            self._path, synchronous=self._synchronous, interval_s=self._checkpoint_interval_s
+        )
 
     def _disconnect(self) -> None:
-        """Worker thread: close the connection if open."""
+        """Worker thread: stop the checkpointer, then close the connection if open.
+
+        The last connection to the file to close checkpoints the whole WAL
+        (SQLite does, whatever ``wal_autocheckpoint`` says): stopping the
+        checkpointer first leaves that to this connection, after its last write.
+        """
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop(timeout_s=self._timeout_s)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
