@@ -11,10 +11,13 @@ link never relies on Thespian to absorb load. Instead:
   under load a batch holds whatever arrived while the previous one was in flight);
 * at most ``window`` (2) batches are in flight; while the window is full,
   records wait in the buffer and go together in the next batch. Small on
-  purpose: Thespian costs CPU per message and sends one message at a time per
-  peer, so a wide window (32 was tried) let hundreds of one-record batches
-  queue inside Thespian, where nothing could merge them (a record then took
-  ~0.5 s to reach the persister at 200 msg/s; with 2, ~tens of ms);
+  purpose since the Thespian days, when a wide window (32) let hundreds of
+  one-record batches queue inside Thespian, where nothing could merge them (a
+  record then took ~0.5 s to reach the persister at 200 msg/s). Batches now
+  travel on lanes, and the persister merges whatever is queued into one group
+  commit; a window of 16 measured no different from 2 in many small rooms
+  (docs/performance.md, stop 12), so 2 stays, bounding what one gateway has in
+  flight;
 * at most ``max_pending`` records may wait or fly; past that ``submit`` fails at
   once with ``unavailable`` (the caller tells the client), so memory is bounded;
 * a record that waited ``ack_timeout_s`` without being sent (the window stayed
