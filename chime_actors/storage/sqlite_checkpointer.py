@@ -5,9 +5,9 @@ takes the WAL past ``wal_autocheckpoint`` pages (1,000) copies every page the
 WAL holds into the database file and fsyncs that file before it returns. A
 persister's group commit, and every ack and delivery behind it, then waited for
 the whole checkpoint. In chatty (200 ten-member rooms, 200 msg/s) a commit
-touches about ten pages, so that happened every half second, and on a slow
-disk it set the p99 (docs/performance.md, "WAL checkpoints off the commit
-path").
+touches about ten pages, so that happened every half second; in a file of
+20,000 channels it doubled the commits' p99 (docs/performance.md, "WAL
+checkpoints beside the commits").
 
 A ``SqliteStore`` therefore turns ``wal_autocheckpoint`` off on its connection
 and gives the work to a ``WalCheckpointer``. It has a connection of its own
@@ -16,7 +16,8 @@ only after a write. SQLite lets a checkpoint run beside a writer in WAL mode:
 the checkpointer copies the frames committed so far while the writer appends
 new ones. PASSIVE never waits for a lock. A checkpoint that finds another
 process's under way, or a reader still on old frames, copies what it can and
-tries again after the next write. The next write transaction after a complete
+is tried again an interval later, up to ``INCOMPLETE_RETRIES`` times, and
+after the next write in any case. The next write transaction after a complete
 checkpoint starts the WAL again from its start (SQLite's own rule), so the
 file stays bounded as it did before.
 
@@ -63,7 +64,7 @@ class WalCheckpointer:
         self._interval_s = interval_s
         self._due = threading.Event()
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        # Written by the thread only; an int read elsewhere needs no lock.
         self._checkpoints = 0
         self._retries_left = INCOMPLETE_RETRIES
         self._thread = threading.Thread(
@@ -74,8 +75,7 @@ class WalCheckpointer:
     @property
     def checkpoints(self) -> int:
         """Checkpoints run so far (complete or not)."""
-        with self._lock:
-            return self._checkpoints
+        return self._checkpoints
 
     def wrote(self) -> None:
         """A write was committed: checkpoint within ``interval_s`` (any thread)."""
@@ -112,15 +112,13 @@ class WalCheckpointer:
                 conn.close()
 
     def _connect(self) -> sqlite3.Connection | None:
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("wal checkpointer cannot open", path=str(self._path), error=str(exc))
-            return None
-        try:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
-            conn.close()
+            if conn is not None:
+                conn.close()
             log.warning("wal checkpointer cannot open", path=str(self._path), error=str(exc))
             return None
         return conn
@@ -136,6 +134,5 @@ class WalCheckpointer:
             log.warning("wal checkpoint failed", path=str(self._path), error=str(exc))
             return False
         finally:
-            with self._lock:
-                self._checkpoints += 1
+            self._checkpoints += 1
         return not busy and logged == copied

@@ -33,7 +33,7 @@ import socket
 import sqlite3
 import struct
 import sys
-import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -232,7 +232,7 @@ def main() -> None:
         sync = "NORMAL" if mode == "nosync" else "FULL"
         pids.append(_child(lambda: Persister(db, sync).run(lane_path)))
         while not os.path.exists(lane_path):
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         for index in (1, 2):
             pids.append(_child(lambda index=index: Gateway(index, False).run(port, lane_path)))
 
@@ -242,12 +242,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     for pid in pids:
-        while True:
-            try:
-                os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        os.waitpid(pid, 0)  # retried after the SIGTERM handler runs (PEP 475)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from chime_actors.storage import SqliteStore
 from chime_actors.storage.sqlite_checkpointer import WalCheckpointer
+from chime_actors.storage.store import MessageStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store_contract import CHANNEL, make_message
+from store_contract import CHANNEL, make_message, run_with_store
 
 # 2,000 messages of 2 KB: about 1,100 pages of 4 KB, past SQLite's default
 # wal_autocheckpoint of 1,000 pages, after which a commit checkpointed itself.
@@ -29,6 +30,8 @@ MESSAGES = 2000
 CONTENT = "x" * 2048
 # The main file holds only the schema until a checkpoint has copied pages.
 SCHEMA_ONLY_BYTES = 256 * 1024
+# Less than those pages take, wherever they are.
+WRITTEN_BYTES = 4 * 1024 * 1024
 WAITED_S = 10.0
 
 
@@ -36,7 +39,7 @@ def _checkpointer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "chime-sqlite-checkpoint"]
 
 
-async def _write_pages(store: SqliteStore, first_seq: int) -> None:
+async def _write_pages(store: MessageStore, first_seq: int) -> None:
     """Append ``MESSAGES`` messages from ``first_seq``, 500 per commit."""
     for start in range(first_seq, first_seq + MESSAGES, 500):
         await store.append(
@@ -48,19 +51,13 @@ def test_no_commit_checkpoints_even_past_the_autocheckpoint_size(tmp_path: Path)
     path = tmp_path / "chime.db"
     wal = tmp_path / "chime.db-wal"
 
-    async def main() -> tuple[int, int]:
-        # The checkpointer's interval outlasts the test: only a commit could copy.
-        store = SqliteStore(path, checkpoint_interval_s=3600)
-        await store.open()
-        try:
-            await _write_pages(store, 1)
-            return path.stat().st_size, wal.stat().st_size
-        finally:
-            await store.close()
+    async def scenario(store: MessageStore) -> None:
+        await _write_pages(store, 1)
+        assert wal.stat().st_size > WRITTEN_BYTES  # the pages are all in the WAL ...
+        assert path.stat().st_size < SCHEMA_ONLY_BYTES  # ... none was copied by a commit
 
-    main_bytes, wal_bytes = asyncio.run(main())
-    assert wal_bytes > 4 * 1024 * 1024  # the pages are all in the WAL ...
-    assert main_bytes < SCHEMA_ONLY_BYTES  # ... none was copied by a commit
+    # The checkpointer's interval outlasts the test: only a commit could copy.
+    run_with_store(lambda: SqliteStore(path, checkpoint_interval_s=3600), scenario)
 
 
 def test_the_checkpointer_copies_the_wal_after_writes_and_the_next_write_reuses_it(
@@ -69,29 +66,24 @@ def test_the_checkpointer_copies_the_wal_after_writes_and_the_next_write_reuses_
     path = tmp_path / "chime.db"
     wal = tmp_path / "chime.db-wal"
 
-    async def main() -> None:
-        store = SqliteStore(path, checkpoint_interval_s=0.05)
-        await store.open()
-        try:
-            await _write_pages(store, 1)
-            seq = MESSAGES
-            deadline = time.monotonic() + WAITED_S
-            while True:
-                # A write after a whole checkpoint starts the WAL again from
-                # its start: the file does not grow. Without one it always does.
-                await asyncio.sleep(0.05)
-                before = wal.stat().st_size
-                seq += 1
-                await store.append([make_message(seq)])
-                if wal.stat().st_size == before:
-                    break
-                assert time.monotonic() < deadline, f"the WAL still grows after {WAITED_S} s"
-            assert path.stat().st_size > 4 * 1024 * 1024  # the pages were copied
-            assert await store.last_seq(CHANNEL) == seq
-        finally:
-            await store.close()
+    async def scenario(store: MessageStore) -> None:
+        await _write_pages(store, 1)
+        seq = MESSAGES
+        deadline = time.monotonic() + WAITED_S
+        while True:
+            # A write after a whole checkpoint starts the WAL again from
+            # its start: the file does not grow. Without one it always does.
+            await asyncio.sleep(0.05)
+            before = wal.stat().st_size
+            seq += 1
+            await store.append([make_message(seq)])
+            if wal.stat().st_size == before:
+                break
+            assert time.monotonic() < deadline, f"the WAL still grows after {WAITED_S} s"
+        assert path.stat().st_size > WRITTEN_BYTES  # the pages were copied
+        assert await store.last_seq(CHANNEL) == seq
 
-    asyncio.run(main())
+    run_with_store(lambda: SqliteStore(path, checkpoint_interval_s=0.05), scenario)
 
 
 def test_a_store_that_only_reads_never_checkpoints(tmp_path: Path) -> None:
@@ -107,7 +99,7 @@ def test_a_store_that_only_reads_never_checkpoints(tmp_path: Path) -> None:
             for _ in range(5):
                 assert await reader.last_seq(CHANNEL) == MESSAGES
                 await asyncio.sleep(0.05)
-            # Twenty of the reader's intervals have passed, and it never wrote.
+            # Twenty-five of the reader's intervals have passed, and it never wrote.
             return path.stat().st_size
         finally:
             await reader.close()
@@ -131,17 +123,12 @@ def test_close_ends_the_checkpointer_and_folds_the_wal_into_the_file(tmp_path: P
     assert len(_checkpointer_threads()) == before
     # The last connection to close checkpointed everything and removed the WAL.
     assert not (tmp_path / "chime.db-wal").exists()
-    assert path.stat().st_size > 4 * 1024 * 1024
+    assert path.stat().st_size > WRITTEN_BYTES
 
-    async def reopened() -> int:
-        store = SqliteStore(path)
-        await store.open()
-        try:
-            return await store.last_seq(CHANNEL)
-        finally:
-            await store.close()
+    async def reopened(store: MessageStore) -> None:
+        assert await store.last_seq(CHANNEL) == MESSAGES
 
-    assert asyncio.run(reopened()) == MESSAGES
+    run_with_store(lambda: SqliteStore(path), reopened)
 
 
 def test_a_checkpoint_a_reader_held_back_is_tried_again_without_another_write(
@@ -168,7 +155,7 @@ def test_a_checkpoint_a_reader_held_back_is_tried_again_without_another_write(
                 assert path.stat().st_size < SCHEMA_ONLY_BYTES  # held back
                 reader.execute("COMMIT")
                 # No write follows: only a retry can copy the pages now.
-                while path.stat().st_size < 4 * 1024 * 1024:
+                while path.stat().st_size < WRITTEN_BYTES:
                     assert time.monotonic() < deadline, "the checkpoint was not tried again"
                     time.sleep(0.01)
             finally:
