@@ -61,7 +61,6 @@ Join raised               the joining connection is told (``internal`` error)
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import time
@@ -72,6 +71,7 @@ from typing import Protocol
 
 from chime_actors.errors import StoreError
 from chime_actors.gateway.local_supervisor import RestartBudget, RestartPolicy
+from chime_actors.gateway.mailbox import Mailbox
 from chime_actors.ids import parse_message_id
 from chime_actors.logs import get_logger
 from chime_actors.protocol import server_frames
@@ -208,23 +208,6 @@ def _ignore() -> None:
     pass
 
 
-class _Mailbox(asyncio.Queue[ChannelMail]):
-    """The actor's mailbox, which shows its next mail (to merge queued ``Publish``es)."""
-
-    def _init(self, maxsize: int) -> None:
-        self._queue: collections.deque[ChannelMail] = collections.deque()
-
-    def _put(self, item: ChannelMail) -> None:
-        self._queue.append(item)
-
-    def _get(self) -> ChannelMail:
-        return self._queue.popleft()
-
-    def peek(self) -> ChannelMail | None:
-        """The mail ``get`` would return next, left in the mailbox; None if empty."""
-        return self._queue[0] if self._queue else None
-
-
 @dataclass(slots=True)
 class _Member:
     subscriber: Subscriber
@@ -288,7 +271,7 @@ class ChannelActor:
         self._budget = RestartBudget(policy, clock)
         self.stats = stats if stats is not None else ChannelStats()
         self._observe_step = observe_step
-        self._mailbox = _Mailbox(mailbox_size)
+        self._mailbox: Mailbox[ChannelMail] = Mailbox(mailbox_size)
         # Every member; of them, those given live messages, those not activated
         # yet, and those behind whose connection has room (to catch up next).
         # A member in none of the last three is behind, waiting for room.
@@ -345,9 +328,7 @@ class ChannelActor:
         """
         if isinstance(mail, Leave):
             self._forget(mail.connection_id)
-        try:
-            self._mailbox.put_nowait(mail)
-        except asyncio.QueueFull:
+        if not self._mailbox.offer(mail):
             self.stats.dropped_mail += 1
             return False
         return True
