@@ -109,17 +109,6 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS messages_by_thread
         ON messages (channel_id, thread_id, seq)""",
-    """CREATE TABLE IF NOT EXISTS client_ids (
-        channel_id    TEXT NOT NULL,
-        user_id       TEXT NOT NULL,
-        client_msg_id TEXT NOT NULL,
-        message_id    TEXT NOT NULL,
-        created_at    TEXT NOT NULL,
-        PRIMARY KEY (channel_id, user_id, client_msg_id)
-    ) WITHOUT ROWID""",
-    # load_channel_state reads only the dedupe window of a channel.
-    """CREATE INDEX IF NOT EXISTS client_ids_by_time
-        ON client_ids (channel_id, created_at)""",
     """CREATE TABLE IF NOT EXISTS message_counters (
         channel_id TEXT    NOT NULL PRIMARY KEY,
         count      INTEGER NOT NULL
@@ -191,7 +180,6 @@ _COLUMNS = (
     "channel_id, message_id, user_id, content, created_at, edited_at, "
     "metadata, thread_id, client_msg_id, channel_name, attachments"
 )
-_M_COLUMNS = ", ".join(f"m.{column.strip()}" for column in _COLUMNS.split(","))
 # What events_range reads: a message's columns, then kind and target_seq.
 _EVENT_COLUMNS = f"{_COLUMNS}, kind, target_seq"
 # A row events_range returns: a live message or any change.
@@ -752,19 +740,27 @@ def _load_channel_state(
 ) -> ChannelState:
     with _snapshot(conn):
         last = _last_seq(conn, channel_id=channel_id)
-        # client_ids.message_id is the zero-padded seq, so the CAST joins on the
-        # messages primary key.
+        # Every send's key is in its row (a send without one has the gateway's),
+        # so the dedupe window is the channel's newest sends, read backwards
+        # along the primary key until one is older than the window. The
+        # sequencer stamps created_at as it numbers, so time follows seq (a
+        # wall clock stepped back can only end the scan early: those keys stop
+        # deduping, nothing is lost). A key sent twice counts its newest send.
         rows = conn.execute(
-            f"SELECT {_M_COLUMNS} FROM client_ids AS c JOIN messages AS m"
-            " ON m.channel_id = c.channel_id AND m.seq = CAST(c.message_id AS INTEGER)"
-            " WHERE c.channel_id = ? AND c.created_at >= ?",
-            (channel_id, dedupe_since),
-        ).fetchall()
-    client_ids: dict[ClientKey, ChimeMessage] = {}
-    for row in rows:
-        message = _to_message(row)
-        assert message.client_msg_id is not None  # only such messages have a row
-        client_ids[(message.user_id, message.client_msg_id)] = message
+            f"SELECT {_COLUMNS} FROM messages WHERE channel_id = ? AND kind IS NULL"
+            " ORDER BY seq DESC",
+            (channel_id,),
+        )
+        client_ids: dict[ClientKey, ChimeMessage] = {}
+        try:
+            for row in rows:
+                if row[4] < dedupe_since:
+                    break
+                key = (row[2], row[8])
+                if row[8] is not None and key not in client_ids:
+                    client_ids[key] = _to_message(row)
+        finally:
+            rows.close()  # the scan may stop early: end it inside the snapshot
     return ChannelState(last_seq=last, client_ids=client_ids)
 
 
@@ -784,19 +780,6 @@ def _append(conn: sqlite3.Connection, *, events: tuple[ChannelEvent, ...]) -> No
         + [
             (*_row_values(change_row(c)), 1, c.kind.value, parse_message_id(c.message_id))
             for c in changes
-        ],
-    )
-    # The sequencer already decided these are new sends; a key seen before
-    # the dedupe window now points at the newer message.
-    conn.executemany(
-        "INSERT INTO client_ids (channel_id, user_id, client_msg_id, message_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (channel_id, user_id, client_msg_id) DO UPDATE"
-        " SET message_id = excluded.message_id, created_at = excluded.created_at",
-        [
-            (m.channel_id, m.user_id, m.client_msg_id, m.message_id, m.created_at)
-            for m in messages
-            if m.client_msg_id is not None
         ],
     )
     refs = [(m.channel_id, m.message_id, a.attachment_id) for m in messages for a in m.attachments]

@@ -128,9 +128,10 @@ class MessageStore(Protocol):
     async def append(self, events: Sequence[ChannelEvent]) -> None:
         """Store a batch of messages and changes atomically: all of them or none.
 
-        Also records the idempotency row of each message that has a
-        ``client_msg_id`` (a newer send with the same key replaces an older one)
-        and adds to the channel's message counter. The batch may span channels.
+        Each message's ``client_msg_id`` is then found by
+        ``load_channel_state`` (a newer send with the same key counts over an
+        older one), and the channel's message counter is added to. The batch
+        may span channels.
 
         Each ``MessageChange`` is stored at its ``event_id`` and applied, in batch
         order, to the message it names: an edit replaces ``content`` and

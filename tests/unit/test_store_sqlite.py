@@ -70,7 +70,7 @@ def test_creates_parent_directories_and_enables_wal(tmp_path: Path) -> None:
     with raw_connection(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"messages", "client_ids", "message_counters", "reactions", "read_markers"} <= tables
+    assert {"messages", "message_counters", "reactions", "read_markers"} <= tables
 
 
 def test_data_survives_reopening_and_schema_creation_is_idempotent(tmp_path: Path) -> None:
@@ -440,3 +440,54 @@ def test_a_file_of_an_older_version_gets_the_columns_of_changes_and_attachments(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_the_dedupe_window_of_an_older_file_is_read_from_its_messages(tmp_path: Path) -> None:
+    # Older versions also kept each key in a client_ids table; the rows of
+    # messages hold the same keys, so a file they wrote dedupes as before and
+    # its client_ids table is left alone.
+    path = tmp_path / "chime.db"
+
+    async def write() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            await store.append(
+                [
+                    make_message(1, client_msg_id="k-1"),
+                    make_message(2, user="bob", client_msg_id="k-1"),
+                    make_message(3, client_msg_id="k-1", content="again"),
+                ]
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    with raw_connection(path) as conn:
+        conn.execute(
+            "CREATE TABLE client_ids (channel_id TEXT NOT NULL, user_id TEXT NOT NULL,"
+            " client_msg_id TEXT NOT NULL, message_id TEXT NOT NULL, created_at TEXT NOT NULL,"
+            " PRIMARY KEY (channel_id, user_id, client_msg_id)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO client_ids VALUES (?, 'alice', 'k-1', ?, '2026-01-01T00:00:00.000Z')",
+            (CHANNEL, mid(1)),
+        )
+
+    async def read() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            state = await store.load_channel_state(CHANNEL, dedupe_since="")
+            assert state.last_seq == 3
+            assert {key: m.message_id for key, m in state.client_ids.items()} == {
+                ("alice", "k-1"): mid(3),  # the newest send with the key
+                ("bob", "k-1"): mid(2),
+            }
+            await store.append([make_message(4, client_msg_id="k-2")])
+            state = await store.load_channel_state(CHANNEL, dedupe_since="")
+            assert state.client_ids[("alice", "k-2")].message_id == mid(4)
+        finally:
+            await store.close()
+
+    asyncio.run(read())
