@@ -62,8 +62,10 @@ def utc_now_iso() -> str:
 
 def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime the way the wire wants it: ``2026-11-27T10:00:00.000Z``."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat, not strftime: the same text (milliseconds truncated, as
+    # ``microsecond // 1000`` did), without libc's strftime, which showed as 4 %
+    # of the persister's Python in many small rooms (once per write plan).
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class Attachment(FrozenRecord, frozen=True):
