@@ -42,7 +42,7 @@ from thespian.actors import (
 
 from chime_actors.logs import configure_logging, get_logger
 from chime_actors.metrics import ChimeMetrics, MetricsRegistry
-from chime_actors.runtime.heap import freeze_startup_heap
+from chime_actors.runtime.heap import IdleCollector, freeze_startup_heap
 from chime_actors.runtime.lane_codec import LaneCodec
 from chime_actors.runtime.lanes import LaneServer, Router, address_key
 from chime_actors.runtime.loop_bridge import LoopBridge
@@ -143,6 +143,7 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         self._router: Router | None = None
         self._lane_server: LaneServer | None = None
         self._lane_metrics: asyncio.Task[None] | None = None
+        self._idle_collector = IdleCollector()
 
     def make_core(self, configure: Configure, router: Router, supervisor: Any) -> ActorCore:
         """Build this actor's core (subclasses override).
@@ -226,6 +227,7 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         if isinstance(registry, MetricsRegistry):
             self._lane_metrics = bridge.run_sync(_start_task(_report_lanes(router, registry)), 5)
         frozen = freeze_startup_heap()
+        bridge.call_in_loop(self._idle_collector.start)
         log.info(
             "actor started", actor=str(configure.actor_id), port=port, lane=lane, gcFrozen=frozen
         )
@@ -247,6 +249,7 @@ class LoopActor(Actor):  # type: ignore[misc]  # Thespian is untyped
         logging.shutdown()
 
     async def _close_lanes(self) -> None:
+        self._idle_collector.stop()
         if self._lane_metrics is not None:
             self._lane_metrics.cancel()
             with contextlib.suppress(asyncio.CancelledError):
