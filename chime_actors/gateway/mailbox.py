@@ -2,9 +2,9 @@
 
 ``asyncio.Queue`` would do the job, but an idle one holds four deques (its
 items, its getters, its putters and the waiters of its ``join`` event), and a
-deque holds a 64-slot block from the start: 3 KB of the 6.3 KB an idle
+deque holds a 64-slot block from the start: 3 KB of the 6.2 KB an idle
 ``ChannelActor`` held, and a gateway keeps one actor per channel that has local
-members (docs/performance.md, "Idle memory of a channel"). This mailbox holds
+members (docs/performance.md, stop 13, "What changed"). This mailbox holds
 the deque of its items and nothing else until somebody waits: the one reader (the
 actor's loop) as a future, writers waiting for room in a list made on first need.
 

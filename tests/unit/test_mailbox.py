@@ -121,7 +121,7 @@ def test_an_idle_channel_actor_stays_small() -> None:
             before = tracemalloc.get_traced_memory()[0]
             for index in range(200):
                 actor = ChannelActor(
-                    f"c{index}", store, max_resume_messages=10, on_stopped=actors.clear
+                    f"c{index}", store, max_resume_messages=10, on_stopped=lambda _channel: None
                 )
                 actor.start()
                 actors.append(actor)
